@@ -1,0 +1,52 @@
+"""Reading face images from disk as RGB uint8 arrays, with one clear error per bad file."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class CorruptImageError(ValueError):
+    """An image file or buffer could not be decoded; the message names the source."""
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / float thermal frames: stretch to 8 bit per image.
+        array = np.asarray(image, dtype=np.float32)
+        low, high = float(array.min()), float(array.max())
+        array = (array - low) / (high - low + 1e-12) * 255.0
+        image = Image.fromarray(array.round().astype(np.uint8), mode="L")
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any PIL-readable file (JPEG, PGM, GIF without extension, TIFF) as an HxWx3 uint8 RGB array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _to_rgb_array(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise CorruptImageError(f"cannot decode image {path}: {error}") from None
+
+
+def decode_image(data: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes (JPEG/PNG) as an HxWx3 uint8 RGB array; ``source`` names them in errors."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return _to_rgb_array(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise CorruptImageError(f"cannot decode image in {source}: {error}") from None
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    """Encode an HxWx3 uint8 RGB array as JPEG bytes (as InsightFace packs store images)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
