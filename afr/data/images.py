@@ -19,7 +19,8 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
         low, high = float(array.min()), float(array.max())
         array = (array - low) / (high - low + 1e-12) * 255.0
         image = Image.fromarray(array.round().astype(np.uint8), mode="L")
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    # np.array copies: PIL-backed arrays are read-only, which torch.from_numpy warns about.
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def read_image(path: str | Path) -> np.ndarray:
