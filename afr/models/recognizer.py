@@ -1,0 +1,78 @@
+"""Backbone + class centres + margin: the model trained with a margin softmax (CosFace / ArcFace)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from afr.losses.margin import create_margin
+from afr.models.base import Backbone
+from afr.models.heads import ClassCentres
+
+__all__ = ["FaceRecognitionModel", "RecognizerOutput"]
+
+
+@dataclass
+class RecognizerOutput:
+    """What :class:`FaceRecognitionModel` returns.
+
+    Attributes:
+        loss: scalar cross-entropy on the margin logits; None when no labels were given.
+        logits: ``(B, num_classes)``; with labels the margin-adjusted scaled logits the loss used,
+            without labels ``s * cos(theta)``.
+        embeddings: the backbone's raw ``(B, embedding_dim)`` embeddings (not normalised).
+    """
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    embeddings: torch.Tensor
+
+
+class FaceRecognitionModel(nn.Module):
+    """A backbone trained as a classifier over identities with a margin softmax (InsightFace style).
+
+    Args:
+        backbone: any :class:`~afr.models.base.Backbone` (possibly carrying LoRA).
+        num_classes: number of training identities.
+        margin: ``"cosface"`` (default, as FRoundation), ``"arcface"``, or a margin module
+            ``(cosine, labels) -> logits``.
+        s: logit scale.
+        m: margin; None uses the margin's default (CosFace 0.35, ArcFace 0.5).
+
+    ``forward(images, labels=None, **extra)`` follows the training engine's
+    ``model(images=..., labels=..., **extra).loss`` convention; ``extra`` (e.g. ``domains``) is ignored.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        margin: str | nn.Module = "cosface",
+        s: float = 64.0,
+        m: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = ClassCentres(int(backbone.embedding_dim), num_classes)
+        self.margin = create_margin(margin, s=s, m=m) if isinstance(margin, str) else margin
+        self.s = float(getattr(self.margin, "s", s))
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's raw embeddings ``(B, embedding_dim)``."""
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, **extra: Any) -> RecognizerOutput:
+        embeddings = self.backbone(images)
+        cosine = self.head(embeddings)
+        if labels is None:
+            return RecognizerOutput(loss=None, logits=cosine * self.s, embeddings=embeddings)
+        logits = self.margin(cosine, labels)
+        loss = F.cross_entropy(logits, labels.long())
+        return RecognizerOutput(loss=loss, logits=logits, embeddings=embeddings)
