@@ -1,0 +1,265 @@
+"""Command line: ``python -m afr <command>`` (also installed as ``afr``).
+
+Commands
+--------
+``evaluate``
+    Embed a verification set with a backbone (optionally carrying a LoRA adapter) and print one JSON
+    object with InsightFace-protocol accuracy, AUC, EER and TAR@FAR. The set is either an InsightFace
+    ``.bin`` pack (``--bin``) or a folder with one sub-folder per identity (``--folder``), from which
+    every same-identity pair and as many seeded different-identity pairs are formed.
+
+Every command reports failures as one line ``error: ...`` on stderr and exits with status 2
+(``--debug`` shows the traceback instead). New commands register a sub-parser in
+:func:`build_parser` and a handler returning the JSON-ready dict to print.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CommandError", "build_parser", "evaluate_command", "main"]
+
+log = logging.getLogger("afr.cli")
+
+#: exit status of a command that failed with an error
+EXIT_ERROR = 2
+
+
+class CommandError(ValueError):
+    """A command cannot run as asked (bad argument, missing input); the message says which."""
+
+
+# --------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``afr`` argument parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m afr",
+        description="AdaptFace: adapt face-recognition backbones with LoRA and evaluate them.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    _add_evaluate(commands)
+    return parser
+
+
+def _add_debug(command: argparse.ArgumentParser) -> None:
+    """``--debug`` after the command name too (SUPPRESS keeps a ``--debug`` given before it)."""
+    command.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors"
+    )
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="verification metrics of a backbone on a .bin pack or an identity folder (prints JSON)",
+        description=(
+            "Embed a verification set (flip test: embedding of the chip + of its mirror, L2-normalised) and "
+            "print one JSON object: InsightFace 10-fold accuracy (mean, std, per-fold thresholds), ROC AUC, "
+            "EER, TAR@FAR, pair counts, backbone, data source (sha256 of a .bin) and seed."
+        ),
+    )
+    evaluate.add_argument("--backbone", required=True, help="backbone name, e.g. dlib-resnet29, dinov2-vits14")
+    evaluate.add_argument(
+        "--weights", type=Path, help="weights directory (dlib-resnet29: default shared weights/dlib_resnet29; "
+        "DINOv2/CLIP: a local Hugging Face directory)"
+    )
+    evaluate.add_argument("--adapter", type=Path, help="LoRA adapter directory saved by save_adapter()")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--folder", type=Path, help="folder with one sub-folder of images per identity")
+    source.add_argument("--bin", type=Path, help="InsightFace verification pack (.bin)")
+    evaluate.add_argument(
+        "--aligned", action="store_true",
+        help="with --folder: images are already aligned chips (only resized); otherwise each photo is "
+        "detected (MTCNN) and aligned to the backbone's chip geometry",
+    )
+    evaluate.add_argument("--batch-size", type=int, default=64, help="chips per forward pass (default 64)")
+    evaluate.add_argument("--no-flip", action="store_true", help="do not add the mirrored chip's embedding")
+    evaluate.add_argument("--n-folds", type=int, default=10, help="protocol folds (default 10)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the different-identity pairs (default 0)")
+    evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    evaluate.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    _add_debug(evaluate)
+    evaluate.set_defaults(handler=evaluate_command)
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise CommandError(f"{what} {path} not found (not a directory)")
+    return path
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise CommandError(f"{what} {path} not found (not a file)")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_pack(path: Path) -> tuple[list[np.ndarray], np.ndarray, str]:
+    """``(images, issame, sha256)`` of a ``.bin`` pack through :mod:`afr.data.verification`."""
+    from afr.data import verification as packs
+    from afr.data.images import decode_image
+
+    if hasattr(packs, "load_pack"):
+        pack = packs.load_pack(path)
+        images, issame = pack.images, pack.issame
+        sha256 = getattr(pack, "sha256", None)
+    else:
+        images, issame = packs.load_bin(path)
+        sha256 = packs.sha256_file(path) if hasattr(packs, "sha256_file") else None
+    images = [
+        decode_image(image, f"{path} image {index}") if isinstance(image, (bytes, bytearray)) else np.asarray(image)
+        for index, image in enumerate(images)
+    ]
+    return images, np.asarray(issame, dtype=bool), sha256 or _sha256(path)
+
+
+def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``evaluate``: the JSON-ready dict of metrics and provenance."""
+    # check every input before the slow imports and the backbone load
+    if args.folder is not None:
+        _require_dir(args.folder, "image folder")
+    else:
+        _require_file(args.bin, "verification pack")
+        if args.aligned:
+            raise CommandError("--aligned applies to --folder only (a .bin pack always holds aligned chips)")
+    if args.weights is not None:
+        _require_dir(args.weights, "weights directory")
+    if args.adapter is not None:
+        _require_dir(args.adapter, "adapter directory")
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
+
+    import torch
+
+    from afr.eval.extract import extract_embeddings
+    from afr.eval.verification import evaluate
+
+    torch.manual_seed(args.seed)
+
+    from afr.models.factory import create_backbone
+
+    backbone = create_backbone(args.backbone, weights=args.weights)
+    if args.adapter is not None:
+        from afr.adapters.lora import load_adapter
+
+        backbone = load_adapter(backbone, args.adapter)
+
+    data: dict[str, Any]
+    if args.bin is not None:
+        images, issame, sha256 = _load_pack(args.bin)
+        if len(images) != 2 * len(issame):
+            raise CommandError(f"{args.bin}: {len(images)} images for {len(issame)} pairs (expected twice as many)")
+        chips = images
+        pair_rows = np.arange(len(images))
+        data = {"kind": "bin", "path": str(args.bin.resolve()), "sha256": sha256, "n_images": len(images)}
+    else:
+        from afr.data.folder import ImageFolderDataset, folder_verification_pairs
+
+        dataset = ImageFolderDataset(args.folder)
+        labels = np.asarray(dataset.labels)
+        pairs, issame = folder_verification_pairs(labels, args.seed)
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        issame = np.asarray(issame, dtype=bool)
+        used = np.unique(pairs)  # embed each image once, only those that occur in a pair
+        images = [dataset[int(index)][0] for index in used]
+        fallbacks = None
+        if args.aligned:
+            chips = images
+        else:
+            chips, fallbacks = _align(images, backbone, args.progress)
+        pair_rows = np.searchsorted(used, pairs.reshape(-1))
+        data = {
+            "kind": "folder",
+            "path": str(args.folder.resolve()),
+            "aligned_input": bool(args.aligned),
+            "n_images": len(dataset),
+            "n_identities": int(len(np.unique(labels))),
+            "n_images_in_pairs": len(used),
+            "alignment_fallbacks": fallbacks,
+        }
+
+    size = backbone.input_size
+    resized = sorted({f"{chip.shape[1]}x{chip.shape[0]}" for chip in chips if chip.shape[:2] != (size, size)})
+    if resized:  # recorded so that a geometry mismatch (e.g. 150 px dlib chips into a 112 px ViT) is visible
+        data["resized_from"] = resized
+        data["resized_to"] = f"{size}x{size}"
+    embeddings = extract_embeddings(
+        backbone, chips, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
+        progress=args.progress,
+    )
+    result = evaluate(embeddings[pair_rows], issame, n_folds=args.n_folds)
+    return {
+        "command": "evaluate",
+        "backbone": getattr(backbone, "name", args.backbone),
+        "weights": str(args.weights.resolve()) if args.weights is not None else None,
+        "adapter": str(args.adapter.resolve()) if args.adapter is not None else None,
+        "data": data,
+        "flip": not args.no_flip,
+        "seed": args.seed,
+        "device": str(args.device),
+        "embedding_dim": int(embeddings.shape[1]),
+        **result.to_dict(),
+    }
+
+
+def _align(images: Sequence[np.ndarray], backbone: Any, progress: bool) -> tuple[list[np.ndarray], int]:
+    """Detect and align every photo into the backbone's chip geometry; return chips and fallback count."""
+    from tqdm.auto import tqdm
+
+    from afr.align import FaceAligner
+
+    aligner = FaceAligner(geometry=backbone.alignment, size=backbone.input_size)
+    chips, fallbacks = [], 0
+    for image in tqdm(images, desc="aligning", unit="image", disable=not progress):
+        face = aligner.align(image)
+        chips.append(face.chip)
+        fallbacks += not face.detected
+    if fallbacks:
+        log.warning("no face detected in %d of %d images: centre crops used instead", fallbacks, len(images))
+    return chips, fallbacks
+
+
+# --------------------------------------------------------------------------------------------- main
+def _one_line(error: BaseException) -> str:
+    message = " ".join(str(error).split()) or type(error).__name__
+    return f"error: {message}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command, print its JSON on stdout; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler: Callable[[argparse.Namespace], dict[str, Any]] = args.handler
+    try:
+        output = handler(args)
+    except Exception as error:  # one clear line for the user; the traceback only with --debug
+        if args.debug:
+            raise
+        print(_one_line(error), file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(output, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
