@@ -1,0 +1,222 @@
+"""Atomic training checkpoints, their rotation, and the RNG state a bitwise resume needs.
+
+A checkpoint is one ``torch.save`` file ``checkpoint-<step:08d>.pt`` holding a plain dict (loadable
+with ``weights_only=True``): model state (trainable parameters + buffers, or the full state),
+optimizer, scheduler, grad-scaler, step, epoch, batch position in the epoch, the RNG states of
+every rank (python ``random``, numpy, torch CPU and CUDA) and the training config. It is written
+to a temporary file in the same folder, fsynced and moved into place with ``os.replace``, so a run
+killed at any moment leaves either the previous checkpoint or the new one, never half a file.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+#: bumped when the layout of the saved dict changes
+CHECKPOINT_FORMAT = 1
+REQUIRED_KEYS = ("format", "model", "model_is_full", "optimizer", "scheduler", "step", "epoch", "batch_in_epoch")
+_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+_TEMP_PREFIX = ".tmp-checkpoint-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is corrupt, truncated or does not match the model; the message names it."""
+
+
+# --------------------------------------------------------------------------------------- RNG
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The current process's RNG states, as tensors/ints only (safe for ``weights_only`` loading)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`capture_rng_state` returned."""
+    random.setstate(_as_tuple(state["python"]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+def _as_tuple(value: Any) -> Any:
+    """``random.setstate`` needs tuples all the way down; lists may come back from serialisers."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------------------------- model state
+def _frozen_parameter_names(model: nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def model_state(model: nn.Module, full: bool = False) -> dict[str, torch.Tensor]:
+    """``model.state_dict()``, or (``full=False``) without the frozen parameters (buffers kept)."""
+    state = model.state_dict()
+    if full:
+        return state
+    frozen = _frozen_parameter_names(model)
+    return {name: tensor for name, tensor in state.items() if name not in frozen}
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], full: bool, source: str = "checkpoint") -> None:
+    """Load a :func:`model_state` dict; a mismatch raises CheckpointError naming ``source``."""
+    try:
+        result = model.load_state_dict(state, strict=full)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: model state does not match the model: {exc}") from exc
+    if not full:
+        missing = set(result.missing_keys) - _frozen_parameter_names(model)
+        if result.unexpected_keys or missing:
+            raise CheckpointError(
+                f"{source}: model state does not match the model "
+                f"(unexpected keys {sorted(result.unexpected_keys)[:5]}, missing trainable keys {sorted(missing)[:5]})"
+            )
+
+
+# ----------------------------------------------------------------------------------- files
+def checkpoint_path(directory: str | Path, step: int) -> Path:
+    """``directory/checkpoint-<step:08d>.pt``."""
+    return Path(directory) / f"checkpoint-{step:08d}.pt"
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Checkpoint files in ``directory``, oldest (lowest step) first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The checkpoint with the highest step in ``directory``, or ``None``."""
+    checkpoints = list_checkpoints(directory)
+    return checkpoints[-1] if checkpoints else None
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete temporary files left by a save that was killed half-way; returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if p.name.startswith(_TEMP_PREFIX)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, keep: int | None = None) -> Path:
+    """Write ``state`` to ``path`` atomically; then keep only the newest ``keep`` checkpoints there.
+
+    The bytes go to a temporary file in the same folder, are flushed and fsynced, and the file is
+    moved over ``path`` with ``os.replace`` (atomic on POSIX); the folder entry is fsynced too.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".pt", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    if keep is not None:
+        prune_checkpoints(path.parent, keep)
+    return path
+
+
+def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints in ``directory``; returns the deleted paths."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    old = list_checkpoints(directory)[:-keep]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises FileNotFoundError if ``path`` does not exist and CheckpointError (naming the file) if it
+    is truncated, corrupt or not a checkpoint of this format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt, or holds objects other than tensors and plain data "
+            f"(not an afr.train checkpoint): {str(exc).splitlines()[0]}"
+        ) from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ... for truncated or damaged files
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not an AdaptFace training checkpoint (missing {missing})")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {state['format']}, expected {CHECKPOINT_FORMAT}")
+    return state

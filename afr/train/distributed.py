@@ -1,0 +1,163 @@
+"""Multi-process training under ``torchrun``: process-group setup, DDP wrapping and rank helpers.
+
+``torchrun --nproc_per_node=N script.py`` starts N processes with ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_distributed` reads them and
+joins the process group (NCCL on CUDA, Gloo on CPU). Without those variables everything here
+degrades to a single process: rank 0 of 1, ``barrier`` is a no-op and models are not wrapped.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedSetupError(RuntimeError):
+    """The torchrun environment is incomplete or the process group cannot be joined."""
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_initialized() -> bool:
+    """Whether a process group is active in this process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in single-process runs): the process that logs and writes files."""
+    return get_rank() == 0
+
+
+def current_context() -> DistributedContext:
+    """The context of the active process group (rank 0 of 1 when there is none)."""
+    if not is_initialized():
+        return DistributedContext()
+    return DistributedContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        backend=str(dist.get_backend()),
+    )
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> DistributedContext:
+    """Join the process group described by torchrun's environment variables (idempotent).
+
+    With ``WORLD_SIZE`` unset or 1 nothing is initialised and a single-process context returned.
+    ``backend`` defaults to ``nccl`` when CUDA is available, else ``gloo``; with NCCL the process's
+    CUDA device is set to ``LOCAL_RANK``.
+    """
+    if is_initialized():
+        return current_context()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    missing = [name for name in _TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise DistributedSetupError(
+            f"WORLD_SIZE={world_size} but {missing} are not set: launch with torchrun --nproc_per_node=N"
+        )
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    try:
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
+    except Exception as exc:  # pragma: no cover - depends on the cluster
+        raise DistributedSetupError(
+            f"rank {rank}/{world_size} could not join the {backend} process group at "
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: {exc}"
+        ) from exc
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if not is_initialized():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Leave and destroy the process group, if any."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """``DistributedDataParallel(model)`` when a process group is active, else ``model`` itself.
+
+    The model must already be on ``device``; DDP broadcasts rank 0's parameters and buffers.
+    """
+    if not is_initialized() or get_world_size() == 1:
+        return model
+    if device.type == "cuda":
+        return DistributedDataParallel(
+            model, device_ids=[device.index], output_device=device.index, find_unused_parameters=find_unused_parameters
+        )
+    return DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (or ``model`` itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def all_reduce_mean(value: float, device: torch.device) -> float:
+    """The mean of a python number over all ranks (``value`` itself in a single process)."""
+    if not is_initialized() or get_world_size() == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item()) / get_world_size()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if not is_initialized() or get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
