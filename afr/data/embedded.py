@@ -1,0 +1,282 @@
+"""The embedded face benchmark: a small, real, multi-domain benchmark that runs on a CPU in minutes.
+
+Built from the shared collections (ORL + Yale = ``controlled``, deepface = ``wild``, Notre Dame and
+PUJ-T360 LWIR = ``thermal``, and a seeded degradation of controlled/wild chips = ``lowquality``):
+
+* identity-disjoint train/test splits per collection (the wild set is test-only: its 280 published
+  pairs are the test);
+* one InsightFace RecordIO training pack with ``[identity, domain]`` labels;
+* one InsightFace verification ``.bin`` per test domain, balanced same/different pairs laid out in
+  10 fold blocks;
+* few-shot subsets (k images per identity and domain) as record indices;
+* ``manifest.csv`` (one row per image: where it went and whether the detector found the face) and
+  ``stats.json``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from afr.data.degrade import degrade
+from afr.data.images import read_image
+from afr.data.pairs import balanced_pairs, interleave_folds
+from afr.data.sources import DOMAINS, RawFace, list_all, read_deepface_pairs
+from afr.paths import faces_root as default_faces_root
+from afr.paths import processed_root
+
+log = logging.getLogger(__name__)
+
+TEST_DOMAINS = ("controlled", "wild", "thermal", "lowquality")
+
+
+@dataclass
+class EmbeddedConfig:
+    """How the embedded benchmark is built; stored as ``config.json`` beside it."""
+
+    output_dir: str = ""
+    faces_root: str = ""
+    seed: int = 0
+    image_size: int = 150
+    geometry: str = "dlib"  # "dlib" (150x150 chip for the ResNet-29) or "arcface" (112x112 for ViTs)
+    test_fraction: float = 0.4
+    max_pairs: int = 600  # per test domain (wild: its 280 published pairs)
+    few_shot_k: tuple[int, ...] = (1, 2, 4)
+    n_folds: int = 10
+    # Collections whose images are already registered face crops: MTCNN (trained on visible light)
+    # finds almost no thermal faces (4/410 UND, 3 of them false), so these take the centred crop.
+    center_crop_sources: tuple[str, ...] = ("thermal_und", "thermal_puj")
+
+    def __post_init__(self) -> None:
+        self.output_dir = str(self.output_dir or processed_root() / "embedded")
+        self.faces_root = str(self.faces_root or default_faces_root())
+        self.few_shot_k = tuple(int(k) for k in self.few_shot_k)
+        self.center_crop_sources = tuple(self.center_crop_sources)
+        if self.geometry not in ("dlib", "arcface"):
+            raise ValueError(f"geometry must be 'dlib' or 'arcface', got {self.geometry!r}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+
+    def fingerprint(self) -> dict:
+        """What decides the content (everything but where it is written)."""
+        data = asdict(self)
+        data.pop("output_dir")
+        data["few_shot_k"] = list(self.few_shot_k)
+        data["center_crop_sources"] = list(self.center_crop_sources)
+        return data
+
+
+@dataclass
+class EmbeddedBenchmark:
+    """A built benchmark on disk."""
+
+    root: Path
+    config: EmbeddedConfig
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    def bin_path(self, domain: str) -> Path:
+        return self.root / "val" / f"{domain}.bin"
+
+    @property
+    def bins(self) -> dict[str, Path]:
+        return {domain: self.bin_path(domain) for domain in TEST_DOMAINS}
+
+    def train_dataset(self, transform=None):
+        from afr.data.recordio import RecordIODataset
+
+        return RecordIODataset(self.train_dir, transform=transform)
+
+    def few_shot_indices(self, k: int) -> list[int]:
+        table = json.loads((self.root / "fewshot.json").read_text())
+        if str(k) not in table:
+            raise KeyError(f"no few-shot subset with k={k}; built: {sorted(map(int, table))}")
+        return table[str(k)]
+
+    def identity_names(self) -> list[str]:
+        return json.loads((self.root / "train_identities.json").read_text())
+
+    def manifest(self) -> list[dict]:
+        with (self.root / "manifest.csv").open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+
+def load_embedded(root: str | Path | None = None) -> EmbeddedBenchmark:
+    """Open a benchmark built by :func:`build_embedded_benchmark` (default ``data/processed/embedded``)."""
+    root = Path(root or processed_root() / "embedded")
+    config_path, stats_path = root / "config.json", root / "stats.json"
+    if not stats_path.is_file():
+        raise FileNotFoundError(
+            f"embedded benchmark not found at {root} (no stats.json): build it with notebooks/01_data.ipynb "
+            "or `python -m afr build-embedded`"
+        )
+    config = EmbeddedConfig(**{**json.loads(config_path.read_text()), "output_dir": str(root)})
+    return EmbeddedBenchmark(root, config, json.loads(stats_path.read_text()))
+
+
+def split_identities(faces: list[RawFace], test_fraction: float, seed: int) -> dict[str, str]:
+    """Identity -> "train"/"test", drawn per collection with a seeded permutation."""
+    split: dict[str, str] = {}
+    by_source: dict[str, list[str]] = defaultdict(list)
+    for face in faces:
+        if face.identity not in by_source[face.source]:
+            by_source[face.source].append(face.identity)
+    for offset, source in enumerate(sorted(by_source)):
+        identities = sorted(by_source[source])
+        if source == "deepface":  # the wild set is the published pair list: test only
+            split.update({identity: "test" for identity in identities})
+            continue
+        order = np.random.default_rng([seed, offset]).permutation(len(identities))
+        n_test = int(round(test_fraction * len(identities)))
+        for rank, index in enumerate(order):
+            split[identities[index]] = "test" if rank < n_test else "train"
+    return split
+
+
+def _wild_pairs(faces: list[RawFace], root: Path, n_folds: int) -> list[tuple[int, int, bool]]:
+    """The published deepface pairs as indices into ``faces`` (the wild test images), fold-ordered."""
+    index = {face.path.name: i for i, face in enumerate(faces)}
+    pairs = read_deepface_pairs(root)
+    positives = [(index[p.file_a], index[p.file_b]) for p in pairs if p.same]
+    negatives = [(index[p.file_a], index[p.file_b]) for p in pairs if not p.same]
+    return interleave_folds(positives, negatives, n_folds)
+
+
+def _few_shot(labels: np.ndarray, domains: np.ndarray, ks: tuple[int, ...], seed: int) -> dict[str, list[int]]:
+    """Per k: up to k record indices per (identity, domain), seeded; nested (k-subset within larger k)."""
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (label, domain) in enumerate(zip(labels.tolist(), domains.tolist())):
+        groups[(label, domain)].append(i)
+    orders = {key: rng.permutation(members).tolist() for key, members in sorted(groups.items())}
+    return {str(k): sorted(i for order in orders.values() for i in order[:k]) for k in ks}
+
+
+def build_embedded_benchmark(
+    config: EmbeddedConfig | None = None, aligner=None, rebuild: bool = False, progress: bool = True
+) -> EmbeddedBenchmark:
+    """Build (or reuse, if built with the same settings) the embedded benchmark; returns it."""
+    from afr.data.recordio import write_pack
+    from afr.data.verification import write_bin
+
+    config = config or EmbeddedConfig()
+    root = Path(config.output_dir)
+    config_path = root / "config.json"
+    if not rebuild and (root / "stats.json").is_file() and config_path.is_file():
+        if json.loads(config_path.read_text()) == config.fingerprint():
+            log.info("embedded benchmark at %s is up to date", root)
+            return load_embedded(root)
+    from afr.align import center_crop_face
+
+    if aligner is None:
+        from afr.align import FaceAligner
+
+        aligner = FaceAligner(geometry=config.geometry, size=config.image_size)
+
+    faces_dir = Path(config.faces_root)
+    faces = list_all(faces_dir)
+    split = split_identities(faces, config.test_fraction, config.seed)
+
+    chips: list[np.ndarray] = []
+    detected: list[bool] = []
+    raw_sizes: dict[str, Counter] = defaultdict(Counter)
+    for face in tqdm(faces, desc="detect + align", disable=not progress):
+        image = read_image(face.path)
+        raw_sizes[face.source][f"{image.shape[1]}x{image.shape[0]}"] += 1
+        if face.source in config.center_crop_sources:
+            chips.append(center_crop_face(image, config.image_size, config.geometry))
+            detected.append(False)
+            continue
+        aligned = aligner.align(image)
+        chips.append(aligned.chip)
+        detected.append(bool(aligned.detected))
+
+    # Low-quality domain: a degraded copy of every controlled and wild chip, same identity and split.
+    rows = [
+        {"file": str(face.path.relative_to(faces_dir)), "source": face.source, "identity": face.identity,
+         "domain": face.domain, "split": split[face.identity], "detected": int(detected[i]), "chip": i}
+        for i, face in enumerate(faces)
+    ]
+    for i, face in enumerate(faces):
+        if face.domain in ("controlled", "wild"):
+            chips.append(degrade(chips[i], config.seed, rows[i]["file"]))
+            rows.append({**rows[i], "domain": "lowquality", "chip": len(chips) - 1})
+
+    # Training pack: train identities of every domain, labels [identity, domain].
+    train_rows = [row for row in rows if row["split"] == "train"]
+    identity_names = sorted({row["identity"] for row in train_rows})
+    label_of = {name: label for label, name in enumerate(identity_names)}
+    train_rows.sort(key=lambda row: (label_of[row["identity"]], DOMAINS.index(row["domain"]), row["file"]))
+    labels = np.array([label_of[row["identity"]] for row in train_rows])
+    domains = np.array([DOMAINS.index(row["domain"]) for row in train_rows])
+    root.mkdir(parents=True, exist_ok=True)
+    write_pack(root / "train", [chips[row["chip"]] for row in train_rows], labels, domains=domains,
+               image_size=(config.image_size, config.image_size))
+    for record, row in enumerate(train_rows):
+        row["record"] = record
+    (root / "train_identities.json").write_text(json.dumps(identity_names, indent=1))
+    few_shot = _few_shot(labels, domains, config.few_shot_k, config.seed)
+    (root / "fewshot.json").write_text(json.dumps(few_shot))
+
+    # Verification packs, one per test domain.
+    (root / "val").mkdir(exist_ok=True)
+    pair_counts = {}
+    for domain in TEST_DOMAINS:
+        test_rows = [row for row in rows if row["split"] == "test" and row["domain"] == domain]
+        if domain == "wild":
+            wild_faces = [faces[row["chip"]] for row in test_rows]
+            pairs = _wild_pairs(wild_faces, faces_dir, config.n_folds)
+        else:
+            pairs = balanced_pairs([row["identity"] for row in test_rows], config.max_pairs,
+                                   config.seed, config.n_folds)
+        images = [chips[test_rows[i]["chip"]] for a, b, _ in pairs for i in (a, b)]
+        write_bin(root / "val" / f"{domain}.bin", images, [same for _, _, same in pairs])
+        pair_counts[domain] = {"pairs": len(pairs), "same": sum(s for *_, s in pairs),
+                               "images": len({i for a, b, _ in pairs for i in (a, b)})}
+
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0].keys(), "record"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+    stats = _statistics(rows, raw_sizes, pair_counts, few_shot, config)
+    (root / "stats.json").write_text(json.dumps(stats, indent=1))
+    config_path.write_text(json.dumps(config.fingerprint(), indent=1))
+    return EmbeddedBenchmark(root, config, stats)
+
+
+def _statistics(rows, raw_sizes, pair_counts, few_shot, config) -> dict:
+    per_domain: dict[str, dict] = {}
+    for domain in DOMAINS:
+        for split in ("train", "test"):
+            chosen = [row for row in rows if row["domain"] == domain and row["split"] == split]
+            per_domain.setdefault(domain, {})[split] = {
+                "identities": len({row["identity"] for row in chosen}), "images": len(chosen)}
+    originals = [row for row in rows if row["domain"] != "lowquality"]
+    detection = {}
+    for source in sorted({row["source"] for row in originals}):
+        chosen = [row for row in originals if row["source"] == source]
+        found = sum(row["detected"] for row in chosen)
+        by_design = source in config.center_crop_sources
+        detection[source] = {"images": len(chosen), "detector": "none (registered crop)" if by_design else "mtcnn",
+                             "detected": found, "center_crop": len(chosen) - found}
+    return {
+        "domains": per_domain,
+        "detection": detection,
+        "raw_image_sizes": {source: dict(sizes.most_common()) for source, sizes in raw_sizes.items()},
+        "verification_pairs": pair_counts,
+        "train_records": sum(1 for row in rows if row["split"] == "train"),
+        "train_identities": len({row["identity"] for row in rows if row["split"] == "train"}),
+        "few_shot_records": {k: len(v) for k, v in few_shot.items()},
+        "chip": {"geometry": config.geometry, "size": config.image_size},
+        "seed": config.seed,
+    }
