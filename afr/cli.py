@@ -8,6 +8,12 @@ Commands
     ``.bin`` pack (``--bin``) or a folder with one sub-folder per identity (``--folder``), from which
     every same-identity pair and as many seeded different-identity pairs are formed.
 
+``build-embedded``
+    Build (or reuse) the embedded benchmark from the shared face collections and print its statistics.
+``baseline``
+    Zero-shot evaluation, LoRA + CosFace training and evaluation of the adapted backbone (the recipe of
+    ``notebooks/02_baseline.ipynb``); prints the result JSON, which also goes to ``results/``.
+
 Every command reports failures as one line ``error: ...`` on stderr and exits with status 2
 (``--debug`` shows the traceback instead). New commands register a sub-parser in
 :func:`build_parser` and a handler returning the JSON-ready dict to print.
@@ -48,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     _add_evaluate(commands)
+    _add_build_embedded(commands)
+    _add_baseline(commands)
     return parser
 
 
@@ -236,6 +244,69 @@ def _align(images: Sequence[np.ndarray], backbone: Any, progress: bool) -> tuple
     if fallbacks:
         log.warning("no face detected in %d of %d images: centre crops used instead", fallbacks, len(images))
     return chips, fallbacks
+
+
+# --------------------------------------------------------------------------------------------- build-embedded
+def _add_build_embedded(commands: argparse._SubParsersAction) -> None:
+    build = commands.add_parser("build-embedded", help="build the embedded benchmark (prints its statistics)")
+    build.add_argument("--faces-root", type=Path, help="folder with orl/ yale/ deepface/ thermal/ "
+                       "(default: $AFR_SHARED/data/faces)")
+    build.add_argument("--output-dir", type=Path, help="default data/processed/embedded")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--geometry", choices=("dlib", "arcface"), default="dlib")
+    build.add_argument("--image-size", type=int, default=150)
+    build.add_argument("--few-shot-k", type=int, nargs="+", default=[1, 2, 4])
+    build.add_argument("--rebuild", action="store_true", help="rebuild even if built with the same settings")
+    _add_debug(build)
+    build.set_defaults(handler=build_embedded_command)
+
+
+def build_embedded_command(args: argparse.Namespace) -> dict[str, Any]:
+    from afr.data.embedded import EmbeddedConfig, build_embedded_benchmark
+
+    config = EmbeddedConfig(output_dir=str(args.output_dir or ""), faces_root=str(args.faces_root or ""),
+                            seed=args.seed, image_size=args.image_size, geometry=args.geometry,
+                            few_shot_k=tuple(args.few_shot_k))
+    benchmark = build_embedded_benchmark(config, rebuild=args.rebuild)
+    return {"root": str(benchmark.root), **benchmark.stats}
+
+
+# --------------------------------------------------------------------------------------------- baseline
+def _add_baseline(commands: argparse._SubParsersAction) -> None:
+    from afr.experiments.baseline import BaselineSettings
+
+    baseline = commands.add_parser(
+        "baseline", help="zero-shot vs LoRA + CosFace on the embedded benchmark or CASIA-WebFace (prints JSON)")
+    defaults = BaselineSettings()
+    baseline.add_argument("--backbone", default=defaults.backbone)
+    baseline.add_argument("--weights", help="backbone weights directory")
+    baseline.add_argument("--data-profile", choices=("embedded", "full"), default=defaults.data_profile)
+    baseline.add_argument("--embedded-root", help="embedded benchmark folder (default data/processed/embedded)")
+    baseline.add_argument("--train-rec", help="full profile: CASIA-WebFace folder (train.rec/.idx/property)")
+    baseline.add_argument("--bins-dir", help="full profile: folder with lfw.bin cfp_fp.bin agedb_30.bin calfw.bin cplfw.bin")
+    baseline.add_argument("--num-identities", type=int, help="full profile: seeded identity subset (1000, 10000)")
+    baseline.add_argument("--rank", type=int, default=defaults.rank)
+    baseline.add_argument("--epochs", type=int, default=defaults.epochs)
+    baseline.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    baseline.add_argument("--lr", type=float, default=defaults.lr)
+    baseline.add_argument("--head-lr", type=float, default=defaults.head_lr)
+    baseline.add_argument("--margin", choices=("cosface", "arcface"), default=defaults.margin)
+    baseline.add_argument("--num-workers", type=int, default=defaults.num_workers)
+    baseline.add_argument("--seed", type=int, default=defaults.seed)
+    baseline.add_argument("--device", default=defaults.device)
+    baseline.add_argument("--output-dir", help="run folder (TensorBoard, checkpoints, adapter)")
+    baseline.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    _add_debug(baseline)
+    baseline.set_defaults(handler=baseline_command)
+
+
+def baseline_command(args: argparse.Namespace) -> dict[str, Any]:
+    from afr.experiments.baseline import BaselineSettings, run_baseline
+
+    names = ("backbone", "weights", "data_profile", "embedded_root", "train_rec", "bins_dir", "num_identities",
+             "rank", "epochs", "batch_size", "lr", "head_lr", "margin", "num_workers", "seed", "device", "output_dir")
+    settings = BaselineSettings(**{name: getattr(args, name) for name in names})
+    return run_baseline(settings, resume=args.resume)
 
 
 # --------------------------------------------------------------------------------------------- main

@@ -38,6 +38,7 @@ __all__ = [
     "HF_BACKBONES",
     "MissingWeightsError",
     "UnknownBackboneError",
+    "architecture_config",
     "available_backbones",
     "check_hf_directory",
     "create_backbone",
@@ -113,6 +114,38 @@ def tiny_clip_config():
     )
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     return CLIPConfig(vision_config=vision, text_config=text, projection_dim=24)
+
+
+#: architecture of each named model as published (for randomly initialised speed benchmarks)
+_ARCHITECTURES: dict[str, dict[str, int]] = {
+    "dinov2-vits14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14),
+    "dinov2-vitb14": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=14),
+    "dinov2-vitl14": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=14),
+    "clip-vitb16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        patch_size=16, projection_dim=512),
+    "clip-vitb32": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        patch_size=32, projection_dim=512),
+    "clip-vitl14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                        patch_size=14, projection_dim=768),
+}
+
+
+def architecture_config(name: str, image_size: int = 224):
+    """The transformers config of a named ViT's published architecture, for random-weight benchmarks.
+
+    Speed does not depend on weight values, so throughput can be measured without any checkpoint.
+    """
+    key = name.strip().lower()
+    if key not in _ARCHITECTURES:
+        raise UnknownBackboneError(f"no architecture for {name!r}; known: {', '.join(_ARCHITECTURES)}")
+    arch = dict(_ARCHITECTURES[key])
+    if HF_BACKBONES[key].family == "dinov2":
+        from transformers import Dinov2Config
+
+        return Dinov2Config(image_size=image_size, **arch)
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(image_size=image_size, **arch)
 
 
 def _how_to_get(name: str, spec: HFBackboneSpec) -> str:

@@ -1,0 +1,1 @@
+"""Experiment recipes behind the numbered notebooks (one module per notebook)."""
