@@ -12,12 +12,13 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test bench notebooks clean-data help
+.PHONY: venv demo test bench notebooks clean-data help apt
 
 help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU)"
 	@echo "make test   - create .venv if needed and run unit tests + nbval notebook tests"
 	@echo "make bench  - run the benchmarks in bench/ (prints ratios measured side by side)"
+	@echo "make apt    - install the Debian packages in apt.txt (LaTeX for the paper) when root and apt-get exist"
 
 venv: $(STAMP)
 
@@ -45,6 +46,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) "$$script"; done
+
+# Debian packages (apt.txt): installed when we are root and apt-get exists; otherwise say what to install.
+APT_PACKAGES := $(shell grep -v '^\s*\#' apt.txt 2>/dev/null | tr '\n' ' ')
+apt:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then echo "apt-get install $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "apt packages already installed: $(APT_PACKAGES)"; fi; \
+	else echo "skipping apt packages (not root or no apt-get); install them yourself: $(APT_PACKAGES)"; fi
 
 clean-data:
 	rm -rf data/processed
