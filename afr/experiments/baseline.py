@@ -31,7 +31,7 @@ from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
 from afr.models import FaceRecognitionModel, create_backbone
 from afr.paths import MissingResourceError, processed_root, results_root
-from afr.train import TrainConfig, Trainer
+from afr.train import TrainConfig, Trainer, seed_everything
 
 __all__ = [
     "FULL_BENCHMARKS",
@@ -186,6 +186,7 @@ def train_lora(
     ``model`` is the :class:`~afr.models.FaceRecognitionModel` (``model.backbone`` carries the
     trained, unmerged LoRA). Only LoRA matrices and class centres are trained.
     """
+    seed_everything(settings.seed)  # LoRA's A and the class centres are drawn here: same seed, same start
     apply_lora(backbone, settings.lora_settings())
     num_classes = int(getattr(train_dataset, "num_classes", 0) or len(np.unique(train_dataset.labels)))
     model = FaceRecognitionModel(backbone, num_classes, margin=settings.margin, s=settings.s, m=settings.m)
