@@ -273,7 +273,7 @@ def build_embedded_command(args: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- baseline
 def _add_baseline(commands: argparse._SubParsersAction) -> None:
-    from afr.experiments.baseline import BaselineSettings
+    from afr.experiments.settings import BaselineSettings
 
     baseline = commands.add_parser(
         "baseline", help="zero-shot vs LoRA + CosFace on the embedded benchmark or CASIA-WebFace (prints JSON)")

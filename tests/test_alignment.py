@@ -34,22 +34,7 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The shared 2-core test machine is oversubscribed with more threads; detection is tiny anyway."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def detector():
-    from afr.align.mtcnn import MTCNN
-
-    return MTCNN()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _deepface(name: str) -> np.ndarray:

@@ -17,20 +17,7 @@ needs_shared = pytest.mark.skipif(
 FAST_PHOTOS = ("img1.jpg", "img5.jpg", "img49.jpg", "img42.jpg", "img17.jpg")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The shared 2-core test machine is oversubscribed with more threads; detection is tiny anyway."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def detector() -> MTCNN:
-    return MTCNN()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _deepface(name: str) -> np.ndarray:

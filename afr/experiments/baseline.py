@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, save_adapter, trainable_parameters
+from afr.adapters.lora import apply_lora, merge_lora, save_adapter, trainable_parameters
 from afr.data.augment import FaceAugment
 from afr.data.subsets import identity_subset
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
+from afr.experiments.settings import BaselineSettings
 from afr.models import FaceRecognitionModel, create_backbone
 from afr.paths import MissingResourceError, processed_root, results_root
 from afr.train import TrainConfig, Trainer, seed_everything
@@ -58,61 +59,6 @@ PUBLISHED_FROUNDATION = [
     {"model": "DINOv2 ViT-L", "setting": "LoRA + CosFace", "training_data": "large-scale", "average": 96.03},
     {"model": "CLIP ViT-L", "setting": "LoRA + CosFace", "training_data": "large-scale", "average": 95.59},
 ]
-
-
-@dataclass
-class BaselineSettings:
-    """One baseline run; every field is a notebook parameter."""
-
-    backbone: str = "dlib-resnet29"
-    weights: str | None = None  # backbone weights directory (default: shared dlib weights)
-    data_profile: str = "embedded"  # "embedded" | "full"
-    # embedded profile
-    embedded_root: str | None = None  # default data/processed/embedded
-    # full profile
-    train_rec: str | None = None  # CASIA-WebFace folder or prefix (train.rec/.idx/property)
-    bins_dir: str | None = None  # folder holding lfw.bin cfp_fp.bin agedb_30.bin calfw.bin cplfw.bin
-    num_identities: int | None = None  # CASIA subset size (FRoundation: 1000 / 10000); None = all
-    benchmarks: tuple[str, ...] = ()  # test packs; default: all of the profile
-    # LoRA and loss
-    rank: int = 8
-    alpha: float | None = None  # default: = rank
-    lora_dropout: float = 0.0
-    use_rslora: bool = False
-    lora_targets: tuple[str, ...] | None = None  # default: the backbone's (ResNet convs / ViT q,v)
-    margin: str = "cosface"
-    s: float = 64.0
-    m: float | None = None  # CosFace 0.35, ArcFace 0.5
-    # optimisation
-    epochs: int = 4
-    batch_size: int = 32
-    lr: float = 1e-4
-    head_lr: float | None = None  # class centres start random; default: = lr
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.5
-    augment: bool = True
-    num_workers: int = 0
-    eval_every_epoch: bool = True
-    seed: int = 0
-    device: str = "auto"
-    output_dir: str | None = None  # run folder (TensorBoard, checkpoints); default runs/<tag>
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.data_profile not in ("embedded", "full"):
-            raise ValueError(f"data_profile must be 'embedded' or 'full', got {self.data_profile!r}")
-        self.benchmarks = tuple(self.benchmarks or ())
-        if self.lora_targets is not None:
-            self.lora_targets = tuple(self.lora_targets)
-
-    @property
-    def tag(self) -> str:
-        """A file-name-safe run name, e.g. ``baseline_embedded_dlib-resnet29_r8_seed0``."""
-        return f"baseline_{self.data_profile}_{self.backbone}_r{self.rank}_seed{self.seed}"
-
-    def lora_settings(self) -> LoraSettings:
-        return LoraSettings(r=self.rank, alpha=float(self.alpha or self.rank), dropout=self.lora_dropout,
-                            use_rslora=self.use_rslora, target_modules=self.lora_targets)
 
 
 # ------------------------------------------------------------------------------------------ data
