@@ -21,7 +21,6 @@ Every command reports failures as one line ``error: ...`` on stderr and exits wi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -113,33 +112,6 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _load_pack(path: Path) -> tuple[list[np.ndarray], np.ndarray, str]:
-    """``(images, issame, sha256)`` of a ``.bin`` pack through :mod:`afr.data.verification`."""
-    from afr.data import verification as packs
-    from afr.data.images import decode_image
-
-    if hasattr(packs, "load_pack"):
-        pack = packs.load_pack(path)
-        images, issame = pack.images, pack.issame
-        sha256 = getattr(pack, "sha256", None)
-    else:
-        images, issame = packs.load_bin(path)
-        sha256 = packs.sha256_file(path) if hasattr(packs, "sha256_file") else None
-    images = [
-        decode_image(image, f"{path} image {index}") if isinstance(image, (bytes, bytearray)) else np.asarray(image)
-        for index, image in enumerate(images)
-    ]
-    return images, np.asarray(issame, dtype=bool), sha256 or _sha256(path)
-
-
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``evaluate``: the JSON-ready dict of metrics and provenance."""
     # check every input before the slow imports and the backbone load
@@ -158,7 +130,7 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from afr.eval.extract import extract_embeddings
+    from afr.eval.extract import extract_unique_embeddings
     from afr.eval.verification import evaluate
 
     torch.manual_seed(args.seed)
@@ -173,12 +145,12 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
     data: dict[str, Any]
     if args.bin is not None:
-        images, issame, sha256 = _load_pack(args.bin)
-        if len(images) != 2 * len(issame):
-            raise CommandError(f"{args.bin}: {len(images)} images for {len(issame)} pairs (expected twice as many)")
-        chips = images
-        pair_rows = np.arange(len(images))
-        data = {"kind": "bin", "path": str(args.bin.resolve()), "sha256": sha256, "n_images": len(images)}
+        from afr.data.verification import load_pack
+
+        pack = load_pack(args.bin)  # validates the structure (2 images per pair) and hashes the file
+        chips, issame = pack.images, pack.issame
+        pair_rows = np.arange(len(chips))
+        data = {"kind": "bin", "path": str(args.bin.resolve()), "sha256": pack.sha256, "n_images": len(chips)}
     else:
         from afr.data.folder import ImageFolderDataset, folder_verification_pairs
 
@@ -210,7 +182,7 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     if resized:  # recorded so that a geometry mismatch (e.g. 150 px dlib chips into a 112 px ViT) is visible
         data["resized_from"] = resized
         data["resized_to"] = f"{size}x{size}"
-    embeddings = extract_embeddings(
+    embeddings = extract_unique_embeddings(  # a .bin repeats chips across pairs: embed each once
         backbone, chips, batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
         progress=args.progress,
     )
