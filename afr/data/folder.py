@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from afr.data.images import read_image
-from afr.data.pairs import interleave_folds
+from afr.data.pairs import interleave_folds, same_identity_pairs
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "folder_verification_pairs"]
 
@@ -98,7 +98,7 @@ def folder_verification_pairs(
     labels = np.asarray(list(labels) if not isinstance(labels, np.ndarray) else labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
-    positives = _same_identity_pairs(labels)
+    positives = same_identity_pairs(labels)
     if len(positives) == 0:
         raise ValueError("no identity has two images: cannot form same-identity pairs")
     n_total = len(labels) * (len(labels) - 1) // 2
@@ -129,15 +129,3 @@ def folder_verification_pairs(
 
 
 _ENUMERATE_LIMIT = 2_000_000  # below this many pairs in all, different pairs are drawn from the full list
-
-
-def _same_identity_pairs(labels: np.ndarray) -> np.ndarray:
-    """All ``(i, j)``, ``i < j``, with equal labels, sorted by ``i`` then ``j``."""
-    order = np.argsort(labels, kind="stable")
-    boundaries = np.flatnonzero(labels[order][1:] != labels[order][:-1]) + 1
-    blocks = []
-    for members in np.split(order, boundaries):
-        first, second = np.triu_indices(len(members), k=1)
-        blocks.append(np.stack([members[first], members[second]], axis=1))
-    pairs = np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.int64)
-    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))].astype(np.int64)

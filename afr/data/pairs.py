@@ -5,7 +5,6 @@ out in blocks (as LFW is: per fold, its same pairs then its different pairs).
 """
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +24,19 @@ def interleave_folds(positives: Sequence, negatives: Sequence, n_folds: int = 10
     return ordered
 
 
+def same_identity_pairs(labels: np.ndarray | Sequence) -> np.ndarray:
+    """All ``(i, j)``, ``i < j``, with equal labels, as an ``(P, 2)`` int64 array sorted by ``i`` then ``j``."""
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    boundaries = np.flatnonzero(labels[order][1:] != labels[order][:-1]) + 1
+    blocks = []
+    for members in np.split(order, boundaries):
+        first, second = np.triu_indices(len(members), k=1)
+        blocks.append(np.stack([members[first], members[second]], axis=1))
+    pairs = np.concatenate(blocks) if blocks else np.zeros((0, 2), dtype=np.int64)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))].astype(np.int64)
+
+
 def balanced_pairs(
     identities: Sequence[str], max_pairs: int, seed: int, n_folds: int = 10
 ) -> list[tuple[int, int, bool]]:
@@ -37,15 +49,13 @@ def balanced_pairs(
         raise ValueError(f"max_pairs must be at least 2, got {max_pairs}")
     rng = np.random.default_rng(seed)
     labels = np.asarray(identities)
-    positives = [(i, j) for i, j in itertools.combinations(range(len(labels)), 2) if labels[i] == labels[j]]
+    positives = [tuple(pair) for pair in same_identity_pairs(labels).tolist()]
     if not positives:
         raise ValueError("no identity has two images: cannot form same-identity pairs")
+    n_negative_possible = len(labels) * (len(labels) - 1) // 2 - len(positives)
     if len(positives) > max_pairs // 2:
         keep = np.sort(rng.choice(len(positives), size=max_pairs // 2, replace=False))
         positives = [positives[k] for k in keep]
-    n_negative_possible = sum(
-        1 for i, j in itertools.combinations(range(len(labels)), 2) if labels[i] != labels[j]
-    )
     if n_negative_possible < len(positives):
         raise ValueError("too few different-identity pairs to balance the same-identity pairs")
     negatives: list[tuple[int, int]] = []
