@@ -39,6 +39,7 @@ __all__ = [
     "PUBLISHED_FROUNDATION",
     "BaselineSettings",
     "evaluate_on_packs",
+    "evaluation_device",
     "load_test_packs",
     "load_train_dataset",
     "baseline_result",
@@ -94,6 +95,11 @@ def load_train_dataset(settings: BaselineSettings):
 
 
 # ------------------------------------------------------------------------------------------ evaluation
+def evaluation_device(settings: BaselineSettings) -> torch.device:
+    """Where evaluations run: the training device, by the training engine's rule for ``"auto"``."""
+    return TrainConfig(device=settings.device).resolve_device()
+
+
 def evaluate_on_packs(
     backbone: nn.Module, packs: Mapping[str, VerificationPack], device: str | torch.device = "cpu",
     batch_size: int = 64, progress: bool = False,
@@ -160,7 +166,6 @@ def baseline_result(
     trainable_params: int, total_params: int, train_records: int, num_classes: int, wall_seconds: float,
 ) -> dict[str, Any]:
     """The JSON-ready record of one run: settings (seed included), both evaluations, the training history."""
-    device = settings.device if settings.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     return {
         "experiment": "baseline",
         "settings": asdict(settings),
@@ -170,8 +175,8 @@ def baseline_result(
                   "backbone_parameters": total_params - trainable_params, "run_dir": str(train_result.output_dir)},
         "zero_shot": dict(zero_shot),
         "lora": dict(adapted),
-        "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": device,
-                        "threads": torch.get_num_threads()},
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "device": str(evaluation_device(settings)), "threads": torch.get_num_threads()},
         "wall_seconds": round(wall_seconds, 1),
     }
 
@@ -192,7 +197,7 @@ def run_baseline(settings: BaselineSettings, resume: bool = False, write: bool =
     started = time.time()
     packs = load_test_packs(settings)
     backbone = create_backbone(settings.backbone, settings.weights)
-    device = settings.device if settings.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = evaluation_device(settings)
     zero_shot = evaluate_on_packs(backbone, packs, device=device)
     train_dataset = load_train_dataset(settings)
     model, train_result = train_lora(backbone, train_dataset, settings, packs, resume=resume)

@@ -116,16 +116,17 @@ def tiny_clip_config():
     return CLIPConfig(vision_config=vision, text_config=text, projection_dim=24)
 
 
-#: architecture of each named model as published (for randomly initialised speed benchmarks)
+#: depth, heads, patch (and CLIP widths) of each named model as published, for random-weight
+#: speed benchmarks; the width is the spec's ``hidden_size``
 _ARCHITECTURES: dict[str, dict[str, int]] = {
-    "dinov2-vits14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14),
-    "dinov2-vitb14": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=14),
-    "dinov2-vitl14": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=14),
-    "clip-vitb16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    "dinov2-vits14": dict(num_hidden_layers=12, num_attention_heads=6, patch_size=14),
+    "dinov2-vitb14": dict(num_hidden_layers=12, num_attention_heads=12, patch_size=14),
+    "dinov2-vitl14": dict(num_hidden_layers=24, num_attention_heads=16, patch_size=14),
+    "clip-vitb16": dict(intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                         patch_size=16, projection_dim=512),
-    "clip-vitb32": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    "clip-vitb32": dict(intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                         patch_size=32, projection_dim=512),
-    "clip-vitl14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+    "clip-vitl14": dict(intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                         patch_size=14, projection_dim=768),
 }
 
@@ -138,7 +139,7 @@ def architecture_config(name: str, image_size: int = 224):
     key = name.strip().lower()
     if key not in _ARCHITECTURES:
         raise UnknownBackboneError(f"no architecture for {name!r}; known: {', '.join(_ARCHITECTURES)}")
-    arch = dict(_ARCHITECTURES[key])
+    arch = dict(_ARCHITECTURES[key], hidden_size=HF_BACKBONES[key].hidden_size)
     if HF_BACKBONES[key].family == "dinov2":
         from transformers import Dinov2Config
 
@@ -214,7 +215,7 @@ def create_backbone(name: str, weights: str | Path | None = None, **kwargs: Any)
     if key == DLIB_NAME:
         if kwargs:
             raise TypeError(f"{DLIB_NAME} takes no options, got {sorted(kwargs)}")
-        from afr.models.dlib_resnet import load_dlib_resnet29  # written in parallel; imported lazily
+        from afr.models.dlib_resnet import load_dlib_resnet29  # imported lazily (keeps `import afr.models` cheap)
 
         try:
             directory = Path(weights) if weights is not None else weights_root() / "dlib_resnet29"
