@@ -175,12 +175,9 @@ def build_embedded_benchmark(
         if json.loads(config_path.read_text()) == config.fingerprint():
             log.info("embedded benchmark at %s is up to date", root)
             return load_embedded(root)
-    from afr.align import center_crop_face
+    from afr.align import FaceAligner, center_crop_face
 
-    if aligner is None:
-        from afr.align import FaceAligner
-
-        aligner = FaceAligner(geometry=config.geometry, size=config.image_size)
+    aligner = aligner or FaceAligner(geometry=config.geometry, size=config.image_size)
 
     faces_dir = Path(config.faces_root)
     faces = list_all(faces_dir)
