@@ -1,10 +1,12 @@
-"""2-process Gloo DDP on CPU under torchrun: ranks agree, and equal one process on the joint batch."""
+"""2-process Gloo DDP on CPU: ranks agree, equal one process on the joint batch, and stop together."""
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,39 @@ def test_two_process_gloo_ddp_matches_single_process_on_joint_batch(tmp_path):
     rank_losses = [[float.fromhex(x) for x in r["step_losses"]] for r in results]
     joint = [(a + b) / 2 for a, b in zip(*rank_losses)]
     assert joint == pytest.approx(single.step_losses, rel=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_promptly(tmp_path):
+    """Rank 1's third forward pass (first micro-batch of step 2, accumulating 2) gives a NaN loss.
+    Both ranks must raise FloatingPointError at once, well inside the 60 s process-group timeout.
+    The two ranks are started directly (not under torchrun, which would kill the surviving rank as
+    soon as the other fails) so that each process's own exit and error are seen."""
+    timeout_s = 60
+    output_dir = tmp_path / "nan"
+    env = dict(_torchrun_env(), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    command = [
+        sys.executable, str(WORKER), "--output-dir", str(output_dir), "--epochs", "2", "--samples", str(SAMPLES),
+        "--batch-size", str(PER_RANK_BATCH), "--accum", "2", "--nan-on-rank", "1", "--nan-at-forward", "3",
+        "--dist-timeout", str(timeout_s),
+    ]
+    started = time.monotonic()
+    ranks = [subprocess.Popen(command, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        stderrs = [rank.communicate(timeout=2 * timeout_s)[1] for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    elapsed = time.monotonic() - started
+    assert [rank.returncode for rank in ranks] == [1, 1], stderrs
+    errors = [json.loads((output_dir / f"error-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [e["type"] for e in errors] == ["FloatingPointError"] * 2, stderrs
+    assert "non-finite loss nan" in errors[1]["message"] and "another rank" in errors[0]["message"]
+    assert all("step 2" in e["message"] for e in errors)
+    assert abs(errors[0]["time"] - errors[1]["time"]) < 5 and elapsed < timeout_s, (errors, elapsed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from afr.train import (
     CheckpointError,
     ConfigError,
     ResumableSampler,
+    RunExistsError,
     TrainConfig,
     Trainer,
     build_scheduler,
@@ -23,7 +25,9 @@ from afr.train import (
     load_checkpoint,
     save_checkpoint,
 )
+from afr.io import atomic_write_bytes, atomic_write_text, atomic_writer
 from afr.train.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, checkpoint_path, restore_rng_state
+from afr.train.sampler import SeededBatches, SeededFetch, batch_seed
 from afr.train.smoke import SyntheticFaces, TinyClassifier, TinyOutput
 from afr.paths import shared_root
 
@@ -132,6 +136,40 @@ def test_sampler_shards_are_disjoint_and_form_the_single_process_batches():
         ResumableSampler(3, 4, num_replicas=1, rank=0)
 
 
+class _RandomDraws(torch.utils.data.Dataset):
+    """Each sample: the index and what python, numpy and torch's global RNGs give, and torch's seed."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, index: int) -> tuple:
+        return index, random.random(), int(np.random.randint(2**31)), float(torch.rand(())), torch.initial_seed()
+
+
+def _seeded_batches(epoch: int, start_batch: int, num_workers: int) -> list:
+    sampler = ResumableSampler(24, 4, seed=9, num_replicas=2, rank=1)
+    sampler.set_epoch(epoch, start_batch)
+    loader = torch.utils.data.DataLoader(
+        SeededFetch(_RandomDraws()), batch_sampler=SeededBatches(sampler), num_workers=num_workers,
+        collate_fn=list, generator=torch.Generator().manual_seed(0))
+    return list(loader)
+
+
+def test_dataset_random_draws_depend_only_on_the_batch_position():
+    """Whatever the number of workers and wherever the epoch (re)starts, a batch's random draws are
+    the same: they come from RNGs seeded with batch_seed(seed, epoch, batch, rank)."""
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    in_process = _seeded_batches(epoch=1, start_batch=0, num_workers=0)
+    assert random.getstate() == states[0] and np.array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.get_rng_state(), states[2])  # the main process's streams are untouched
+    assert _seeded_batches(epoch=1, start_batch=0, num_workers=2) == in_process
+    assert _seeded_batches(epoch=1, start_batch=1, num_workers=2) == in_process[1:]
+    assert [batch[0][-1] for batch in in_process] == [batch_seed(9, 1, b, 1) for b in range(len(in_process))]
+    draws = [sample[1:4] for batch in in_process for sample in batch]
+    assert len(set(draws)) == len(draws)  # every sample gets its own numbers
+    assert _seeded_batches(epoch=2, start_batch=0, num_workers=0)[0][0][1:] != in_process[0][0][1:]
+
+
 # ------------------------------------------------------------------------------ checkpoints
 def _state(step: int) -> dict:
     return {"format": CHECKPOINT_FORMAT, "model": {"w": torch.full((2,), float(step))}, "model_is_full": True,
@@ -225,10 +263,23 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path):
     assert leftover.fit().step == 4
 
 
+class _JitteredFaces(SyntheticFaces):
+    """SyntheticFaces brightened by a shift drawn from numpy's global RNG for every sample."""
+
+    def __getitem__(self, index: int) -> tuple:
+        image, label = super().__getitem__(index)
+        return np.clip(image.astype(np.int16) + np.random.randint(0, 32), 0, 255).astype(np.uint8), label
+
+
+def _noise(images: torch.Tensor) -> torch.Tensor:
+    return (images + 0.05 * torch.randn_like(images)).clamp(0.0, 1.0)
+
+
 def test_dataloader_workers_give_the_same_batches_as_the_main_process(tmp_path):
-    in_process = Trainer(_model(), SyntheticFaces(32), _config(tmp_path / "w0")).fit()
-    with_workers = Trainer(_model(), SyntheticFaces(32), _config(tmp_path / "w2", num_workers=2)).fit()
-    assert with_workers.step_losses == in_process.step_losses
+    """Random data, dropout and a torch-RNG augmentation: the number of workers changes nothing."""
+    runs = [Trainer(_model(dropout=0.3), _JitteredFaces(32), _config(tmp_path / f"w{n}", num_workers=n, epochs=2),
+                    augment=_noise).fit() for n in (0, 2)]
+    assert runs[1].step_losses == runs[0].step_losses
 
 
 def test_fit_writes_config_metrics_tensorboard_and_calls_evaluators(tmp_path):
@@ -263,6 +314,70 @@ def test_fit_writes_config_metrics_tensorboard_and_calls_evaluators(tmp_path):
     assert logged == pytest.approx(np.mean(result.step_losses[:2]), rel=1e-6)
 
 
+class _TwoTermClassifier(TinyClassifier):
+    """Loss = cross-entropy + a weight penalty, both reported as terms; records each forward's terms."""
+
+    def __init__(self, as_mapping: bool = False):
+        super().__init__()
+        self.as_mapping = as_mapping
+        self.seen: list[dict[str, float]] = []
+
+    def forward(self, images, labels=None, **extra):
+        out = super().forward(images, labels)
+        terms = {"ce": out.loss, "penalty": 1e-2 * self.net[1].weight.square().sum()}
+        self.seen.append({name: float(value.detach()) for name, value in terms.items()})
+        loss = terms["ce"] + terms["penalty"]
+        return {"loss": loss, "terms": terms} if self.as_mapping else TinyOutput(loss, out.logits, terms)
+
+
+def test_loss_terms_are_logged_per_window_and_per_epoch(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    model = _TwoTermClassifier()
+    config = _config(tmp_path, epochs=2, batch_size=4, grad_accum_steps=2, tensorboard=True, log_every=2)
+    result = Trainer(model, SyntheticFaces(32), config).fit()  # 8 batches -> 4 steps per epoch
+    # a step's term = the mean over its 2 micro-batches; an epoch's = the mean over its 4 steps
+    steps = [{name: (a[name] + b[name]) / 2 for name in a} for a, b in zip(model.seen[::2], model.seen[1::2])]
+    assert len(steps) == result.step == 8
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == result.history
+    for epoch, line in enumerate(lines):
+        epoch_steps = steps[4 * epoch : 4 * (epoch + 1)]
+        for name in ("ce", "penalty"):
+            assert line[f"train_{name}"] == pytest.approx(np.mean([s[name] for s in epoch_steps]), rel=1e-5)
+        assert line["train_loss"] == pytest.approx(line["train_ce"] + line["train_penalty"], rel=1e-5)
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"train/ce", "train/penalty", "epoch/train_ce", "epoch/train_penalty"} <= set(events.Tags()["scalars"])
+    logged = events.Scalars("train/ce")
+    assert [e.step for e in logged] == [2, 4, 6, 8]
+    assert logged[1].value == pytest.approx((steps[2]["ce"] + steps[3]["ce"]) / 2, rel=1e-5)
+
+    torch.manual_seed(0)
+    mapping = Trainer(_TwoTermClassifier(as_mapping=True), SyntheticFaces(32), _config(tmp_path / "map")).fit()
+    assert {"train_loss", "train_ce", "train_penalty"} <= set(mapping.history[0])
+    plain = Trainer(_model(), SyntheticFaces(32), _config(tmp_path / "plain")).fit()
+    assert [key for key in plain.history[0] if key.startswith("train_")] == ["train_loss"]
+
+
+@pytest.mark.parametrize(
+    ("terms", "error", "message"),
+    [({"loss": torch.tensor(1.0)}, ValueError, "'loss' is not allowed"),
+     ({"margin": torch.ones(3)}, TypeError, "'margin' must be a scalar"),
+     ([torch.tensor(1.0)], TypeError, "dict name")],
+)
+def test_malformed_loss_terms_raise_naming_the_problem(tmp_path, terms, error, message):
+    class BadTerms(TinyClassifier):
+        def forward(self, images, labels=None, **extra):
+            out = super().forward(images, labels)
+            return TinyOutput(out.loss, out.logits, terms)
+
+    with pytest.raises(error, match=message):
+        Trainer(BadTerms(), SyntheticFaces(32), _config(tmp_path)).fit()
+
+
 def test_only_trainable_parameters_are_optimized_and_checkpointed(tmp_path):
     model = _model()
     model.net[1].requires_grad_(False)  # freeze the first layer, as LoRA freezes a backbone
@@ -281,15 +396,49 @@ def test_only_trainable_parameters_are_optimized_and_checkpointed(tmp_path):
     assert torch.equal(fresh.net[4].weight, model.net[4].weight)
 
 
-def test_fresh_fit_replaces_old_checkpoints_and_bad_losses_fail_loudly(tmp_path):
-    Trainer(_model(), SyntheticFaces(32), _config(tmp_path, epochs=2)).fit()
-    assert len(list_checkpoints(tmp_path / "checkpoints")) == 2
-    trainer = Trainer(_model(), SyntheticFaces(32), _config(tmp_path, epochs=1))
-    trainer.fit()
-    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["checkpoint-00000004.pt"]
+def _file_bytes(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fresh_fit_refuses_to_replace_an_earlier_run_unless_overwrite(tmp_path):
+    Trainer(_model(), SyntheticFaces(32), _config(tmp_path, epochs=1)).fit()
+    first_run = _file_bytes(tmp_path)
+    assert "checkpoints/checkpoint-00000004.pt" in first_run and "metrics.jsonl" in first_run
+    with pytest.raises(RunExistsError, match=rf"{re.escape(str(tmp_path))}.*resume=True.*overwrite=True") as refused:
+        Trainer(_model(), SyntheticFaces(32), _config(tmp_path, epochs=2, tensorboard=True)).fit()
+    assert isinstance(refused.value, FileExistsError) and "\n" not in str(refused.value)
+    assert _file_bytes(tmp_path) == first_run  # nothing written, deleted or added
+
+    trainer = Trainer(_model(), SyntheticFaces(32), _config(tmp_path, epochs=2, overwrite=True))
+    assert trainer.fit().step == 8
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "checkpoint-00000004.pt", "checkpoint-00000008.pt"]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     with pytest.raises(RuntimeError, match="new Trainer"):
         trainer.fit()
 
+
+def test_metrics_alone_mark_a_run_and_an_empty_metrics_file_does_not(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    with pytest.raises(RunExistsError):
+        Trainer(_model(), SyntheticFaces(32), _config(tmp_path)).fit()
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert Trainer(_model(), SyntheticFaces(32), _config(tmp_path)).fit().step == 4
+
+
+def test_atomic_writes_replace_whole_files_and_a_failed_write_changes_nothing(tmp_path):
+    target = tmp_path / "metrics.jsonl"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_writer(target) as handle:
+            handle.write(b"half a li")
+            raise OSError("disk full")
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    atomic_write_bytes(target, b"new\n")
+    assert target.read_bytes() == b"new\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+def test_bad_losses_fail_loudly(tmp_path):
     class Exploding(TinyClassifier):
         def forward(self, images, labels=None, **extra):
             out = super().forward(images, labels)

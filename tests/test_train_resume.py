@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from afr.train import CheckpointError, TrainConfig, Trainer, list_checkpoints
-from afr.train.smoke import SyntheticFaces, TinyClassifier
+from afr.train.smoke import SyntheticFaces, TinyClassifier, TinyOutput
 
 WORKER = Path(__file__).with_name("train_worker.py")
 # 48 samples / batch 4 = 12 batches, accumulated 2 by 2 = 6 optimizer steps per epoch, 2 epochs.
@@ -42,10 +42,12 @@ def _finish(process: subprocess.Popen) -> int:
     return process.returncode
 
 
-def test_sigkilled_run_resumes_bitwise_identical(tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_sigkilled_run_resumes_bitwise_identical(tmp_path, num_workers):
+    workers = ("--num-workers", str(num_workers))
     reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
-    reference = _start(reference_dir)
-    crashed = _start(crashed_dir, "--kill-after-step", "10")
+    reference = _start(reference_dir, *workers)
+    crashed = _start(crashed_dir, "--kill-after-step", "10", *workers)
     assert _finish(reference) == 0
     assert _finish(crashed) == -signal.SIGKILL
 
@@ -56,7 +58,7 @@ def test_sigkilled_run_resumes_bitwise_identical(tmp_path):
     assert sorted(p.name for p in checkpoint_dir.iterdir()) == [p.name for p in list_checkpoints(checkpoint_dir)]
     assert not (crashed_dir / "result-rank0.json").exists()
 
-    resumed = _start(crashed_dir, "--resume")
+    resumed = _start(crashed_dir, "--resume", *workers)
     assert _finish(resumed) == 0
 
     expected = json.loads((reference_dir / "result-rank0.json").read_text())
@@ -93,11 +95,20 @@ class _CrashingTrainer(Trainer):
             raise _Crash(step)
 
 
-def _tiny_trainer(output_dir: Path, epochs: int = 2, cls: type[Trainer] = Trainer, **overrides) -> Trainer:
+def _tiny_trainer(output_dir: Path, epochs: int = 2, cls: type[Trainer] = Trainer,
+                  model_cls: type[TinyClassifier] = TinyClassifier, **overrides) -> Trainer:
     torch.manual_seed(0)
     config = TrainConfig(epochs=epochs, batch_size=8, lr=0.05, seed=3, output_dir=str(output_dir),
                          progress=False, tensorboard=False, device="cpu", **overrides)
-    return cls(TinyClassifier(dropout=0.2), SyntheticFaces(32), config)
+    return cls(model_cls(dropout=0.2), SyntheticFaces(32), config)
+
+
+class _TermsClassifier(TinyClassifier):
+    """TinyClassifier that also reports two loss terms."""
+
+    def forward(self, images, labels=None, **extra):
+        out = super().forward(images, labels)
+        return TinyOutput(out.loss, out.logits, {"half": out.loss / 2, "square": out.loss.square()})
 
 
 def test_resume_from_epoch_end_checkpoint_in_process_matches(tmp_path):
@@ -113,6 +124,22 @@ def test_resume_from_epoch_end_checkpoint_in_process_matches(tmp_path):
     assert resumed.step == straight.step == 8
     assert resumed.step_losses == straight.step_losses[4:]
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+
+
+def test_resume_mid_epoch_continues_the_epoch_means_of_loss_terms(tmp_path):
+    """Checkpoints every 3 steps (4 per epoch); a run dying after step 4 resumes from step 3, and its
+    epoch-0 means of the loss and of each term still cover all 4 steps, exactly."""
+    straight = _tiny_trainer(tmp_path / "straight", model_cls=_TermsClassifier, checkpoint_every_steps=3).fit()
+    crashing = _tiny_trainer(tmp_path / "crash", cls=_CrashingTrainer, model_cls=_TermsClassifier,
+                             checkpoint_every_steps=3)
+    crashing.crash_after = 4
+    with pytest.raises(_Crash):
+        crashing.fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "crash" / "checkpoints")] == ["checkpoint-00000003.pt"]
+    resumed = _tiny_trainer(tmp_path / "crash", model_cls=_TermsClassifier, checkpoint_every_steps=3).fit(resume=True)
+    assert resumed.step_losses == straight.step_losses[3:]
+    keys = ("train_loss", "train_half", "train_square")
+    assert [[h[k] for k in keys] for h in resumed.history] == [[h[k] for k in keys] for h in straight.history]
 
 
 def test_resume_from_corrupt_checkpoint_names_the_file(tmp_path):

@@ -4,7 +4,9 @@ Runs a tiny :class:`afr.train.Trainer` job and writes, per rank, ``result-rank<r
 losses as exact ``float.hex`` strings) and ``params-rank<r>.pt`` (final model state) into
 ``--output-dir``. ``--kill-after-step k`` makes the process SIGKILL itself right after optimizer
 step ``k``, like a crash or a pre-empted job. The data and augmentation draw from numpy's, python's
-and torch's global RNGs, so an exact resume needs all three restored.
+and torch's global RNGs, so an exact resume needs all three restored. ``--nan-on-rank r
+--nan-at-forward n`` makes rank ``r``'s ``n``-th forward pass return a NaN loss; a
+FloatingPointError is then recorded in ``error-rank<r>.json`` (type, message, time) and re-raised.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,21 @@ def noisy_flip(images: torch.Tensor) -> torch.Tensor:
     return (images + 0.05 * torch.randn_like(images)).clamp(0.0, 1.0)
 
 
+class NanOnRank(TinyClassifier):
+    """TinyClassifier whose ``at_forward``-th forward pass (counting from 1) on ``rank`` gives a NaN loss."""
+
+    def __init__(self, rank: int | None, at_forward: int | None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.nan_rank, self.at_forward, self.forwards = rank, at_forward, 0
+
+    def forward(self, images, labels=None, **extra):
+        output = super().forward(images, labels)
+        self.forwards += 1
+        if self.forwards == self.at_forward and distributed.get_rank() == self.nan_rank:
+            output.loss = output.loss * float("nan")
+        return output
+
+
 class KillingTrainer(Trainer):
     """Trainer that SIGKILLs its own process after optimizer step ``kill_after_step``."""
 
@@ -58,13 +76,18 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--checkpoint-every-steps", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--kill-after-step", type=int, default=None)
     parser.add_argument("--random-data", action="store_true", help="jittered data, noisy-flip augment")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--nan-on-rank", type=int, default=None)
+    parser.add_argument("--nan-at-forward", type=int, default=None)
+    parser.add_argument("--dist-timeout", type=float, default=1800.0, help="process-group timeout in seconds")
     args = parser.parse_args()
 
+    distributed.init_distributed(timeout_s=args.dist_timeout)
     torch.manual_seed(0)
-    model = TinyClassifier(dropout=args.dropout)
+    model = NanOnRank(args.nan_on_rank, args.nan_at_forward, dropout=args.dropout)
     dataset = JitteredFaces(args.samples) if args.random_data else SyntheticFaces(args.samples)
     config = TrainConfig(
         epochs=args.epochs,
@@ -76,16 +99,21 @@ def main() -> None:
         seed=7,
         output_dir=args.output_dir,
         checkpoint_every_steps=args.checkpoint_every_steps,
+        num_workers=args.num_workers,
         log_every=2,
         progress=False,
         device="cpu",
     )
     trainer = KillingTrainer(model, dataset, config, augment=noisy_flip if args.random_data else None)
     trainer.kill_after_step = args.kill_after_step
+    rank, out = distributed.get_rank(), Path(args.output_dir)
     try:
-        result = trainer.fit(resume=args.resume)
-        rank = distributed.get_rank()
-        out = Path(args.output_dir)
+        try:
+            result = trainer.fit(resume=args.resume)
+        except FloatingPointError as exc:
+            error = {"rank": rank, "type": type(exc).__name__, "message": str(exc), "time": time.time()}
+            (out / f"error-rank{rank}.json").write_text(json.dumps(error))
+            raise
         torch.save(model.state_dict(), out / f"params-rank{rank}.pt")
         summary = {
             "rank": rank,

@@ -17,7 +17,7 @@ from afr.train.distributed import (
     unwrap_model,
     wrap_model,
 )
-from afr.train.engine import Trainer, TrainResult, collate_samples
+from afr.train.engine import RunExistsError, Trainer, TrainResult, collate_samples
 from afr.train.sampler import ResumableSampler
 from afr.train.schedule import build_scheduler, warmup_cosine_factor
 
@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "DistributedContext",
     "ResumableSampler",
+    "RunExistsError",
     "TrainConfig",
     "TrainResult",
     "Trainer",

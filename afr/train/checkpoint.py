@@ -9,17 +9,17 @@ killed at any moment leaves either the previous checkpoint or the new one, never
 """
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from afr.io import atomic_writer
 
 #: bumped when the layout of the saved dict changes
 CHECKPOINT_FORMAT = 1
@@ -147,38 +147,16 @@ def remove_stale_temp_files(directory: str | Path) -> list[Path]:
     return stale
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep: int | None = None) -> Path:
     """Write ``state`` to ``path`` atomically; then keep only the newest ``keep`` checkpoints there.
 
-    The bytes go to a temporary file in the same folder, are flushed and fsynced, and the file is
-    moved over ``path`` with ``os.replace`` (atomic on POSIX); the folder entry is fsynced too.
+    See :func:`afr.io.atomic_writer`: the bytes go to a temporary file in the same folder, are
+    fsynced and moved over ``path`` with ``os.replace``; a failed save leaves no temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".pt", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    with atomic_writer(path, temp_prefix=_TEMP_PREFIX) as handle:
+        torch.save(state, handle)
     if keep is not None:
         prune_checkpoints(path.parent, keep)
     return path

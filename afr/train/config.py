@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from afr.io import atomic_write_text
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -60,6 +62,9 @@ class TrainConfig:
     find_unused_parameters: bool = False
     #: torch.use_deterministic_algorithms(True) for bitwise-reproducible runs (slower on CUDA)
     deterministic: bool = False
+    #: a fresh ``fit`` into an ``output_dir`` that already holds a run (checkpoints or metrics) deletes
+    #: its checkpoints and metrics instead of refusing with RunExistsError (``fit(resume=True)`` ignores it)
+    overwrite: bool = False
     #: free-form notes recorded with the run (e.g. model and data description)
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -124,10 +129,10 @@ class TrainConfig:
         return cls(**values)
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """The config as JSON text; also written to ``path`` when given."""
+        """The config as JSON text; also written (atomically) to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            atomic_write_text(path, text + "\n")
         return text
 
     @classmethod

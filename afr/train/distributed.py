@@ -8,6 +8,7 @@ degrades to a single process: rank 0 of 1, ``barrier`` is a no-op and models are
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -145,13 +146,35 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def all_reduce_mean(value: float, device: torch.device) -> float:
-    """The mean of a python number over all ranks (``value`` itself in a single process)."""
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on at least one rank: one all_reduce of a scalar (in a single process,
+    ``flag`` itself).
+
+    Every rank must call it at the same point; all then get the same answer, so they can all stop
+    together instead of one rank raising while the others wait in the next collective.
+    """
     if not is_initialized() or get_world_size() == 1:
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return float(tensor.item()) / get_world_size()
+        return bool(flag)
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
+    """Per name, the mean of the ranks' ``values`` over the ranks that report that name.
+
+    One ``all_gather_object``, so ranks may report different names (e.g. a loss term that only
+    some ranks' batches produce) without a mismatched collective. In a single process: ``values``.
+    """
+    if not is_initialized() or get_world_size() == 1:
+        return {name: float(value) for name, value in values.items()}
+    gathered = all_gather_objects({name: float(value) for name, value in values.items()})
+    names = list(dict.fromkeys(name for rank_values in gathered for name in rank_values))
+    means = {}
+    for name in names:
+        reported = [rank_values[name] for rank_values in gathered if name in rank_values]
+        means[name] = sum(reported) / len(reported)
+    return means
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

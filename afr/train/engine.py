@@ -1,16 +1,23 @@
 """The training loop: AdamW + warm-up/cosine, accumulation, clipping, mixed precision, DDP, resume.
 
 A model is any ``nn.Module`` called as ``model(images=..., labels=..., **extra)`` that returns an
-object with a scalar ``.loss`` tensor (or a mapping with a ``"loss"`` entry). A training dataset
+object with a scalar ``.loss`` tensor (or a mapping with a ``"loss"`` entry) and optionally
+``.terms`` (``"terms"``): a dict ``name -> scalar tensor`` of the loss's parts (e.g. ``margin``,
+``contrastive``, ``domain``), only logged, never backpropagated separately. A training dataset
 yields ``(image, label)`` or ``(image, label, domain)`` with ``image`` an ``HxWx3`` uint8 array;
 :func:`collate_samples` turns a list of them into ``{'images': float (B,3,H,W) in [0,1], 'labels':
 long (B,), 'domains': long (B,)}``. An optional ``augment`` callable maps the image batch to an
-augmented one on the training device before the forward pass.
+augmented one on the training device before the forward pass. Random numbers a dataset draws
+(python, numpy or torch global RNG) are seeded per batch from ``(seed, epoch, batch, rank)`` (see
+:mod:`afr.train.sampler`), so they do not depend on ``num_workers`` or on where a run was resumed.
 
 Outputs in ``config.output_dir``: ``config.json`` and ``run.json`` (seed, world size, versions),
-``metrics.jsonl`` (one line per epoch: train loss, learning rate, evaluator metrics),
-``tensorboard/`` (loss, lr, grad-norm every ``log_every`` steps; epoch metrics) and
-``checkpoints/checkpoint-<step>.pt`` (see :mod:`afr.train.checkpoint`). Only rank 0 writes.
+``metrics.jsonl`` (one line per epoch: ``train_loss``, ``train_<term>`` per loss term, learning
+rate, evaluator metrics), ``tensorboard/`` (``train/loss``, ``train/<term>``, lr, grad-norm every
+``log_every`` steps; epoch metrics) and ``checkpoints/checkpoint-<step>.pt`` (see
+:mod:`afr.train.checkpoint`). Only rank 0 writes; the JSON files are replaced atomically. A fresh
+``fit`` refuses (:class:`RunExistsError`) to start in a folder that already holds a run unless
+``config.overwrite`` is set.
 
 Resuming (``fit(resume=True)``) restores model, optimizer, scheduler, grad scaler, every rank's RNG
 state and the position in the epoch, so a run killed after a checkpoint and resumed takes exactly
@@ -22,7 +29,6 @@ import json
 import logging
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from afr.io import atomic_write_text
 from afr.train import distributed
 from afr.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -54,14 +61,20 @@ from afr.train.checkpoint import (
     seed_everything,
 )
 from afr.train.config import ConfigError, TrainConfig
-from afr.train.sampler import ResumableSampler
+from afr.train.sampler import ResumableSampler, SeededBatches, SeededFetch
 from afr.train.schedule import build_scheduler
 
 logger = logging.getLogger(__name__)
 
 Evaluator = Callable[[nn.Module], Mapping[str, Any]]
+#: names a loss term may not take: they are the engine's own ``train/...`` scalars
+_RESERVED_TERM_NAMES = ("loss", "lr", "grad_norm")
 #: config fields whose change makes a resumed run differ from the interrupted one
 _RESUME_SENSITIVE = ("batch_size", "grad_accum_steps", "seed", "shuffle", "drop_last", "lr", "min_lr", "epochs")
+
+
+class RunExistsError(FileExistsError):
+    """A fresh ``fit`` would replace the run already in ``output_dir``; the message says what to do."""
 
 
 @dataclass
@@ -118,21 +131,80 @@ def collate_samples(samples: Sequence[tuple]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader worker init: derive python/numpy seeds from the seed torch gave this worker."""
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
-def _loss_of(output: Any) -> torch.Tensor:
-    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+def _loss_and_terms(output: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The model output's scalar ``loss`` and its named ``terms`` (``{}`` when it has none)."""
+    is_mapping = isinstance(output, Mapping)
+    loss = output.get("loss") if is_mapping else getattr(output, "loss", None)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TypeError(
             f"the model returned {type(output).__name__} without a scalar .loss tensor; "
             "models must return an object with a .loss attribute"
         )
-    return loss.reshape(())
+    raw_terms = (output.get("terms") if is_mapping else getattr(output, "terms", None)) or {}
+    if not isinstance(raw_terms, Mapping):
+        raise TypeError(f"the model's .terms must be a dict name -> scalar tensor, got {type(raw_terms).__name__}")
+    terms = {}
+    for name, value in raw_terms.items():
+        if not isinstance(name, str) or name in _RESERVED_TERM_NAMES:
+            raise ValueError(f"loss term name {name!r} is not allowed (a string other than {_RESERVED_TERM_NAMES})")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = torch.tensor(float(value), device=loss.device)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise TypeError(f"loss term {name!r} must be a scalar tensor, got {type(value).__name__}")
+        terms[name] = value.reshape(()).to(loss.device)
+    return loss.reshape(()), terms
+
+
+def _holds_run(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds an earlier run: a checkpoint, or a ``metrics.jsonl`` with a line."""
+    if list_checkpoints(output_dir / "checkpoints"):
+        return True
+    metrics = output_dir / "metrics.jsonl"
+    return metrics.is_file() and bool(metrics.read_text().strip())
+
+
+class _StepSums:
+    """Per-name sums of detached scalar tensors over one optimizer step's micro-batches.
+
+    They stay on the device, so a step costs one device-to-host transfer (in :meth:`pop_means`).
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, values: Mapping[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            value = value.detach().float()
+            self._sums[name] = self._sums[name] + value if name in self._sums else value
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def pop_means(self) -> dict[str, float]:
+        """Each name's mean over the micro-batches that reported it; then start over."""
+        names = list(self._sums)
+        means = torch.stack([self._sums[name] / self._counts[name] for name in names])
+        self._sums, self._counts = {}, {}
+        return dict(zip(names, means.tolist()))
+
+
+class _RunningMeans:
+    """Running means of named numbers (sum and count per name): a log window, or an epoch."""
+
+    def __init__(self, state: Mapping[str, Sequence[float]] | None = None) -> None:
+        self._totals = {name: [float(total), int(count)] for name, (total, count) in (state or {}).items()}
+
+    def add(self, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            total = self._totals.setdefault(name, [0.0, 0])
+            total[0] += value
+            total[1] += 1
+
+    def means(self) -> dict[str, float]:
+        return {name: total / count for name, (total, count) in self._totals.items() if count}
+
+    def state(self) -> dict[str, list[float]]:
+        """``{name: [sum, count]}``: what a checkpoint stores to continue the means after a resume."""
+        return {name: list(total) for name, total in self._totals.items()}
 
 
 def _build_param_groups(
@@ -247,8 +319,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
-        self._epoch_loss_sum = 0.0
-        self._epoch_loss_count = 0
+        self._epoch_means = _RunningMeans()
         self._writer: Any = None
         self._wandb: Any = None
         self._fit_called = False
@@ -257,12 +328,16 @@ class Trainer:
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
         """Train up to ``config.epochs`` epochs.
 
-        ``resume=False`` starts afresh (old checkpoints in ``output_dir/checkpoints`` are deleted);
+        ``resume=False`` starts afresh; if ``output_dir`` already holds a run (checkpoints, or a
+        ``metrics.jsonl`` with lines) it raises :class:`RunExistsError` before touching anything,
+        unless ``config.overwrite`` is set (then the old checkpoints and metrics are deleted).
         ``resume=True`` continues from the newest checkpoint there (or starts afresh if there is
         none); a path resumes from that checkpoint file.
         """
         if self._fit_called and not resume:
             raise RuntimeError("this Trainer has already trained; build a new Trainer for a fresh run")
+        if not resume:
+            self._refuse_to_replace_a_run()
         self._fit_called = True
         main = self.dist.is_main
         if main:
@@ -274,7 +349,7 @@ class Trainer:
         if main:
             self.config.to_json(self.output_dir / "config.json")
             self._write_run_info(restored_from)
-            self._rewrite_metrics()
+            self._write_metrics()
             self._open_loggers()
         distributed.barrier()
 
@@ -309,7 +384,7 @@ class Trainer:
                 "step": self.step,
                 "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch,
-                "epoch_loss": [self._epoch_loss_sum, self._epoch_loss_count],
+                "epoch_means": self._epoch_means.state(),
                 "history": self.history,
                 "rng": rng_states,
                 "world_size": self.dist.world_size,
@@ -329,15 +404,18 @@ class Trainer:
 
     # ------------------------------------------------------------------------ one epoch
     def _make_loader(self, epoch: int) -> DataLoader:
+        """The epoch's loader (from the sampler's position); batches fetched under per-batch seeds.
+
+        Its own generator feeds DataLoader's base-seed draw, so the global torch RNG is not consumed.
+        """
         generator = torch.Generator()
         generator.manual_seed((self.config.seed * 1_000_003 + epoch) * 1_009 + self.dist.rank)
         return DataLoader(
-            self.train_dataset,
-            batch_sampler=self.sampler,
+            SeededFetch(self.train_dataset),
+            batch_sampler=SeededBatches(self.sampler),
             num_workers=self.config.num_workers,
             collate_fn=collate_samples,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_seed_worker,
             generator=generator,
         )
 
@@ -373,8 +451,8 @@ class Trainer:
             dynamic_ncols=True,
             leave=False,
         )
-        step_loss = torch.zeros((), device=self.device)
-        window: list[float] = []
+        step_sums = _StepSums()
+        window = _RunningMeans()
         for batch_index, batch in enumerate(self._make_loader(epoch), start=start_batch):
             group_start = batch_index - batch_index % accum
             group_size = min(accum, num_batches - group_start)
@@ -383,39 +461,49 @@ class Trainer:
             sync = nullcontext() if (last_micro or not ddp) else model.no_sync()
             with sync:
                 with self._autocast():
-                    loss = _loss_of(model(**batch))
-                if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(
-                        f"non-finite loss {loss.item()} at epoch {epoch}, batch {batch_index} (step {self.step + 1})"
-                    )
+                    loss, terms = _loss_and_terms(model(**batch))
                 scaled = loss.float() / group_size
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            step_loss += loss.detach().float()
+            step_sums.add({"loss": loss, **terms})
             progress.update(1)
             if not last_micro:
                 continue
 
+            means = step_sums.pop_means()
+            loss_value = means["loss"]
+            self._stop_on_nonfinite_loss(loss_value, epoch, group_start, batch_index)
             lr_used = self.current_lr
             grad_norm = self._optimizer_step()
             self.step += 1
             self.batch_in_epoch = batch_index + 1
-            loss_value = float((step_loss / group_size).item())
-            step_loss.zero_()
             step_losses.append(loss_value)
-            window.append(loss_value)
-            self._epoch_loss_sum += loss_value
-            self._epoch_loss_count += 1
+            window.add(means)
+            self._epoch_means.add(means)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_used:.2e}", refresh=False)
             if self.step % config.log_every == 0:
-                self._log_scalars(
-                    {"train/loss": sum(window) / len(window), "train/lr": lr_used, "train/grad_norm": grad_norm}
-                )
-                window.clear()
+                scalars = {f"train/{name}": value for name, value in window.means().items()}
+                self._log_scalars({**scalars, "train/lr": lr_used, "train/grad_norm": grad_norm})
+                window = _RunningMeans()
             self.on_step_end(self.step, loss_value)
             every = config.checkpoint_every_steps
             if every and self.step % every == 0 and self.batch_in_epoch < num_batches:
                 self.save_checkpoint()
         progress.close()
+
+    def _stop_on_nonfinite_loss(self, loss_value: float, epoch: int, first_batch: int, last_batch: int) -> None:
+        """Raise FloatingPointError on every rank if any rank's step loss is NaN or infinite.
+
+        Checked after the step's backward passes (so every rank has joined DDP's gradient sync) and
+        before the optimizer step, with one all_reduce of a flag: all ranks stop together instead
+        of one raising while the others wait in the next collective until its timeout.
+        """
+        local = not math.isfinite(loss_value)
+        if not distributed.any_rank(local, self.device):
+            return
+        where = f"at epoch {epoch}, batches {first_batch}-{last_batch} (step {self.step + 1})"
+        if local:
+            raise FloatingPointError(f"non-finite loss {loss_value} {where}")
+        raise FloatingPointError(f"non-finite loss on another rank {where} (this rank's loss: {loss_value})")
 
     def _optimizer_step(self) -> float:
         """Unscale, clip, step, zero grads, advance the schedule; returns the pre-clip grad norm."""
@@ -438,21 +526,20 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def _end_epoch(self, epoch: int) -> None:
-        """Evaluators, metrics line, epoch checkpoint."""
+        """Epoch means of the loss and its terms, evaluators, metrics line, epoch checkpoint."""
         config = self.config
-        train_loss = distributed.all_reduce_mean(
-            self._epoch_loss_sum / max(1, self._epoch_loss_count), self.device
-        )
+        train_means = distributed.mean_over_ranks(self._epoch_means.means())
         self.epoch = epoch + 1
         self.batch_in_epoch = 0
-        self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
-        record: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": train_loss, "lr": self.current_lr}
+        self._epoch_means = _RunningMeans()
+        record: dict[str, Any] = {"epoch": epoch, "step": self.step}
+        record.update({f"train_{name}": value for name, value in train_means.items()})
+        record["lr"] = self.current_lr
         if self.dist.is_main:
             record.update(self._run_evaluators())
             record["time"] = time.time()
             self.history.append(record)
-            with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            self._write_metrics()
             epoch_scalars = {k: v for k, v in record.items() if k not in ("epoch", "step", "time")}
             self._log_scalars({k if "/" in k else f"epoch/{k}": v for k, v in epoch_scalars.items()})
         else:
@@ -483,7 +570,22 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------------ start / resume
+    def _refuse_to_replace_a_run(self) -> None:
+        """Raise RunExistsError on every rank if ``output_dir`` holds a run and ``overwrite`` is off.
+
+        Only reads (rank 0 looks, all ranks learn the answer), so a refused run changes nothing.
+        """
+        if self.config.overwrite:
+            return
+        found = self.dist.is_main and _holds_run(self.output_dir)
+        if distributed.any_rank(found, self.device):
+            raise RunExistsError(
+                f"{self.output_dir} already holds a training run (checkpoints or metrics.jsonl): pass "
+                "fit(resume=True) to continue it, or TrainConfig(overwrite=True) to delete it and start again"
+            )
+
     def _start_fresh(self) -> None:
+        """Reset the position and seed every RNG; rank 0 deletes old checkpoints and metrics."""
         if self.dist.is_main:
             old = list_checkpoints(self.checkpoint_dir)
             if old:
@@ -495,7 +597,7 @@ class Trainer:
         seed_everything(self.config.seed + self.dist.rank)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history = []
-        self._epoch_loss_sum, self._epoch_loss_count = 0.0, 0
+        self._epoch_means = _RunningMeans()
         self.last_checkpoint = None
 
     def _restore(self, resume: bool | str | Path) -> Path | None:
@@ -531,7 +633,9 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.history = list(state.get("history", []))
-        self._epoch_loss_sum, self._epoch_loss_count = state.get("epoch_loss", [0.0, 0])
+        # checkpoints written before loss terms were logged hold only the loss's [sum, count]
+        saved_means = state["epoch_means"] if "epoch_means" in state else {"loss": state.get("epoch_loss", [0.0, 0])}
+        self._epoch_means = _RunningMeans(saved_means)
         rng_states = state.get("rng") or []
         if len(rng_states) == self.dist.world_size:
             restore_rng_state(rng_states[self.dist.rank])
@@ -562,14 +666,12 @@ class Trainer:
             "torch_version": str(torch.__version__),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (self.output_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+        atomic_write_text(self.output_dir / "run.json", json.dumps(info, indent=2) + "\n")
 
-    def _rewrite_metrics(self) -> None:
-        """``metrics.jsonl`` = the history of the restored run (drops epochs a killed run logged later)."""
-        lines = "".join(json.dumps(record) + "\n" for record in self.history)
-        temp = self.metrics_path.with_suffix(".jsonl.tmp")
-        temp.write_text(lines)
-        os.replace(temp, self.metrics_path)
+    def _write_metrics(self) -> None:
+        """Replace ``metrics.jsonl`` atomically with the history, one line per epoch (after a resume
+        this drops the epochs a killed run logged after its checkpoint)."""
+        atomic_write_text(self.metrics_path, "".join(json.dumps(record) + "\n" for record in self.history))
 
     def _open_loggers(self) -> None:
         if self.config.tensorboard:

@@ -1,4 +1,4 @@
-"""A resumable, DDP-aware batch sampler.
+"""A resumable, DDP-aware batch sampler, and per-batch data seeds for exact resume with workers.
 
 Each epoch's order is a pure function of ``(seed, epoch)`` (``torch.randperm`` with its own
 ``torch.Generator``), so it never touches the global RNG and a resumed run can rebuild it exactly
@@ -6,14 +6,27 @@ and skip the batches it already trained on. Under ``torchrun`` every rank sees t
 and takes every ``num_replicas``-th index of it (as ``DistributedSampler`` does), so the ranks'
 batches are disjoint and, concatenated, cover the same samples a single process would see with a
 ``num_replicas`` times larger batch.
+
+A dataset that draws random numbers (python ``random``, numpy's or torch's global RNG) gets them,
+through :class:`SeededBatches` and :class:`SeededFetch`, from generators re-seeded before every
+batch with :func:`batch_seed` ``(seed, epoch, batch, rank)``: a pure function of the batch's place
+in the run. So its samples do not depend on which DataLoader worker fetched the batch, on how many
+workers there are, or on where a resumed run restarted the epoch, and the fetch never consumes the
+main process's RNG streams (with ``num_workers=0`` they are saved and restored around it). A
+dataset with a generator of its own should seed it from ``torch.initial_seed()`` when fetching
+(not from ``get_worker_info().seed``, which depends on the worker).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -105,3 +118,59 @@ class ResumableSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.num_batches - self.start_batch
+
+
+# ------------------------------------------------------------------------------ per-batch data seeds
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """The 64-bit seed of the data RNGs for ``batch`` of ``epoch`` on ``rank`` (a pure function)."""
+    entropy = [seed % 2**64, epoch, batch, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+
+@contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Seed python ``random``, numpy's and torch's CPU global RNGs with ``seed`` for the block, then
+    put back the states they had (CUDA generators are not touched)."""
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+class SeededBatches(Sampler[tuple[int, list[int]]]):
+    """``DataLoader(batch_sampler=...)`` over ``sampler``'s current epoch: yields ``(seed, indices)``
+    with ``seed = batch_seed(sampler.seed, epoch, batch, rank)``, starting at ``sampler.start_batch``.
+    Pair it with :class:`SeededFetch`."""
+
+    def __init__(self, sampler: ResumableSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, list[int]]]:
+        s = self.sampler
+        for batch, indices in enumerate(s, start=s.start_batch):
+            yield batch_seed(s.seed, s.epoch, batch, s.rank), indices
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededFetch(Dataset):
+    """Wraps a map-style dataset so that a ``(seed, indices)`` batch from :class:`SeededBatches` is
+    fetched under :func:`seeded_global_rngs` ``(seed)``; returns the list of samples."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitems__(self, batch: tuple[int, Sequence[int]]) -> list[Any]:
+        seed, indices = batch
+        with seeded_global_rngs(seed):
+            return [self.dataset[index] for index in indices]

@@ -10,7 +10,7 @@ It trains :class:`TinyClassifier` on :class:`SyntheticFaces` with the real :clas
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,10 +25,12 @@ from afr.train.engine import Trainer
 
 @dataclass
 class TinyOutput:
-    """What :class:`TinyClassifier` returns: ``loss`` (when labels are given) and ``logits``."""
+    """What :class:`TinyClassifier` returns: ``loss`` (when labels are given) and ``logits``; ``terms``
+    (named parts of the loss, logged by the engine) stays empty for it but lets test models report some."""
 
     loss: torch.Tensor | None
     logits: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class TinyClassifier(nn.Module):
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         lr=args.lr,
         output_dir=args.output_dir,
         device=args.device,
+        overwrite=args.overwrite,
         log_every=1,
         progress=False,
     )
