@@ -1,7 +1,32 @@
-"""Shared fixtures: the embedded benchmark is built once per session (and reused by notebook 01)."""
+"""Shared fixtures: the embedded benchmark is built once per session (and reused by notebook 01).
+
+``@pytest.mark.shared("data/faces/orl", ...)`` marks a test that reads those paths of the shared
+folder. The shared folder is a requirement of these tests, not an option: a missing path fails the
+test (during setup, with one line naming the path) instead of skipping it.
+"""
 from __future__ import annotations
 
 import pytest
+
+from afr.paths import shared_root
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "shared(*paths): paths inside the shared folder the test reads; a missing one fails the test"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("shared"):
+        for relative in marker.args:
+            path = shared_root() / relative
+            if not path.exists():
+                pytest.fail(
+                    f"{path} not found: these tests need the shared data/weights folder "
+                    "(set AFR_SHARED to point elsewhere)",
+                    pytrace=False,
+                )
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,8 @@ from afr.align.transform import (
     face_template,
     warp_face,
 )
-from afr.paths import shared_root
 
-needs_shared = pytest.mark.skipif(
-    not (shared_root() / "weights" / "mtcnn").is_dir() or not (shared_root() / "data" / "faces").is_dir(),
-    reason="shared folder with MTCNN weights and face images not present",
-)
+needs_shared = pytest.mark.shared("weights/mtcnn", "data/faces")
 
 
 def _similarity(angle_deg: float, scale: float, tx: float, ty: float) -> np.ndarray:

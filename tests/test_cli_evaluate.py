@@ -1,19 +1,26 @@
 """``python -m afr evaluate``: help, one-line errors with exit status 2, and real runs on ORL faces."""
 import hashlib
-import importlib
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
+import afr.eval.verification
+from afr.adapters.lora import LoraSettings, apply_lora, save_adapter
 from afr.cli import main
+from afr.data.folder import ImageFolderDataset, folder_verification_pairs
+from afr.data.images import encode_jpeg
+from afr.data.pairs import interleave_folds
+from afr.data.verification import write_bin
+from afr.eval.verification import fold_splits
+from afr.models.factory import create_backbone
 from afr.paths import PROJECT_ROOT, shared_root
 
-needs_orl = pytest.mark.skipif(
-    not (shared_root() / "data" / "faces" / "orl").is_dir(), reason=f"ORL faces not found under {shared_root()}"
-)
+needs_orl = pytest.mark.shared("data/faces/orl")
 
 
 def run_cli(*args):
@@ -21,15 +28,6 @@ def run_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "afr", *args], capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=120
     )
-
-
-def require_modules(*names):
-    """Skip (naming the module) when a module written by another engineer is not importable yet."""
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as error:
-            pytest.skip(f"{name} is not importable yet ({error}); the real evaluate run needs it")
 
 
 def test_help_lists_the_evaluate_command_and_its_options():
@@ -65,6 +63,7 @@ def test_debug_shows_the_traceback(tmp_path):
         (["--folder", "{tmp}", "--adapter", "{tmp}/no_adapter"], "no_adapter"),
         (["--bin", "{tmp}/pack.bin", "--aligned"], "--aligned applies to --folder only"),
         (["--folder", "{tmp}", "--batch-size", "0"], "--batch-size"),
+        (["--folder", "{tmp}", "--n-folds", "0"], "--n-folds must be at least 1"),
     ],
 )
 def test_bad_arguments_are_one_error_line(tmp_path, capsys, arguments, message):
@@ -77,14 +76,12 @@ def test_bad_arguments_are_one_error_line(tmp_path, capsys, arguments, message):
 
 
 def test_unknown_backbone_is_one_error_line(tmp_path, capsys):
-    require_modules("afr.models.factory")
     assert main(["evaluate", "--backbone", "no-such-net", "--folder", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "no-such-net" in err
 
 
 def test_corrupt_pack_is_one_error_line(tmp_path, capsys):
-    require_modules("afr.models.factory", "afr.data.verification")
     pack = tmp_path / "corrupt.bin"
     pack.write_bytes(b"\x80\x04 this is not a pickled verification pack")
     assert main(["evaluate", "--backbone", "dlib-resnet29", "--bin", str(pack)]) == 2
@@ -109,7 +106,6 @@ def evaluate_json(capsys, *argv):
 
 @needs_orl
 def test_real_run_on_orl_chips(orl_folder, capsys):
-    require_modules("afr.models.factory", "afr.data.folder")
     output = evaluate_json(capsys, "--backbone", "dlib-resnet29", "--folder", str(orl_folder), "--aligned")
     assert set(output) >= {"backbone", "data", "seed", "flip", "accuracy_mean", "accuracy_std", "fold_accuracies",
                            "thresholds", "auc", "eer", "tar_at_far", "n_pairs", "n_positive", "n_negative", "notes"}
@@ -122,10 +118,35 @@ def test_real_run_on_orl_chips(orl_folder, capsys):
     assert output["tar_at_far"]["1e-03"] is None and any("1e-03" in note for note in output["notes"])
 
 
+def test_n_folds_also_lays_out_the_folder_pairs(tmp_path, capsys, monkeypatch):
+    """--n-folds 3 on a folder: the pairs come in 3 blocks of same then different pairs, so each of the
+    protocol's 3 contiguous folds holds as many same as different pairs (4 identities x 4 images:
+    24 same + 24 different pairs, 8 + 8 per fold). A 10-block layout would give the first fold 9 + 7."""
+    rng = np.random.default_rng(0)
+    for identity in range(4):
+        (tmp_path / f"p{identity}").mkdir()
+        for number in range(4):
+            chip = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+            (tmp_path / f"p{identity}" / f"{number}.jpg").write_bytes(encode_jpeg(chip))
+    # record the pair labels the protocol receives (the command imports evaluate when it runs)
+    protocol = afr.eval.verification.evaluate
+    seen = {}
+
+    def recording_evaluate(embeddings, issame, n_folds=10):
+        seen["issame"] = np.asarray(issame)
+        return protocol(embeddings, issame, n_folds=n_folds)
+
+    monkeypatch.setattr(afr.eval.verification, "evaluate", recording_evaluate)
+    output = evaluate_json(capsys, "--backbone", "tiny-dinov2", "--folder", str(tmp_path), "--aligned", "--n-folds", "3")
+    assert output["n_pairs"] == 48 and len(output["fold_accuracies"]) == 3
+    for fold, (_, test) in enumerate(fold_splits(48, 3)):
+        same = int(seen["issame"][test].sum())
+        assert same == len(test) - same, f"protocol fold {fold} holds {same} same of {len(test)} pairs"
+
+
 @needs_orl
 def test_real_run_detects_and_aligns_raw_photos(orl_folder, capsys):
     """Without --aligned, MTCNN + 5-point alignment into the dlib chip: ORL is near perfect then."""
-    require_modules("afr.models.factory", "afr.data.folder", "afr.align")
     output = evaluate_json(capsys, "--backbone", "dlib-resnet29", "--folder", str(orl_folder), "--seed", "1")
     assert output["data"]["aligned_input"] is False and output["data"]["alignment_fallbacks"] == 0
     assert output["seed"] == 1
@@ -133,7 +154,6 @@ def test_real_run_detects_and_aligns_raw_photos(orl_folder, capsys):
 
 
 def test_adapter_without_its_files_is_one_error_line(tmp_path, capsys):
-    require_modules("afr.models.factory", "afr.adapters.lora")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     assert main(["evaluate", "--backbone", "tiny-dinov2", "--folder", str(tmp_path), "--adapter", str(adapter)]) == 2
@@ -144,12 +164,6 @@ def test_adapter_without_its_files_is_one_error_line(tmp_path, capsys):
 @needs_orl
 def test_adapter_is_applied_to_the_backbone(orl_folder, tmp_path, capsys):
     """A saved LoRA adapter with non-zero weights changes the tiny model's embeddings, hence the metrics."""
-    require_modules("afr.models.factory", "afr.data.folder", "afr.adapters.lora")
-    import torch
-
-    from afr.adapters.lora import LoraSettings, apply_lora, save_adapter
-    from afr.models.factory import create_backbone
-
     torch.manual_seed(0)  # the command seeds torch with --seed before building the (random) tiny backbone
     model = apply_lora(create_backbone("tiny-dinov2"), LoraSettings(r=4, alpha=64.0, init_lora_weights=False))
     adapter = save_adapter(model, tmp_path / "adapter")
@@ -165,11 +179,6 @@ def test_adapter_is_applied_to_the_backbone(orl_folder, tmp_path, capsys):
 @needs_orl
 def test_real_run_on_a_bin_pack(orl_folder, tmp_path, capsys):
     """A .bin pack written from ORL photos: pair counts, the file's sha256 and a sane accuracy come back."""
-    require_modules("afr.models.factory", "afr.data.folder", "afr.data.verification")
-    from afr.data.folder import ImageFolderDataset, folder_verification_pairs
-    from afr.data.pairs import interleave_folds
-    from afr.data.verification import write_bin
-
     dataset = ImageFolderDataset(orl_folder)
     pairs, issame = folder_verification_pairs(dataset.labels, seed=3)
     # 50 same + 50 different pairs keep the test fast; fold-ordered like every pack

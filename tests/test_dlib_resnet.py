@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import peft
 import pytest
 import torch
 from torch import nn
@@ -25,8 +26,8 @@ from afr.paths import MissingResourceError, shared_root
 WEIGHTS = shared_root() / "weights" / "dlib_resnet29"
 ORL = shared_root() / "data" / "faces" / "orl"
 
-needs_weights = pytest.mark.skipif(not WEIGHTS.is_dir(), reason=f"dlib ResNet-29 weights not at {WEIGHTS}")
-needs_orl = pytest.mark.skipif(not ORL.is_dir(), reason=f"ORL faces not at {ORL}")
+needs_weights = pytest.mark.shared("weights/dlib_resnet29")
+needs_orl = pytest.mark.shared("data/faces/orl")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,6 @@ def test_descriptor_shape_and_resizing() -> None:
 
 
 def test_lora_wraps_the_convs_and_starts_as_identity() -> None:
-    peft = pytest.importorskip("peft")
     torch.manual_seed(0)
     net = DlibResNet29().eval()
     images = torch.rand(1, 3, 150, 150)

@@ -8,7 +8,7 @@ from afr.data.images import CorruptImageError, encode_jpeg, read_image
 from afr.paths import shared_root
 
 ORL = shared_root() / "data" / "faces" / "orl"
-needs_faces = pytest.mark.skipif(not ORL.is_dir(), reason="shared ORL faces not present")
+needs_faces = pytest.mark.shared("data/faces/orl")
 
 
 @needs_faces

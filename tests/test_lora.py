@@ -199,6 +199,26 @@ def test_conv_net_trainable_counts_and_rslora_scaling():
         torch.testing.assert_close(model(_faces(16)), base(_faces(16)))
 
 
+def test_dropout_reaches_the_injected_layers_and_acts_in_train_mode_only():
+    torch.manual_seed(0)
+    model = apply_lora(SmallConvNet(), LoraSettings(r=2, alpha=2, dropout=0.5))
+    for name in model.lora_module_names:
+        dropout = model.get_submodule(name).lora_dropout["default"]
+        assert isinstance(dropout, nn.Dropout) and dropout.p == 0.5, f"{name}: lora_dropout is {dropout!r}, expected p=0.5"
+
+    images = _faces(16)
+    model.train()
+    with torch.no_grad():
+        # B = 0: the dropout sits on the LoRA branch only, so it cannot change anything yet
+        torch.testing.assert_close(model(images), model(images), rtol=0, atol=0)
+        _perturb_lora(model)
+        first, second = model(images), model(images)
+    assert not torch.allclose(first, second), "two train-mode passes with dropout 0.5 and B != 0 agree"
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), model(images), rtol=0, atol=0)
+
+
 def test_apply_twice_and_missing_defaults_are_errors():
     model = apply_lora(SmallConvNet(), LoraSettings(r=2))
     with pytest.raises(ValueError, match="already carries LoRA"):
@@ -268,12 +288,9 @@ def test_merge_matches_unmerged_conv_net():
     _check_merge(SmallConvNet(), LoraSettings(r=3, alpha=6), _faces(17), atol=1e-5)
 
 
+@pytest.mark.shared("weights/dlib_resnet29")
 def test_merge_matches_unmerged_dlib_resnet29():
-    dlib_resnet = pytest.importorskip("afr.models.dlib_resnet")
-    from afr.paths import shared_root
-
-    weights = shared_root() / "weights" / "dlib_resnet29"
-    backbone = create_backbone("dlib-resnet29") if weights.is_dir() else dlib_resnet.DlibResNet29().eval()
+    backbone = create_backbone("dlib-resnet29")
     images = _faces(150, count=2)
     settings = LoraSettings(r=2, alpha=2)
     assert len(resolve_targets(backbone, backbone.default_lora_targets)) == 29

@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 
 from afr.align.mtcnn import MTCNN, Detections, nms
-from afr.paths import MissingResourceError, shared_root
+from afr.paths import MissingResourceError
 
-needs_shared = pytest.mark.skipif(
-    not (shared_root() / "weights" / "mtcnn").is_dir() or not (shared_root() / "data" / "faces").is_dir(),
-    reason="shared folder with MTCNN weights and face images not present",
-)
+needs_shared = pytest.mark.shared("weights/mtcnn", "data/faces")
 
 # a spread of sizes: 1868x1382, 330x512, 4352x2903 (largest), 660x990, two people's photos
 FAST_PHOTOS = ("img1.jpg", "img5.jpg", "img49.jpg", "img42.jpg", "img17.jpg")

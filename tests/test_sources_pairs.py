@@ -6,9 +6,9 @@ import pytest
 from afr.data.degrade import degrade
 from afr.data.pairs import balanced_pairs, interleave_folds
 from afr.data.sources import deepface_identities, list_all, read_deepface_pairs, LabelledPair
-from afr.paths import MissingResourceError, shared_root
+from afr.paths import MissingResourceError
 
-needs_shared = pytest.mark.skipif(not (shared_root() / "data").exists(), reason="shared folder not present")
+needs_shared = pytest.mark.shared("data")
 
 
 @needs_shared

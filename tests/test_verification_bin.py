@@ -23,7 +23,7 @@ from afr.data.verification import (
 from afr.paths import shared_root
 
 ORL = shared_root() / "data" / "faces" / "orl"
-needs_faces = pytest.mark.skipif(not ORL.is_dir(), reason="shared ORL faces not present")
+needs_faces = pytest.mark.shared("data/faces/orl")
 
 
 def orl_pairs(n_identities=4, per_identity=3):
@@ -106,6 +106,57 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     control = tmp_path / "control"
     pickle.loads(pickle.dumps(([_Exploit(control)], [])))
     assert control.exists()
+
+
+def random_jpegs(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [encode_jpeg(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("kind", ["bool array", "list of numpy.bool_"])
+def test_numpy_issame_from_third_party_packers_loads(tmp_path, protocol, kind):
+    """``issame_list`` as a numpy bool array or a list of numpy.bool_, pickled as InsightFace's packers do
+    (protocol 2 spells bytes through ``_codecs.encode``; 5 is ``HIGHEST_PROTOCOL``)."""
+    issame = np.array([True, False, False, True, True])
+    bins = random_jpegs(2 * len(issame))
+    flags = issame if kind == "bool array" else [np.bool_(flag) for flag in issame]
+    path = tmp_path / "numpy.bin"
+    path.write_bytes(pickle.dumps((bins, flags), protocol=protocol))
+    images, loaded_issame = load_bin(path)
+    assert loaded_issame.dtype == bool and loaded_issame.tolist() == issame.tolist()
+    assert [image.tobytes() for image in images] == [decode_image(item).tobytes() for item in bins]
+
+
+@pytest.mark.parametrize(
+    "issame,message",
+    [
+        (np.array([1, 0]), "numpy dtype 'i8'"),
+        (np.array([True, False], dtype=object), "numpy dtype 'O"),
+        ([np.int64(1), np.int64(0)], "numpy dtype 'i8'"),
+        (np.array([[True], [False]]), r"shape \(2, 1\)"),
+        (np.array([True, False]).view(np.recarray), r"global numpy\.rec\S*recarray"),
+    ],
+    ids=["int array", "object array", "numpy ints", "2-D array", "ndarray subclass"],
+)
+def test_numpy_values_other_than_bool_are_refused(tmp_path, issame, message):
+    path = tmp_path / "other.bin"
+    path.write_bytes(pickle.dumps((random_jpegs(4), issame), protocol=4))
+    with pytest.raises(UnsafePickleError, match=rf"other\.bin: refusing .*{message}"):
+        load_bin(path)
+
+
+def test_allowed_globals_cannot_be_misused(tmp_path):
+    """The few allowed globals only rebuild bool data: other uses of them are refused or fail."""
+    codec = tmp_path / "codec.bin"  # protocol 0: _codecs.encode('x', 'rot13')
+    codec.write_bytes(b"(lp0\nc_codecs\nencode\np1\n(Vx\nVrot13\ntRp2\na(I01\nlp3\ntp4\n.")
+    with pytest.raises(UnsafePickleError, match=r"codec\.bin: refusing _codecs\.encode with 'rot13'"):
+        load_bin(codec)
+
+    called = tmp_path / "called.bin"  # numpy.ndarray((2,)): the class itself is never handed out
+    called.write_bytes(b"(cnumpy\nndarray\n(I2\ntRp0\n(I01\nlp1\ntp2\n.")
+    with pytest.raises(CorruptPackError, match=r"called\.bin: not a readable verification pack"):
+        load_bin(called)
 
 
 @needs_faces

@@ -103,6 +103,36 @@ def test_protocol_matches_reference_with_ties_boundaries_and_uneven_folds():
     assert len(result.fold_accuracies) == 10 and result.n_pairs == 23
 
 
+def test_pairs_exactly_on_the_threshold_are_predicted_different():
+    """The rule is ``distance < threshold``: a pair whose distance equals the chosen threshold counts as
+    "different". Two folds of 4 pairs, distances 1.995 (between the grid points 1.99 and 2.00),
+    exactly 2.0 (orthogonal unit vectors; 2.00 is on the grid) and exactly 4.0 (opposite vectors).
+
+    Expected by hand under the strict rule:
+    * fold 1 = same@1.995, same@1.995, diff@2, diff@2. Only t = 2.00 separates them (train accuracy 1.0;
+      0.5 below, 0.5 above).
+    * fold 2 = same@1.995, same@2, diff@2, diff@4. Train accuracy 0.5 for t <= 1.99, 0.75 from t = 2.00 on
+      (t = 2.00 misses same@2, t >= 2.01 accepts diff@2): the first maximum, 2.00, wins.
+    * testing fold 1 at 2.00: all 4 right (1.0); testing fold 2 at 2.00: same@2 is not < 2.00 and is
+      predicted different, the other 3 are right (0.75).
+    (With ``<=`` fold 1 could not be separated at all and the mean would drop to 0.5.)
+    """
+    e0, e1, minus_e0 = [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]
+    near = [0.0025, math.sqrt(1 - 0.0025**2)]  # squared distance to e0: 2 - 2 * 0.0025 = 1.995
+    same_near, same_on, diff_on, diff_far = [e0, near], [e0, e1], [e0, e1], [e0, minus_e0]
+    pairs = [same_near, same_near, diff_on, diff_on, same_near, same_on, diff_on, diff_far]
+    issame = [True, True, False, False, True, True, False, False]
+    embeddings = np.array([row for pair in pairs for row in pair])
+    distances = pair_distances(embeddings)
+    assert distances[[2, 3, 5, 6]].tolist() == [2.0, 2.0, 2.0, 2.0] and distances[7] == 4.0
+    assert 1.99 < distances[0] < 2.0
+
+    result = evaluate(embeddings, issame, n_folds=2)
+    assert result.fold_accuracies == [1.0, 0.75], f"fold accuracies {result.fold_accuracies}, expected [1.0, 0.75]"
+    assert result.thresholds == [2.0, 2.0], f"chosen thresholds {result.thresholds}, expected [2.0, 2.0]"
+    assert result.accuracy_mean == 0.875
+
+
 def test_single_fold_trains_and_tests_on_all_pairs():
     embeddings, issame = seeded_pairs(40, 8, 1.0, 3)
     single = evaluate(embeddings, issame, n_folds=1)

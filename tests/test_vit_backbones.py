@@ -185,12 +185,8 @@ def test_factory_rejects_a_directory_holding_another_model(tmp_path):
         create_backbone("clip-vitb16", weights=tmp_path)
 
 
+@pytest.mark.shared("weights/dlib_resnet29")
 def test_factory_builds_dlib_resnet29_from_the_shared_weights(faces):
-    pytest.importorskip("afr.models.dlib_resnet")
-    from afr.paths import shared_root
-
-    if not (shared_root() / "weights" / "dlib_resnet29").is_dir():
-        pytest.skip(f"shared dlib weights not found under {shared_root()}")
     backbone = create_backbone("dlib-resnet29")
     assert (backbone.name, backbone.embedding_dim, backbone.alignment) == ("dlib-resnet29", 128, "dlib")
     with torch.no_grad():
@@ -198,7 +194,6 @@ def test_factory_builds_dlib_resnet29_from_the_shared_weights(faces):
 
 
 def test_factory_dlib_missing_weights_names_the_directory(tmp_path):
-    pytest.importorskip("afr.models.dlib_resnet")
     with pytest.raises(MissingWeightsError, match=str(tmp_path / "absent")):
         create_backbone("dlib-resnet29", weights=tmp_path / "absent")
 

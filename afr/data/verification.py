@@ -4,8 +4,12 @@ A ``.bin`` pack is a pickle of ``(bins, issame_list)``: ``bins`` holds ``2 N`` e
 bytes; pair ``i`` is ``bins[2 i]``, ``bins[2 i + 1]``) and ``issame_list`` ``N`` booleans. Packs made
 under Python 2 store the images as ``str``, which Python 3 loads with ``encoding='bytes'``.
 
-The pickle is untrusted input: it is read with an unpickler that refuses every global lookup, so
-only plain tuples, lists, bytes, strings, numbers and booleans can load and nothing can be executed.
+The pickle is untrusted input: it is read with an unpickler that refuses every global lookup but
+the few a numpy bool ``issame`` needs (third-party packers write ``issame_list`` as a ``numpy.ndarray``
+of bool or as a list of ``numpy.bool_``), so only plain tuples, lists, bytes, strings, numbers,
+booleans and 1-D bool arrays can load and nothing can be executed. Those globals resolve to local
+stand-ins that accept numpy's bool reconstruction and nothing else: numpy itself never sees the
+pickle's arguments or state.
 
 The extracted layout is a folder of images plus an LFW-style ``pairs.txt``: a header line
 (``folds<TAB>pairs_per_fold``: per fold that many same pairs then that many different pairs, or a
@@ -25,6 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -53,21 +58,106 @@ class CorruptPackError(ValueError):
 
 
 class UnsafePickleError(CorruptPackError, pickle.UnpicklingError):
-    """The pickle asked to import a global (a class or function): refused, nothing was executed."""
+    """The pickle asked for a global (a class or function), or for a numpy value other than a 1-D bool
+    array or a bool scalar: refused, nothing was executed."""
+
+
+#: what ``numpy.ndarray`` resolves to while unpickling: a marker only ``_reconstruct`` accepts
+_NDARRAY = object()
+#: ``numpy.dtype('b1').__reduce__()`` state (the same under numpy 1.x and 2.x)
+_BOOL_DTYPE_STATE = (3, "|", None, None, None, -1, -1, 0)
+
+
+class _BoolDtype:
+    """Stand-in for ``numpy.dtype('b1')`` while unpickling; its state must be bool's."""
+
+    def __init__(self, refuse):
+        self._refuse = refuse
+
+    def __setstate__(self, state) -> None:
+        if not isinstance(state, tuple) or state != _BOOL_DTYPE_STATE:
+            self._refuse(f"numpy dtype state {state!r} (only bool is accepted)")
+
+
+class _BoolArray:
+    """Stand-in for a 1-D numpy bool array while unpickling; ``value`` is the array once its data came."""
+
+    def __init__(self, refuse):
+        self._refuse = refuse
+        self.value: np.ndarray | None = None
+
+    def fill(self, shape, dtype, data) -> "_BoolArray":
+        if self.value is not None:
+            self._refuse("a second state for one numpy array")
+        if not isinstance(dtype, _BoolDtype):
+            self._refuse(f"a numpy array of dtype {type(dtype).__name__} (only bool is accepted)")
+        if not (isinstance(shape, tuple) and len(shape) == 1 and type(shape[0]) is int):
+            self._refuse(f"a numpy array of shape {shape!r} (only 1-D is accepted)")
+        if not isinstance(data, (bytes, bytearray)) or len(data) != shape[0] or not set(data) <= {0, 1}:
+            self._refuse(f"numpy bool array data that is not {shape[0]} bytes of 0/1")
+        self.value = np.frombuffer(bytes(data), dtype=np.uint8).astype(bool)
+        return self
+
+    def __setstate__(self, state) -> None:
+        # ndarray.__reduce__ state: (version, shape, dtype, is_fortran, raw data); order is moot in 1-D
+        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
+            self._refuse("a numpy array state that is not (1, shape, dtype, is_fortran, data)")
+        self.fill(state[1], state[2], state[4])
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that loads only built-in containers and scalars: every global lookup is refused."""
+    """An unpickler that loads built-in containers and scalars, and numpy bool arrays/scalars.
+
+    Every global lookup is refused except the ones numpy's pickles of a bool array or a ``numpy.bool_``
+    use (``_reconstruct``/``_frombuffer``, ``ndarray``, ``dtype``, ``scalar``, and ``_codecs.encode``
+    with latin1, with which protocol 2 spells bytes). They resolve to the checking stand-ins below, so
+    a refused dtype or malformed state raises :class:`UnsafePickleError` before numpy runs anything.
+    """
 
     def __init__(self, file, source: str):
         super().__init__(file, encoding="bytes")
         self._source = source
+        self._allowed = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): self._dtype,
+                         ("_codecs", "encode"): self._latin1_bytes}
+        for package in ("numpy._core", "numpy.core"):  # numpy 2.x, 1.x
+            self._allowed[f"{package}.multiarray", "_reconstruct"] = self._reconstruct
+            self._allowed[f"{package}.multiarray", "scalar"] = self._scalar
+            self._allowed[f"{package}.numeric", "_frombuffer"] = self._frombuffer  # protocol 5
+
+    def _refuse(self, what: str) -> NoReturn:
+        raise UnsafePickleError(f"{self._source}: refusing {what} from the pickle")
 
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
-        raise UnsafePickleError(
-            f"{self._source}: refusing to load global {module}.{name} from the pickle; a verification pack "
-            "holds only lists of bytes and booleans"
-        )
+        try:
+            return self._allowed[module, name]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self._source}: refusing to load global {module}.{name} from the pickle; a verification pack "
+                "holds only lists of bytes and booleans (or a numpy bool array)"
+            ) from None
+
+    def _dtype(self, spec, align=False, copy=False) -> _BoolDtype:
+        if spec != "b1":
+            self._refuse(f"numpy dtype {spec!r} (only bool is accepted)")
+        return _BoolDtype(self._refuse)
+
+    def _reconstruct(self, subtype, shape, typecode) -> _BoolArray:
+        if subtype is not _NDARRAY or shape != (0,) or typecode != b"b":
+            self._refuse("a numpy _reconstruct call other than ndarray.__reduce__'s")
+        return _BoolArray(self._refuse)  # the data comes with the following BUILD
+
+    def _frombuffer(self, buffer, dtype, shape, order) -> _BoolArray:
+        return _BoolArray(self._refuse).fill(shape, dtype, buffer)
+
+    def _scalar(self, dtype, data) -> bool:
+        if not isinstance(dtype, _BoolDtype) or data not in (b"\x00", b"\x01"):
+            self._refuse("a numpy scalar other than a bool")
+        return data == b"\x01"  # a plain bool: the value is all a pack needs
+
+    def _latin1_bytes(self, text, encoding) -> bytes:
+        if not isinstance(text, str) or encoding != "latin1":
+            self._refuse(f"_codecs.encode with {encoding!r} (only latin1 text to bytes is accepted)")
+        return text.encode("latin1")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -106,6 +196,10 @@ def _read_pickle(path: Path, data: bytes) -> tuple[list[bytes], np.ndarray]:
     if not isinstance(content, (tuple, list)) or len(content) != 2:
         raise CorruptPackError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(content).__name__}")
     bins, issame = content
+    if isinstance(issame, _BoolArray):
+        if issame.value is None:
+            raise CorruptPackError(f"{path}: the issame array has no data")
+        issame = issame.value.tolist()
     if not isinstance(bins, (list, tuple)) or not isinstance(issame, (list, tuple)):
         raise CorruptPackError(f"{path}: bins and issame_list must be lists")
     for index, item in enumerate(bins):
