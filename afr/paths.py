@@ -46,11 +46,27 @@ def processed_root() -> Path:
     return Path(os.environ.get("AFR_DATA", PROJECT_ROOT / "data" / "processed")).expanduser().resolve()
 
 
+def _project_dir(variable: str, default: str) -> Path:
+    return Path(os.environ.get(variable, PROJECT_ROOT / default)).expanduser().resolve()
+
+
 def results_root() -> Path:
-    """``results/`` in the project tree, where notebooks write JSON metrics."""
-    return PROJECT_ROOT / "results"
+    """``results/`` in the project tree, where experiments write JSON records and tables; ``$AFR_RESULTS``
+    overrides it (``make test`` points it at a scratch folder so that tests never touch committed results)."""
+    return _project_dir("AFR_RESULTS", "results")
+
+
+def tables_root() -> Path:
+    """``results/tables``: one long CSV per experiment (one row per method, domain, metric and seed)."""
+    return results_root() / "tables"
 
 
 def figures_root() -> Path:
-    """``figures/`` in the project tree."""
-    return PROJECT_ROOT / "figures"
+    """``figures/`` in the project tree; ``$AFR_FIGURES`` overrides it."""
+    return _project_dir("AFR_FIGURES", "figures")
+
+
+def runs_root() -> Path:
+    """``runs/`` (git-ignored): one folder per training run (TensorBoard, checkpoints, adapter);
+    ``$AFR_RUNS`` overrides it."""
+    return _project_dir("AFR_RUNS", "runs")

@@ -20,9 +20,7 @@ from afr.data.recordio import (
 )
 from afr.paths import shared_root
 
-needs_faces = pytest.mark.skipif(
-    not (shared_root() / "data" / "faces" / "orl").is_dir(), reason="shared ORL faces not present"
-)
+needs_faces = pytest.mark.shared("data/faces/orl")
 MAGIC_LE = struct.pack("<I", MAGIC)
 
 
@@ -87,6 +85,32 @@ def test_split_record_framing_follows_dmlc_rule(tmp_path):
     assert [offset for offset, _ in reader] == offsets
 
 
+def _part(flag: int, data: bytes) -> bytes:
+    """One physical part: magic, (flag << 29 | length), data, zero padding to 4 bytes."""
+    return struct.pack("<II", MAGIC, (flag << 29) | len(data)) + data + b"\0" * (-len(data) % 4)
+
+
+@pytest.mark.parametrize(
+    "parts,flag,byte",
+    [
+        ([(2, b"abcd"), (3, b"efgh")], 2, 0),  # a middle part without a start
+        ([(3, b"efgh"), (1, b"abcd"), (3, b"ijkl")], 3, 0),  # the end before the start
+        ([(1, b"abcd"), (1, b"efgh"), (3, b"ijkl")], 1, 12),  # a second start inside a split record
+        ([(1, b"abcd"), (0, b"whole")], 0, 12),  # a whole record inside a split record
+    ],
+    ids=["middle-without-start", "end-before-start", "second-start", "whole-inside-split"],
+)
+def test_split_parts_out_of_order_are_refused(tmp_path, parts, flag, byte):
+    """Continuation flags must run 0 (whole) or 1 (start), 2 (middle)..., 3 (end); anything else is corrupt."""
+    path = tmp_path / "disordered.rec"
+    path.write_bytes(b"".join(_part(part_flag, data) for part_flag, data in parts))
+    with pytest.raises(RecordIOError, match=rf"disordered\.rec: record at byte 0: continuation flag {flag} "
+                                            rf"out of sequence at byte {byte}$"):
+        RecordIOReader(path).read_at(0)
+    with pytest.raises(RecordIOError, match="out of sequence"):
+        list(RecordIOReader(path))
+
+
 def test_irheader_pack_unpack_scalar_and_array_labels():
     scalar = pack(IRHeader(0, 7.0, 3, 0), b"img")
     assert len(scalar) == 24 + 3 and struct.unpack_from("<IfQQ", scalar) == (0, 7.0, 3, 0)
@@ -125,11 +149,12 @@ def test_write_pack_round_trip_with_split_record_and_domains(tmp_path):
     np.testing.assert_array_equal(ds.domains, domains[order])
     assert ds.identity_ranges == {0: (1, 4), 1: (4, 7), 2: (7, 10)}
     assert list(ds.identity_indices(1)) == [3, 4, 5]
+    assert ds.has_domains  # items are (image, identity, domain)
     for index, source in enumerate(order):
-        image, label = ds[index]
+        image, label, domain = ds[index]
         assert image.dtype == np.uint8 and image.shape == (112, 92, 3)
         np.testing.assert_array_equal(image, decode_image(given[source]))
-        assert label == labels[source]
+        assert label == labels[source] and domain == domains[source]
         np.testing.assert_array_equal(ds.record_label(index), [labels[source], domains[source]])
         assert ds.read_raw(index)[1] == given[source]  # split record reassembled byte for byte
 
@@ -265,5 +290,6 @@ def test_dataloader_workers_match_direct_indexing(tmp_path):
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=2)
     loaded = list(loader)
     assert len(loaded) == len(direct)
-    for (image, label), (expected_image, expected_label) in zip(loaded, direct):
+    for (image, label, domain), (expected_image, expected_label, expected_domain) in zip(loaded, direct):
         assert torch.equal(image, torch.from_numpy(np.array(expected_image))) and int(label) == expected_label
+        assert int(domain) == expected_domain

@@ -3,11 +3,13 @@
 Built from the shared collections (ORL + Yale = ``controlled``, deepface = ``wild``, Notre Dame and
 PUJ-T360 LWIR = ``thermal``, and a seeded degradation of controlled/wild chips = ``lowquality``):
 
-* identity-disjoint train/test splits per collection (the wild set is test-only: its 280 published
-  pairs are the test);
+* identity-disjoint train / validation / test splits per collection (the wild set is test-only: its
+  280 published pairs are the test). Validation identities are carved from what is not test, so the
+  test identities do not depend on ``val_fraction``;
 * one InsightFace RecordIO training pack with ``[identity, domain]`` labels;
-* one InsightFace verification ``.bin`` per test domain, balanced same/different pairs laid out in
-  10 fold blocks;
+* one InsightFace verification ``.bin`` per test domain in ``test/`` and per validation domain in
+  ``val/``, balanced same/different pairs laid out in 10 fold blocks. Per-epoch validation and every
+  choice of a setting use ``val/``; ``test/`` is scored once, at the end of a run;
 * few-shot subsets (k images per identity and domain) as record indices;
 * ``manifest.csv`` (one row per image: where it went and whether the detector found the face) and
   ``stats.json``.
@@ -34,6 +36,11 @@ from afr.paths import processed_root
 log = logging.getLogger(__name__)
 
 TEST_DOMAINS = ("controlled", "wild", "thermal", "lowquality")
+#: the wild photos are test-only (their published pairs), so they have no validation pack
+VAL_DOMAINS = ("controlled", "thermal", "lowquality")
+SPLITS = ("train", "val", "test")
+#: one row per chip; ``record`` is the training-pack index (empty outside the training split)
+MANIFEST_COLUMNS = ("file", "source", "identity", "domain", "split", "detected", "chip", "record")
 
 
 @dataclass
@@ -46,6 +53,7 @@ class EmbeddedConfig:
     image_size: int = 150
     geometry: str = "dlib"  # "dlib" (150x150 chip for the ResNet-29) or "arcface" (112x112 for ViTs)
     test_fraction: float = 0.4
+    val_fraction: float = 0.2  # of each collection's identities, taken from those that are not test
     max_pairs: int = 600  # per test domain (wild: its 280 published pairs)
     few_shot_k: tuple[int, ...] = (1, 2, 4)
     n_folds: int = 10
@@ -62,6 +70,8 @@ class EmbeddedConfig:
             raise ValueError(f"geometry must be 'dlib' or 'arcface', got {self.geometry!r}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 < self.val_fraction < 1.0 - self.test_fraction:
+            raise ValueError(f"val_fraction must be in (0, 1 - test_fraction), got {self.val_fraction}")
 
     def fingerprint(self) -> dict:
         """What decides the content (everything but where it is written)."""
@@ -84,12 +94,24 @@ class EmbeddedBenchmark:
     def train_dir(self) -> Path:
         return self.root / "train"
 
-    def bin_path(self, domain: str) -> Path:
-        return self.root / "val" / f"{domain}.bin"
+    def bin_path(self, domain: str, split: str = "test") -> Path:
+        """The verification pack of ``domain`` in ``split`` ("test" or "val")."""
+        domains = {"test": TEST_DOMAINS, "val": VAL_DOMAINS}.get(split)
+        if domains is None:
+            raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+        if domain not in domains:
+            raise KeyError(f"no {split} pack for domain {domain!r}; the {split} packs are {', '.join(domains)}")
+        return self.root / split / f"{domain}.bin"
 
     @property
     def bins(self) -> dict[str, Path]:
+        """The test packs by domain."""
         return {domain: self.bin_path(domain) for domain in TEST_DOMAINS}
+
+    @property
+    def val_bins(self) -> dict[str, Path]:
+        """The validation packs by domain (identities disjoint from training and test)."""
+        return {domain: self.bin_path(domain, "val") for domain in VAL_DOMAINS}
 
     def train_dataset(self, transform=None):
         from afr.data.recordio import RecordIODataset
@@ -123,8 +145,14 @@ def load_embedded(root: str | Path | None = None) -> EmbeddedBenchmark:
     return EmbeddedBenchmark(root, config, json.loads(stats_path.read_text()))
 
 
-def split_identities(faces: list[RawFace], test_fraction: float, seed: int) -> dict[str, str]:
-    """Identity -> "train"/"test", drawn per collection with a seeded permutation."""
+def split_identities(faces: list[RawFace], test_fraction: float, seed: int,
+                     val_fraction: float = 0.0) -> dict[str, str]:
+    """Identity -> "train" / "val" / "test", drawn per collection with a seeded permutation.
+
+    The first ``round(test_fraction * n)`` identities of the permutation are test, the next
+    ``round(val_fraction * n)`` validation, the rest train: the test identities are the same whatever
+    ``val_fraction`` is.
+    """
     split: dict[str, str] = {}
     by_source: dict[str, list[str]] = defaultdict(list)
     for face in faces:
@@ -137,8 +165,9 @@ def split_identities(faces: list[RawFace], test_fraction: float, seed: int) -> d
             continue
         order = np.random.default_rng([seed, offset]).permutation(len(identities))
         n_test = int(round(test_fraction * len(identities)))
+        n_val = int(round(val_fraction * len(identities)))
         for rank, index in enumerate(order):
-            split[identities[index]] = "test" if rank < n_test else "train"
+            split[identities[index]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
     return split
 
 
@@ -181,7 +210,7 @@ def build_embedded_benchmark(
 
     faces_dir = Path(config.faces_root)
     faces = list_all(faces_dir)
-    split = split_identities(faces, config.test_fraction, config.seed)
+    split = split_identities(faces, config.test_fraction, config.seed, config.val_fraction)
 
     chips: list[np.ndarray] = []
     detected: list[bool] = []
@@ -217,31 +246,35 @@ def build_embedded_benchmark(
     domains = np.array([DOMAINS.index(row["domain"]) for row in train_rows])
     root.mkdir(parents=True, exist_ok=True)
     write_pack(root / "train", [chips[row["chip"]] for row in train_rows], labels, domains=domains,
-               image_size=(config.image_size, config.image_size))
+               image_size=(config.image_size, config.image_size), domain_names=DOMAINS)
     for record, row in enumerate(train_rows):
         row["record"] = record
     (root / "train_identities.json").write_text(json.dumps(identity_names, indent=1))
     few_shot = _few_shot(labels, domains, config.few_shot_k, config.seed)
     (root / "fewshot.json").write_text(json.dumps(few_shot))
 
-    # Verification packs, one per test domain.
-    (root / "val").mkdir(exist_ok=True)
-    pair_counts = {}
-    for domain in TEST_DOMAINS:
-        test_rows = [row for row in rows if row["split"] == "test" and row["domain"] == domain]
-        if domain == "wild":
-            wild_faces = [faces[row["chip"]] for row in test_rows]
-            pairs = _wild_pairs(wild_faces, faces_dir, config.n_folds)
-        else:
-            pairs = balanced_pairs([row["identity"] for row in test_rows], config.max_pairs,
-                                   config.seed, config.n_folds)
-        images = [chips[test_rows[i]["chip"]] for a, b, _ in pairs for i in (a, b)]
-        write_bin(root / "val" / f"{domain}.bin", images, [same for _, _, same in pairs])
-        pair_counts[domain] = {"pairs": len(pairs), "same": sum(s for *_, s in pairs),
-                               "images": len({i for a, b, _ in pairs for i in (a, b)})}
+    # Verification packs: one per test domain (test/) and one per validation domain (val/).
+    pair_counts: dict[str, dict] = {"test": {}, "val": {}}
+    for split_name, domains_of_split in (("test", TEST_DOMAINS), ("val", VAL_DOMAINS)):
+        folder = root / split_name
+        folder.mkdir(exist_ok=True)
+        for stale in set(folder.glob("*.bin")) - {folder / f"{d}.bin" for d in domains_of_split}:
+            stale.unlink()  # a pack an earlier layout of this derived folder left behind
+        for domain in domains_of_split:
+            chosen = [row for row in rows if row["split"] == split_name and row["domain"] == domain]
+            if domain == "wild":
+                pairs = _wild_pairs([faces[row["chip"]] for row in chosen], faces_dir, config.n_folds)
+            else:
+                pairs = balanced_pairs([row["identity"] for row in chosen], config.max_pairs,
+                                       config.seed, config.n_folds)
+            images = [chips[chosen[i]["chip"]] for a, b, _ in pairs for i in (a, b)]
+            write_bin(folder / f"{domain}.bin", images, [same for _, _, same in pairs])
+            counts = {"pairs": len(pairs), "same": sum(s for *_, s in pairs),
+                      "images": len({i for a, b, _ in pairs for i in (a, b)})}
+            pair_counts[split_name][domain] = counts
 
     with (root / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*rows[0].keys(), "record"])
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -254,7 +287,7 @@ def build_embedded_benchmark(
 def _statistics(rows, raw_sizes, pair_counts, few_shot, config) -> dict:
     per_domain: dict[str, dict] = {}
     for domain in DOMAINS:
-        for split in ("train", "test"):
+        for split in SPLITS:
             chosen = [row for row in rows if row["domain"] == domain and row["split"] == split]
             per_domain.setdefault(domain, {})[split] = {
                 "identities": len({row["identity"] for row in chosen}), "images": len(chosen)}
@@ -273,6 +306,7 @@ def _statistics(rows, raw_sizes, pair_counts, few_shot, config) -> dict:
         "verification_pairs": pair_counts,
         "train_records": sum(1 for row in rows if row["split"] == "train"),
         "train_identities": len({row["identity"] for row in rows if row["split"] == "train"}),
+        "val_identities": len({row["identity"] for row in rows if row["split"] == "val"}),
         "few_shot_records": {k: len(v) for k, v in few_shot.items()},
         "chip": {"geometry": config.geometry, "size": config.image_size},
         "seed": config.seed,

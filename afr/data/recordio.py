@@ -20,6 +20,7 @@ Dataset index ``i`` is image record key ``i + 1`` in such a pack.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import struct
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from afr.data.images import decode_image, encode_jpeg
+from afr.io import atomic_write_text
 
 __all__ = [
     "MAGIC",
@@ -337,11 +339,16 @@ class IndexedRecordIOReader(RecordIOReader):
 
 @dataclass(frozen=True)
 class PackPaths:
-    """The three files of an InsightFace pack."""
+    """The three files of an InsightFace pack (and the optional domain-name list beside ``property``)."""
 
     rec: Path
     idx: Path
     property: Path
+
+    @property
+    def domains(self) -> Path:
+        """``domains.json`` (``{"names": [...]}``): the names of the domain codes, when the pack has domains."""
+        return self.property.with_name("domains.json")
 
 
 def resolve_pack_paths(prefix_or_dir: str | Path, for_writing: bool = False) -> PackPaths:
@@ -377,11 +384,27 @@ def _read_property(path: Path) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def _read_domain_names(path: Path) -> tuple[str, ...] | None:
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text())["names"]
+        if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise RecordIOError(f"{path}: expected a JSON object {{\"names\": [domain names]}}") from None
+    return tuple(names)
+
+
 _HEADER_BYTES = _IR.size + 4 * 8  # IRHeader plus up to 8 float labels
 
 
 class RecordIODataset:
-    """An InsightFace training pack as a map-style dataset: ``ds[i] -> (HxWx3 uint8 RGB, int label)``.
+    """An InsightFace training pack as a map-style dataset.
+
+    ``ds[i]`` is ``(HxWx3 uint8 RGB, identity)``, or ``(image, identity, domain)`` when the pack's
+    labels carry a domain (``[identity, domain, ...]``, as the embedded benchmark writes them);
+    ``has_domains`` says which, ``domain_names`` names the codes when the pack stores them.
 
     Args:
         prefix_or_dir: the directory holding ``train.rec``/``train.idx``/``property``, or a prefix
@@ -408,6 +431,9 @@ class RecordIODataset:
         self.image_keys = self._find_image_keys()
         self._labels: np.ndarray | None = None
         self._full_labels: list[np.ndarray] | None = None
+        #: whether items carry a domain: decided by the first image's label (packs are homogeneous)
+        self.has_domains = len(self) > 0 and self.record_label(0).size >= 2
+        self.domain_names: tuple[str, ...] | None = _read_domain_names(self.paths.domains)
 
     def _find_image_keys(self) -> list[int]:
         reader = self.reader
@@ -495,14 +521,18 @@ class RecordIODataset:
         key = self._key(index)
         return unpack(self.reader.read_idx(key), f"{self.paths.rec}: record {key}")
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         key = self._key(int(index))
         header, image_bytes = unpack(self.reader.read_idx(key), f"{self.paths.rec}: record {key}")
         image = decode_image(image_bytes, f"{self.paths.rec} record {key}")
-        label = header.label if np.ndim(header.label) == 0 else header.label[0]
+        label = np.atleast_1d(header.label)
         if self.transform is not None:
             image = self.transform(image)
-        return image, int(label)
+        if not self.has_domains:
+            return image, int(label[0])
+        if label.size < 2:
+            raise RecordIOError(f"{self.paths.rec}: record {key} has no domain label, unlike the pack's first image")
+        return image, int(label[0]), int(label[1])
 
     def close(self) -> None:
         self.reader.close()
@@ -535,6 +565,7 @@ def write_pack(
     domains: Sequence[int] | np.ndarray | None = None,
     image_size: tuple[int, int] | None = None,
     quality: int = 95,
+    domain_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Write a complete InsightFace pack (``.rec``, ``.idx``, ``property``); returns the record order.
 
@@ -542,7 +573,8 @@ def write_pack(
     they are) are sorted by identity with a stable sort, so already sorted input keeps its order;
     dataset index ``i`` of the written pack is ``images[order[i]]``. Labels must be integers in
     ``0 .. num_classes - 1`` (``num_classes = max(labels) + 1``). With ``domains`` each image label
-    is ``[identity, domain]``. All images must have one size (``image_size`` = (height, width) when
+    is ``[identity, domain]`` and ``domain_names`` (the name of each code) goes to ``domains.json``
+    beside ``property``. All images must have one size (``image_size`` = (height, width) when
     given). The files are written to temporary names and renamed at the end.
     """
     labels_array = np.asarray(labels)
@@ -557,6 +589,11 @@ def write_pack(
         domains_array = np.asarray(domains)
         if domains_array.shape != (len(images),) or not np.issubdtype(domains_array.dtype, np.integer):
             raise ValueError(f"domains must be {len(images)} integers, got {domains_array.dtype} {domains_array.shape}")
+        if domain_names is not None and not 0 <= domains_array.min() <= domains_array.max() < len(domain_names):
+            raise ValueError(f"domain codes must lie in [0, {len(domain_names)}) to have names, "
+                             f"got {domains_array.min()}..{domains_array.max()}")
+    elif domain_names is not None:
+        raise ValueError("domain_names needs domains")
     paths = resolve_pack_paths(prefix_or_dir, for_writing=True)
     paths.rec.parent.mkdir(parents=True, exist_ok=True)
 
@@ -593,6 +630,8 @@ def write_pack(
                 span = np.array([starts[identity], ends[identity]], dtype=np.float32)
                 writer.write_idx(key, pack(IRHeader(2, span, key, 0)))
         temporary["property"].write_text(f"{num_classes},{size[0]},{size[1]}\n")
+        if domain_names is not None:
+            atomic_write_text(paths.domains, json.dumps({"names": list(domain_names)}) + "\n")
         for name, target in (("rec", paths.rec), ("idx", paths.idx), ("property", paths.property)):
             os.chmod(temporary[name], 0o644)
             os.replace(temporary[name], target)

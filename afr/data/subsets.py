@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-__all__ = ["RelabelledSubset", "identity_subset", "dataset_labels"]
+__all__ = ["RelabelledSubset", "dataset_labels", "holdout_identities", "identity_subset"]
 
 
 def dataset_labels(dataset: Any) -> np.ndarray:
@@ -49,17 +49,35 @@ class RelabelledSubset(Dataset):
         return (sample[0], int(self.labels[index]), *sample[2:])
 
 
-def identity_subset(dataset: Any, num_identities: int | None, seed: int = 0) -> Dataset:
-    """All samples of ``num_identities`` identities drawn with ``seed`` (``None``: the whole dataset).
+def holdout_identities(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` identities drawn with ``seed`` (sorted): the validation identities kept out of training.
+
+    Drawn with a generator of its own (``[seed, 1]``), so the held-out set does not move when the
+    training subset's size changes.
+    """
+    identities = np.unique(labels)
+    if not 0 < count < len(identities):
+        raise ValueError(f"cannot hold out {count} of {len(identities)} identities (need 0 < count < all)")
+    return np.sort(np.random.default_rng([seed, 1]).choice(identities, size=count, replace=False))
+
+
+def identity_subset(
+    dataset: Any, num_identities: int | None, seed: int = 0, exclude: Sequence[int] | np.ndarray = ()
+) -> Dataset:
+    """All samples of ``num_identities`` identities drawn with ``seed`` (``None``: all), never from ``exclude``.
 
     This is how "1K / 10K identities of CASIA-WebFace" subsets are formed: a seeded draw of identities
-    without replacement, every image of each drawn identity kept, labels renumbered.
+    without replacement, every image of each drawn identity kept, labels renumbered. ``exclude`` holds
+    identities reserved for validation (:func:`holdout_identities`).
     """
     labels = dataset_labels(dataset)
-    identities = np.unique(labels)
-    if num_identities is None or num_identities >= len(identities):
-        return dataset
-    if num_identities < 1:
+    identities = np.setdiff1d(np.unique(labels), np.asarray(exclude, dtype=np.int64))
+    if num_identities is not None and num_identities < 1:
         raise ValueError(f"num_identities must be positive, got {num_identities}")
-    chosen = np.random.default_rng(seed).choice(identities, size=num_identities, replace=False)
+    if num_identities is None or num_identities >= len(identities):
+        if len(exclude) == 0:
+            return dataset
+        chosen = identities
+    else:
+        chosen = np.random.default_rng(seed).choice(identities, size=num_identities, replace=False)
     return RelabelledSubset(dataset, np.flatnonzero(np.isin(labels, chosen)))

@@ -33,6 +33,23 @@ class ClassCentres(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight, mean=0.0, std=0.01)
 
+    @torch.no_grad()
+    def initialise_from_embeddings(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """Set each centre to the mean unit embedding of its class (classes without samples keep theirs).
+
+        Starting from the class means of the frozen backbone, the margin loss begins near its optimum
+        for the pretrained embedding instead of pulling the backbone towards random directions.
+        """
+        labels = labels.long().to(self.weight.device)
+        if embeddings.shape != (len(labels), self.embedding_dim):
+            raise ValueError(f"expected ({len(labels)}, {self.embedding_dim}) embeddings, got {tuple(embeddings.shape)}")
+        if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.num_classes})")
+        units = F.normalize(embeddings.float().to(self.weight.device), dim=1)
+        sums = torch.zeros_like(self.weight).index_add_(0, labels, units)
+        seen = torch.bincount(labels, minlength=self.num_classes) > 0
+        self.weight[seen] = F.normalize(sums[seen], dim=1).to(self.weight.dtype)
+
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
             raise ValueError(

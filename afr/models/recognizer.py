@@ -1,8 +1,7 @@
 """Backbone + class centres + margin: the model trained with a margin softmax (CosFace / ArcFace)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,15 +19,18 @@ class RecognizerOutput:
     """What :class:`FaceRecognitionModel` returns.
 
     Attributes:
-        loss: scalar cross-entropy on the margin logits; None when no labels were given.
+        loss: the scalar training loss (the sum of ``terms``); None when no labels were given.
         logits: ``(B, num_classes)``; with labels the margin-adjusted scaled logits the loss used,
             without labels ``s * cos(theta)``.
         embeddings: the backbone's raw ``(B, embedding_dim)`` embeddings (not normalised).
+        terms: the named parts of ``loss`` as they enter the sum (``{"margin": ...}``; later methods
+            add e.g. ``"contrastive"`` and ``"domain"``), logged one by one by the training engine.
     """
 
     loss: torch.Tensor | None
     logits: torch.Tensor
     embeddings: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class FaceRecognitionModel(nn.Module):
@@ -42,8 +44,10 @@ class FaceRecognitionModel(nn.Module):
         s: logit scale.
         m: margin; None uses the margin's default (CosFace 0.35, ArcFace 0.5).
 
-    ``forward(images, labels=None, **extra)`` follows the training engine's
-    ``model(images=..., labels=..., **extra).loss`` convention; ``extra`` (e.g. ``domains``) is ignored.
+    ``forward(images, labels=None, domains=None)`` follows the training engine's
+    ``model(images=..., labels=..., domains=...).loss`` convention. ``domains`` (one code per image,
+    from packs that carry them) reaches the model with every batch; the plain margin model does not use
+    it, domain-aware subclasses do.
     """
 
     def __init__(
@@ -68,11 +72,15 @@ class FaceRecognitionModel(nn.Module):
         """The backbone's raw embeddings ``(B, embedding_dim)``."""
         return self.backbone(images)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, **extra: Any) -> RecognizerOutput:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None, domains: torch.Tensor | None = None
+    ) -> RecognizerOutput:
+        if domains is not None and domains.shape[:1] != images.shape[:1]:
+            raise ValueError(f"{images.shape[0]} images but {domains.shape[0]} domain codes")
         embeddings = self.backbone(images)
         cosine = self.head(embeddings)
         if labels is None:
             return RecognizerOutput(loss=None, logits=cosine * self.s, embeddings=embeddings)
         logits = self.margin(cosine, labels)
-        loss = F.cross_entropy(logits, labels.long())
-        return RecognizerOutput(loss=loss, logits=logits, embeddings=embeddings)
+        margin_loss = F.cross_entropy(logits, labels.long())
+        return RecognizerOutput(loss=margin_loss, logits=logits, embeddings=embeddings, terms={"margin": margin_loss})

@@ -24,10 +24,12 @@ from typing import Iterable, Sequence
 import peft
 from peft import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from afr.adapters.lora.config import LoraSettings
+from afr.io import atomic_write_bytes, atomic_write_text
 from afr.paths import MissingResourceError
 
 __all__ = [
@@ -222,7 +224,7 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     Two files: ``adapter_model.safetensors`` (peft's ``get_peft_model_state_dict``: only the LoRA
     matrices, plus the state of the ``extra_trainable_modules`` under their own names) and
     ``lora_settings.json`` (the :class:`LoraSettings`, the adapted module names, the extra modules, the
-    backbone name, the peft version).
+    backbone name, the peft version). Each file is written atomically (temporary file + rename).
     """
     settings = getattr(model, "lora_settings", None)
     if settings is None or not has_lora(model):
@@ -237,11 +239,8 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
             if full_key in state:  # pragma: no cover - apply_lora forbids LoRA inside extra modules
                 raise ValueError(f"adapter key {full_key} is both a LoRA and an extra-module tensor")
             state[full_key] = tensor
-    save_file(
-        {key: tensor.detach().cpu().contiguous() for key, tensor in state.items()},
-        str(directory / ADAPTER_WEIGHTS_NAME),
-        metadata={"format": "pt"},
-    )
+    tensors = {key: tensor.detach().cpu().contiguous() for key, tensor in state.items()}
+    atomic_write_bytes(directory / ADAPTER_WEIGHTS_NAME, save_safetensors(tensors, metadata={"format": "pt"}))
     meta = {
         "format": ADAPTER_FORMAT,
         "backbone": getattr(model, "name", type(model).__name__),
@@ -250,7 +249,7 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
         "extra_modules": list(extra),
         "peft_version": peft.__version__,
     }
-    (directory / ADAPTER_SETTINGS_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(directory / ADAPTER_SETTINGS_NAME, json.dumps(meta, indent=2) + "\n")
     return directory
 
 
