@@ -18,13 +18,14 @@ from afr.train.distributed import (
     wrap_model,
 )
 from afr.train.engine import RunExistsError, Trainer, TrainResult, collate_samples
-from afr.train.sampler import ResumableSampler
+from afr.train.sampler import IdentityBatchSampler, ResumableSampler
 from afr.train.schedule import build_scheduler, warmup_cosine_factor
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "DistributedContext",
+    "IdentityBatchSampler",
     "ResumableSampler",
     "RunExistsError",
     "TrainConfig",

@@ -13,6 +13,7 @@ import torch
 from afr.io import atomic_write_text
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SAMPLERS = ("random", "identity")
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,12 @@ class TrainConfig:
     device: str = "auto"
     drop_last: bool = True
     shuffle: bool = True
+    #: 'random' (shuffled samples, :class:`~afr.train.sampler.ResumableSampler`) | 'identity' (batches of
+    #: ``batch_size / images_per_identity`` identities x ``images_per_identity`` images, mixing domains:
+    #: :class:`~afr.train.sampler.IdentityBatchSampler`; ``shuffle`` and ``drop_last`` do not apply)
+    sampler: str = "random"
+    #: images of each identity in a batch when ``sampler='identity'`` (must divide ``batch_size``)
+    images_per_identity: int = 4
     #: passed to DistributedDataParallel (needed when some parameters get no gradient in a step)
     find_unused_parameters: bool = False
     #: torch.use_deterministic_algorithms(True) for bitwise-reproducible runs (slower on CUDA)
@@ -69,7 +76,7 @@ class TrainConfig:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "grad_accum_steps", "keep_checkpoints", "log_every")
+        positive = ("epochs", "batch_size", "grad_accum_steps", "keep_checkpoints", "log_every", "images_per_identity")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -88,6 +95,13 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.grad_clip must be >= 0 or None, got {self.grad_clip!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"TrainConfig.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.sampler == "identity" and self.batch_size % self.images_per_identity:
+            raise ConfigError(
+                f"TrainConfig.batch_size={self.batch_size} must be a multiple of "
+                f"images_per_identity={self.images_per_identity} with sampler='identity'"
+            )
         if self.num_workers < 0:
             raise ConfigError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers!r}")
         if self.checkpoint_every < 0:

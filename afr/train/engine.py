@@ -61,7 +61,7 @@ from afr.train.checkpoint import (
     seed_everything,
 )
 from afr.train.config import ConfigError, TrainConfig
-from afr.train.sampler import ResumableSampler, SeededBatches, SeededFetch
+from afr.train.sampler import IdentityBatchSampler, ResumableSampler, SeededBatches, SeededFetch
 from afr.train.schedule import build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ Evaluator = Callable[[nn.Module], Mapping[str, Any]]
 #: names a loss term may not take: they are the engine's own ``train/...`` scalars
 _RESERVED_TERM_NAMES = ("loss", "lr", "grad_norm")
 #: config fields whose change makes a resumed run differ from the interrupted one
-_RESUME_SENSITIVE = ("batch_size", "grad_accum_steps", "seed", "shuffle", "drop_last", "lr", "min_lr", "epochs")
+_RESUME_SENSITIVE = ("batch_size", "grad_accum_steps", "seed", "shuffle", "drop_last", "lr", "min_lr", "epochs",
+                     "sampler", "images_per_identity")
 
 
 class RunExistsError(FileExistsError):
@@ -240,6 +241,35 @@ def _numeric(value: Any) -> Any:
     return value
 
 
+def _dataset_labels(dataset: Any) -> np.ndarray:
+    """Every sample's identity: ``dataset.labels`` when present, else read sample by sample."""
+    from afr.data.subsets import dataset_labels
+
+    return dataset_labels(dataset)
+
+
+def _dataset_domains(dataset: Any) -> np.ndarray | None:
+    """Every sample's domain: ``dataset.domains`` when it is one integer per sample; for a subset
+    (``.dataset`` and ``.indices``, e.g. ``RelabelledSubset``, ``torch.utils.data.Subset``) its
+    parent's domains at those indices; else ``None``."""
+    domains = getattr(dataset, "domains", None)
+    if domains is not None and not isinstance(domains, (bool, str)):
+        try:
+            array = np.asarray(domains)
+        except (TypeError, ValueError):
+            array = None
+        if array is not None and array.ndim == 1 and len(array) == len(dataset) and (
+            np.issubdtype(array.dtype, np.integer)
+        ):
+            return array.astype(np.int64)
+    parent, indices = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
+    if parent is not None and indices is not None:
+        parent_domains = _dataset_domains(parent)
+        if parent_domains is not None:
+            return parent_domains[np.asarray(indices, dtype=np.int64)]
+    return None
+
+
 # ------------------------------------------------------------------------------------ trainer
 class Trainer:
     """Trains ``model`` on ``train_dataset`` as ``config`` says; see the module docstring.
@@ -257,6 +287,11 @@ class Trainer:
 
     Under ``torchrun`` the process group is joined here (see :mod:`afr.train.distributed`), the
     model is wrapped in DDP and each rank reads its own shard of every epoch.
+
+    ``config.sampler='identity'`` draws batches of identities x ``config.images_per_identity`` images
+    (:class:`~afr.train.sampler.IdentityBatchSampler`) from the dataset's identities
+    (``train_dataset.labels``, else read sample by sample) and domains (``train_dataset.domains``, or
+    a subset's parent's; none: no domain mixing).
     """
 
     def __init__(
@@ -284,15 +319,27 @@ class Trainer:
         self.augment = augment.to(self.device) if isinstance(augment, nn.Module) else augment
         self.evaluators = dict(evaluators or {})
         self.train_dataset = train_dataset
-        self.sampler = ResumableSampler(
-            len(train_dataset),  # type: ignore[arg-type]
-            config.batch_size,
-            seed=config.seed,
-            shuffle=config.shuffle,
-            num_replicas=self.dist.world_size,
-            rank=self.dist.rank,
-            drop_last=config.drop_last,
-        )
+        self.sampler: ResumableSampler | IdentityBatchSampler
+        if config.sampler == "identity":
+            self.sampler = IdentityBatchSampler(
+                _dataset_labels(train_dataset),
+                config.batch_size,
+                config.images_per_identity,
+                domains=_dataset_domains(train_dataset),
+                seed=config.seed,
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+            )
+        else:
+            self.sampler = ResumableSampler(
+                len(train_dataset),  # type: ignore[arg-type]
+                config.batch_size,
+                seed=config.seed,
+                shuffle=config.shuffle,
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+                drop_last=config.drop_last,
+            )
         self.batches_per_epoch = self.sampler.num_batches
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.grad_accum_steps)
         self.total_steps = self.steps_per_epoch * config.epochs
