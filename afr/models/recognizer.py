@@ -72,15 +72,18 @@ class FaceRecognitionModel(nn.Module):
         """The backbone's raw embeddings ``(B, embedding_dim)``."""
         return self.backbone(images)
 
+    def margin_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(margin logits, cross-entropy loss)`` of embeddings against the class centres."""
+        logits = self.margin(self.head(embeddings), labels)
+        return logits, F.cross_entropy(logits, labels.long())
+
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor | None = None, domains: torch.Tensor | None = None
     ) -> RecognizerOutput:
         if domains is not None and domains.shape[:1] != images.shape[:1]:
             raise ValueError(f"{images.shape[0]} images but {domains.shape[0]} domain codes")
         embeddings = self.backbone(images)
-        cosine = self.head(embeddings)
         if labels is None:
-            return RecognizerOutput(loss=None, logits=cosine * self.s, embeddings=embeddings)
-        logits = self.margin(cosine, labels)
-        margin_loss = F.cross_entropy(logits, labels.long())
-        return RecognizerOutput(loss=margin_loss, logits=logits, embeddings=embeddings, terms={"margin": margin_loss})
+            return RecognizerOutput(loss=None, logits=self.head(embeddings) * self.s, embeddings=embeddings)
+        logits, loss = self.margin_loss(embeddings, labels)
+        return RecognizerOutput(loss=loss, logits=logits, embeddings=embeddings, terms={"margin": loss})

@@ -1,0 +1,50 @@
+"""DA-LoRA: domain-aware LoRA, ``K`` low-rank experts per layer mixed per sample by a domain router.
+
+See :mod:`afr.adapters.dalora.model` (API), :mod:`afr.adapters.dalora.layer` (the batched expert mixing)
+and :mod:`afr.adapters.dalora.router` (the router and the signal it reads).
+"""
+from afr.adapters.dalora.config import GATING_MODES, DaLoraSettings
+from afr.adapters.dalora.layer import DaLoraConv2d, DaLoraLayer, DaLoraLinear
+from afr.adapters.dalora.model import (
+    DALORA_SETTINGS_NAME,
+    DALORA_WEIGHTS_NAME,
+    ROUTER_NAME,
+    apply_dalora,
+    dalora_state,
+    gate_statistics,
+    has_dalora,
+    load_any_adapter,
+    load_dalora,
+    merge_dalora,
+    save_dalora,
+    set_domains,
+    set_gating,
+)
+from afr.adapters.dalora.router import DomainRouter, GateState, default_router_input
+from afr.adapters.lora.model import trainable_parameters, trainable_report
+
+__all__ = [
+    "DALORA_SETTINGS_NAME",
+    "DALORA_WEIGHTS_NAME",
+    "GATING_MODES",
+    "ROUTER_NAME",
+    "DaLoraConv2d",
+    "DaLoraLayer",
+    "DaLoraLinear",
+    "DaLoraSettings",
+    "DomainRouter",
+    "GateState",
+    "apply_dalora",
+    "dalora_state",
+    "default_router_input",
+    "gate_statistics",
+    "has_dalora",
+    "load_any_adapter",
+    "load_dalora",
+    "merge_dalora",
+    "save_dalora",
+    "set_domains",
+    "set_gating",
+    "trainable_parameters",
+    "trainable_report",
+]

@@ -1,0 +1,72 @@
+"""The training model of the domain-aware experiments: margin loss + contrastive term + router's domain loss.
+
+``L = L_margin + λ1 · L_contrastive + λ2 · L_domain`` (:func:`afr.losses.combine_losses`):
+
+* ``L_margin``: CosFace/ArcFace over the class centres, as :class:`~afr.models.FaceRecognitionModel`;
+* ``L_contrastive``: supervised InfoNCE over the batch's L2-normalised embeddings, positives = other
+  images of the same identity, preferring another domain when the batch has one
+  (:func:`afr.losses.supervised_info_nce`);
+* ``L_domain``: cross-entropy of the DA-LoRA router's logits against each image's domain (only when the
+  backbone carries DA-LoRA with classifier gating: oracle and uniform gating have no router to train).
+
+With oracle gating the batch's domain codes are handed to the backbone before its forward pass. A plain
+(LoRA) backbone trains with the same margin and contrastive terms, so that a comparison of LoRA and
+DA-LoRA rows differs in the adapter only.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from afr.adapters.dalora import dalora_state, has_dalora, set_domains
+from afr.losses import combine_losses, domain_classification_loss, supervised_info_nce
+from afr.models.recognizer import FaceRecognitionModel, RecognizerOutput
+
+__all__ = ["DomainAwareRecognitionModel"]
+
+
+class DomainAwareRecognitionModel(FaceRecognitionModel):
+    """:class:`FaceRecognitionModel` plus the contrastive and domain terms (see the module docstring).
+
+    Args (beyond the parent's):
+        lambda_contrastive: λ1 (0 switches the term off).
+        lambda_domain: λ2 (0 switches the term off; ignored without a classifier-gated router).
+        temperature: InfoNCE temperature.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, margin: str | nn.Module = "cosface", s: float = 64.0,
+                 m: float | None = None, lambda_contrastive: float = 0.1, lambda_domain: float = 0.01,
+                 temperature: float = 0.1) -> None:
+        super().__init__(backbone, num_classes, margin=margin, s=s, m=m)
+        if lambda_contrastive < 0 or lambda_domain < 0 or temperature <= 0:
+            raise ValueError("lambda_contrastive and lambda_domain must be >= 0 and temperature > 0, got "
+                             f"{lambda_contrastive}, {lambda_domain}, {temperature}")
+        self.lambda_contrastive = float(lambda_contrastive)
+        self.lambda_domain = float(lambda_domain)
+        self.temperature = float(temperature)
+
+    def _gating(self) -> str | None:
+        return dalora_state(self.backbone).mode if has_dalora(self.backbone) else None
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+                domains: torch.Tensor | None = None) -> RecognizerOutput:
+        gating = self._gating()
+        if gating == "oracle":
+            if domains is None:
+                raise ValueError("oracle gating needs the domain of every image (domains=...)")
+            set_domains(self.backbone, domains)
+        embeddings = self.backbone(images)
+        if labels is None:
+            return RecognizerOutput(loss=None, logits=self.head(embeddings) * self.s, embeddings=embeddings)
+        logits, margin_loss = self.margin_loss(embeddings, labels)
+        contrastive = domain = None
+        if self.lambda_contrastive > 0:
+            contrastive = supervised_info_nce(embeddings, labels, domains, temperature=self.temperature)
+        if self.lambda_domain > 0 and gating == "classifier" and domains is not None:
+            settings = self.backbone.dalora_settings
+            mapping = {code: settings.domains.index(name) for code, name in enumerate(settings.domain_codes)
+                       if name in settings.domains}
+            domain = domain_classification_loss(dalora_state(self.backbone).router_logits, domains, mapping)
+        loss, terms = combine_losses(margin_loss, contrastive, domain, lambda_contrastive=self.lambda_contrastive,
+                                     lambda_domain=self.lambda_domain)
+        return RecognizerOutput(loss=loss, logits=logits, embeddings=embeddings, terms=terms)
