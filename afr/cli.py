@@ -11,8 +11,9 @@ Commands
 ``build-embedded``
     Build (or reuse) the embedded benchmark from the shared face collections and print its statistics.
 ``baseline``
-    Zero-shot evaluation, LoRA + CosFace training and evaluation of the adapted backbone (the recipe of
-    ``notebooks/02_baseline.ipynb``); prints the result JSON, which also goes to ``results/``.
+    LoRA + CosFace training validated on held-out identities, then the zero-shot and the adapted backbone
+    scored on the test packs (the recipe of ``notebooks/02_baseline.ipynb``, options generated from its
+    settings); prints the result JSON, which also goes to ``results/``.
 
 Every command reports failures as one line ``error: ...`` on stderr and exits with status 2
 (``--debug`` shows the traceback instead). New commands register a sub-parser in
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_build_embedded(commands)
     _add_baseline(commands)
+    _add_dalora(commands)
     return parser
 
 
@@ -91,7 +93,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--batch-size", type=int, default=64, help="chips per forward pass (default 64)")
     evaluate.add_argument("--no-flip", action="store_true", help="do not add the mirrored chip's embedding")
-    evaluate.add_argument("--n-folds", type=int, default=10, help="protocol folds (default 10)")
+    evaluate.add_argument(
+        "--n-folds", type=int, default=10,
+        help="protocol folds; with --folder also the number of same/different blocks of the pairs (default 10)",
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the different-identity pairs (default 0)")
     evaluate.add_argument("--device", default="cpu", help="torch device (default cpu)")
     evaluate.add_argument("--progress", action="store_true", help="progress bar on stderr")
@@ -127,6 +132,8 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
         _require_dir(args.adapter, "adapter directory")
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.n_folds < 1:
+        raise CommandError(f"--n-folds must be at least 1, got {args.n_folds}")
 
     import torch
 
@@ -139,9 +146,11 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
     backbone = create_backbone(args.backbone, weights=args.weights)
     if args.adapter is not None:
-        from afr.adapters.lora import load_adapter
+        from afr.adapters.dalora import load_any_adapter
 
-        backbone = load_adapter(backbone, args.adapter)
+        # LoRA or DA-LoRA, by the adapter's settings file; DA-LoRA routes each chip by its router
+        # (evaluation packs carry no domain labels for oracle gating)
+        backbone = load_any_adapter(backbone, args.adapter, gating="classifier")
 
     data: dict[str, Any]
     if args.bin is not None:
@@ -156,7 +165,8 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
         dataset = ImageFolderDataset(args.folder)
         labels = np.asarray(dataset.labels)
-        pairs, issame = folder_verification_pairs(labels, args.seed)
+        # pairs laid out in as many same/different blocks as the protocol has folds: each fold gets both
+        pairs, issame = folder_verification_pairs(labels, args.seed, n_folds=args.n_folds)
         pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         issame = np.asarray(issame, dtype=bool)
         used = np.unique(pairs)  # embed each image once, only those that occur in a pair
@@ -245,40 +255,43 @@ def build_embedded_command(args: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- baseline
 def _add_baseline(commands: argparse._SubParsersAction) -> None:
-    from afr.experiments.settings import BaselineSettings
+    from afr.experiments.settings import BaselineSettings, add_arguments
 
     baseline = commands.add_parser(
-        "baseline", help="zero-shot vs LoRA + CosFace on the embedded benchmark or CASIA-WebFace (prints JSON)")
-    defaults = BaselineSettings()
-    baseline.add_argument("--backbone", default=defaults.backbone)
-    baseline.add_argument("--weights", help="backbone weights directory")
-    baseline.add_argument("--data-profile", choices=("embedded", "full"), default=defaults.data_profile)
-    baseline.add_argument("--embedded-root", help="embedded benchmark folder (default data/processed/embedded)")
-    baseline.add_argument("--train-rec", help="full profile: CASIA-WebFace folder (train.rec/.idx/property)")
-    baseline.add_argument("--bins-dir", help="full profile: folder with lfw.bin cfp_fp.bin agedb_30.bin calfw.bin cplfw.bin")
-    baseline.add_argument("--num-identities", type=int, help="full profile: seeded identity subset (1000, 10000)")
-    baseline.add_argument("--rank", type=int, default=defaults.rank)
-    baseline.add_argument("--epochs", type=int, default=defaults.epochs)
-    baseline.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    baseline.add_argument("--lr", type=float, default=defaults.lr)
-    baseline.add_argument("--head-lr", type=float, default=defaults.head_lr)
-    baseline.add_argument("--margin", choices=("cosface", "arcface"), default=defaults.margin)
-    baseline.add_argument("--num-workers", type=int, default=defaults.num_workers)
-    baseline.add_argument("--seed", type=int, default=defaults.seed)
-    baseline.add_argument("--device", default=defaults.device)
-    baseline.add_argument("--output-dir", help="run folder (TensorBoard, checkpoints, adapter)")
-    baseline.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+        "baseline", help="zero-shot vs LoRA + CosFace on the embedded benchmark or CASIA-WebFace (prints JSON)",
+        description="The recipe of notebooks/02_baseline.ipynb: the options are BaselineSettings' fields, with "
+        "the same defaults as the notebook's parameters cell.")
+    add_arguments(baseline, BaselineSettings)
     _add_debug(baseline)
     baseline.set_defaults(handler=baseline_command)
 
 
 def baseline_command(args: argparse.Namespace) -> dict[str, Any]:
-    from afr.experiments.baseline import BaselineSettings, run_baseline
+    from afr.experiments.baseline import run_baseline
+    from afr.experiments.settings import BaselineSettings, settings_from_arguments
 
-    names = ("backbone", "weights", "data_profile", "embedded_root", "train_rec", "bins_dir", "num_identities",
-             "rank", "epochs", "batch_size", "lr", "head_lr", "margin", "num_workers", "seed", "device", "output_dir")
-    settings = BaselineSettings(**{name: getattr(args, name) for name in names})
-    return run_baseline(settings, resume=args.resume)
+    return run_baseline(settings_from_arguments(args, BaselineSettings))
+
+
+# --------------------------------------------------------------------------------------------- dalora
+def _add_dalora(commands: argparse._SubParsersAction) -> None:
+    from afr.experiments.dalora import DaLoraExperimentSettings
+    from afr.experiments.settings import add_arguments
+
+    dalora = commands.add_parser(
+        "dalora", help="LoRA vs parameter-matched LoRA vs DA-LoRA (classifier/oracle/uniform) on the embedded "
+        "benchmark (prints a JSON summary)",
+        description="The recipe of notebooks/03_dalora.ipynb; the options are its settings, with the same defaults.")
+    add_arguments(dalora, DaLoraExperimentSettings)
+    _add_debug(dalora)
+    dalora.set_defaults(handler=dalora_command)
+
+
+def dalora_command(args: argparse.Namespace) -> dict[str, Any]:
+    from afr.experiments.dalora import DaLoraExperimentSettings, run_experiment
+    from afr.experiments.settings import settings_from_arguments
+
+    return run_experiment(settings_from_arguments(args, DaLoraExperimentSettings))
 
 
 # --------------------------------------------------------------------------------------------- main

@@ -3,21 +3,27 @@
 Two data profiles share one code path:
 
 * ``embedded`` (CPU default): the embedded benchmark of notebook 01 (training pack of all training
-  domains, one ``.bin`` per test domain), backbone ``dlib-resnet29``;
-* ``full`` (GPU): FRoundation's recipe, CASIA-WebFace ``train.rec`` with a seeded N-identity subset and
-  the five InsightFace packs (``lfw.bin`` ...), backbone ``dinov2-vits14`` or ``clip-vitb16``.
+  domains, identity-disjoint validation packs in ``val/`` and test packs in ``test/``), backbone
+  ``dlib-resnet29``;
+* ``full`` (GPU): FRoundation's recipe, CASIA-WebFace ``train.rec`` with a seeded N-identity subset,
+  ``val_identities`` further identities held out as the validation pack, and the five InsightFace
+  packs (``lfw.bin`` ...) as the test, backbone ``dinov2-vits14`` or ``clip-vitb16``.
 
-Every step is a small function so the notebook reads like the method section; :func:`run_baseline`
-chains them and writes one JSON result.
+The steps, in the order :func:`run_baseline` (and notebook 02) calls them:
+:func:`claim_run` (refuse to replace an earlier run's result or checkpoints), :func:`load_data` (the
+training pack first, so a bad ``train.rec`` is reported before anything slow), :func:`train_lora`
+(validation packs after every epoch; nothing is chosen by the test packs), :func:`score_test_packs`
+(zero-shot and adapted backbone on the test packs, once, at the end), :func:`baseline_result` and
+:func:`record_result` (JSON record + rows of ``results/tables/baseline.csv``).
 """
 from __future__ import annotations
 
-import json
-import platform
+import dataclasses
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,31 +31,40 @@ from torch import nn
 
 from afr.adapters.lora import apply_lora, merge_lora, save_adapter, trainable_parameters
 from afr.data.augment import FaceAugment
-from afr.data.subsets import identity_subset
+from afr.data.pairs import balanced_pairs
+from afr.data.subsets import dataset_labels, holdout_identities, identity_subset
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
+from afr.experiments.records import append_rows, check_result_free, environment_info, metric_rows, save_result
 from afr.experiments.settings import BaselineSettings
 from afr.models import FaceRecognitionModel, create_backbone
-from afr.paths import MissingResourceError, processed_root, results_root
-from afr.train import TrainConfig, Trainer, seed_everything
+from afr.paths import MissingResourceError, runs_root
+from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
+from afr.train import Trainer, seed_everything
 
 __all__ = [
     "FULL_BENCHMARKS",
     "PUBLISHED_FROUNDATION",
+    "BaselineData",
     "BaselineSettings",
+    "baseline_result",
+    "claim_run",
     "evaluate_on_packs",
     "evaluation_device",
-    "load_test_packs",
-    "load_train_dataset",
-    "baseline_result",
+    "load_data",
     "pack_evaluators",
+    "record_result",
     "run_baseline",
-    "save_result",
+    "run_dir",
+    "score_test_packs",
     "train_lora",
 ]
 
 FULL_BENCHMARKS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
+#: full profile: at most this many images of each held-out identity enter the validation pack
+VAL_IMAGES_PER_IDENTITY = 10
+VAL_MAX_PAIRS = 600
 
 #: Published FRoundation numbers (Chettaoui et al., arXiv:2410.23831, abstract), reference rows only:
 #: verification accuracy in %, averaged over LFW, CALFW, CPLFW, CFP-FP and AgeDB-30.
@@ -62,15 +77,87 @@ PUBLISHED_FROUNDATION = [
 ]
 
 
+# ------------------------------------------------------------------------------------------ run folder
+def run_dir(settings: BaselineSettings) -> Path:
+    """The run's folder: ``output_dir`` or ``runs/<tag>``."""
+    return Path(settings.output_dir) if settings.output_dir else runs_root() / settings.tag
+
+
+def claim_run(settings: BaselineSettings) -> Path:
+    """Check, before any work, that this run replaces nothing it was not told to; returns the run folder.
+
+    A result already recorded under the run's tag, or checkpoints of an earlier run in its folder,
+    make it refuse unless ``overwrite`` (or ``resume``, which continues the unfinished run).
+    """
+    check_result_free(settings.tag, settings.overwrite or settings.resume)
+    folder = run_dir(settings)
+    if not (settings.overwrite or settings.resume) and any((folder / "checkpoints").glob("checkpoint-*.pt")):
+        from afr.train import RunExistsError
+
+        raise RunExistsError(f"run folder {folder} already holds checkpoints; pass resume=True (--resume) to "
+                             "continue that run or overwrite=True (--overwrite) to start it again")
+    return folder
+
+
 # ------------------------------------------------------------------------------------------ data
-def load_test_packs(settings: BaselineSettings) -> dict[str, VerificationPack]:
-    """The profile's verification packs, decoded (their SHA-256 recorded on each pack)."""
+@dataclass
+class BaselineData:
+    """A run's data: the training set, validation packs (per-epoch checks, choices), test packs (scored once)."""
+
+    train: Any
+    val_packs: dict[str, VerificationPack]
+    test_packs: dict[str, VerificationPack]
+
+    def summary(self) -> str:
+        lines = [f"training set: {len(self.train)} images of {self.train.num_classes} identities"]
+        for split, packs in (("validation", self.val_packs), ("test", self.test_packs)):
+            for name, pack in packs.items():
+                lines.append(f"{split:<10} {name:<11} pairs {len(pack):>5}  same {int(pack.issame.sum()):>5}")
+        return "\n".join(lines)
+
+
+def load_data(settings: BaselineSettings) -> BaselineData:
+    """The profile's training set, validation packs and test packs (SHA-256 recorded on each file pack)."""
     if settings.data_profile == "embedded":
         from afr.data.embedded import TEST_DOMAINS, load_embedded
 
         benchmark = load_embedded(settings.embedded_root)
+        train = benchmark.train_dataset()
+        val_packs = {name: load_pack(path) for name, path in benchmark.val_bins.items()}
         names = settings.benchmarks or TEST_DOMAINS
-        return {name: load_pack(benchmark.bin_path(name)) for name in names}
+        test_packs = {name: load_pack(benchmark.bin_path(name)) for name in names}
+        return BaselineData(train, val_packs, test_packs)
+    train, val_pack = _full_training_data(settings)
+    return BaselineData(train, {"holdout": val_pack}, _full_test_packs(settings))
+
+
+def _full_training_data(settings: BaselineSettings):
+    """CASIA-WebFace: ``val_identities`` held-out identities as a validation pack, a subset of the rest to train."""
+    from afr.data.recordio import RecordIODataset
+
+    if not settings.train_rec:
+        raise MissingResourceError("the full profile needs train_rec: the CASIA-WebFace folder (train.rec/.idx/property)")
+    dataset = RecordIODataset(settings.train_rec)
+    labels = dataset_labels(dataset)
+    held_out = holdout_identities(labels, settings.val_identities, settings.seed)
+    train = identity_subset(dataset, settings.num_identities, settings.seed, exclude=held_out)
+    return train, _holdout_pack(dataset, labels, held_out, settings.seed)
+
+
+def _holdout_pack(dataset, labels: np.ndarray, identities: np.ndarray, seed: int) -> VerificationPack:
+    """Balanced, fold-ordered pairs over (up to 10) images of each held-out identity, decoded in memory."""
+    rng = np.random.default_rng([seed, 2])
+    chosen = []
+    for identity in identities:
+        members = np.flatnonzero(labels == identity)
+        chosen.extend(rng.permutation(members)[:VAL_IMAGES_PER_IDENTITY].tolist())
+    pairs = balanced_pairs([int(labels[i]) for i in chosen], VAL_MAX_PAIRS, seed)
+    images = [dataset[chosen[i]][0] for a, b, _ in pairs for i in (a, b)]
+    issame = np.array([same for _, _, same in pairs], dtype=bool)
+    return VerificationPack(name="holdout", images=images, issame=issame, sha256="in-memory", path=None)
+
+
+def _full_test_packs(settings: BaselineSettings) -> dict[str, VerificationPack]:
     if not settings.bins_dir:
         raise MissingResourceError("the full profile needs bins_dir: the folder holding lfw.bin, cfp_fp.bin, ...")
     folder = Path(settings.bins_dir)
@@ -81,25 +168,7 @@ def load_test_packs(settings: BaselineSettings) -> dict[str, VerificationPack]:
     return {name: load_pack(folder / f"{name}.bin") for name in names}
 
 
-def load_train_dataset(settings: BaselineSettings):
-    """The training set: the embedded pack, or a seeded N-identity subset of CASIA-WebFace."""
-    from afr.data.recordio import RecordIODataset
-
-    if settings.data_profile == "embedded":
-        from afr.data.embedded import load_embedded
-
-        return load_embedded(settings.embedded_root).train_dataset()
-    if not settings.train_rec:
-        raise MissingResourceError("the full profile needs train_rec: the CASIA-WebFace folder (train.rec/.idx/property)")
-    return identity_subset(RecordIODataset(settings.train_rec), settings.num_identities, settings.seed)
-
-
 # ------------------------------------------------------------------------------------------ evaluation
-def evaluation_device(settings: BaselineSettings) -> torch.device:
-    """Where evaluations run: the training device, by the training engine's rule for ``"auto"``."""
-    return TrainConfig(device=settings.device).resolve_device()
-
-
 def evaluate_on_packs(
     backbone: nn.Module, packs: Mapping[str, VerificationPack], device: str | torch.device = "cpu",
     batch_size: int = 64, progress: bool = False,
@@ -114,7 +183,7 @@ def evaluate_on_packs(
 
 
 def pack_evaluators(packs: Mapping[str, VerificationPack], batch_size: int = 64) -> dict[str, Callable]:
-    """Per-epoch validation for the :class:`~afr.train.Trainer`: accuracy and AUC on each pack."""
+    """Per-epoch validation for the :class:`~afr.train.Trainer`: accuracy and AUC on each validation pack."""
 
     def make(pack: VerificationPack) -> Callable[[nn.Module], dict[str, float]]:
         def evaluate_pack(model: nn.Module) -> dict[str, float]:
@@ -131,90 +200,101 @@ def pack_evaluators(packs: Mapping[str, VerificationPack], batch_size: int = 64)
 # ------------------------------------------------------------------------------------------ training
 def train_lora(
     backbone: nn.Module, train_dataset, settings: BaselineSettings,
-    packs: Mapping[str, VerificationPack] | None = None, resume: bool = False,
+    val_packs: Mapping[str, VerificationPack] | None = None,
 ):
     """Inject LoRA into ``backbone`` and train it with the margin loss; returns ``(model, TrainResult)``.
 
     ``model`` is the :class:`~afr.models.FaceRecognitionModel` (``model.backbone`` carries the
-    trained, unmerged LoRA). Only LoRA matrices and class centres are trained.
+    trained, unmerged LoRA). Only LoRA matrices and class centres are trained; ``val_packs`` are
+    scored after every epoch (history ``val/<pack>/<metric>``) and never decide anything by themselves.
     """
     seed_everything(settings.seed)  # LoRA's A and the class centres are drawn here: same seed, same start
-    apply_lora(backbone, settings.lora_settings())
-    num_classes = int(getattr(train_dataset, "num_classes", 0) or len(np.unique(train_dataset.labels)))
+    num_classes = int(getattr(train_dataset, "num_classes", 0) or len(np.unique(dataset_labels(train_dataset))))
     model = FaceRecognitionModel(backbone, num_classes, margin=settings.margin, s=settings.s, m=settings.m)
-    head_lr = settings.head_lr or settings.lr
-    param_groups = [
-        {"params": [p for p in backbone.parameters() if p.requires_grad], "weight_decay": settings.weight_decay},
-        {"params": list(model.head.parameters()), "lr": head_lr, "weight_decay": settings.weight_decay},
-    ]
-    config = TrainConfig(
-        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, weight_decay=settings.weight_decay,
-        warmup_epochs=settings.warmup_epochs, num_workers=settings.num_workers, seed=settings.seed,
-        output_dir=settings.output_dir or str(Path("runs") / settings.tag), device=settings.device,
-        progress=settings.progress, log_every=5,
-        notes={"backbone": settings.backbone, "data_profile": settings.data_profile, "num_classes": num_classes},
-    )
-    evaluators = pack_evaluators(packs) if packs and settings.eval_every_epoch else None
-    trainer = Trainer(model, train_dataset, config, augment=FaceAugment() if settings.augment else None,
-                      evaluators=evaluators, param_groups=param_groups)
-    return model, trainer.fit(resume=resume)
+    initialise_centres(model, train_dataset, settings)  # before LoRA: B = 0 would give the same embeddings anyway
+    apply_lora(backbone, settings.lora_settings())
+    notes = {"backbone": settings.backbone, "data_profile": settings.data_profile, "num_classes": num_classes,
+             "tag": settings.tag}
+    evaluators = pack_evaluators(val_packs) if val_packs and settings.eval_every_epoch else None
+    trainer = Trainer(model, train_dataset, train_config(settings, str(run_dir(settings)), notes),
+                      augment=FaceAugment() if settings.augment else None, evaluators=evaluators,
+                      param_groups=optimizer_groups(model, settings))
+    return model, trainer.fit(resume=settings.resume)
+
+
+# ------------------------------------------------------------------------------------------ test
+def score_test_packs(settings: BaselineSettings, adapted_backbone: nn.Module,
+               test_packs: Mapping[str, VerificationPack]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The test packs, scored once at the end: ``{"zero-shot": {pack: metrics}, "lora": {...}}``.
+
+    The zero-shot backbone is built afresh from the same weights, so nothing of training touches it.
+    """
+    device = evaluation_device(settings)
+    zero_shot = evaluate_on_packs(create_backbone(settings.backbone, settings.weights), test_packs, device=device)
+    adapted = evaluate_on_packs(adapted_backbone, test_packs, device=device)
+    return {"zero-shot": zero_shot, "lora": adapted}
 
 
 # ------------------------------------------------------------------------------------------ results
 def baseline_result(
-    settings: BaselineSettings, zero_shot: Mapping[str, Any], adapted: Mapping[str, Any], train_result,
-    trainable_params: int, total_params: int, train_records: int, num_classes: int, wall_seconds: float,
+    settings: BaselineSettings, data: BaselineData, model: FaceRecognitionModel, train_result,
+    test: Mapping[str, Any] | None, wall_seconds: float,
 ) -> dict[str, Any]:
-    """The JSON-ready record of one run: settings (seed included), both evaluations, the training history."""
+    """The JSON-ready record of one run: settings (seed included), training history, test metrics, machine."""
+    trainable, total = trainable_parameters(model.backbone)
     return {
-        "experiment": "baseline",
-        "settings": asdict(settings),
+        "experiment": settings.experiment,
+        "tag": settings.tag,
+        "settings": dataclasses.asdict(settings),
         "seed": settings.seed,
-        "train": {"records": train_records, "identities": num_classes, "steps": train_result.step,
-                  "history": train_result.history, "lora_trainable_parameters": trainable_params,
-                  "backbone_parameters": total_params - trainable_params, "run_dir": str(train_result.output_dir)},
-        "zero_shot": dict(zero_shot),
-        "lora": dict(adapted),
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "device": str(evaluation_device(settings)), "threads": torch.get_num_threads()},
+        "train": {"records": len(data.train), "identities": model.num_classes, "steps": train_result.step,
+                  "history": train_result.history, "lora_trainable_parameters": trainable,
+                  "backbone_parameters": total - trainable, "run_dir": str(train_result.output_dir)},
+        "validation_packs": {name: {"pairs": len(pack), "sha256": pack.sha256} for name, pack in data.val_packs.items()},
+        "test": dict(test) if test is not None else None,
+        "environment": environment_info(evaluation_device(settings)),
         "wall_seconds": round(wall_seconds, 1),
     }
 
 
-def save_result(result: Mapping[str, Any], name: str) -> Path:
-    """Write ``results/<name>.json`` and return its path."""
-    results_root().mkdir(parents=True, exist_ok=True)
-    path = results_root() / f"{name}.json"
-    path.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+def record_result(settings: BaselineSettings, result: Mapping[str, Any]) -> Path:
+    """Write the JSON record and the tidy rows (methods ``zero-shot``, ``lora``; validation rows as ``split=val``)."""
+    rows = []
+    columns = settings.table_columns()
+    for method, metrics in (result["test"] or {}).items():
+        rows += metric_rows(settings.experiment, settings.tag, method, settings.seed, metrics,
+                            {"split": "test", **columns})
+    final_epoch = result["train"]["history"][-1] if result["train"]["history"] else {}
+    val_metrics: dict[str, dict[str, float]] = {}
+    for key, value in final_epoch.items():
+        if key.startswith("val/"):
+            _, name, metric = key.split("/")
+            val_metrics.setdefault(name, {})["accuracy_mean" if metric == "accuracy" else metric] = value
+    rows += metric_rows(settings.experiment, settings.tag, "lora", settings.seed, val_metrics,
+                        {"split": "val", **columns})
+    path = save_result(result, settings.tag, overwrite=settings.overwrite or settings.resume)
+    if rows:
+        append_rows(settings.experiment, rows)
     return path
 
 
-def run_baseline(settings: BaselineSettings, resume: bool = False, write: bool = True) -> dict[str, Any]:
-    """Zero-shot evaluation, LoRA training, evaluation of the merged adapted backbone; one result dict.
+def run_baseline(settings: BaselineSettings, write: bool = True) -> dict[str, Any]:
+    """Train LoRA (validated per epoch), then score zero-shot and adapted backbones on the test packs once.
 
-    With ``write`` the result goes to ``results/<tag>.json`` and the adapter to ``<run dir>/adapter``.
+    With ``write`` the adapter goes to ``<run dir>/adapter``, the record to ``results/<tag>.json`` and
+    the rows to ``results/tables/baseline.csv``.
     """
     started = time.time()
-    packs = load_test_packs(settings)
+    if write:
+        claim_run(settings)
+    data = load_data(settings)
     backbone = create_backbone(settings.backbone, settings.weights)
-    device = evaluation_device(settings)
-    zero_shot = evaluate_on_packs(backbone, packs, device=device)
-    train_dataset = load_train_dataset(settings)
-    model, train_result = train_lora(backbone, train_dataset, settings, packs, resume=resume)
-    trainable, total = trainable_parameters(model.backbone)
+    model, train_result = train_lora(backbone, data.train, settings, data.val_packs)
     if write:
         save_adapter(model.backbone, train_result.output_dir / "adapter")
-    adapted = evaluate_on_packs(merge_lora(model.backbone), packs, device=device)
-    result = baseline_result(settings, zero_shot, adapted, train_result, trainable, total, len(train_dataset),
-                             model.num_classes, time.time() - started)
+    test = score_test_packs(settings, merge_lora(model.backbone), data.test_packs) if settings.score_test else None
+    result = baseline_result(settings, data, model, train_result, test, time.time() - started)
     if write:
-        save_result(result, settings.tag)
+        record_result(settings, result)
     return result
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

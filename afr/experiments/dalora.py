@@ -1,0 +1,450 @@
+"""The DA-LoRA experiment (notebook 03): does a mixture of domain experts beat one LoRA of the same size?
+
+Every row trains on the same data, with the same budget, seeds, losses and batch sampler (P identities x M
+images over several domains, so the contrastive term has positives); rows differ in the adapter only:
+
+* ``lora``: LoRA of rank r;
+* ``lora-matched``: LoRA of rank K·r, as many adapter parameters as K experts of rank r (the comparison
+  that decides whether the mixture itself helps);
+* ``dalora-classifier``: K experts of rank r mixed by the router's softmax (router trained with the
+  domain cross-entropy λ2·L_domain);
+* ``dalora-oracle``: the same, each image routed to its own domain's expert (one-hot from the label);
+* ``dalora-uniform``: the same, every expert weighted 1/K.
+
+All trained rows use ``L = L_margin + λ1·L_contrastive (+ λ2·L_domain where a router is trained)``. The
+zero-shot backbone is scored once (it has no seed). Each (method, seed) run is validated per epoch on the
+validation packs, then scored once on the test packs; its record goes to ``results/dalora/<tag>.json``,
+its adapter to ``runs/<tag>/adapter`` and its rows to ``results/tables/dalora.csv``. A run whose record
+exists is reused, not retrained, unless ``overwrite`` (so an interrupted grid resumes where it stopped).
+
+Oracle gating needs the domain of each test image: a test pack's domain names its expert; the wild photos
+(visible light, no training identities, so no expert) go to the ``controlled`` expert, as a deployment
+that knows its camera is visible-light would route them (:data:`ORACLE_EXPERT_OF`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from afr.adapters.dalora import (DaLoraSettings, apply_dalora, gate_statistics, merge_dalora, save_dalora, set_domains,
+                                 set_gating)
+from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, save_adapter, trainable_parameters
+from afr.data.augment import FaceAugment
+from afr.data.verification import VerificationPack
+from afr.eval.extract import chips_to_tensor
+from afr.experiments.baseline import BaselineData, evaluate_on_packs, pack_evaluators
+from afr.experiments.records import append_rows, environment_info, json_default, metric_rows
+from afr.experiments.settings import ExperimentSettings, setting
+from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
+from afr.io import atomic_write_bytes, atomic_write_text
+from afr.models import create_backbone
+from afr.models.domain_aware import DomainAwareRecognitionModel
+from afr.paths import results_root, runs_root
+from afr.train import Trainer, seed_everything
+
+__all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcome", "choose_learning_rates",
+           "gate_table", "grid_table", "load_data", "paired_tests", "publish_adapters", "record_zero_shot", "run_experiment", "run_grid",
+           "run_method", "zero_shot"]
+
+METHODS = ("lora", "lora-matched", "dalora-classifier", "dalora-oracle", "dalora-uniform")
+#: test domain -> the expert oracle gating routes it to (a domain with its own expert goes to it)
+ORACLE_EXPERT_OF = {"wild": "controlled"}
+
+
+@dataclass
+class DaLoraExperimentSettings(ExperimentSettings):
+    """Notebook 03 / ``python -m afr dalora``: every field is a notebook parameter and a CLI option."""
+
+    experiment: ClassVar[str] = "dalora"
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
+        *ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds", "search_lrs")
+    TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "backbone", "rank", "epochs", "batch_size", "lr", "router_lr", "lambda_contrastive", "lambda_domain",
+        "score_test")
+
+    backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded; dinov2-vits14 / clip-vitb16 with "
+                            "weights)")
+    weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
+    embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
+    methods: tuple[str, ...] = setting(METHODS, "rows to train (subset of " + ", ".join(METHODS) + ")")
+    seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
+    search_lrs: tuple[float, ...] = setting((), "LoRA learning rates tried on the validation packs, the same for "
+                                            "LoRA and DA-LoRA (empty: use lr)")
+    seed: int = setting(0, "seed of a single run (the grid sets it per run)")
+    method: str = setting("lora", "method of a single run (the grid sets it per run)", choices=METHODS)
+    rank: int = setting(8, "rank r of LoRA and of each DA-LoRA expert (lora-matched: K·r)")
+    shared_expert: bool = setting(False, "DA-LoRA: add an always-on shared expert")
+    router_hidden: int = setting(64, "DA-LoRA router MLP width")
+    lambda_contrastive: float = setting(0.1, "λ1: weight of the supervised InfoNCE term")
+    lambda_domain: float = setting(0.01, "λ2: weight of the router's domain cross-entropy")
+    temperature: float = setting(0.1, "InfoNCE temperature")
+    images_per_identity: int = setting(4, "M of the P identities x M images batches")
+    margin: str = setting("cosface", "margin loss", choices=("cosface", "arcface"))
+    head_init: str = setting("random", "class centres: random or class-mean", choices=("random", "class-mean"))
+    epochs: int = setting(2, "training epochs (2: the demo budget; make results trains 4)")
+    batch_size: int = setting(32, "images per optimizer step (a multiple of images_per_identity)")
+    lr: float = setting(3e-4, "AdamW learning rate of the adapters (chosen on validation in notebook 02)")
+    head_lr: float = setting(1e-2, "AdamW learning rate of the class centres")
+    router_lr: float = setting(1e-2, "AdamW learning rate of the DA-LoRA router (trained by the domain loss only)")
+    weight_decay: float = setting(0.05, "AdamW weight decay")
+    warmup_epochs: float = setting(0.5, "linear warm-up length in epochs")
+    augment: bool = setting(True, "flip + per-image RandAugment(4, 16) during training")
+    score_test: bool = setting(True, "score the test packs at the end (off for runs that only choose settings)")
+    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    num_workers: int = setting(0, "DataLoader worker processes decoding the training pack")
+    output_dir: str | None = setting(None, "runs folder (default runs/)")
+    resume: bool = setting(False, "continue unfinished runs from their last checkpoint")
+    overwrite: bool = setting(False, "retrain runs whose record exists instead of reusing it")
+    progress: bool = setting(True, "progress bars")
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
+        self.seeds = tuple(int(seed) for seed in self.seeds)
+        self.search_lrs = tuple(float(lr) for lr in self.search_lrs)
+        unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the runs, or start them again")
+        if self.batch_size % self.images_per_identity:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of images_per_identity "
+                             f"{self.images_per_identity}")
+
+    def for_run(self, method: str, seed: int, **changes: Any) -> DaLoraExperimentSettings:
+        """The settings of one (method, seed) run."""
+        return dataclasses.replace(self, method=method, seed=seed, **changes)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.experiment}_{self.method}_seed{self.seed}_{self.digest()}"
+
+    @property
+    def run_dir(self) -> Path:
+        return (Path(self.output_dir) if self.output_dir else runs_root()) / self.tag
+
+
+def load_data(settings: DaLoraExperimentSettings) -> BaselineData:
+    """The embedded benchmark: training pack with domains, validation packs, test packs."""
+    from afr.experiments.baseline import BaselineSettings
+    from afr.experiments.baseline import load_data as load_baseline_data
+
+    return load_baseline_data(BaselineSettings(embedded_root=settings.embedded_root))
+
+
+# ------------------------------------------------------------------------------------------ adapters
+def expert_domains(train_dataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(expert domains, domain code names)`` of a training pack: one expert per domain it holds."""
+    names = tuple(train_dataset.domain_names)
+    present = sorted(set(np.asarray(train_dataset.domains).tolist()))
+    return tuple(names[code] for code in present), names
+
+
+def adapt(backbone: nn.Module, settings: DaLoraExperimentSettings, train_dataset) -> nn.Module:
+    """Inject the method's adapter (LoRA r, LoRA K·r, or DA-LoRA with the method's gating) in place."""
+    domains, codes = expert_domains(train_dataset)
+    if settings.method.startswith("lora"):
+        rank = settings.rank * (len(domains) if settings.method == "lora-matched" else 1)
+        return apply_lora(backbone, LoraSettings(r=rank, alpha=float(rank)))
+    gating = settings.method.split("-", 1)[1]
+    return apply_dalora(backbone, DaLoraSettings(
+        r=settings.rank, alpha=float(settings.rank), domains=domains, domain_codes=codes, gating=gating,
+        shared_expert=settings.shared_expert, router_hidden=settings.router_hidden))
+
+
+def parameter_groups(model: nn.Module, settings: DaLoraExperimentSettings) -> list[dict[str, Any]]:
+    """Adapters at ``lr``, class centres at ``head_lr``, the router (if any) at ``router_lr``.
+
+    The router learns from the domain cross-entropy alone (its gates are detached from the recognition
+    loss); AdamW's step does not grow with λ2, so it gets its own rate, like the class centres."""
+    router = getattr(model.backbone, "dalora_router", None)
+    groups = optimizer_groups(model, settings)
+    if router is None:
+        return groups
+    router_ids = {id(p) for p in router.parameters()}
+    groups[0]["params"] = [p for p in groups[0]["params"] if id(p) not in router_ids]
+    return [*groups, {"params": list(router.parameters()), "lr": settings.router_lr,
+                      "weight_decay": settings.weight_decay}]
+
+
+def save_any_adapter(backbone: nn.Module, directory: Path) -> Path:
+    return save_dalora(backbone, directory) if hasattr(backbone, "dalora_settings") else save_adapter(backbone, directory)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def evaluate_adapted(backbone: nn.Module, method: str, packs: Mapping[str, VerificationPack],
+                     device: torch.device) -> dict[str, dict[str, Any]]:
+    """Test metrics of an adapted backbone: LoRA merged; DA-LoRA oracle merged per pack domain's expert;
+    classifier and uniform gating unmerged (the gates vary per image or are shared by all experts)."""
+    if method.startswith("lora"):
+        return evaluate_on_packs(merge_lora(copy.deepcopy(backbone)), packs, device=device)
+    if method == "dalora-oracle":
+        results = {}
+        for name, pack in packs.items():
+            merged = merge_dalora(copy.deepcopy(backbone), ORACLE_EXPERT_OF.get(name, name))
+            results.update(evaluate_on_packs(merged, {name: pack}, device=device))
+        return results
+    return evaluate_on_packs(backbone, packs, device=device)
+
+
+def zero_shot(settings: DaLoraExperimentSettings, packs: Mapping[str, VerificationPack]) -> dict[str, dict]:
+    """The pretrained backbone on every pack (no training, no seed)."""
+    return evaluate_on_packs(create_backbone(settings.backbone, settings.weights), packs,
+                             device=evaluation_device(settings))
+
+
+def validation_evaluators(method: str, packs: Mapping[str, VerificationPack]) -> dict[str, Any]:
+    """Per-epoch validation of every pack; with oracle gating each pack's images go to its domain's expert."""
+    evaluators = pack_evaluators(packs)
+    if method != "dalora-oracle":
+        return evaluators
+
+    def routed(name: str, evaluate_pack):
+        def evaluate_routed(model: nn.Module) -> dict[str, float]:
+            set_domains(model.backbone, [ORACLE_EXPERT_OF.get(name, name)])
+            return evaluate_pack(model)
+
+        return evaluate_routed
+
+    return {key: routed(key.split("/", 1)[1], evaluate_pack) for key, evaluate_pack in evaluators.items()}
+
+
+def gate_evaluators(packs: Mapping[str, VerificationPack], batch_size: int = 64) -> dict[str, Any]:
+    """Per-epoch gate entropy and expert usage of the router on each validation pack (history ``gates/<pack>/...``)."""
+
+    def make(pack: VerificationPack):
+        @torch.no_grad()
+        def statistics(model: nn.Module) -> dict[str, float]:
+            backbone = model.backbone
+            device = next(backbone.parameters()).device
+            sums: dict[str, float] = {}
+            batches = range(0, len(pack.images), batch_size)
+            for start in batches:
+                backbone(chips_to_tensor(pack.images[start:start + batch_size], backbone.input_size).to(device))
+                for key, value in gate_statistics(backbone).items():
+                    sums[key] = sums.get(key, 0.0) + value / len(batches)
+            return sums
+
+        return statistics
+
+    return {f"gates/{name}": make(pack) for name, pack in packs.items()}
+
+
+@torch.no_grad()
+def gate_table(backbone: nn.Module, packs: Mapping[str, VerificationPack], gating: str = "classifier",
+               batch_size: int = 64) -> dict[str, dict[str, dict[str, float]]]:
+    """Per pack (true domain): the mean gate of every expert (``"mean"``) and the share of images whose largest
+    gate is each expert (``"argmax"``, the router's confusion matrix), under ``gating``."""
+    set_gating(backbone, gating)
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    experts = list(backbone.dalora_settings.domains)
+    table: dict[str, dict[str, dict[str, float]]] = {"mean": {}, "argmax": {}}
+    for name, pack in packs.items():
+        gates = []
+        for start in range(0, len(pack.images), batch_size):
+            backbone(chips_to_tensor(pack.images[start:start + batch_size], backbone.input_size).to(device))
+            gates.append(backbone.dalora_router.state.gates.float().cpu())
+        gates = torch.cat(gates)
+        shares = torch.bincount(gates.argmax(1), minlength=len(experts)).float() / len(gates)
+        table["mean"][name] = dict(zip(experts, gates.mean(0).tolist()))
+        table["argmax"][name] = dict(zip(experts, shares.tolist()))
+    return table
+
+
+# ------------------------------------------------------------------------------------------ one run
+@dataclass
+class RunOutcome:
+    """One (method, seed) run: its record (as in ``results/dalora/<tag>.json``) and, when trained now, the model."""
+
+    record: dict[str, Any]
+    backbone: nn.Module | None = None
+    reused: bool = False
+
+
+def record_path(settings: DaLoraExperimentSettings) -> Path:
+    return results_root() / settings.experiment / f"{settings.tag}.json"
+
+
+def run_method(settings: DaLoraExperimentSettings, data: BaselineData) -> RunOutcome:
+    """Train one (method, seed) run, validate it per epoch, score the test packs once; reuse a recorded run."""
+    path = record_path(settings)
+    if path.is_file() and not settings.overwrite:
+        return RunOutcome(json.loads(path.read_text()), reused=True)
+    started = time.time()
+    seed_everything(settings.seed)
+    backbone = create_backbone(settings.backbone, settings.weights)
+    model = DomainAwareRecognitionModel(
+        backbone, data.train.num_classes, margin=settings.margin, lambda_contrastive=settings.lambda_contrastive,
+        lambda_domain=settings.lambda_domain, temperature=settings.temperature)
+    initialise_centres(model, data.train, settings)
+    adapt(backbone, settings, data.train)
+    trainable, total = trainable_parameters(backbone)
+    notes = {"method": settings.method, "tag": settings.tag}
+    config = train_config(settings, str(settings.run_dir), notes, sampler="identity",
+                          images_per_identity=settings.images_per_identity)
+    evaluators = validation_evaluators(settings.method, data.val_packs)
+    if settings.method == "dalora-classifier":
+        evaluators.update(gate_evaluators(data.val_packs))
+    trainer = Trainer(model, data.train, config, augment=FaceAugment() if settings.augment else None,
+                      evaluators=evaluators, param_groups=parameter_groups(model, settings))
+    result = trainer.fit(resume=settings.resume)
+    save_any_adapter(backbone, result.output_dir / "adapter")
+    test = None
+    if settings.score_test:
+        test = evaluate_adapted(backbone, settings.method, data.test_packs, evaluation_device(settings))
+    record = {
+        "experiment": settings.experiment, "tag": settings.tag, "method": settings.method, "seed": settings.seed,
+        "settings": dataclasses.asdict(settings),
+        "train": {"steps": result.step, "history": result.history, "adapter_parameters": trainable,
+                  "backbone_parameters": total - trainable, "run_dir": str(result.output_dir)},
+        "test": test, "environment": environment_info(evaluation_device(settings)),
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    if settings.method == "dalora-classifier" and test is not None:
+        record["gates"] = gate_table(backbone, data.test_packs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1, default=json_default) + "\n")
+    rows = metric_rows(settings.experiment, settings.tag, settings.method, settings.seed, test or {},
+                       {"split": "test", **settings.table_columns()})
+    rows += metric_rows(settings.experiment, settings.tag, settings.method, settings.seed,
+                        _final_validation(result.history), {"split": "val", **settings.table_columns()})
+    append_rows(settings.experiment, rows)
+    return RunOutcome(record, backbone)
+
+
+def _final_validation(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    metrics: dict[str, dict[str, float]] = {}
+    for key, value in (history[-1] if history else {}).items():
+        if key.startswith("val/"):
+            _, name, metric = key.split("/")
+            metrics.setdefault(name, {})["accuracy_mean" if metric == "accuracy" else metric] = value
+    return metrics
+
+
+def run_grid(settings: DaLoraExperimentSettings, data: BaselineData,
+             learning_rates: Mapping[str, float] | None = None) -> dict[tuple[str, int], RunOutcome]:
+    """Every (method, seed) run of the grid, each family (LoRA, DA-LoRA) at its learning rate."""
+    outcomes = {}
+    for seed in settings.seeds:
+        for method in settings.methods:
+            lr = (learning_rates or {}).get(family(method), settings.lr)
+            outcomes[method, seed] = run_method(settings.for_run(method, seed, lr=lr), data)
+    return outcomes
+
+
+def grid_table(outcomes: Mapping[tuple[str, int], RunOutcome], zero: Mapping[str, Mapping] | None = None):
+    """Long table (method, seed, domain, metric, value) of the grid's test metrics, zero-shot included."""
+    import pandas as pd
+
+    rows = []
+    for (method, seed), outcome in outcomes.items():
+        for domain, metrics in (outcome.record["test"] or {}).items():
+            for metric, key in (("accuracy", "accuracy_mean"), ("auc", "auc"), ("eer", "eer")):
+                rows.append({"method": method, "seed": seed, "domain": domain, "metric": metric, "value": metrics[key]})
+    for seed in sorted({seed for _, seed in outcomes}):
+        for domain, metrics in (zero or {}).items():
+            for metric, key in (("accuracy", "accuracy_mean"), ("auc", "auc"), ("eer", "eer")):
+                rows.append({"method": "zero-shot", "seed": seed, "domain": domain, "metric": metric,
+                             "value": metrics[key]})
+    return pd.DataFrame(rows)
+
+
+def paired_tests(table, against: str = "dalora-classifier", metric: str = "auc"):
+    """Paired t-test over seeds (scipy) of ``against`` vs every other trained method, per domain.
+
+    With n seeds the test has n - 1 degrees of freedom: three seeds can only flag large, consistent gaps.
+    """
+    import pandas as pd
+    from scipy.stats import ttest_rel
+
+    rows = []
+    chosen = table[table["metric"] == metric]
+    for method in [m for m in chosen["method"].unique() if m not in (against, "zero-shot")]:
+        for domain in chosen["domain"].unique():
+            a = chosen[(chosen["method"] == against) & (chosen["domain"] == domain)].set_index("seed")["value"]
+            b = chosen[(chosen["method"] == method) & (chosen["domain"] == domain)].set_index("seed")["value"]
+            seeds = sorted(set(a.index) & set(b.index))
+            difference = float((a[seeds] - b[seeds]).mean()) if seeds else float("nan")
+            p_value = float(ttest_rel(a[seeds], b[seeds]).pvalue) if len(seeds) >= 2 else float("nan")
+            rows.append({"comparison": f"{against} - {method}", "domain": domain, "metric": metric,
+                         "seeds": len(seeds), "mean_difference": difference, "p_value": p_value})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ search, zero-shot rows
+#: the run whose validation result picks the learning rate of each adapter family
+FAMILY_REPRESENTATIVE = {"lora": "lora", "dalora": "dalora-classifier"}
+
+
+def family(method: str) -> str:
+    return "dalora" if method.startswith("dalora") else "lora"
+
+
+def choose_learning_rates(settings: DaLoraExperimentSettings, data: BaselineData):
+    """Try ``search_lrs`` for LoRA and DA-LoRA alike (first seed, test packs never scored) and pick, per family,
+    the lr with the highest mean validation AUC of the last epoch. Returns ``({family: lr}, search table)``;
+    without ``search_lrs`` every family keeps ``settings.lr``."""
+    import pandas as pd
+
+    if not settings.search_lrs:
+        return {name: settings.lr for name in FAMILY_REPRESENTATIVE}, pd.DataFrame()
+    rows = []
+    for lr in settings.search_lrs:
+        for name, method in FAMILY_REPRESENTATIVE.items():
+            outcome = run_method(settings.for_run(method, settings.seeds[0], lr=lr, score_test=False), data)
+            aucs = {pack: metrics["auc"] for pack, metrics in _final_validation(outcome.record["train"]["history"]).items()}
+            rows.append({"family": name, "method": method, "lr": lr, **{f"val_auc_{k}": v for k, v in aucs.items()},
+                         "val_auc_mean": float(np.mean(list(aucs.values())))})
+    table = pd.DataFrame(rows)
+    best = table.loc[table.groupby("family")["val_auc_mean"].idxmax()]
+    return dict(zip(best["family"], best["lr"])), table
+
+
+def record_zero_shot(settings: DaLoraExperimentSettings, metrics: Mapping[str, Mapping]) -> None:
+    """The zero-shot rows of the table, once per seed of the grid (the same numbers: it has no seed), so
+    that every method has a value for every (domain, seed)."""
+    run = f"{settings.experiment}_zero-shot_{settings.for_run('lora', 0).digest()}"
+    rows = []
+    for seed in settings.seeds:
+        rows += metric_rows(settings.experiment, run, "zero-shot", seed, metrics,
+                            {"split": "test", **settings.table_columns()})
+    append_rows(settings.experiment, rows)
+
+
+def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:
+    """The whole of notebook 03 without its pictures: search, zero-shot, grid; a JSON-ready summary."""
+    data = load_data(settings)
+    learning_rates, _ = choose_learning_rates(settings, data)
+    zero = zero_shot(settings, data.test_packs)
+    record_zero_shot(settings, zero)
+    outcomes = run_grid(settings, data, learning_rates)
+    table = grid_table(outcomes, zero)
+    summary = table.groupby(["method", "domain", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
+    return {"experiment": settings.experiment, "learning_rates": learning_rates,
+            "runs": {f"{method}/seed{seed}": outcome.record["tag"] for (method, seed), outcome in outcomes.items()},
+            "summary": summary.to_dict(orient="records")}
+
+
+def publish_adapters(outcomes: Mapping[tuple[str, int], RunOutcome]) -> list[Path]:
+    """Copy each run's adapter to ``results/adapters/<method>_seed<k>/`` (atomically, file by file)."""
+    published = []
+    for (method, seed), outcome in outcomes.items():
+        source = Path(outcome.record["train"]["run_dir"]) / "adapter"
+        if not source.is_dir():
+            continue  # a reused record whose run folder is not on this machine: its committed copy stays
+        target = results_root() / "adapters" / f"{method}_seed{seed}"
+        target.mkdir(parents=True, exist_ok=True)
+        for file in sorted(source.iterdir()):
+            atomic_write_bytes(target / file.name, file.read_bytes())
+        published.append(target)
+    return published

@@ -1,0 +1,66 @@
+"""Regression checks of a fresh run against the committed record of a run with the same settings.
+
+The committed records live in the project's ``results/`` (whatever ``$AFR_RESULTS`` says, so that a
+test run writing to a scratch folder still compares with what is committed). Tolerances are what
+holds across CPUs and thread counts: 10-fold accuracy on a few hundred pairs moves by about a point
+with tiny numeric differences, AUC and EER far less.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from afr.paths import PROJECT_ROOT
+
+__all__ = ["TOLERANCES", "committed_result", "compare_grid_with_committed", "compare_with_reference"]
+
+#: metric -> largest accepted absolute difference from the committed value
+TOLERANCES = {"accuracy_mean": 0.02, "auc": 0.005, "eer": 0.02}
+
+
+def committed_result(tag: str, folder: str = "") -> dict[str, Any] | None:
+    """The committed ``results/[<folder>/]<tag>.json`` of the project tree, or None when there is none."""
+    path = PROJECT_ROOT / "results" / folder / f"{tag}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def compare_with_reference(result: Mapping[str, Any], reference: Mapping[str, Any] | None) -> str:
+    """One line saying that ``result``'s test metrics agree with ``reference``; AssertionError listing any that do not."""
+    if reference is None:
+        return "no committed result for these settings: nothing to compare with"
+    differences, compared = [], 0
+    for method, by_domain in (reference.get("test") or {}).items():
+        for domain, metrics in by_domain.items():
+            for metric, tolerance in TOLERANCES.items():
+                expected = metrics[metric]
+                measured = result["test"][method][domain][metric]
+                compared += 1
+                if abs(measured - expected) > tolerance:
+                    differences.append(f"{method}/{domain}/{metric}: {measured:.4f} vs committed {expected:.4f} "
+                                       f"(tolerance {tolerance})")
+    if differences:
+        raise AssertionError("the run differs from the committed result: " + "; ".join(differences))
+    return f"agrees with the committed result on all {compared} test metrics ({_limits()})"
+
+
+def _limits() -> str:
+    return ", ".join(f"{name} ±{value}" for name, value in TOLERANCES.items())
+
+
+def compare_grid_with_committed(outcomes: Mapping[Any, Any]) -> str:
+    """:func:`compare_with_reference` for every run of a grid (``{key: outcome with .record}``) that has a
+    committed record under ``results/<experiment>/``; one line saying how many runs were compared."""
+    compared = missing = 0
+    for outcome in outcomes.values():
+        record = outcome.record
+        reference = committed_result(record["tag"], record["experiment"])
+        if reference is None or record.get("test") is None:
+            missing += 1
+            continue
+        compare_with_reference(record, reference)
+        compared += 1
+    if not compared:
+        return "no committed runs with these settings: nothing to compare with"
+    return (f"{compared} run(s) agree with their committed records on every test metric ({_limits()})"
+            + (f"; {missing} without a committed record" if missing else ""))

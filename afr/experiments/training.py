@@ -1,0 +1,61 @@
+"""Training pieces the experiments share: class-centre start, optimizer groups, the engine's config."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from afr.train import TrainConfig, collate_samples
+
+__all__ = ["class_mean_embeddings", "evaluation_device", "initialise_centres", "optimizer_groups", "train_config"]
+
+
+def evaluation_device(settings: Any) -> torch.device:
+    """Where evaluations run: the training device, by the training engine's rule for ``"auto"``."""
+    return TrainConfig(device=settings.device).resolve_device()
+
+
+@torch.no_grad()
+def class_mean_embeddings(backbone: nn.Module, dataset, batch_size: int, device: torch.device,
+                          num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain (no flip, no augmentation) embeddings of every training image and their identity labels."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_samples)
+    was_training = backbone.training
+    backbone.eval().to(device)
+    embeddings, labels = [], []
+    for batch in loader:
+        embeddings.append(backbone(batch["images"].to(device)).float().cpu())
+        labels.append(batch["labels"])
+    backbone.train(was_training)
+    return torch.cat(embeddings), torch.cat(labels)
+
+
+def initialise_centres(model: nn.Module, dataset, settings: Any) -> None:
+    """``settings.head_init == "class-mean"``: class centres = mean unit embeddings of the (still unadapted)
+    backbone; ``"random"`` keeps the head's own N(0, 0.01) draw."""
+    if settings.head_init == "class-mean":
+        embeddings, labels = class_mean_embeddings(model.backbone, dataset, 64, evaluation_device(settings),
+                                                   settings.num_workers)
+        model.head.initialise_from_embeddings(embeddings, labels)
+
+
+def optimizer_groups(model: nn.Module, settings: Any) -> list[dict[str, Any]]:
+    """AdamW groups: the backbone's trainable (adapter) parameters at ``lr``, the class centres at ``head_lr``."""
+    return [
+        {"params": [p for p in model.backbone.parameters() if p.requires_grad], "weight_decay": settings.weight_decay},
+        {"params": list(model.head.parameters()), "lr": settings.head_lr, "weight_decay": settings.weight_decay},
+    ]
+
+
+def train_config(settings: Any, output_dir: str, notes: dict[str, Any], **options: Any) -> TrainConfig:
+    """The engine's :class:`~afr.train.TrainConfig` for an experiment's settings (``options`` add or override)."""
+    values = dict(
+        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, weight_decay=settings.weight_decay,
+        warmup_epochs=settings.warmup_epochs, num_workers=settings.num_workers, seed=settings.seed,
+        output_dir=output_dir, device=settings.device, overwrite=settings.overwrite, progress=settings.progress,
+        log_every=5, notes=notes,
+    )
+    return TrainConfig(**{**values, **options})
