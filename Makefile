@@ -18,7 +18,7 @@ help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU)"
 	@echo "make test   - create .venv if needed and run unit tests + nbval notebook tests"
 	@echo "make bench  - run the benchmarks in bench/ (prints ratios measured side by side)"
-	@echo "make results - the committed results: validation searches and the 3-seed grids (about an hour on 2 cores)"
+	@echo "make results - the committed results that take long: the validation search of notebook 02"
 	@echo "make apt    - install the Debian packages in apt.txt (LaTeX for the paper) when root and apt-get exist"
 
 venv: $(STAMP)
@@ -66,13 +66,9 @@ baseline-search: $(STAMP)
 	done; done
 	$(PY) -m afr.experiments.search baseline
 
-# The committed results: notebook 02's validation search, then notebook 03's full grid (3 seeds, learning
-# rates searched on validation for LoRA and DA-LoRA alike). Runs already recorded are reused, so an
-# interrupted `make results` resumes; `make demo` afterwards re-executes the notebooks on their demo budget.
+# The committed results that take long: notebook 02's validation search (later: notebook 03's 3-seed grid).
+# Runs already recorded are kept, so an interrupted `make results` resumes.
 results: $(STAMP) baseline-search
-	@mkdir -p $(RUN_DIR)
-	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING notebooks/03_dalora.ipynb $(RUN_DIR)/03_dalora_full.ipynb \
-	  -y '{"seeds": [0, 1, 2], "epochs": 4, "search_lrs": [0.0001, 0.0003]}'
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) "$$script"; done

@@ -135,6 +135,7 @@ def test_a_second_run_never_destroys_the_first(embedded_benchmark, tmp_path, mon
     # per-epoch validation came from the validation packs only: no test pack, no wild (test-only) pack
     assert {key.split("/")[1] for key in result["train"]["history"][0] if key.startswith("val/")} == set(VAL_DOMAINS)
     assert set(result["test"]["lora"]) == {"wild"}
+    assert result["train"]["lora_trainable_parameters"] > 0  # counted on the model, not on a merged copy
     kept = {**_files(run_dir(first)), **_files(tmp_path / "results")}
     assert any(path.name == "adapter_model.safetensors" for path in kept)
     assert any(path.name.startswith("checkpoint-") for path in kept)

@@ -21,8 +21,7 @@ def _parameters_cell(notebook: str) -> dict[str, object]:
     return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
 
 
-@pytest.mark.parametrize("notebook, settings_class", [("02_baseline.ipynb", BaselineSettings),
-                                                     ("03_dalora.ipynb", DaLoraExperimentSettings)])
+@pytest.mark.parametrize("notebook, settings_class", [("02_baseline.ipynb", BaselineSettings)])
 def test_notebook_parameters_are_exactly_the_settings_fields_with_their_defaults(notebook, settings_class):
     cell = _parameters_cell(notebook)
     defaults = dataclasses.asdict(settings_class())

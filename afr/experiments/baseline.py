@@ -18,6 +18,7 @@ training pack first, so a bad ``train.rec`` is reported before anything slow), :
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
@@ -224,14 +225,15 @@ def train_lora(
 
 # ------------------------------------------------------------------------------------------ test
 def score_test_packs(settings: BaselineSettings, adapted_backbone: nn.Module,
-               test_packs: Mapping[str, VerificationPack]) -> dict[str, dict[str, dict[str, Any]]]:
+                     test_packs: Mapping[str, VerificationPack]) -> dict[str, dict[str, dict[str, Any]]]:
     """The test packs, scored once at the end: ``{"zero-shot": {pack: metrics}, "lora": {...}}``.
 
-    The zero-shot backbone is built afresh from the same weights, so nothing of training touches it.
+    The adapted backbone is scored with LoRA merged into a copy (the plain backbone's inference cost; the
+    model itself keeps its adapter). The zero-shot backbone is built afresh from the same weights.
     """
     device = evaluation_device(settings)
     zero_shot = evaluate_on_packs(create_backbone(settings.backbone, settings.weights), test_packs, device=device)
-    adapted = evaluate_on_packs(adapted_backbone, test_packs, device=device)
+    adapted = evaluate_on_packs(merge_lora(copy.deepcopy(adapted_backbone)), test_packs, device=device)
     return {"zero-shot": zero_shot, "lora": adapted}
 
 
@@ -292,7 +294,7 @@ def run_baseline(settings: BaselineSettings, write: bool = True) -> dict[str, An
     model, train_result = train_lora(backbone, data.train, settings, data.val_packs)
     if write:
         save_adapter(model.backbone, train_result.output_dir / "adapter")
-    test = score_test_packs(settings, merge_lora(model.backbone), data.test_packs) if settings.score_test else None
+    test = score_test_packs(settings, model.backbone, data.test_packs) if settings.score_test else None
     result = baseline_result(settings, data, model, train_result, test, time.time() - started)
     if write:
         record_result(settings, result)
