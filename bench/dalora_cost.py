@@ -63,7 +63,7 @@ def bench_backbone(name: str, args, device: torch.device) -> None:
     print(f"\n== {name}  ({size}px chips, batch {args.batch}, {args.precision}, {device}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} rounds)")
     print(f"   trainable parameters: LoRA r={args.rank} {lora_trainable:,} | DA-LoRA K={args.experts} x r={args.rank} "
-          f"{dalora_trainable:,} (backbone {total:,})")
+          f"{dalora_trainable:,} (all parameters of the DA-LoRA backbone {total:,})")
     for label, seconds in train.items():
         print(f"   train step  {label:<22} {args.batch / seconds:8.1f} img/s")
     print(f"   ratio DA-LoRA / LoRA (train step time): {train['DA-LoRA'] / train['LoRA']:.2f}")
