@@ -37,7 +37,8 @@ from afr.data.subsets import dataset_labels, holdout_identities, identity_subset
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
-from afr.experiments.records import append_rows, check_result_free, environment_info, metric_rows, save_result
+from afr.experiments.records import (append_rows, check_result_free, environment_info, final_validation_metrics,
+                                     metric_rows, save_result)
 from afr.experiments.settings import BaselineSettings
 from afr.models import FaceRecognitionModel, create_backbone
 from afr.paths import MissingResourceError, runs_root
@@ -266,14 +267,8 @@ def record_result(settings: BaselineSettings, result: Mapping[str, Any]) -> Path
     for method, metrics in (result["test"] or {}).items():
         rows += metric_rows(settings.experiment, settings.tag, method, settings.seed, metrics,
                             {"split": "test", **columns})
-    final_epoch = result["train"]["history"][-1] if result["train"]["history"] else {}
-    val_metrics: dict[str, dict[str, float]] = {}
-    for key, value in final_epoch.items():
-        if key.startswith("val/"):
-            _, name, metric = key.split("/")
-            val_metrics.setdefault(name, {})["accuracy_mean" if metric == "accuracy" else metric] = value
-    rows += metric_rows(settings.experiment, settings.tag, "lora", settings.seed, val_metrics,
-                        {"split": "val", **columns})
+    rows += metric_rows(settings.experiment, settings.tag, "lora", settings.seed,
+                        final_validation_metrics(result["train"]["history"]), {"split": "val", **columns})
     path = save_result(result, settings.tag, overwrite=settings.overwrite or settings.resume)
     if rows:
         append_rows(settings.experiment, rows)

@@ -43,7 +43,8 @@ from afr.data.augment import FaceAugment
 from afr.data.verification import VerificationPack
 from afr.eval.extract import chips_to_tensor
 from afr.experiments.baseline import BaselineData, evaluate_on_packs, pack_evaluators
-from afr.experiments.records import append_rows, environment_info, json_default, metric_rows
+from afr.experiments.records import (append_rows, environment_info, final_validation_metrics, json_default,
+                                     metric_rows)
 from afr.experiments.settings import ExperimentSettings, setting
 from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
 from afr.io import atomic_write_bytes, atomic_write_text
@@ -317,18 +318,10 @@ def run_method(settings: DaLoraExperimentSettings, data: BaselineData) -> RunOut
     rows = metric_rows(settings.experiment, settings.tag, settings.method, settings.seed, test or {},
                        {"split": "test", **settings.table_columns()})
     rows += metric_rows(settings.experiment, settings.tag, settings.method, settings.seed,
-                        _final_validation(result.history), {"split": "val", **settings.table_columns()})
+                        final_validation_metrics(result.history), {"split": "val", **settings.table_columns()})
     append_rows(settings.experiment, rows)
     return RunOutcome(record, backbone)
 
-
-def _final_validation(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    metrics: dict[str, dict[str, float]] = {}
-    for key, value in (history[-1] if history else {}).items():
-        if key.startswith("val/"):
-            _, name, metric = key.split("/")
-            metrics.setdefault(name, {})["accuracy_mean" if metric == "accuracy" else metric] = value
-    return metrics
 
 
 def run_grid(settings: DaLoraExperimentSettings, data: BaselineData,
@@ -402,7 +395,7 @@ def choose_learning_rates(settings: DaLoraExperimentSettings, data: BaselineData
     for lr in settings.search_lrs:
         for name, method in FAMILY_REPRESENTATIVE.items():
             outcome = run_method(settings.for_run(method, settings.seeds[0], lr=lr, score_test=False), data)
-            aucs = {pack: metrics["auc"] for pack, metrics in _final_validation(outcome.record["train"]["history"]).items()}
+            aucs = {pack: metrics["auc"] for pack, metrics in final_validation_metrics(outcome.record["train"]["history"]).items()}
             rows.append({"family": name, "method": method, "lr": lr, **{f"val_auc_{k}": v for k, v in aucs.items()},
                          "val_auc_mean": float(np.mean(list(aucs.values())))})
     table = pd.DataFrame(rows)

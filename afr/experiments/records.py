@@ -13,7 +13,7 @@ import io
 import json
 import os
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ import numpy as np
 from afr.io import atomic_write_text
 from afr.paths import results_root, tables_root
 
-__all__ = ["TABLE_COLUMNS", "ResultExistsError", "append_rows", "environment_info", "json_default", "metric_rows",
+__all__ = ["TABLE_COLUMNS", "ResultExistsError", "append_rows", "environment_info", "final_validation_metrics", "json_default",
+           "metric_rows",
            "read_table", "result_path", "save_result"]
 
 #: the columns every tidy table starts with
@@ -92,6 +93,17 @@ def metric_rows(experiment: str, run: str, method: str, seed: int, metrics_by_do
                 rows.append({"experiment": experiment, "run": run, "method": method, "domain": domain,
                              "metric": metric, "seed": seed, "value": float(metrics[key]), **(extra or {})})
     return rows
+
+
+def final_validation_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """``{pack: {"accuracy_mean": ..., "auc": ...}}`` from the last epoch's ``val/<pack>/<metric>`` entries of a
+    training history (the names :func:`metric_rows` reads)."""
+    metrics: dict[str, dict[str, float]] = {}
+    for key, value in (history[-1] if history else {}).items():
+        if key.startswith("val/"):
+            _, name, metric = key.split("/")
+            metrics.setdefault(name, {})["accuracy_mean" if metric == "accuracy" else metric] = value
+    return metrics
 
 
 def read_table(experiment: str):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from afr.experiments.records import final_validation_metrics
 from afr.io import atomic_write_text
 from afr.paths import results_root, tables_root
 
@@ -35,8 +36,7 @@ def search_table(experiment: str = "baseline"):
 
     rows = []
     for record in _search_records(experiment):
-        last = record["train"]["history"][-1]
-        aucs = {key.split("/")[1]: value for key, value in last.items() if key.startswith("val/") and key.endswith("/auc")}
+        aucs = {pack: metrics["auc"] for pack, metrics in final_validation_metrics(record["train"]["history"]).items()}
         rows.append({**{k: v for k, v in record["settings"].items() if k != "seed"}, "seed": record["seed"],
                      **{f"val_auc_{domain}": auc for domain, auc in aucs.items()},
                      "val_auc_mean": float(np.mean(list(aucs.values())))})
