@@ -82,7 +82,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         "--weights", type=Path, help="weights directory (dlib-resnet29: default shared weights/dlib_resnet29; "
         "DINOv2/CLIP: a local Hugging Face directory)"
     )
-    evaluate.add_argument("--adapter", type=Path, help="LoRA adapter directory saved by save_adapter()")
+    evaluate.add_argument("--adapter", type=Path, help="adapter directory: LoRA (save_adapter) or DA-LoRA (save_dalora, classifier gating)")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--folder", type=Path, help="folder with one sub-folder of images per identity")
     source.add_argument("--bin", type=Path, help="InsightFace verification pack (.bin)")
