@@ -25,20 +25,34 @@ def committed_result(tag: str, folder: str = "") -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _metric_leaves(section: Mapping[str, Any], prefix: str = "") -> dict[str, Mapping[str, Any]]:
+    """``{"a/b": metrics}`` for every metrics dict (one holding ``auc``) in a nested ``test`` section: a record's
+    test section is ``{domain: metrics}`` (one adapter) or ``{method: {domain: metrics}}`` (several)."""
+    leaves: dict[str, Mapping[str, Any]] = {}
+    for key, value in section.items():
+        if isinstance(value, Mapping) and "auc" in value:
+            leaves[prefix + key] = value
+        elif isinstance(value, Mapping):
+            leaves.update(_metric_leaves(value, f"{prefix}{key}/"))
+    return leaves
+
+
 def compare_with_reference(result: Mapping[str, Any], reference: Mapping[str, Any] | None) -> str:
-    """One line saying that ``result``'s test metrics agree with ``reference``; AssertionError listing any that do not."""
+    """One line saying that ``result``'s test metrics agree with ``reference``; AssertionError listing any that do not
+    (a metric the reference has and the result lacks is a difference too)."""
     if reference is None:
         return "no committed result for these settings: nothing to compare with"
+    measured_leaves = _metric_leaves(result.get("test") or {})
     differences, compared = [], 0
-    for method, by_domain in (reference.get("test") or {}).items():
-        for domain, metrics in by_domain.items():
-            for metric, tolerance in TOLERANCES.items():
-                expected = metrics[metric]
-                measured = result["test"][method][domain][metric]
-                compared += 1
-                if abs(measured - expected) > tolerance:
-                    differences.append(f"{method}/{domain}/{metric}: {measured:.4f} vs committed {expected:.4f} "
-                                       f"(tolerance {tolerance})")
+    for name, expected_metrics in _metric_leaves(reference.get("test") or {}).items():
+        for metric, tolerance in TOLERANCES.items():
+            expected = expected_metrics[metric]
+            measured = measured_leaves.get(name, {}).get(metric)
+            compared += 1
+            if measured is None:
+                differences.append(f"{name}/{metric}: missing (committed {expected:.4f})")
+            elif abs(measured - expected) > tolerance:
+                differences.append(f"{name}/{metric}: {measured:.4f} vs committed {expected:.4f} (tolerance {tolerance})")
     if differences:
         raise AssertionError("the run differs from the committed result: " + "; ".join(differences))
     return f"agrees with the committed result on all {compared} test metrics ({_limits()})"
