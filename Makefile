@@ -12,13 +12,13 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test bench notebooks clean-data help apt baseline-search results
+.PHONY: venv demo test bench notebooks clean-data help apt baseline-search dalora-results results
 
 help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU)"
 	@echo "make test   - create .venv if needed and run unit tests + nbval notebook tests"
 	@echo "make bench  - run the benchmarks in bench/ (prints ratios measured side by side)"
-	@echo "make results - the committed results that take long: the validation search of notebook 02"
+	@echo "make results - the committed results that take long: notebook 02's validation search, notebook 03's 3-seed grid"
 	@echo "make apt    - install the Debian packages in apt.txt (LaTeX for the paper) when root and apt-get exist"
 
 venv: $(STAMP)
@@ -66,9 +66,18 @@ baseline-search: $(STAMP)
 	done; done
 	$(PY) -m afr.experiments.search baseline
 
-# The committed results that take long: notebook 02's validation search (later: notebook 03's 3-seed grid).
+# Notebook 03's committed grid: 3 seeds, 4 epochs, the learning rate chosen on validation among the same two
+# candidates for LoRA and DA-LoRA; the runs' adapters are published to results/adapters/. Runs already recorded
+# are reused (not retrained), so an interrupted grid resumes; the executed notebook shows the search and tables.
+DALORA_RESULTS := {seeds: [0, 1, 2], epochs: 4, search_lrs: [0.0001, 0.0003], publish_adapters: true, progress: false}
+dalora-results: $(STAMP)
+	@mkdir -p $(RUN_DIR)
+	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(DALORA_RESULTS)' notebooks/03_dalora.ipynb \
+	  $(RUN_DIR)/03_dalora_results.ipynb
+
+# The committed results that take long (hours on 2 CPU cores when nothing is recorded yet).
 # Runs already recorded are kept, so an interrupted `make results` resumes.
-results: $(STAMP) baseline-search
+results: $(STAMP) baseline-search dalora-results
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) "$$script"; done

@@ -191,3 +191,16 @@ def test_real_run_on_a_bin_pack(orl_folder, tmp_path, capsys):
     assert output["data"]["sha256"] == hashlib.sha256(pack.read_bytes()).hexdigest()
     assert output["n_pairs"] == 100 and output["n_positive"] == 50 and output["n_negative"] == 50
     assert output["accuracy_mean"] > 0.75 and output["auc"] > 0.85
+
+
+@pytest.mark.shared("weights/dlib_resnet29")
+@pytest.mark.parametrize("method", ["dalora-classifier", "lora-matched"])
+def test_a_committed_adapter_reproduces_its_committed_test_result(embedded_benchmark, capsys, method):
+    """`python -m afr evaluate --adapter results/adapters/<method>_seed0` scores the thermal test pack as the run that
+    trained it recorded (classifier gating for DA-LoRA, the record's own evaluation of that row)."""
+    adapter = PROJECT_ROOT / "results" / "adapters" / f"{method}_seed0"
+    record = json.loads((PROJECT_ROOT / json.loads((adapter / "source.json").read_text())["record"]).read_text())
+    pack = embedded_benchmark.bin_path("thermal")
+    result = evaluate_json(capsys, "--backbone", "dlib-resnet29", "--bin", str(pack), "--adapter", str(adapter))
+    assert abs(result["auc"] - record["test"]["thermal"]["auc"]) < 1e-3  # evaluation only: no training noise
+    assert abs(result["accuracy_mean"] - record["test"]["thermal"]["accuracy_mean"]) < 0.01

@@ -1,4 +1,4 @@
-"""One recipe, one list of parameters: the settings dataclass, the CLI built from it, notebook 02's cell."""
+"""One recipe, one list of parameters: the settings dataclass, the CLI built from it, the notebooks' cells."""
 from __future__ import annotations
 
 import ast
@@ -21,7 +21,8 @@ def _parameters_cell(notebook: str) -> dict[str, object]:
     return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
 
 
-@pytest.mark.parametrize("notebook, settings_class", [("02_baseline.ipynb", BaselineSettings)])
+@pytest.mark.parametrize("notebook, settings_class", [("02_baseline.ipynb", BaselineSettings),
+                                                      ("03_dalora.ipynb", DaLoraExperimentSettings)])
 def test_notebook_parameters_are_exactly_the_settings_fields_with_their_defaults(notebook, settings_class):
     cell = _parameters_cell(notebook)
     defaults = dataclasses.asdict(settings_class())

@@ -45,17 +45,17 @@ from afr.eval.extract import chips_to_tensor
 from afr.experiments.baseline import BaselineData, evaluate_on_packs, pack_evaluators
 from afr.experiments.records import (append_rows, environment_info, final_validation_metrics, json_default,
                                      metric_rows)
-from afr.experiments.settings import ExperimentSettings, setting
+from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, setting
 from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
 from afr.io import atomic_write_bytes, atomic_write_text
 from afr.models import create_backbone
 from afr.models.domain_aware import DomainAwareRecognitionModel
-from afr.paths import results_root, runs_root
+from afr.paths import results_root
 from afr.train import Trainer, seed_everything
 
 __all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcome", "choose_learning_rates",
-           "gate_table", "grid_table", "load_data", "paired_tests", "publish_adapters", "record_zero_shot", "run_experiment", "run_grid",
-           "run_method", "zero_shot"]
+           "expert_domains", "gate_table", "grid_table", "load_data", "paired_tests", "export_adapters",
+           "record_zero_shot", "run_experiment", "run_grid", "run_method", "zero_shot"]
 
 METHODS = ("lora", "lora-matched", "dalora-classifier", "dalora-oracle", "dalora-uniform")
 #: test domain -> the expert oracle gating routes it to (a domain with its own expert goes to it)
@@ -63,12 +63,12 @@ ORACLE_EXPERT_OF = {"wild": "controlled"}
 
 
 @dataclass
-class DaLoraExperimentSettings(ExperimentSettings):
+class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings):
     """Notebook 03 / ``python -m afr dalora``: every field is a notebook parameter and a CLI option."""
 
     experiment: ClassVar[str] = "dalora"
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        *ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds", "search_lrs")
+        *ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds", "search_lrs", "publish_adapters")
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "backbone", "rank", "epochs", "batch_size", "lr", "router_lr", "lambda_contrastive", "lambda_domain",
         "score_test")
@@ -107,6 +107,8 @@ class DaLoraExperimentSettings(ExperimentSettings):
     resume: bool = setting(False, "continue unfinished runs from their last checkpoint")
     overwrite: bool = setting(False, "retrain runs whose record exists instead of reusing it")
     progress: bool = setting(True, "progress bars")
+    publish_adapters: bool = setting(False, "copy each run's adapter to results/adapters/<method>_seed<k>/ (the "
+                                     "committed grid; replaces the adapters published before)")
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
@@ -120,18 +122,6 @@ class DaLoraExperimentSettings(ExperimentSettings):
         if self.batch_size % self.images_per_identity:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of images_per_identity "
                              f"{self.images_per_identity}")
-
-    def for_run(self, method: str, seed: int, **changes: Any) -> DaLoraExperimentSettings:
-        """The settings of one (method, seed) run."""
-        return dataclasses.replace(self, method=method, seed=seed, **changes)
-
-    @property
-    def tag(self) -> str:
-        return f"{self.experiment}_{self.method}_seed{self.seed}_{self.digest()}"
-
-    @property
-    def run_dir(self) -> Path:
-        return (Path(self.output_dir) if self.output_dir else runs_root()) / self.tag
 
 
 def load_data(settings: DaLoraExperimentSettings) -> BaselineData:
@@ -421,6 +411,8 @@ def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:
     zero = zero_shot(settings, data.test_packs)
     record_zero_shot(settings, zero)
     outcomes = run_grid(settings, data, learning_rates)
+    if settings.publish_adapters:
+        export_adapters(outcomes)
     table = grid_table(outcomes, zero)
     summary = table.groupby(["method", "domain", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
     return {"experiment": settings.experiment, "learning_rates": learning_rates,
@@ -428,8 +420,9 @@ def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:
             "summary": summary.to_dict(orient="records")}
 
 
-def publish_adapters(outcomes: Mapping[tuple[str, int], RunOutcome]) -> list[Path]:
-    """Copy each run's adapter to ``results/adapters/<method>_seed<k>/`` (atomically, file by file)."""
+def export_adapters(outcomes: Mapping[tuple[str, int], RunOutcome]) -> list[Path]:
+    """Copy each run's adapter to ``results/adapters/<method>_seed<k>/`` (atomically, file by file), with
+    ``source.json`` naming the run whose record (``results/dalora/<tag>.json``) holds its settings and test metrics."""
     published = []
     for (method, seed), outcome in outcomes.items():
         source = Path(outcome.record["train"]["run_dir"]) / "adapter"
@@ -439,5 +432,8 @@ def publish_adapters(outcomes: Mapping[tuple[str, int], RunOutcome]) -> list[Pat
         target.mkdir(parents=True, exist_ok=True)
         for file in sorted(source.iterdir()):
             atomic_write_bytes(target / file.name, file.read_bytes())
+        provenance = {"tag": outcome.record["tag"], "record": f"results/{outcome.record['experiment']}/"
+                      f"{outcome.record['tag']}.json", "method": method, "seed": seed}
+        atomic_write_text(target / "source.json", json.dumps(provenance, indent=1) + "\n")
         published.append(target)
     return published

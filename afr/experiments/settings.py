@@ -19,9 +19,10 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["BaselineSettings", "ExperimentSettings", "add_arguments", "settings_from_arguments"]
+__all__ = ["BaselineSettings", "ExperimentSettings", "MethodSeedGrid", "add_arguments", "settings_from_arguments"]
 
 
 def setting(default: Any, help: str, choices: tuple | None = None) -> Any:  # noqa: A002 - argparse's word
@@ -65,6 +66,25 @@ class ExperimentSettings:
     def table_columns(self) -> dict[str, Any]:
         """The :attr:`TABLE_SETTINGS` and their values: the settings columns of this run's tidy rows."""
         return {name: getattr(self, name) for name in self.TABLE_SETTINGS}
+
+
+class MethodSeedGrid:
+    """Mixin for the settings of an experiment that runs a grid of (``method``, ``seed``) runs (notebooks 03-05):
+    one settings object per run, tagged ``<experiment>_<method>_seed<k>_<digest>``, its run folder named so."""
+
+    def for_run(self, method: str, seed: int, **changes: Any):
+        """The settings of one (method, seed) run."""
+        return dataclasses.replace(self, method=method, seed=seed, **changes)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.experiment}_{self.method}_seed{self.seed}_{self.digest()}"
+
+    @property
+    def run_dir(self) -> Path:
+        from afr.paths import runs_root
+
+        return (Path(self.output_dir) if self.output_dir else runs_root()) / self.tag
 
 
 @dataclass
