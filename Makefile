@@ -12,13 +12,13 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test bench notebooks clean-data help apt baseline-search dalora-results results
+.PHONY: venv demo test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results results
 
 help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU)"
 	@echo "make test   - create .venv if needed and run unit tests + nbval notebook tests"
 	@echo "make bench  - run the benchmarks in bench/ (prints ratios measured side by side)"
-	@echo "make results - the committed results that take long: notebook 02's validation search, notebook 03's 3-seed grid"
+	@echo "make results - the committed results that take long: notebook 02's validation search, notebooks 03-05's 3-seed grids"
 	@echo "make apt    - install the Debian packages in apt.txt (LaTeX for the paper) when root and apt-get exist"
 
 venv: $(STAMP)
@@ -75,9 +75,23 @@ dalora-results: $(STAMP)
 	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(DALORA_RESULTS)' notebooks/03_dalora.ipynb \
 	  $(RUN_DIR)/03_dalora_results.ipynb
 
+# Notebook 04's committed grid: 3 seeds, 60 outer steps, curves to 25 adaptation steps (records reused, resumable).
+MAML_RESULTS := {seeds: [0, 1, 2], meta_steps: 60, steps: [0, 1, 3, 5, 10, 25], progress: false}
+maml-results: $(STAMP)
+	@mkdir -p $(RUN_DIR)
+	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(MAML_RESULTS)' notebooks/04_maml.ipynb \
+	  $(RUN_DIR)/04_maml_results.ipynb
+
+# Notebook 05's committed grid: 3 seeds, 60 stage-1 outer steps, k = 1, 2, 4 (records reused, resumable).
+CROSSDOMAIN_RESULTS := {seeds: [0, 1, 2], meta_steps: 60, shots: [1, 2, 4], progress: false}
+crossdomain-results: $(STAMP)
+	@mkdir -p $(RUN_DIR)
+	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(CROSSDOMAIN_RESULTS)' \
+	  notebooks/05_crossdomain.ipynb $(RUN_DIR)/05_crossdomain_results.ipynb
+
 # The committed results that take long (hours on 2 CPU cores when nothing is recorded yet).
 # Runs already recorded are kept, so an interrupted `make results` resumes.
-results: $(STAMP) baseline-search dalora-results
+results: $(STAMP) baseline-search dalora-results maml-results crossdomain-results
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) "$$script"; done

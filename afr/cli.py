@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build_embedded(commands)
     _add_baseline(commands)
     _add_dalora(commands)
+    _add_maml(commands)
+    _add_crossdomain(commands)
     return parser
 
 
@@ -292,6 +294,49 @@ def dalora_command(args: argparse.Namespace) -> dict[str, Any]:
     from afr.experiments.settings import settings_from_arguments
 
     return run_experiment(settings_from_arguments(args, DaLoraExperimentSettings))
+
+
+# --------------------------------------------------------------------------------------------- maml
+def _add_maml(commands: argparse._SubParsersAction) -> None:
+    from afr.experiments.maml import MamlExperimentSettings
+    from afr.experiments.settings import add_arguments
+
+    maml = commands.add_parser(
+        "maml", help="MAML / first-order MAML / pooled-LoRA / random LoRA initialisations adapted to a held-out "
+        "collection (prints a JSON summary)",
+        description="The recipe of notebooks/04_maml.ipynb; the options are its settings, with the same defaults.")
+    add_arguments(maml, MamlExperimentSettings)
+    _add_debug(maml)
+    maml.set_defaults(handler=maml_command)
+
+
+def maml_command(args: argparse.Namespace) -> dict[str, Any]:
+    from afr.experiments.maml import MamlExperimentSettings, run_experiment
+    from afr.experiments.settings import settings_from_arguments
+
+    return run_experiment(settings_from_arguments(args, MamlExperimentSettings))
+
+
+# --------------------------------------------------------------------------------------------- crossdomain
+def _add_crossdomain(commands: argparse._SubParsersAction) -> None:
+    from afr.experiments.crossdomain import CrossDomainSettings
+    from afr.experiments.settings import add_arguments
+
+    crossdomain = commands.add_parser(
+        "crossdomain", help="visible -> thermal with k labelled thermal images: LoRA / DA-LoRA / MAML starts, "
+        "contrastive and semi-supervised terms, forgetting of the visible domain (prints a JSON summary)",
+        description="The recipe of notebooks/05_crossdomain.ipynb; the options are its settings, with the same "
+        "defaults.")
+    add_arguments(crossdomain, CrossDomainSettings)
+    _add_debug(crossdomain)
+    crossdomain.set_defaults(handler=crossdomain_command)
+
+
+def crossdomain_command(args: argparse.Namespace) -> dict[str, Any]:
+    from afr.experiments.crossdomain import CrossDomainSettings, run_experiment
+    from afr.experiments.settings import settings_from_arguments
+
+    return run_experiment(settings_from_arguments(args, CrossDomainSettings))
 
 
 # --------------------------------------------------------------------------------------------- main

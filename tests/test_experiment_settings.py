@@ -8,7 +8,9 @@ import json
 import pytest
 
 from afr.cli import build_parser
+from afr.experiments.crossdomain import CrossDomainSettings
 from afr.experiments.dalora import DaLoraExperimentSettings
+from afr.experiments.maml import MamlExperimentSettings
 from afr.experiments.settings import BaselineSettings
 from afr.paths import PROJECT_ROOT
 
@@ -22,7 +24,9 @@ def _parameters_cell(notebook: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("notebook, settings_class", [("02_baseline.ipynb", BaselineSettings),
-                                                      ("03_dalora.ipynb", DaLoraExperimentSettings)])
+                                                      ("03_dalora.ipynb", DaLoraExperimentSettings),
+                                                      ("04_maml.ipynb", MamlExperimentSettings),
+                                                      ("05_crossdomain.ipynb", CrossDomainSettings)])
 def test_notebook_parameters_are_exactly_the_settings_fields_with_their_defaults(notebook, settings_class):
     cell = _parameters_cell(notebook)
     defaults = dataclasses.asdict(settings_class())

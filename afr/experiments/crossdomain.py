@@ -1,0 +1,729 @@
+"""The cross-domain experiment (notebook 05): visible -> thermal with a few labelled thermal images, and forgetting.
+
+**Stage 1, a visible start** (per seed). The pretrained backbone gets LoRA of rank r, and its LoRA tensors are
+trained on episodes of the *visible* training collections only (ORL, Yale, low quality) with
+:func:`afr.meta.meta_train`; no thermal image (Notre Dame or PUJ-T360) is seen in stage 1. Two starts, the same
+episodes, outer optimiser and number of outer steps:
+
+* ``pooled``: no inner loop (``inner_steps = 0``): multi-task training on the pooled visible collections;
+* ``maml``: first-order MAML with ``inner_steps`` SGD steps per episode (first order to keep the CPU cost down:
+  no double backward; notebook 04 compares it with second order).
+
+LoRA adapts the layers DA-LoRA can adapt (the backbone's LoRA targets minus DA-LoRA's router input, the dlib
+stem), so that a DA-LoRA expert warm-started from the start computes exactly what the start computes.
+
+**Stage 2, adaptation to thermal.** ``k`` labelled images per thermal *training* identity (both thermal
+collections together; :func:`~afr.meta.episodes.few_shot_support` per collection, identities with fewer than
+``k`` images left out), ``adapt_steps`` plain SGD steps at ``adapt_lr`` on the whole support, the loss of
+notebook 04: CosFace (s 64, m 0.35) against the prototypes of the support's identities. Methods:
+
+* ``zero-shot``: the pretrained backbone, no adapter (no seed, no adaptation: scored once);
+* ``lora``: the pooled start's LoRA tensors fine-tuned on the support; nothing protects the visible domain;
+* ``dalora``: DA-LoRA with two experts, ``visible`` and ``thermal`` (oracle gating), both warm-started from the
+  pooled start's LoRA. Only the thermal expert is trained: the adaptation differentiates only its blocks of the
+  stacked A/B matrices, every batch is routed to it (:func:`~afr.adapters.dalora.set_domains`), and the visible
+  expert keeps the start's tensors bit for bit. Thermal packs are scored with the thermal expert merged into the
+  backbone, visible packs with the visible expert merged, which is the start's own weights, so **the visible
+  scores of the DA-LoRA rows are the start's by construction** (forgetting exactly 0). They are therefore not
+  computed again: after checking that the visible expert is bit-identical to the start's, the start's visible
+  scores are the row's (:func:`score_dalora`). The thermal scores repeat ``lora``'s up to rounding (the same
+  start, the same SGD): what the row shows is the forgetting DA-LoRA avoids;
+* ``dalora+maml``: the same from the MAML start;
+* ``dalora+maml+contrastive``: the adaptation loss adds ``contrastive_weight`` x supervised InfoNCE
+  (:func:`afr.losses.contrastive.supervised_info_nce`, ``temperature``) over the support embeddings. Its
+  positives are the other support images of the same identity, all thermal: the support holds no visible image,
+  so positives stay within thermal. With ``k = 1`` no identity has a second image, the term has no positive, and
+  the row is skipped with a reason;
+* ``dalora+maml+contrastive+semi``: also the *unlabelled* thermal training images (those not in the support): at
+  each step up to ``unlabelled_batch`` of them, two :class:`~afr.data.augment.FaceAugment` views of each, and
+  ``unlabelled_weight`` x InfoNCE in which each view's only positive is the other view of its image (SimCLR's
+  NT-Xent). Pseudo-labels would need a clusterer reliable on thermal embeddings, which a backbone that has
+  never seen thermal is not (its zero-shot thermal accuracy is well below its visible accuracy); two views of one
+  image are the same person without any clusterer. Skipped at ``k = 1`` with its supervised twin.
+
+**Scores** after adaptation, on the test identities: ``thermal_und`` and ``thermal_puj`` (one collection each),
+the mixed ``thermal`` pack, and the visible ``controlled``, ``wild``, ``lowquality`` packs. Forgetting is the
+visible accuracy after adaptation minus the start's (and minus zero-shot's). The starts are scored as their LoRA
+update folded into the backbone, through the warm-started DA-LoRA's visible expert: the very weights the DA-LoRA
+rows use on visible packs. Scoring embeds the distinct chips of several packs once, and conv weights are kept
+channels-last (:func:`fast_layout`): both only save CPU time.
+
+One record per run in ``results/crossdomain/<tag>.json`` (starts and zero-shot included), rows in
+``results/tables/crossdomain.csv`` with the column ``shots`` (0 for zero-shot and the starts). The starts are runs
+of their own (``runs/<start tag>/``: meta-training checkpoint, TensorBoard, ``adapter/``); a recorded run is
+reused unless ``overwrite``, and a start is meta-trained again only when an adaptation needs its adapter and it
+is missing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from afr.adapters.dalora import (DaLoraLayer, DaLoraSettings, apply_dalora, default_router_input, merge_dalora,
+                                 set_domains)
+from afr.adapters.dalora.router import resolve_module
+from afr.adapters.lora import LoraSettings, apply_lora, load_adapter, merge_lora, resolve_targets, save_adapter
+from afr.data.augment import FaceAugment
+from afr.data.collections import collection_pack
+from afr.data.embedded import load_embedded
+from afr.data.verification import VerificationPack, load_pack
+from afr.eval.extract import extract_unique_embeddings
+from afr.eval.verification import evaluate
+from afr.experiments.maml import MamlData, MamlExperimentSettings, task_batches
+from afr.experiments.maml import load_data as load_training_chips
+from afr.experiments.maml import paired_tests as paired_tests_per_point
+from afr.experiments.records import append_rows, environment_info, json_default, metric_rows, read_table
+from afr.experiments.settings import ExperimentSettings, setting
+from afr.experiments.training import evaluation_device
+from afr.io import atomic_write_text
+from afr.losses.contrastive import supervised_info_nce
+from afr.losses.margin import CosFaceMargin
+from afr.meta import MetaConfig, adapter_parameters, meta_train, prototype_margin_loss, prototypes
+from afr.meta.episodes import EpisodeSampler, few_shot_support
+from afr.models import create_backbone
+from afr.paths import results_root, runs_root
+from afr.train import seed_everything
+
+__all__ = ["EXPERTS", "METHODS", "STARTS", "CrossDomainData", "CrossDomainSettings", "ThermalSplit", "adapt",
+           "compare_with_committed", "dalora_from_start", "data_summary", "expert_blocks", "fast_layout",
+           "forgetting_table", "grid_table", "load_data", "paired_tests", "plot_results", "run_experiment",
+           "run_grid", "run_method", "run_start", "run_zero_shot", "score_dalora", "score_packs", "shared_targets",
+           "skipped_rows", "summary_table", "thermal_split", "view_contrastive_loss", "with_expert_blocks"]
+
+METHODS = ("zero-shot", "lora", "dalora", "dalora+maml", "dalora+maml+contrastive", "dalora+maml+contrastive+semi")
+#: the stage-1 starts: start -> inner SGD steps from the settings? (always first order)
+STARTS = {"pooled": False, "maml": True}
+#: the start each adapted method begins from
+START_OF = {"lora": "pooled", "dalora": "pooled", "dalora+maml": "maml", "dalora+maml+contrastive": "maml",
+            "dalora+maml+contrastive+semi": "maml"}
+#: the adaptation loss terms of each method besides CosFace: (supervised InfoNCE, unlabelled two-view InfoNCE)
+EXTRA_TERMS = {"dalora+maml+contrastive": (True, False), "dalora+maml+contrastive+semi": (True, True)}
+#: the DA-LoRA experts; they are also the domain names set_domains / merge_dalora are given
+EXPERTS = ("visible", "thermal")
+VISIBLE_COLLECTIONS = ("orl", "yale", "lowquality")
+THERMAL_COLLECTIONS = ("thermal_und", "thermal_puj")
+THERMAL_PACKS = ("thermal_und", "thermal_puj", "thermal")
+VISIBLE_PACKS = ("controlled", "wild", "lowquality")
+#: settings each kind of run depends on (its tag's digest); adapted methods depend on every setting
+ZERO_SHOT_FIELDS = ("backbone", "weights", "embedded_root")
+START_FIELDS = (*ZERO_SHOT_FIELDS, "rank", "n_way", "k_shot", "q_query", "meta_steps", "tasks_per_step", "meta_lr",
+                "seed")
+MAML_START_FIELDS = (*START_FIELDS, "inner_steps", "inner_lr")
+#: how the tensors an adaptation trains become backbone parameters (by name)
+ToParameters = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+
+
+@dataclass
+class CrossDomainSettings(ExperimentSettings):
+    """Notebook 05 / ``python -m afr crossdomain``: every field is a notebook parameter and a CLI option."""
+
+    experiment: ClassVar[str] = "crossdomain"
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (*ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds")
+    TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "backbone", "rank", "meta_steps", "inner_steps", "adapt_steps", "adapt_lr", "contrastive_weight",
+        "unlabelled_weight")
+
+    backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded)")
+    weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
+    embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
+    methods: tuple[str, ...] = setting(METHODS, "rows to run (subset of " + ", ".join(METHODS) + ")")
+    seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
+    seed: int = setting(0, "seed of a single run (the grid sets it per run)")
+    method: str = setting("dalora+maml", "method of a single run (the grid sets it per run)", choices=METHODS)
+    rank: int = setting(8, "LoRA rank r (and of each DA-LoRA expert)")
+    n_way: int = setting(5, "identities per stage-1 episode")
+    k_shot: int = setting(2, "support images per identity in a stage-1 episode")
+    q_query: int = setting(2, "query images per identity in a stage-1 episode")
+    inner_steps: int = setting(3, "first-order inner SGD steps of the maml start")
+    inner_lr: float = setting(1e-3, "inner SGD learning rate of the maml start")
+    meta_steps: int = setting(10, "stage-1 outer steps (10: the demo budget; make results runs 60)")
+    tasks_per_step: int = setting(2, "stage-1 episodes per outer step")
+    meta_lr: float = setting(1e-3, "AdamW learning rate of the stage-1 outer loop")
+    shots: tuple[int, ...] = setting((1, 4), "k: labelled thermal images per thermal training identity")
+    adapt_steps: int = setting(10, "SGD steps of the adaptation to thermal")
+    adapt_lr: float = setting(1e-3, "SGD learning rate of the adaptation to thermal")
+    contrastive_weight: float = setting(0.1, "weight of the supervised InfoNCE over the support (contrastive rows)")
+    unlabelled_weight: float = setting(0.1, "weight of the two-view InfoNCE over unlabelled thermal images (semi row)")
+    temperature: float = setting(0.1, "temperature of both InfoNCE terms")
+    unlabelled_batch: int = setting(32, "unlabelled thermal images per adaptation step (semi row)")
+    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    output_dir: str | None = setting(None, "runs folder (default runs/)")
+    resume: bool = setting(False, "continue an unfinished stage-1 meta-training from its last checkpoint")
+    overwrite: bool = setting(False, "run again when the record exists (deletes a start's run folder first)")
+    progress: bool = setting(True, "progress bars")
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
+        self.seeds = tuple(int(seed) for seed in self.seeds)
+        self.shots = tuple(sorted(int(k) for k in self.shots))
+        unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
+        if not self.shots or self.shots[0] < 1:
+            raise ValueError(f"shots must be at least 1 labelled image per identity, got {self.shots}")
+        if self.adapt_steps < 1 or self.unlabelled_batch < 2:
+            raise ValueError(f"adapt_steps must be >= 1 and unlabelled_batch >= 2, got {self.adapt_steps}, "
+                             f"{self.unlabelled_batch}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the runs, or start them again")
+
+    def for_run(self, method: str, seed: int) -> CrossDomainSettings:
+        """The settings of one run; zero-shot has no seed (it is always seed 0)."""
+        return dataclasses.replace(self, method=method, seed=0 if method == "zero-shot" else seed)
+
+    def _digest(self, kind: str, names: Sequence[str]) -> str:
+        values = {name: getattr(self, name) for name in names}
+        text = json.dumps(values, sort_keys=True, default=str)
+        return hashlib.sha256(f"{self.experiment}/{kind}:{text}".encode()).hexdigest()[:8]
+
+    @property
+    def tag(self) -> str:
+        if self.method == "zero-shot":
+            return f"{self.experiment}_zero-shot_{self._digest('zero-shot', ZERO_SHOT_FIELDS)}"
+        return f"{self.experiment}_{self.method}_seed{self.seed}_{self.digest()}"
+
+    def start_fields(self, start: str) -> tuple[str, ...]:
+        return MAML_START_FIELDS if STARTS[start] else START_FIELDS
+
+    def start_tag(self, start: str) -> str:
+        """The tag of this seed's stage-1 run ``start``: it depends on the stage-1 settings only."""
+        return f"{self.experiment}_{start}-start_seed{self.seed}_{self._digest(start, self.start_fields(start))}"
+
+    def start_dir(self, start: str) -> Path:
+        return (Path(self.output_dir) if self.output_dir else runs_root()) / self.start_tag(start)
+
+    def meta_config(self, start: str) -> MetaConfig:
+        return MetaConfig(inner_steps=self.inner_steps if STARTS[start] else 0, inner_lr=self.inner_lr,
+                          first_order=True, meta_lr=self.meta_lr, meta_steps=self.meta_steps,
+                          tasks_per_step=self.tasks_per_step, seed=self.seed)
+
+    def dalora_settings(self) -> DaLoraSettings:
+        """Two experts named by the experts' own names (the domain codes are those names, not the embedded
+        benchmark's ``controlled/wild/thermal/lowquality`` codes), oracle gating, alpha = r as the LoRA start."""
+        return DaLoraSettings(r=self.rank, alpha=float(self.rank), domains=EXPERTS, domain_codes=EXPERTS,
+                              gating="oracle")
+
+    @staticmethod
+    def not_applicable(method: str, shots: int) -> str | None:
+        """Why ``method`` has no row at ``shots`` labelled images per identity, or None when it has one."""
+        if method in EXTRA_TERMS and shots < 2:
+            return (f"{method} at k = {shots}: one labelled image per identity gives the supervised contrastive "
+                    "term no positive pair; not applicable")
+        return None
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class CrossDomainData:
+    """The training chips in memory (labels, collections) with the identity name of each, and the test packs."""
+
+    train: MamlData
+    identities: np.ndarray
+    test_packs: dict[str, VerificationPack]
+
+    @property
+    def thermal_packs(self) -> dict[str, VerificationPack]:
+        return {name: self.test_packs[name] for name in THERMAL_PACKS}
+
+    @property
+    def visible_packs(self) -> dict[str, VerificationPack]:
+        return {name: self.test_packs[name] for name in VISIBLE_PACKS}
+
+
+def load_data(settings: CrossDomainSettings) -> CrossDomainData:
+    """Training chips (as notebook 04 holds them), training identity names and the six test packs."""
+    train = load_training_chips(MamlExperimentSettings(embedded_root=settings.embedded_root, target="thermal_und"))
+    benchmark = load_embedded(settings.embedded_root)
+    identities = np.empty(len(train.labels), dtype=object)
+    for row in benchmark.manifest():
+        if row["record"] != "":
+            identities[int(row["record"])] = row["identity"]
+    packs = {"thermal_und": train.target_pack, "thermal_puj": collection_pack(benchmark, "thermal_puj", "test"),
+             **{name: load_pack(benchmark.bin_path(name)) for name in ("thermal", *VISIBLE_PACKS)}}
+    return CrossDomainData(train, identities, packs)
+
+
+@dataclass(frozen=True)
+class ThermalSplit:
+    """The thermal training images of one (k, seed): the labelled support and the unlabelled remainder."""
+
+    shots: int
+    support: dict[int, list[int]]
+    unlabelled: tuple[int, ...]
+
+    @property
+    def indices(self) -> list[int]:
+        return [index for identity in sorted(self.support) for index in self.support[identity]]
+
+    @property
+    def labels(self) -> Tensor:
+        """The way (``0 .. n-1``) of every support index, in :attr:`indices` order."""
+        return torch.as_tensor([way for way, identity in enumerate(sorted(self.support))
+                                for _ in self.support[identity]])
+
+
+def thermal_split(data: CrossDomainData, shots: int, seed: int) -> ThermalSplit:
+    """``shots`` images per identity of each thermal collection (:func:`few_shot_support`) and every other
+    thermal training image, unlabelled. Only the training pack is read: no test identity can enter either."""
+    support: dict[int, list[int]] = {}
+    for collection in THERMAL_COLLECTIONS:
+        part = few_shot_support(data.train.labels, data.train.collections, collection, shots, seed=seed)
+        if set(part) & set(support):
+            raise ValueError(f"identity labels {sorted(set(part) & set(support))} occur in two thermal collections")
+        support.update(part)
+    labelled = {index for indices in support.values() for index in indices}
+    thermal = np.flatnonzero(np.isin(data.train.collections, THERMAL_COLLECTIONS))
+    return ThermalSplit(shots, support, tuple(int(index) for index in thermal if index not in labelled))
+
+
+def data_summary(data: CrossDomainData, settings: CrossDomainSettings) -> str:
+    """Stage-1 collections, the thermal support and unlabelled sets per k, the test packs (deterministic)."""
+    lines = []
+    for collection in (*VISIBLE_COLLECTIONS, *THERMAL_COLLECTIONS):
+        chosen = data.train.collections == collection
+        role = "visible: stage 1" if collection in VISIBLE_COLLECTIONS else "thermal: stage 2"
+        lines.append(f"{collection:<12} {role:<17} {len(set(data.train.labels[chosen].tolist())):>3} training "
+                     f"identities {int(chosen.sum()):>4} images")
+    for shots in settings.shots:
+        split = thermal_split(data, shots, settings.seed)
+        lines.append(f"k = {shots}: {len(split.support)} thermal identities, {len(split.indices)} labelled images, "
+                     f"{len(split.unlabelled)} unlabelled thermal training images")
+        for method in settings.methods:
+            reason = settings.not_applicable(method, shots)
+            if reason:
+                lines.append(f"  skipped: {reason}")
+    for name, pack in data.test_packs.items():
+        lines.append(f"test {name:<11} {len(pack.issame):>4} pairs ({int(np.sum(pack.issame))} same identity)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ models
+def shared_targets(backbone: nn.Module) -> list[str]:
+    """The backbone's LoRA targets that DA-LoRA also adapts: all but those inside its router input (the dlib
+    stem), which must stay frozen. A LoRA start on these is reproduced exactly by a warm-started DA-LoRA."""
+    router_input = resolve_module(backbone, default_router_input(backbone))
+    return [name for name in resolve_targets(backbone, backbone.default_lora_targets)
+            if name != router_input and not name.startswith(router_input + ".")]
+
+
+def fast_layout(backbone: nn.Module) -> nn.Module:
+    """``backbone`` (in place) with its conv weights in the channels-last layout: the same function, about a fifth
+    less CPU time for the dlib ResNet's convolutions with oneDNN, forward and backward."""
+    return backbone.to(memory_format=torch.channels_last)
+
+
+def dalora_from_start(settings: CrossDomainSettings, adapter: Path) -> nn.Module:
+    """A fresh backbone with the two DA-LoRA experts, both warm-started from the LoRA adapter of a start."""
+    return fast_layout(apply_dalora(create_backbone(settings.backbone, settings.weights), settings.dalora_settings(),
+                                    warm_start=adapter).to(evaluation_device(settings)))
+
+
+def _dalora_layers(backbone: nn.Module) -> list[tuple[str, DaLoraLayer]]:
+    return [(name, module) for name, module in backbone.named_modules() if isinstance(module, DaLoraLayer)]
+
+
+def expert_blocks(backbone: nn.Module, expert: str) -> dict[str, Tensor]:
+    """Copies of ``expert``'s rows of every stacked DA-LoRA ``A`` and its columns of every stacked ``B``, under
+    the names of the stacked parameters: the only tensors the adaptation of that expert changes."""
+    index = backbone.dalora_settings.expert_index(expert)
+    blocks = {}
+    for name, layer in _dalora_layers(backbone):
+        rows = slice(index * layer.r, (index + 1) * layer.r)
+        blocks[f"{name}.lora_A.weight"] = layer.lora_A.weight[rows].detach().clone()
+        blocks[f"{name}.lora_B.weight"] = layer.lora_B.weight[:, rows].detach().clone()
+    return blocks
+
+
+def with_expert_blocks(backbone: nn.Module, blocks: Mapping[str, Tensor], expert: str) -> dict[str, Tensor]:
+    """The stacked A/B tensors of the backbone with ``expert``'s blocks replaced by ``blocks`` (differentiable in
+    ``blocks`` only: the other experts' blocks are detached)."""
+    index = backbone.dalora_settings.expert_index(expert)
+    full = {}
+    for name, layer in _dalora_layers(backbone):
+        start, end = index * layer.r, (index + 1) * layer.r
+        a, b = layer.lora_A.weight.detach(), layer.lora_B.weight.detach()
+        full[f"{name}.lora_A.weight"] = torch.cat([a[:start], blocks[f"{name}.lora_A.weight"], a[end:]], dim=0)
+        full[f"{name}.lora_B.weight"] = torch.cat([b[:, :start], blocks[f"{name}.lora_B.weight"], b[:, end:]], dim=1)
+    return full
+
+
+def _load_parameters(backbone: nn.Module, tensors: Mapping[str, Tensor]) -> None:
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            backbone.get_parameter(name).copy_(tensor)
+
+
+# ------------------------------------------------------------------------------------------ adaptation
+def view_contrastive_loss(first: Tensor, second: Tensor, temperature: float) -> Tensor:
+    """SimCLR's NT-Xent over two views ``(n, D)`` of ``n`` unlabelled images: view ``i``'s one positive is the other
+    view of image ``i``, the other ``2n - 2`` views are its negatives (supervised InfoNCE, the image as label)."""
+    images = torch.arange(first.shape[0], device=first.device)
+    return supervised_info_nce(torch.cat([first, second]), torch.cat([images, images]), temperature=temperature)
+
+
+def adapt(backbone: nn.Module, params: dict[str, Tensor], to_parameters: ToParameters, data: CrossDomainData,
+          split: ThermalSplit, settings: CrossDomainSettings) -> tuple[dict[str, Tensor], list[float]]:
+    """``settings.adapt_steps`` first-order SGD steps on the thermal support from ``params``; the adapted tensors
+    and the loss of every step.
+
+    ``to_parameters`` maps the trained tensors to backbone parameters by name (the identity for LoRA; for a
+    DA-LoRA expert, its blocks into the stacked matrices); the backbone is called functionally and not changed.
+    Without extra terms a step is :func:`afr.meta.inner_adapt`'s (CosFace on the support's prototypes); the
+    method's :data:`EXTRA_TERMS` add the supervised InfoNCE over the support and the two-view InfoNCE over up to
+    ``unlabelled_batch`` unlabelled images. Draws (unlabelled batches, augmentations) depend on the seed only.
+    """
+    supervised, unlabelled = EXTRA_TERMS.get(settings.method, (False, False))
+    device = next(backbone.parameters()).device
+    margin = CosFaceMargin()
+    images = data.train.images(split.indices).to(device)
+    labels = split.labels.to(device)
+    pool = np.asarray(split.unlabelled)
+    augment = FaceAugment().train()
+    seed_everything(settings.seed)
+    losses = []
+    with torch.enable_grad():
+        for step in tqdm(range(settings.adapt_steps), desc=f"{settings.method} k={split.shots}",
+                         disable=not settings.progress, leave=False):
+            current = {name: tensor.detach().requires_grad_() for name, tensor in params.items()}
+            parameters = to_parameters(current)
+            embeddings = functional_call(backbone, parameters, (images,), strict=False)
+            loss = prototype_margin_loss(embeddings, labels, prototypes(embeddings, labels, len(split.support)), margin)
+            if supervised:
+                loss = loss + settings.contrastive_weight * supervised_info_nce(embeddings, labels,
+                                                                                temperature=settings.temperature)
+            if unlabelled:
+                rng = np.random.default_rng((settings.seed, split.shots, step))
+                chosen = rng.choice(pool, size=min(settings.unlabelled_batch, len(pool)), replace=False)
+                batch = data.train.images(chosen.tolist())
+                views = functional_call(backbone, parameters, (torch.cat([augment(batch), augment(batch)]).to(device),),
+                                        strict=False)
+                loss = loss + settings.unlabelled_weight * view_contrastive_loss(*views.chunk(2), settings.temperature)
+            grads = torch.autograd.grad(loss, list(current.values()), allow_unused=True)
+            params = {name: tensor if grad is None else (tensor - settings.adapt_lr * grad).detach()
+                      for (name, tensor), grad in zip(current.items(), grads)}
+            losses.append(float(loss.detach()))
+    return params, losses
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def score_packs(backbone: nn.Module, packs: Mapping[str, VerificationPack], device: torch.device | str = "cpu",
+                ) -> dict[str, dict[str, Any]]:
+    """:func:`~afr.experiments.baseline.evaluate_on_packs`' protocol (flip test, 10 folds) with the distinct chips
+    of all ``packs`` embedded once: the mixed thermal pack repeats the chips of the two thermal collections. The
+    backbone's conv weights are put in the channels-last layout (:func:`fast_layout`)."""
+    images = [image for pack in packs.values() for image in pack.images]
+    embeddings = extract_unique_embeddings(fast_layout(backbone), images, device=device)
+    results, offset = {}, 0
+    for name, pack in packs.items():
+        part = embeddings[offset:offset + len(pack.images)]
+        offset += len(pack.images)
+        results[name] = {**evaluate(part, pack.issame).to_dict(), "sha256": pack.sha256}
+    return results
+
+
+def score_dalora(backbone: nn.Module, start_visible: Mapping[str, Tensor], start_scores: Mapping[str, Any],
+                 data: CrossDomainData, device: torch.device) -> dict[str, dict[str, Any]]:
+    """Thermal packs with the thermal expert merged into the backbone (which the merge consumes); visible packs
+    with the visible expert merged, which is the start itself: the visible expert must still hold
+    ``start_visible`` (:func:`expert_blocks` before the adaptation) bit for bit (RuntimeError otherwise), so
+    ``merge_dalora(backbone, "visible")`` has exactly the weights the start was scored with (:func:`run_start`)
+    and the start's visible ``start_scores`` are its scores, reused rather than computed again."""
+    visible = expert_blocks(backbone, "visible")
+    changed = [name for name in visible if not torch.equal(visible[name], start_visible[name])]
+    if changed:
+        raise RuntimeError(f"the visible expert changed during the thermal adaptation ({changed[:2]}): its scores "
+                           "would not be the start's")
+    thermal = score_packs(merge_dalora(backbone, "thermal"), data.thermal_packs, device)
+    return {name: thermal[name] if name in thermal else dict(start_scores[name]) for name in data.test_packs}
+
+
+# ------------------------------------------------------------------------------------------ runs
+def _record_path(tag: str) -> Path:
+    return results_root() / CrossDomainSettings.experiment / f"{tag}.json"
+
+
+def _write_record(record: Mapping[str, Any], rows: list[dict[str, Any]]) -> None:
+    path = _record_path(record["tag"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1, default=json_default) + "\n")
+    if rows:
+        append_rows(CrossDomainSettings.experiment, rows)
+
+
+def _tests_by_shots(record: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """``{k: {pack: metrics}}`` of a record: k = 0 for zero-shot and the starts (``test`` is ``{pack: metrics}``),
+    each ``test["k<k>"]`` of an adapted method."""
+    if record["shots"] == 0:
+        return {0: record["test"]}
+    return {int(key[1:]): metrics for key, metrics in record["test"].items()}
+
+
+def _rows(record: Mapping[str, Any], settings: CrossDomainSettings, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Tidy rows of a record, with its ``shots``, for each of ``seeds``."""
+    columns = {"split": "test", **settings.table_columns()}
+    return [row for seed in seeds for shots, metrics in _tests_by_shots(record).items()
+            for row in metric_rows(settings.experiment, record["tag"], record["method"], seed, metrics,
+                                   {**columns, "shots": shots})]
+
+
+def run_zero_shot(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str, Any]:
+    """The pretrained backbone on every test pack, scored once (it has no seed); its rows are written for every
+    seed of the grid (and every seed they were written for before), so each method has a value per seed."""
+    settings = settings.for_run("zero-shot", 0)
+    path = _record_path(settings.tag)
+    fresh = settings.overwrite or not path.is_file()
+    if fresh:
+        started = time.time()
+        device = evaluation_device(settings)
+        test = score_packs(create_backbone(settings.backbone, settings.weights), data.test_packs, device)
+        record = {"experiment": settings.experiment, "tag": settings.tag, "method": "zero-shot", "seed": 0,
+                  "shots": 0, "settings": {name: getattr(settings, name) for name in ZERO_SHOT_FIELDS}, "test": test,
+                  "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
+        _write_record(record, [])
+    else:
+        record = json.loads(path.read_text())
+    table = read_table(settings.experiment)
+    written = set(table.loc[table["run"] == record["tag"], "seed"].astype(int)) if len(table) else set()
+    if fresh or not set(settings.seeds) <= written:
+        append_rows(settings.experiment, _rows(record, settings, sorted(written | set(settings.seeds))))
+    return record
+
+
+def run_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, need_adapter: bool = True,
+              ) -> dict[str, Any]:
+    """Stage 1 for ``settings.seed``: meta-train LoRA on the visible collections, save its adapter under
+    ``<start dir>/adapter``, score it on every pack, record. A recorded start is reused unless ``overwrite``, or
+    when ``need_adapter`` and its adapter is gone (then it is meta-trained again)."""
+    tag, run_dir = settings.start_tag(start), settings.start_dir(start)
+    path = _record_path(tag)
+    if path.is_file() and not settings.overwrite and (not need_adapter or (run_dir / "adapter").is_dir()):
+        return json.loads(path.read_text())
+    started = time.time()
+    if settings.overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)  # told to: the training engine's overwrite rule
+    device = evaluation_device(settings)
+    seed_everything(settings.seed)
+    backbone = create_backbone(settings.backbone, settings.weights)
+    backbone = apply_lora(backbone, LoraSettings(r=settings.rank, alpha=float(settings.rank),
+                                                 target_modules=tuple(shared_targets(backbone))))
+    fast_layout(backbone).to(device)
+    sampler = EpisodeSampler(data.train.labels, data.train.collections, settings.n_way, settings.k_shot,
+                             settings.q_query, allowed=VISIBLE_COLLECTIONS, seed=settings.seed)
+    config = settings.meta_config(start)
+    result = meta_train(backbone, lambda step: task_batches(data.train, sampler, config.tasks_per_step, step), config,
+                        run_dir, resume=settings.resume, progress=settings.progress)
+    adapter = save_adapter(backbone, run_dir / "adapter")
+    test = score_packs(merge_dalora(dalora_from_start(settings, adapter), "visible"), data.test_packs, device)
+    record = {"experiment": settings.experiment, "tag": tag, "method": f"{start}-start", "seed": settings.seed,
+              "shots": 0, "settings": {name: getattr(settings, name) for name in settings.start_fields(start)},
+              "meta_training": {"steps": result.steps, "history": result.history, "first_order": True,
+                                "inner_steps": config.inner_steps, "seconds_per_step": result.seconds_per_step},
+              "test": test, "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
+    _write_record(record, _rows(record, settings, [settings.seed]))
+    return record
+
+
+def _adapted_model(settings: CrossDomainSettings, adapter: Path) -> tuple[nn.Module, dict[str, Tensor], ToParameters]:
+    """The start ready for adaptation: the model, the tensors to train, and how they become its parameters."""
+    if settings.method == "lora":
+        backbone = fast_layout(load_adapter(create_backbone(settings.backbone, settings.weights), adapter))
+        backbone.to(evaluation_device(settings))
+        params = {name: p.detach().clone() for name, p in adapter_parameters(backbone).items()}
+        return backbone, params, lambda tensors: tensors
+    backbone = dalora_from_start(settings, adapter)
+    set_domains(backbone, ["thermal"])  # every adaptation batch goes to the thermal expert
+    return backbone, expert_blocks(backbone, "thermal"), lambda blocks: with_expert_blocks(backbone, blocks, "thermal")
+
+
+def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str, Any]:
+    """Adapt the method's start to thermal for every k and score it (zero-shot: :func:`run_zero_shot`); a k the
+    method does not apply to is recorded under ``skipped`` with the reason. Reused when recorded, unless
+    overwrite; the start is meta-trained first if its adapter is missing."""
+    if settings.method == "zero-shot":
+        return run_zero_shot(settings, data)
+    path = _record_path(settings.tag)
+    if path.is_file() and not settings.overwrite:
+        return json.loads(path.read_text())
+    started = time.time()
+    start = START_OF[settings.method]
+    skipped = {str(shots): settings.not_applicable(settings.method, shots) for shots in settings.shots}
+    skipped = {shots: reason for shots, reason in skipped.items() if reason}
+    applicable = [shots for shots in settings.shots if str(shots) not in skipped]
+    if applicable:
+        start_scores = run_start(dataclasses.replace(settings, overwrite=False), data, start, need_adapter=True)["test"]
+    adapter = settings.start_dir(start) / "adapter"
+    device = evaluation_device(settings)
+    test, adaptation = {}, {}
+    for shots in applicable:
+        split = thermal_split(data, shots, settings.seed)
+        backbone, params, to_parameters = _adapted_model(settings, adapter)
+        start_visible = None if settings.method == "lora" else expert_blocks(backbone, "visible")
+        params, losses = adapt(backbone, params, to_parameters, data, split, settings)
+        _load_parameters(backbone, to_parameters(params))
+        test[f"k{shots}"] = (score_packs(merge_lora(backbone), data.test_packs, device) if start_visible is None
+                             else score_dalora(backbone, start_visible, start_scores, data, device))
+        adaptation[f"k{shots}"] = {"identities": len(split.support), "labelled_images": len(split.indices),
+                                   "unlabelled_images": len(split.unlabelled), "losses": losses}
+    record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
+              "seed": settings.seed, "shots": list(settings.shots), "start": settings.start_tag(start),
+              "settings": dataclasses.asdict(settings), "adaptation": adaptation, "test": test, "skipped": skipped,
+              "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
+    _write_record(record, _rows(record, settings, [settings.seed]))
+    return record
+
+
+def run_grid(settings: CrossDomainSettings, data: CrossDomainData) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every (method, seed) record, plus ``(<start>-start, seed)`` for the starts the methods use and
+    ``(zero-shot, seed)`` (the same record for every seed) for forgetting against zero-shot."""
+    zero = run_zero_shot(settings, data)
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    for seed in settings.seeds:
+        records[("zero-shot", seed)] = zero
+        for start in dict.fromkeys(START_OF[m] for m in settings.methods if m in START_OF):
+            records[(f"{start}-start", seed)] = run_start(dataclasses.replace(settings, seed=seed), data, start,
+                                                          need_adapter=False)
+        for method in settings.methods:
+            if method != "zero-shot":
+                records[(method, seed)] = run_method(settings.for_run(method, seed), data)
+    return records
+
+
+def skipped_rows(records: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[str]:
+    """The distinct reasons of every skipped (method, k)."""
+    return list(dict.fromkeys(reason for record in records.values() for reason in record.get("skipped", {}).values()))
+
+
+# ------------------------------------------------------------------------------------------ tables
+def grid_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
+    """Long table (method, seed, shots, domain, metric, value) of the grid; shots 0: zero-shot and the starts."""
+    import pandas as pd
+
+    rows = []
+    for (method, seed), record in records.items():
+        for shots, packs in _tests_by_shots(record).items():
+            for domain, metrics in packs.items():
+                for metric, key in (("accuracy", "accuracy_mean"), ("auc", "auc"), ("eer", "eer")):
+                    rows.append({"method": method, "seed": seed, "shots": shots, "domain": domain, "metric": metric,
+                                 "value": metrics[key]})
+    return pd.DataFrame(rows)
+
+
+def summary_table(table, metric: str = "auc"):
+    """``mean ± sd`` over seeds: rows (method, shots), columns the test packs (thermal first)."""
+    chosen = table[table["metric"] == metric]
+    stats = chosen.groupby(["method", "shots", "domain"])["value"].agg(["mean", "std"])
+    cells = stats.apply(lambda r: f"{r['mean']:.4f}" + ("" if np.isnan(r["std"]) else f" ± {r['std']:.4f}"), axis=1)
+    wide = cells.unstack("domain")[[*THERMAL_PACKS, *VISIBLE_PACKS]]
+    order = [*(f"{start}-start" for start in STARTS), *METHODS]
+    return wide.sort_index(key=lambda index: index.map(order.index) if index.name == "method" else index)
+
+
+def forgetting_table(table):
+    """Per (method, seed, shots, visible pack): accuracy after adaptation minus the method's start's
+    (``change_vs_start``; zero-shot is its own start) and minus zero-shot's (``change_vs_zero_shot``)."""
+    accuracy = table[(table["metric"] == "accuracy") & table["domain"].isin(VISIBLE_PACKS)]
+    before = accuracy[accuracy["shots"] == 0].set_index(["method", "seed", "domain"])["value"]
+    after = accuracy[accuracy["method"].isin(METHODS)].drop(columns="metric").rename(columns={"value": "accuracy"})
+    start_of = {method: f"{START_OF[method]}-start" for method in START_OF} | {"zero-shot": "zero-shot"}
+    after = after.assign(start=after["method"].map(start_of))
+    after = after.join(before.rename("start_accuracy"), on=["start", "seed", "domain"])
+    after = after.join(before.xs("zero-shot").rename("zero_shot_accuracy"), on=["seed", "domain"])
+    return after.assign(change_vs_start=after["accuracy"] - after["start_accuracy"],
+                        change_vs_zero_shot=after["accuracy"] - after["zero_shot_accuracy"],
+                        ).drop(columns=["start", "start_accuracy", "zero_shot_accuracy"]).reset_index(drop=True)
+
+
+PAIRS = (("dalora+maml", "lora"), ("dalora+maml+contrastive+semi", "dalora+maml+contrastive"))
+
+
+def paired_tests(table, settings: CrossDomainSettings, metric: str = "auc"):
+    """Paired t-tests over seeds (scipy ``ttest_rel``) of ``dalora+maml`` vs ``lora`` and of the semi-supervised
+    row vs its supervised twin, per k and test pack (notebook 04's test at the one adaptation step count)."""
+    import pandas as pd
+
+    frames = []
+    for first, second in PAIRS:
+        pair = table[table["method"].isin((first, second)) & (table["shots"] > 0)]
+        for domain, part in pair.groupby("domain", sort=False):
+            if set(part["method"]) == {first, second}:
+                tests = paired_tests_per_point(part.assign(steps=settings.adapt_steps), against=first, metric=metric)
+                frames.append(tests.assign(domain=domain).drop(columns="steps"))
+    columns = ["comparison", "shots", "domain", "metric", "seeds", "mean_difference", "p_value"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def compare_with_committed(records: Mapping[Any, Mapping[str, Any]]) -> str:
+    """Every run's test metrics (``k<k>/<pack>`` for adapted methods) against the committed record of its tag,
+    within :data:`afr.experiments.reference.TOLERANCES`; one line."""
+    from afr.experiments.reference import compare_grid_with_committed
+
+    unique = {record["tag"]: record for record in records.values()}
+    return compare_grid_with_committed({tag: SimpleNamespace(record=record) for tag, record in unique.items()})
+
+
+def plot_results(table, forgetting, settings: CrossDomainSettings):
+    """Left: mixed-thermal-pack AUC against k, each line from its start at k = 0 (zero-shot: a point); ``dalora``
+    dashed, as it lies on ``lora`` by construction. Right: visible accuracy change against the start, mean over the
+    visible packs (the forgetting; 0 by construction for the DA-LoRA rows). Error bars: sd over seeds."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    auc = table[(table["metric"] == "auc") & (table["domain"] == "thermal")]
+    mean = auc.groupby(["method", "shots"])["value"].agg(["mean", "std"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for method in [m for m in METHODS if m in mean.index.get_level_values(0)]:
+        points = mean.loc[method]
+        if method in START_OF:
+            points = pd.concat([mean.loc[f"{START_OF[method]}-start"], points])
+        left.errorbar(points.index.to_numpy(), points["mean"], yerr=points["std"].fillna(0), marker="o", capsize=3,
+                      color=colours[method], linestyle="--" if method == "dalora" else "-", label=method)
+    left.set_xticks([0, *settings.shots])
+    left.set_xlabel("k labelled thermal images per identity (0: before adaptation)")
+    left.set_ylabel("thermal test AUC (mixed pack)")
+    left.legend(fontsize=7)
+    change = forgetting[forgetting["shots"] > 0].groupby(["method", "shots", "seed"])["change_vs_start"].mean()
+    change = change.groupby(["method", "shots"]).agg(["mean", "std"])
+    methods = [m for m in METHODS if m in change.index.get_level_values(0)]
+    width = 0.8 / max(len(methods), 1)
+    for position, method in enumerate(methods):
+        points = change.loc[method]
+        x = np.array([settings.shots.index(k) for k in points.index]) + (position - (len(methods) - 1) / 2) * width
+        right.bar(x, points["mean"], width, yerr=points["std"].fillna(0), capsize=2, color=colours[method],
+                  label=method)
+        right.scatter(x, points["mean"], color=colours[method], marker="_", s=80)  # a visible mark for a 0 bar
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_xticks(range(len(settings.shots)), [f"k = {k}" for k in settings.shots])
+    right.set_ylabel("visible accuracy change vs the start")
+    right.set_title("forgetting (mean over controlled, wild, lowquality)", fontsize=9)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def run_experiment(settings: CrossDomainSettings) -> dict[str, Any]:
+    """The whole of notebook 05 without its pictures; a JSON-ready summary (mean over seeds)."""
+    data = load_data(settings)
+    records = run_grid(settings, data)
+    table = grid_table(records)
+    summary = table.groupby(["method", "shots", "domain", "metric"])["value"].agg(["mean", "std", "count"])
+    forgetting = forgetting_table(table).groupby(["method", "shots"])[["change_vs_start", "change_vs_zero_shot"]].mean()
+    return {"experiment": settings.experiment,
+            "runs": {f"{method}/seed{seed}": record["tag"] for (method, seed), record in records.items()},
+            "skipped": skipped_rows(records),
+            "summary": summary.reset_index().to_dict(orient="records"),
+            "forgetting": forgetting.reset_index().to_dict(orient="records")}

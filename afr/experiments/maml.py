@@ -1,0 +1,346 @@
+"""The MAML experiment (notebook 04): does a meta-learned LoRA initialisation adapt to a new domain faster?
+
+The source collections (ORL, Yale, low quality, PUJ-T360 thermal) are the meta-training tasks; the target
+collection (default: Notre Dame thermal) is held out: none of its identities is seen before adaptation. Every
+row starts from the same pretrained backbone with LoRA of rank r and differs in how the LoRA tensors start:
+
+* ``maml``: meta-learned over source episodes, second order (the meta-gradient flows through the inner steps);
+* ``fomaml``: the same with the second-order terms dropped (first-order MAML);
+* ``pooled-lora``: trained on the same episodes with the same number of outer steps and the same optimiser, but
+  without the inner loop (``inner_steps = 0``): multi-task training on the pooled source collections, the
+  baseline MAML has to beat;
+* ``random``: no meta-training; LoRA's own start (A Kaiming, B zero), i.e. the pretrained backbone; at step 0
+  it is the ``zero-shot`` row.
+
+Adaptation to the target is the inner loop itself: plain SGD at ``inner_lr`` on the k images per training
+identity of the target collection (class centres = the support images' mean embeddings, CosFace), evaluated on
+the target's test identities after each of ``steps``. One record per (method, seed) in
+``results/maml/<tag>.json`` with the meta-training history and the curves for every k; rows in
+``results/tables/maml.csv`` with columns ``shots`` and ``steps``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from afr.adapters.lora import LoraSettings, apply_lora, save_adapter, trainable_parameters
+from afr.data.collections import collection_pack, training_collections
+from afr.data.embedded import EmbeddedBenchmark, load_embedded
+from afr.data.verification import VerificationPack
+from afr.eval.extract import chips_to_tensor
+from afr.experiments.baseline import evaluate_on_packs
+from afr.experiments.records import append_rows, environment_info, json_default, metric_rows
+from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, setting
+from afr.experiments.training import evaluation_device
+from afr.io import atomic_write_text
+from afr.losses.margin import CosFaceMargin
+from afr.meta import MetaConfig, TaskBatch, adapter_parameters, inner_adapt, meta_train
+from afr.meta.episodes import EpisodeSampler, few_shot_support
+from afr.models import create_backbone
+from afr.paths import results_root
+from afr.train import seed_everything
+
+__all__ = ["METHODS", "MamlData", "MamlExperimentSettings", "adaptation_curves", "curve_table", "load_data",
+           "run_method", "run_grid"]
+
+METHODS = ("maml", "fomaml", "pooled-lora", "random")
+#: how each method meta-trains: (inner steps from the settings?, first order)
+META_VARIANTS = {"maml": (True, False), "fomaml": (True, True), "pooled-lora": (False, True)}
+
+
+@dataclass
+class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings):
+    """Notebook 04 / ``python -m afr maml``: every field is a notebook parameter and a CLI option."""
+
+    experiment: ClassVar[str] = "maml"
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (*ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds")
+    TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "backbone", "rank", "target", "meta_steps", "inner_steps", "inner_lr", "meta_lr")
+
+    backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded; dinov2-vits14 / clip-vitb16 with "
+                            "weights)")
+    weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
+    embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
+    methods: tuple[str, ...] = setting(METHODS, "rows to run (subset of " + ", ".join(METHODS) + ")")
+    seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
+    seed: int = setting(0, "seed of a single run (the grid sets it per run)")
+    method: str = setting("maml", "method of a single run (the grid sets it per run)", choices=METHODS)
+    target: str = setting("thermal_und", "held-out target collection (a centre-cropped thermal collection)")
+    sources: tuple[str, ...] = setting(("orl", "yale", "lowquality", "thermal_puj"),
+                                       "meta-training collections (the tasks' domains)")
+    rank: int = setting(8, "LoRA rank r")
+    n_way: int = setting(5, "identities per meta-training episode")
+    k_shot: int = setting(2, "support images per identity in a meta-training episode")
+    q_query: int = setting(2, "query images per identity in a meta-training episode")
+    inner_steps: int = setting(3, "SGD steps of the inner loop (meta-training)")
+    inner_lr: float = setting(1e-3, "SGD learning rate of the inner loop and of the adaptation to the target (1e-2 collapses "
+                             "the dlib embeddings on the source tasks)")
+    meta_steps: int = setting(10, "outer steps (10: the demo budget; make results runs 60)")
+    tasks_per_step: int = setting(2, "episodes per outer step")
+    meta_lr: float = setting(1e-3, "AdamW learning rate of the outer loop")
+    shots: tuple[int, ...] = setting((1, 2, 4), "k: labelled target images per training identity")
+    steps: tuple[int, ...] = setting((0, 1, 3, 5), "adaptation steps at which the target is scored (make results: "
+                                     "0 1 3 5 10 25)")
+    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    output_dir: str | None = setting(None, "runs folder (default runs/)")
+    resume: bool = setting(False, "continue an unfinished meta-training from its last checkpoint")
+    overwrite: bool = setting(False, "run again when the record exists (deletes that run's folder first)")
+    progress: bool = setting(True, "progress bars")
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
+        self.seeds = tuple(int(seed) for seed in self.seeds)
+        self.sources = tuple(self.sources)
+        self.shots = tuple(int(k) for k in self.shots)
+        self.steps = tuple(sorted(int(step) for step in self.steps))
+        unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
+        if self.target in self.sources:
+            raise ValueError(f"the target collection {self.target!r} cannot also be a source")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the runs, or start them again")
+
+    def meta_config(self) -> MetaConfig:
+        """The outer/inner loop settings of this run's method (``random`` has none)."""
+        uses_inner, first_order = META_VARIANTS[self.method]
+        return MetaConfig(inner_steps=self.inner_steps if uses_inner else 0, inner_lr=self.inner_lr,
+                          first_order=first_order, meta_lr=self.meta_lr, meta_steps=self.meta_steps,
+                          tasks_per_step=self.tasks_per_step, seed=self.seed)
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class MamlData:
+    """Training chips in memory with identity labels and collections, and the target's test pack."""
+
+    chips: list[np.ndarray]
+    labels: np.ndarray
+    collections: np.ndarray
+    target_pack: VerificationPack
+    image_size: int
+
+    def images(self, indices) -> torch.Tensor:
+        return chips_to_tensor([self.chips[i] for i in indices], self.image_size)
+
+
+def load_data(settings: MamlExperimentSettings) -> MamlData:
+    benchmark: EmbeddedBenchmark = load_embedded(settings.embedded_root)
+    dataset = benchmark.train_dataset()
+    chips, labels = [], []
+    for index in range(len(dataset)):
+        image, label, _ = dataset[index]
+        chips.append(image)
+        labels.append(label)
+    return MamlData(chips, np.asarray(labels), training_collections(benchmark),
+                    collection_pack(benchmark, settings.target, "test"), benchmark.config.image_size)
+
+
+def task_batches(data: MamlData, sampler: EpisodeSampler, count: int, step: int) -> list[TaskBatch]:
+    """The ``count`` episodes of outer step ``step`` (deterministic in the step, so a resumed run draws the same)."""
+    batches = []
+    for index in range(step * count, (step + 1) * count):
+        episode = sampler.episode(index)
+        batches.append(TaskBatch(
+            support_images=data.images(episode.support), support_labels=torch.as_tensor(episode.support_labels()),
+            query_images=data.images(episode.query), query_labels=torch.as_tensor(episode.query_labels()),
+            n_classes=len(episode.identities), domain=episode.collection))
+    return batches
+
+
+# ------------------------------------------------------------------------------------------ one run
+def initialisation(settings: MamlExperimentSettings, data: MamlData) -> tuple[nn.Module, dict[str, Any]]:
+    """The backbone with LoRA, its LoRA tensors meta-trained as the method says; and the meta-training summary."""
+    seed_everything(settings.seed)
+    backbone = apply_lora(create_backbone(settings.backbone, settings.weights),
+                          LoraSettings(r=settings.rank, alpha=float(settings.rank)))
+    backbone.to(evaluation_device(settings))
+    if settings.method == "random":
+        return backbone, {"steps": 0}
+    sampler = EpisodeSampler(data.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
+                             allowed=settings.sources, seed=settings.seed)
+    config = settings.meta_config()
+    result = meta_train(backbone, lambda step: task_batches(data, sampler, config.tasks_per_step, step), config,
+                        settings.run_dir, resume=settings.resume, progress=settings.progress)
+    return backbone, {"steps": result.steps, "history": result.history,
+                      "seconds_per_step": result.seconds_per_step, "first_order": config.first_order,
+                      "inner_steps": config.inner_steps}
+
+
+def adaptation_curves(backbone: nn.Module, data: MamlData, settings: MamlExperimentSettings,
+                      ) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{k: {steps: target test metrics}}``: SGD on the k-shot support of the target's training identities,
+    scored on its test identities after every step count in ``settings.steps`` (the start is never changed)."""
+    device = next(backbone.parameters()).device
+    margin = CosFaceMargin()
+    curves: dict[str, dict[str, dict[str, Any]]] = {}
+    for shots in settings.shots:
+        support = few_shot_support(data.labels, data.collections, settings.target, shots, seed=settings.seed)
+        identities = sorted(support)
+        indices = [index for identity in identities for index in support[identity]]
+        labels = torch.as_tensor([way for way, identity in enumerate(identities) for _ in support[identity]])
+        images = data.images(indices).to(device)
+        work = copy.deepcopy(backbone)
+        params = {name: p.detach().clone().requires_grad_() for name, p in adapter_parameters(work).items()}
+        curve, done = {}, 0
+        for target_steps in tqdm(settings.steps, desc=f"{settings.method} k={shots}", disable=not settings.progress):
+            if target_steps > done:
+                params = inner_adapt(work, params, images, labels.to(device), len(identities), margin,
+                                     steps=target_steps - done, lr=settings.inner_lr, first_order=True)
+                params = {name: p.detach().requires_grad_() for name, p in params.items()}
+                done = target_steps
+            with torch.no_grad():
+                for name, parameter in work.named_parameters():
+                    if name in params:
+                        parameter.copy_(params[name])
+            curve[str(target_steps)] = evaluate_on_packs(work.eval(), {settings.target: data.target_pack},
+                                                         device=device)[settings.target]
+        curves[str(shots)] = curve
+    return curves
+
+
+def record_path(settings: MamlExperimentSettings) -> Path:
+    return results_root() / settings.experiment / f"{settings.tag}.json"
+
+
+def run_method(settings: MamlExperimentSettings, data: MamlData) -> dict[str, Any]:
+    """Meta-train (or not), adapt to the target for every k, record; a recorded run is reused unless overwrite."""
+    path = record_path(settings)
+    if path.is_file() and not settings.overwrite:
+        return json.loads(path.read_text())
+    started = time.time()
+    if settings.overwrite and settings.run_dir.exists():
+        shutil.rmtree(settings.run_dir)  # told to: the training engine's overwrite rule
+    backbone, meta = initialisation(settings, data)
+    if settings.method != "random":
+        save_adapter(backbone, settings.run_dir / "adapter")
+    trainable, total = trainable_parameters(backbone)
+    curves = adaptation_curves(backbone, data, settings)
+    record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
+              "seed": settings.seed, "settings": dataclasses.asdict(settings),
+              "meta_training": {**meta, "adapter_parameters": trainable, "backbone_parameters": total - trainable},
+              "curves": curves, "environment": environment_info(evaluation_device(settings)),
+              "wall_seconds": round(time.time() - started, 1)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1, default=json_default) + "\n")
+    append_rows(settings.experiment, curve_rows(record, settings))
+    return record
+
+
+def curve_rows(record: Mapping[str, Any], settings: MamlExperimentSettings) -> list[dict[str, Any]]:
+    """Tidy rows of a record's curves (``shots``, ``steps`` columns); ``random`` at step 0 is also ``zero-shot``."""
+    rows = []
+    columns = {"split": "test", **settings.table_columns()}
+    for shots, curve in record["curves"].items():
+        for steps, metrics in curve.items():
+            extra = {**columns, "shots": int(shots), "steps": int(steps)}
+            rows += metric_rows(settings.experiment, record["tag"], record["method"], record["seed"],
+                                {settings.target: metrics}, extra)
+            if record["method"] == "random" and int(steps) == 0:
+                rows += metric_rows(settings.experiment, record["tag"], "zero-shot", record["seed"],
+                                    {settings.target: metrics}, extra)
+    return rows
+
+
+def run_grid(settings: MamlExperimentSettings, data: MamlData) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(method, seed): run_method(settings.for_run(method, seed), data)
+            for seed in settings.seeds for method in settings.methods}
+
+
+def curve_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
+    """Long table (method, seed, shots, steps, metric, value) of the grid's target curves."""
+    import pandas as pd
+
+    rows = []
+    for (method, seed), record in records.items():
+        for shots, curve in record["curves"].items():
+            for steps, metrics in curve.items():
+                for metric, key in (("accuracy", "accuracy_mean"), ("auc", "auc"), ("eer", "eer")):
+                    rows.append({"method": method, "seed": seed, "shots": int(shots), "steps": int(steps),
+                                 "metric": metric, "value": metrics[key]})
+    return pd.DataFrame(rows)
+
+
+def run_experiment(settings: MamlExperimentSettings) -> dict[str, Any]:
+    """The whole of notebook 04 without its pictures; a JSON-ready summary (mean over seeds per point)."""
+    data = load_data(settings)
+    records = run_grid(settings, data)
+    table = curve_table(records)
+    summary = table.groupby(["method", "shots", "steps", "metric"])["value"].agg(["mean", "std", "count"])
+    return {"experiment": settings.experiment, "target": settings.target,
+            "runs": {f"{method}/seed{seed}": record["tag"] for (method, seed), record in records.items()},
+            "summary": summary.reset_index().to_dict(orient="records")}
+
+
+def support_summary(data: MamlData, settings: MamlExperimentSettings) -> str:
+    """Which collections meta-train, how many training identities and images each has, and the held-out target."""
+    lines = []
+    for collection in (*settings.sources, settings.target):
+        chosen = data.collections == collection
+        role = "target (held out)" if collection == settings.target else "source"
+        lines.append(f"{collection:<12} {role:<18} {len(set(data.labels[chosen].tolist())):>3} identities "
+                     f"{int(chosen.sum()):>4} training images")
+    for shots in settings.shots:
+        support = few_shot_support(data.labels, data.collections, settings.target, shots, seed=settings.seed)
+        lines.append(f"k = {shots}: {len(support)} target identities x {shots} = "
+                     f"{sum(len(v) for v in support.values())} labelled target images")
+    pack = data.target_pack
+    lines.append(f"target test pack: {len(pack.issame)} pairs ({int(np.sum(pack.issame))} same identity) of the "
+                 f"target's test identities")
+    return "\n".join(lines)
+
+
+def paired_tests(table, against: str = "maml", metric: str = "auc"):
+    """Paired t-test over seeds (scipy) of ``against`` vs every other method, per (shots, steps)."""
+    import pandas as pd
+    from scipy.stats import ttest_rel
+
+    chosen = table[table["metric"] == metric]
+    rows = []
+    for method in [m for m in chosen["method"].unique() if m != against]:
+        for (shots, steps), group in chosen.groupby(["shots", "steps"]):
+            a = group[group["method"] == against].set_index("seed")["value"]
+            b = group[group["method"] == method].set_index("seed")["value"]
+            seeds = sorted(set(a.index) & set(b.index))
+            rows.append({"comparison": f"{against} - {method}", "shots": shots, "steps": steps, "metric": metric,
+                         "seeds": len(seeds),
+                         "mean_difference": float((a[seeds] - b[seeds]).mean()) if seeds else float("nan"),
+                         "p_value": float(ttest_rel(a[seeds], b[seeds]).pvalue) if len(seeds) >= 2 else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def _as_test_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A curves record in the shape :func:`~afr.experiments.reference.compare_with_reference` reads."""
+    test = {f"k{shots}/step{steps}": metrics for shots, curve in record["curves"].items()
+            for steps, metrics in curve.items()}
+    return {"method": record["method"], "test": test}
+
+
+def compare_curves_with_committed(records: Mapping[Any, Mapping[str, Any]]) -> str:
+    """Every point of every curve against the committed record of the same tag, within the reference tolerances."""
+    from afr.experiments.reference import _limits, committed_result, compare_with_reference
+
+    compared = missing = 0
+    for record in records.values():
+        reference = committed_result(record["tag"], record["experiment"])
+        if reference is None:
+            missing += 1
+            continue
+        compare_with_reference(_as_test_record(record), _as_test_record(reference))
+        compared += 1
+    if not compared:
+        return "no committed runs with these settings: nothing to compare with"
+    return (f"{compared} run(s) agree with their committed records at every point of every curve ({_limits()})"
+            + (f"; {missing} without a committed record" if missing else ""))

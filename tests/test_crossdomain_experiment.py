@@ -1,0 +1,230 @@
+"""Notebook 05's pieces: the thermal expert's adaptation, the unlabelled views' positives, the thermal split, the
+rows a grid leaves and the rows it skips."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from afr.adapters.dalora import merge_dalora
+from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, save_adapter
+from afr.data.collections import collection_identities
+from afr.data.verification import VerificationPack
+from afr.experiments import crossdomain
+from afr.experiments.crossdomain import (METHODS, CrossDomainData, CrossDomainSettings, ThermalSplit, adapt,
+                                         dalora_from_start, expert_blocks, forgetting_table, grid_table, load_data,
+                                         run_method, score_dalora, shared_targets, thermal_split,
+                                         view_contrastive_loss, with_expert_blocks)
+from afr.experiments.maml import MamlData
+from afr.losses.margin import CosFaceMargin
+from afr.meta import inner_adapt
+from afr.models import create_backbone
+
+TINY = dict(backbone="tiny-dinov2", rank=2, adapt_steps=3, adapt_lr=0.05, unlabelled_batch=4, device="cpu",
+            progress=False)
+
+
+def _tiny_start(tmp_path):
+    """A tiny-DINOv2 LoRA start with a non-zero update, saved as the adapter a start leaves."""
+    torch.manual_seed(0)
+    backbone = create_backbone("tiny-dinov2")
+    lora = apply_lora(backbone, LoraSettings(r=2, alpha=2.0, target_modules=tuple(shared_targets(backbone))))
+    for name, parameter in lora.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.1)
+    return lora, save_adapter(lora, tmp_path / "adapter")
+
+
+def _fresh(settings, adapter):
+    """The start's DA-LoRA on the same random tiny backbone (created under the same seed)."""
+    torch.manual_seed(0)
+    return dalora_from_start(settings, adapter)
+
+
+def _tiny_data(n_images: int = 10) -> CrossDomainData:
+    rng = np.random.default_rng(0)
+    chips = [rng.integers(0, 256, (28, 28, 3), dtype=np.uint8) for _ in range(n_images)]
+    labels = np.repeat(np.arange(n_images // 2), 2)
+    train = MamlData(chips, labels, np.array(["thermal_und"] * n_images), target_pack=None, image_size=28)
+    return CrossDomainData(train, np.array([f"id{label}" for label in labels], dtype=object), {})
+
+
+def test_adapting_the_thermal_expert_leaves_the_visible_expert_and_its_merged_outputs_as_the_start(tmp_path):
+    lora, adapter = _tiny_start(tmp_path)
+    settings = CrossDomainSettings(**TINY, method="dalora+maml+contrastive+semi")
+    data = _tiny_data()
+    split = ThermalSplit(2, {0: [0, 1], 1: [2, 3], 2: [4, 5]}, (6, 7, 8, 9))
+    torch.manual_seed(0)  # the same random tiny backbone as the start's
+    backbone, params, to_parameters = crossdomain._adapted_model(settings, adapter)
+    start = {name: p.detach().clone() for name, p in backbone.named_parameters()}
+    params, losses = adapt(backbone, params, to_parameters, data, split, settings)
+    crossdomain._load_parameters(backbone, to_parameters(params))
+
+    visible, thermal = expert_blocks(backbone, "visible"), expert_blocks(backbone, "thermal")
+    started = expert_blocks(_fresh(settings, adapter), "visible")
+    assert all(torch.equal(visible[name], started[name]) for name in visible)  # bit-identical
+    assert any(not torch.equal(thermal[name], started[name]) for name in thermal)  # the thermal expert moved
+    assert all(torch.equal(p, start[name]) for name, p in backbone.named_parameters() if "lora" not in name)
+    assert len(losses) == settings.adapt_steps and all(math.isfinite(loss) for loss in losses)
+
+    images = torch.rand(4, 3, 28, 28)
+    with torch.no_grad():
+        adapted_visible = merge_dalora(copy.deepcopy(backbone), "visible").eval()(images)
+        start_visible = merge_dalora(_fresh(settings, adapter), "visible").eval()(images)
+        adapted_thermal = merge_dalora(copy.deepcopy(backbone), "thermal").eval()(images)
+        lora_start = merge_lora(copy.deepcopy(lora)).eval()(images)
+    assert torch.equal(adapted_visible, start_visible)  # the visible scores are the start's by construction
+    torch.testing.assert_close(start_visible, lora_start)  # and the start is the LoRA start (up to rounding)
+    assert not torch.allclose(adapted_thermal, start_visible)
+
+
+def test_dalora_rows_take_the_start_visible_scores_only_while_the_visible_expert_is_the_start(tmp_path):
+    _, adapter = _tiny_start(tmp_path)
+    settings = CrossDomainSettings(**TINY, method="dalora+maml")
+    rng = np.random.default_rng(1)
+    packs = {name: VerificationPack(name, [rng.integers(0, 256, (28, 28, 3), dtype=np.uint8) for _ in range(40)],
+                                    np.arange(20) % 2 == 0, name)
+             for name in ("thermal_und", "thermal_puj", "thermal", "controlled", "wild", "lowquality")}
+    data = CrossDomainData(_tiny_data().train, np.array([]), packs)
+    start_scores = {name: {"auc": 0.5 + i / 100} for i, name in enumerate(packs)}
+    backbone = _fresh(settings, adapter)
+    start_visible = expert_blocks(backbone, "visible")
+    crossdomain._load_parameters(backbone, with_expert_blocks(
+        backbone, {n: t + 0.1 for n, t in expert_blocks(backbone, "thermal").items()}, "thermal"))
+    scores = score_dalora(copy.deepcopy(backbone), start_visible, start_scores, data, "cpu")
+    assert all(scores[name] == start_scores[name] for name in ("controlled", "wild", "lowquality"))
+    assert all(scores[name]["sha256"] == name for name in ("thermal_und", "thermal_puj", "thermal"))  # scored
+    crossdomain._load_parameters(backbone, with_expert_blocks(
+        backbone, {n: t + 0.1 for n, t in expert_blocks(backbone, "visible").items()}, "visible"))
+    with pytest.raises(RuntimeError, match="visible expert changed"):
+        score_dalora(backbone, start_visible, start_scores, data, "cpu")
+
+
+def test_without_extra_terms_an_adaptation_step_is_inner_adapt(tmp_path):
+    lora, _ = _tiny_start(tmp_path)
+    settings = CrossDomainSettings(**TINY, method="lora")
+    data = _tiny_data()
+    split = ThermalSplit(2, {0: [0, 1], 1: [2, 3], 2: [4, 5]}, ())
+    params = {name: p.detach().clone() for name, p in lora.named_parameters() if p.requires_grad}
+    ours, _ = adapt(lora, params, lambda tensors: tensors, data, split, settings)
+    theirs = inner_adapt(lora, params, data.train.images(split.indices), split.labels, 3, CosFaceMargin(),
+                         steps=settings.adapt_steps, lr=settings.adapt_lr, first_order=True)
+    for name in params:
+        torch.testing.assert_close(ours[name], theirs[name].detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_the_unlabelled_term_takes_the_other_view_of_the_same_image_as_the_only_positive():
+    torch.manual_seed(0)
+    first, second = torch.randn(3, 5), torch.randn(3, 5)
+    tau = 0.5
+    z = torch.nn.functional.normalize(torch.cat([first, second]), dim=1)
+    expected = []
+    for anchor in range(6):  # NT-Xent by hand: the positive of view i of image j is the other view of image j
+        positive = (anchor + 3) % 6
+        others = [a for a in range(6) if a != anchor]
+        logits = torch.stack([z[anchor] @ z[a] / tau for a in others])
+        expected.append(-(z[anchor] @ z[positive] / tau - torch.logsumexp(logits, 0)))
+    torch.testing.assert_close(view_contrastive_loss(first, second, tau), torch.stack(expected).mean())
+    views = torch.randn(8, 16)
+    same = view_contrastive_loss(views, views + 0.01 * torch.randn(8, 16), 0.1)
+    shuffled = view_contrastive_loss(views, views[torch.randperm(8, generator=torch.Generator().manual_seed(1))], 0.1)
+    assert same < shuffled
+
+
+@pytest.mark.shared("data/faces/thermal")
+def test_support_and_unlabelled_images_are_disjoint_thermal_training_images(embedded_benchmark):
+    data = load_data(CrossDomainSettings(embedded_root=str(embedded_benchmark.root)))
+    thermal = set(np.flatnonzero(np.isin(data.train.collections, ("thermal_und", "thermal_puj"))).tolist())
+    test_identities = {name for collection in ("thermal_und", "thermal_puj")
+                       for name in collection_identities(embedded_benchmark, collection, "test")}
+    for shots in (1, 4):
+        split = thermal_split(data, shots, seed=0)
+        labelled, unlabelled = set(split.indices), set(split.unlabelled)
+        assert not labelled & unlabelled and labelled | unlabelled == thermal
+        assert all(len(indices) == shots for indices in split.support.values())
+        assert not {data.identities[i] for i in unlabelled} & test_identities
+        assert len(unlabelled) == len(split.unlabelled)
+
+
+def test_contrastive_rows_at_k1_are_skipped_with_a_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "results"))
+    for method in ("dalora+maml+contrastive", "dalora+maml+contrastive+semi"):
+        assert "no positive" in CrossDomainSettings.not_applicable(method, 1)
+        assert CrossDomainSettings.not_applicable(method, 2) is None
+        record = run_method(CrossDomainSettings(method=method, shots=(1,), progress=False), data=None)
+        assert record["test"] == {} and "no positive" in record["skipped"]["1"]
+    assert all(CrossDomainSettings.not_applicable(method, 1) is None for method in METHODS[:4])
+    assert not (tmp_path / "results" / "tables" / "crossdomain.csv").exists()  # no rows, no meta-training
+
+
+def test_tags_follow_what_each_run_depends_on():
+    base = CrossDomainSettings()
+    adapted = dataclasses.replace(base, adapt_lr=1e-2)
+    assert adapted.tag != base.tag and adapted.start_tag("maml") == base.start_tag("maml")
+    assert base.start_tag("pooled") == dataclasses.replace(base, inner_steps=5).start_tag("pooled")
+    assert base.start_tag("maml") != dataclasses.replace(base, inner_steps=5).start_tag("maml")
+    assert base.for_run("zero-shot", 2).tag == base.for_run("zero-shot", 0).tag == \
+        dataclasses.replace(base, meta_steps=60).for_run("zero-shot", 1).tag
+    assert dataclasses.replace(base, progress=False, overwrite=True).tag == base.tag
+
+
+def _metrics(accuracy: float) -> dict[str, float]:
+    return {"accuracy_mean": accuracy, "accuracy_std": 0.01, "auc": accuracy, "eer": 1 - accuracy}
+
+
+def test_grid_rows_and_forgetting_against_the_start_and_zero_shot():
+    packs = ("thermal_und", "thermal_puj", "thermal", "controlled", "wild", "lowquality")
+    zero = {"tag": "z", "method": "zero-shot", "shots": 0, "test": {p: _metrics(0.80) for p in packs}}
+    start = {"tag": "s", "method": "pooled-start", "shots": 0, "test": {p: _metrics(0.90) for p in packs}}
+    lora = {"tag": "l", "method": "lora", "shots": [4], "test": {"k4": {p: _metrics(0.85) for p in packs}}}
+    dalora = {"tag": "d", "method": "dalora", "shots": [4],
+              "test": {"k4": {p: _metrics(0.95 if p.startswith("thermal") else 0.90) for p in packs}}}
+    records = {("zero-shot", 0): zero, ("pooled-start", 0): start, ("lora", 0): lora, ("dalora", 0): dalora}
+    table = grid_table(records)
+    assert set(table["domain"]) == set(packs) and set(table["metric"]) == {"accuracy", "auc", "eer"}
+    assert sorted(set(zip(table["method"], table["shots"]))) == [
+        ("dalora", 4), ("lora", 4), ("pooled-start", 0), ("zero-shot", 0)]
+    forgetting = forgetting_table(table).set_index(["method", "domain"])
+    assert forgetting.loc[("dalora", "wild"), "change_vs_start"] == 0.0
+    assert forgetting.loc[("lora", "wild"), "change_vs_start"] == pytest.approx(-0.05)
+    assert forgetting.loc[("lora", "wild"), "change_vs_zero_shot"] == pytest.approx(0.05)
+    assert forgetting.loc[("zero-shot", "wild"), "change_vs_start"] == 0.0
+    rows = pd.DataFrame(crossdomain._rows(lora, CrossDomainSettings(), [0, 1]))
+    assert set(rows["shots"]) == {4} and set(rows["seed"]) == {0, 1} and set(rows["method"]) == {"lora"}
+
+
+def test_zero_shot_is_scored_once_and_has_rows_for_every_seed_of_the_grids(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "results"))
+    settings = CrossDomainSettings(seeds=(0, 1))
+    packs = ("thermal_und", "thermal_puj", "thermal", "controlled", "wild", "lowquality")
+    record = {"experiment": "crossdomain", "tag": settings.for_run("zero-shot", 0).tag, "method": "zero-shot",
+              "seed": 0, "shots": 0, "test": {p: _metrics(0.8) for p in packs}}
+    crossdomain._write_record(record, [])
+    assert crossdomain.run_zero_shot(settings, data=None)["test"] == record["test"]  # reused, not scored
+    crossdomain.run_zero_shot(dataclasses.replace(settings, seeds=(2,)), data=None)
+    table = pd.read_csv(tmp_path / "results" / "tables" / "crossdomain.csv")
+    assert sorted(set(table["seed"])) == [0, 1, 2] and set(table["shots"]) == {0}
+    assert set(table["method"]) == {"zero-shot"} and set(table["domain"]) == set(packs)
+
+
+def test_the_regression_check_compares_every_k_and_pack_with_the_committed_record(tmp_path, monkeypatch):
+    from afr.experiments import reference
+
+    monkeypatch.setattr(reference, "PROJECT_ROOT", tmp_path)
+    packs = ("thermal", "wild")
+    record = {"experiment": "crossdomain", "tag": "crossdomain_lora_seed0_x", "method": "lora", "shots": [1, 4],
+              "test": {f"k{k}": {p: _metrics(0.9) for p in packs} for k in (1, 4)}}
+    assert crossdomain.compare_with_committed({("lora", 0): record}).startswith("no committed runs")
+    (tmp_path / "results" / "crossdomain").mkdir(parents=True)
+    (tmp_path / "results" / "crossdomain" / f"{record['tag']}.json").write_text(json.dumps(record))
+    assert crossdomain.compare_with_committed({("lora", 0): record, ("lora", 1): record}).startswith("1 run(s) agree")
+    moved = copy.deepcopy(record)
+    moved["test"]["k4"]["wild"]["auc"] = 0.8
+    with pytest.raises(AssertionError, match="k4/wild/auc"):
+        crossdomain.compare_with_committed({("lora", 0): moved})
