@@ -56,9 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_build_embedded(commands)
     _add_baseline(commands)
-    _add_dalora(commands)
-    _add_maml(commands)
-    _add_crossdomain(commands)
+    for name in GRID_EXPERIMENTS:
+        _add_grid_experiment(commands, name)
     return parser
 
 
@@ -275,68 +274,41 @@ def baseline_command(args: argparse.Namespace) -> dict[str, Any]:
     return run_baseline(settings_from_arguments(args, BaselineSettings))
 
 
-# --------------------------------------------------------------------------------------------- dalora
-def _add_dalora(commands: argparse._SubParsersAction) -> None:
-    from afr.experiments.dalora import DaLoraExperimentSettings
+# --------------------------------------------------------------------------------------------- grid experiments
+#: command -> (experiment module, its settings class, its notebook, help); each module has ``run_experiment``
+GRID_EXPERIMENTS = {
+    "dalora": ("afr.experiments.dalora", "DaLoraExperimentSettings", "03_dalora",
+               "LoRA vs parameter-matched LoRA vs DA-LoRA (classifier/oracle/uniform) on the embedded benchmark"),
+    "maml": ("afr.experiments.maml", "MamlExperimentSettings", "04_maml",
+             "MAML / first-order MAML / pooled-LoRA / random LoRA initialisations adapted to a held-out collection"),
+    "crossdomain": ("afr.experiments.crossdomain", "CrossDomainSettings", "05_crossdomain",
+                    "visible -> thermal with k labelled thermal images: LoRA / DA-LoRA / MAML starts, contrastive and "
+                    "semi-supervised terms, forgetting of the visible domain"),
+}
+
+
+def _add_grid_experiment(commands: argparse._SubParsersAction, name: str) -> None:
+    import importlib
+
     from afr.experiments.settings import add_arguments
 
-    dalora = commands.add_parser(
-        "dalora", help="LoRA vs parameter-matched LoRA vs DA-LoRA (classifier/oracle/uniform) on the embedded "
-        "benchmark (prints a JSON summary)",
-        description="The recipe of notebooks/03_dalora.ipynb; the options are its settings, with the same defaults.")
-    add_arguments(dalora, DaLoraExperimentSettings)
-    _add_debug(dalora)
-    dalora.set_defaults(handler=dalora_command)
+    module, settings_name, notebook, summary = GRID_EXPERIMENTS[name]
+    command = commands.add_parser(
+        name, help=f"{summary} (prints a JSON summary)",
+        description=f"The recipe of notebooks/{notebook}.ipynb; the options are its settings, with the same defaults.")
+    add_arguments(command, getattr(importlib.import_module(module), settings_name))
+    _add_debug(command)
+    command.set_defaults(handler=grid_experiment_command)
 
 
-def dalora_command(args: argparse.Namespace) -> dict[str, Any]:
-    from afr.experiments.dalora import DaLoraExperimentSettings, run_experiment
+def grid_experiment_command(args: argparse.Namespace) -> dict[str, Any]:
+    import importlib
+
     from afr.experiments.settings import settings_from_arguments
 
-    return run_experiment(settings_from_arguments(args, DaLoraExperimentSettings))
-
-
-# --------------------------------------------------------------------------------------------- maml
-def _add_maml(commands: argparse._SubParsersAction) -> None:
-    from afr.experiments.maml import MamlExperimentSettings
-    from afr.experiments.settings import add_arguments
-
-    maml = commands.add_parser(
-        "maml", help="MAML / first-order MAML / pooled-LoRA / random LoRA initialisations adapted to a held-out "
-        "collection (prints a JSON summary)",
-        description="The recipe of notebooks/04_maml.ipynb; the options are its settings, with the same defaults.")
-    add_arguments(maml, MamlExperimentSettings)
-    _add_debug(maml)
-    maml.set_defaults(handler=maml_command)
-
-
-def maml_command(args: argparse.Namespace) -> dict[str, Any]:
-    from afr.experiments.maml import MamlExperimentSettings, run_experiment
-    from afr.experiments.settings import settings_from_arguments
-
-    return run_experiment(settings_from_arguments(args, MamlExperimentSettings))
-
-
-# --------------------------------------------------------------------------------------------- crossdomain
-def _add_crossdomain(commands: argparse._SubParsersAction) -> None:
-    from afr.experiments.crossdomain import CrossDomainSettings
-    from afr.experiments.settings import add_arguments
-
-    crossdomain = commands.add_parser(
-        "crossdomain", help="visible -> thermal with k labelled thermal images: LoRA / DA-LoRA / MAML starts, "
-        "contrastive and semi-supervised terms, forgetting of the visible domain (prints a JSON summary)",
-        description="The recipe of notebooks/05_crossdomain.ipynb; the options are its settings, with the same "
-        "defaults.")
-    add_arguments(crossdomain, CrossDomainSettings)
-    _add_debug(crossdomain)
-    crossdomain.set_defaults(handler=crossdomain_command)
-
-
-def crossdomain_command(args: argparse.Namespace) -> dict[str, Any]:
-    from afr.experiments.crossdomain import CrossDomainSettings, run_experiment
-    from afr.experiments.settings import settings_from_arguments
-
-    return run_experiment(settings_from_arguments(args, CrossDomainSettings))
+    module, settings_name, _, _ = GRID_EXPERIMENTS[args.command]
+    experiment = importlib.import_module(module)
+    return experiment.run_experiment(settings_from_arguments(args, getattr(experiment, settings_name)))
 
 
 # --------------------------------------------------------------------------------------------- main
