@@ -87,7 +87,7 @@ from afr.experiments.maml import MamlData, MamlExperimentSettings, task_batches
 from afr.experiments.maml import load_data as load_training_chips
 from afr.experiments.maml import paired_tests as paired_tests_per_point
 from afr.experiments.records import append_rows, environment_info, json_default, metric_rows, read_table
-from afr.experiments.settings import ExperimentSettings, setting
+from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, setting
 from afr.experiments.training import evaluation_device
 from afr.io import atomic_write_text
 from afr.losses.contrastive import supervised_info_nce
@@ -95,7 +95,7 @@ from afr.losses.margin import CosFaceMargin
 from afr.meta import MetaConfig, adapter_parameters, meta_train, prototype_margin_loss, prototypes
 from afr.meta.episodes import EpisodeSampler, few_shot_support
 from afr.models import create_backbone
-from afr.paths import results_root, runs_root
+from afr.paths import results_root
 from afr.train import seed_everything
 
 __all__ = ["EXPERTS", "METHODS", "STARTS", "CrossDomainData", "CrossDomainSettings", "ThermalSplit", "adapt",
@@ -128,7 +128,7 @@ ToParameters = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
 
 @dataclass
-class CrossDomainSettings(ExperimentSettings):
+class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
     """Notebook 05 / ``python -m afr crossdomain``: every field is a notebook parameter and a CLI option."""
 
     experiment: ClassVar[str] = "crossdomain"
@@ -204,7 +204,7 @@ class CrossDomainSettings(ExperimentSettings):
         return f"{self.experiment}_{start}-start_seed{self.seed}_{self._digest(start, self.start_fields(start))}"
 
     def start_dir(self, start: str) -> Path:
-        return (Path(self.output_dir) if self.output_dir else runs_root()) / self.start_tag(start)
+        return self.runs_folder / self.start_tag(start)
 
     def meta_config(self, start: str) -> MetaConfig:
         return MetaConfig(inner_steps=self.inner_steps if STARTS[start] else 0, inner_lr=self.inner_lr,

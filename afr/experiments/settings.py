@@ -81,10 +81,15 @@ class MethodSeedGrid:
         return f"{self.experiment}_{self.method}_seed{self.seed}_{self.digest()}"
 
     @property
-    def run_dir(self) -> Path:
+    def runs_folder(self) -> Path:
+        """Where this experiment's run folders go: ``output_dir``, else ``runs/``."""
         from afr.paths import runs_root
 
-        return (Path(self.output_dir) if self.output_dir else runs_root()) / self.tag
+        return Path(self.output_dir) if self.output_dir else runs_root()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_folder / self.tag
 
 
 @dataclass
