@@ -82,12 +82,19 @@ maml-results: $(STAMP)
 	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(MAML_RESULTS)' notebooks/04_maml.ipynb \
 	  $(RUN_DIR)/04_maml_results.ipynb
 
-# Notebook 05's committed grid: 3 seeds, 60 stage-1 outer steps, k = 1, 2, 4 (records reused, resumable).
-CROSSDOMAIN_RESULTS := {seeds: [0, 1, 2], meta_steps: 60, shots: [1, 2, 4], progress: false}
+# Notebook 05's committed grids: 3 seeds, 60 stage-1 outer steps (records reused, resumable). Visible -> thermal with
+# k = 1, 2, 4, and k = all as a grid of its own (it shares the starts); visible -> low quality; indoor -> outdoor
+# (no target training identities: the two starts trained on ORL + Yale, scored on the wild photos).
+CROSSDOMAIN_GRID := seeds: [0, 1, 2], meta_steps: 60, progress: false
+CROSSDOMAIN_GRIDS := thermal thermal_kall lowquality outdoor
+CROSSDOMAIN_thermal := {$(CROSSDOMAIN_GRID), shots: [1, 2, 4]}
+CROSSDOMAIN_thermal_kall := {$(CROSSDOMAIN_GRID), shots: [all]}
+CROSSDOMAIN_lowquality := {$(CROSSDOMAIN_GRID), direction: visible->lowquality, shots: [1, 2, 4, all]}
+CROSSDOMAIN_outdoor := {$(CROSSDOMAIN_GRID), direction: indoor->outdoor, methods: [zero-shot]}
 crossdomain-results: $(STAMP)
 	@mkdir -p $(RUN_DIR)
-	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(CROSSDOMAIN_RESULTS)' \
-	  notebooks/05_crossdomain.ipynb $(RUN_DIR)/05_crossdomain_results.ipynb
+	$(foreach name,$(CROSSDOMAIN_GRIDS),$(VENV)/bin/papermill --cwd notebooks --log-level WARNING \
+	  -y '$(CROSSDOMAIN_$(name))' notebooks/05_crossdomain.ipynb $(RUN_DIR)/05_crossdomain_$(name)_results.ipynb && ) true
 
 # The committed results that take long (hours on 2 CPU cores when nothing is recorded yet).
 # Runs already recorded are kept, so an interrupted `make results` resumes.

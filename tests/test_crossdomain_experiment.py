@@ -17,10 +17,10 @@ from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, save_adapter
 from afr.data.collections import collection_identities
 from afr.data.verification import VerificationPack
 from afr.experiments import crossdomain
-from afr.experiments.crossdomain import (METHODS, CrossDomainData, CrossDomainSettings, ThermalSplit, adapt,
+from afr.experiments.crossdomain import (ALL_SHOTS, METHODS, CrossDomainData, CrossDomainSettings, ThermalSplit, adapt,
                                          dalora_from_start, expert_blocks, forgetting_table, grid_table, load_data,
                                          run_method, score_dalora, shared_targets, thermal_split,
-                                         view_contrastive_loss, with_expert_blocks)
+                                         shots_label, view_contrastive_loss, with_expert_blocks)
 from afr.experiments.maml import MamlData
 from afr.losses.margin import CosFaceMargin
 from afr.meta import inner_adapt
@@ -154,13 +154,52 @@ def test_support_and_unlabelled_images_are_disjoint_thermal_training_images(embe
 
 def test_contrastive_rows_at_k1_are_skipped_with_a_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "results"))
+    settings = CrossDomainSettings()
     for method in ("dalora+maml+contrastive", "dalora+maml+contrastive+semi"):
-        assert "no positive" in CrossDomainSettings.not_applicable(method, 1)
-        assert CrossDomainSettings.not_applicable(method, 2) is None
+        assert "no positive" in settings.not_applicable(method, 1)
+        assert settings.not_applicable(method, 2) is None
         record = run_method(CrossDomainSettings(method=method, shots=(1,), progress=False), data=None)
         assert record["test"] == {} and "no positive" in record["skipped"]["1"]
-    assert all(CrossDomainSettings.not_applicable(method, 1) is None for method in METHODS[:4])
+    assert all(settings.not_applicable(method, 1) is None for method in METHODS[:4])
+    # k = all leaves no unlabelled image: the semi row alone is skipped there
+    assert "none is left" in settings.not_applicable("dalora+maml+contrastive+semi", ALL_SHOTS)
+    assert settings.not_applicable("dalora+maml+contrastive", ALL_SHOTS) is None
+    # a direction without target training identities has only its starts (and zero-shot)
+    outdoor = CrossDomainSettings(direction="indoor->outdoor")
+    assert all("no labelled target" in outdoor.not_applicable(method, 4) for method in METHODS[1:])
+    assert "no labelled target" in crossdomain.data_summary(load_data(outdoor), outdoor)
     assert not (tmp_path / "results" / "tables" / "crossdomain.csv").exists()  # no rows, no meta-training
+
+
+def test_shots_all_is_every_target_training_image():
+    settings = CrossDomainSettings(shots=("all", 4, "1"))
+    assert settings.shots == (1, 4, ALL_SHOTS) and shots_label(ALL_SHOTS) == "all"
+    assert dataclasses.replace(settings, seed=1).shots == settings.shots  # parsed values parse again as themselves
+    with pytest.raises(ValueError, match="at least 1"):
+        CrossDomainSettings(shots=(0,))
+    data = load_data(settings)
+    split = thermal_split(data, ALL_SHOTS, seed=0)
+    thermal = np.flatnonzero(np.isin(data.train.collections, ("thermal_und", "thermal_puj")))
+    assert sorted(split.indices) == thermal.tolist() and split.unlabelled == ()
+    assert len(split.support) == len(set(data.train.labels[thermal].tolist()))
+    # another direction draws its support from its own target collection only
+    lowquality = thermal_split(data, 2, seed=0, collections=("lowquality",))
+    assert set(data.train.collections[lowquality.indices]) == {"lowquality"}
+    assert all(len(indices) == 2 for indices in lowquality.support.values())
+
+
+def test_directions_name_their_sources_and_keep_the_default_tags():
+    base = CrossDomainSettings()
+    assert base.tag == dataclasses.replace(base, direction="visible->thermal").tag
+    # the default's digest does not name the direction: tags recorded before directions existed stay valid
+    assert "direction" not in base.digest_values()
+    lowquality = dataclasses.replace(base, direction="visible->lowquality")
+    outdoor = dataclasses.replace(base, direction="indoor->outdoor")
+    assert lowquality.tag != base.tag != outdoor.tag
+    # the starts depend on the source collections: two directions from ORL + Yale share them
+    assert lowquality.start_tag("maml") == outdoor.start_tag("maml") != base.start_tag("maml")
+    assert lowquality.dalora_settings().domains == ("visible", "lowquality")
+    assert base.for_run("zero-shot", 0).tag == lowquality.for_run("zero-shot", 0).tag  # scores every pack anyway
 
 
 def test_tags_follow_what_each_run_depends_on():

@@ -98,11 +98,12 @@ from afr.models import create_backbone
 from afr.paths import results_root
 from afr.train import seed_everything
 
-__all__ = ["EXPERTS", "METHODS", "STARTS", "CrossDomainData", "CrossDomainSettings", "ThermalSplit", "adapt",
-           "compare_with_committed", "dalora_from_start", "data_summary", "expert_blocks", "fast_layout",
-           "forgetting_table", "grid_table", "load_data", "paired_tests", "plot_results", "run_experiment",
-           "run_grid", "run_method", "run_start", "run_zero_shot", "score_dalora", "score_packs", "shared_targets",
-           "skipped_rows", "summary_table", "thermal_split", "view_contrastive_loss", "with_expert_blocks"]
+__all__ = ["ALL_SHOTS", "DIRECTIONS", "Direction", "EXPERTS", "METHODS", "STARTS", "CrossDomainData",
+           "CrossDomainSettings", "ThermalSplit", "adapt", "compare_with_committed", "dalora_from_start",
+           "data_summary", "expert_blocks", "fast_layout", "figure_name", "forgetting_table", "grid_table",
+           "load_data", "paired_tests", "plot_results", "run_experiment", "run_grid", "run_method", "run_start",
+           "run_zero_shot", "score_dalora", "score_packs", "shared_targets", "shots_label", "skipped_rows",
+           "summary_table", "thermal_split", "view_contrastive_loss", "with_expert_blocks"]
 
 METHODS = ("zero-shot", "lora", "dalora", "dalora+maml", "dalora+maml+contrastive", "dalora+maml+contrastive+semi")
 #: the stage-1 starts: start -> inner SGD steps from the settings? (always first order)
@@ -112,12 +113,54 @@ START_OF = {"lora": "pooled", "dalora": "pooled", "dalora+maml": "maml", "dalora
             "dalora+maml+contrastive+semi": "maml"}
 #: the adaptation loss terms of each method besides CosFace: (supervised InfoNCE, unlabelled two-view InfoNCE)
 EXTRA_TERMS = {"dalora+maml+contrastive": (True, False), "dalora+maml+contrastive+semi": (True, True)}
-#: the DA-LoRA experts; they are also the domain names set_domains / merge_dalora are given
-EXPERTS = ("visible", "thermal")
 VISIBLE_COLLECTIONS = ("orl", "yale", "lowquality")
 THERMAL_COLLECTIONS = ("thermal_und", "thermal_puj")
 THERMAL_PACKS = ("thermal_und", "thermal_puj", "thermal")
 VISIBLE_PACKS = ("controlled", "wild", "lowquality")
+#: ``k`` meaning every labelled training image of each target identity (``shots: [all]`` in the settings)
+ALL_SHOTS = -1
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A domain shift: stage 1 on the ``source`` collections, stage 2 on ``k`` labelled images per identity of
+    the ``target`` collections (none: the target has no training identities, only the starts are compared),
+    scored on the ``target_packs`` and, for forgetting, the ``source_packs``. DA-LoRA's two ``experts`` are named
+    after the two sides; they are also the domain names set_domains / merge_dalora are given."""
+
+    source: tuple[str, ...]
+    target: tuple[str, ...]
+    target_packs: tuple[str, ...]
+    source_packs: tuple[str, ...]
+    experts: tuple[str, str]
+
+
+#: the shifts notebook 05 studies; the first is the default (its runs' tags do not name it)
+DIRECTIONS = {
+    "visible->thermal": Direction(VISIBLE_COLLECTIONS, THERMAL_COLLECTIONS, THERMAL_PACKS, VISIBLE_PACKS,
+                                  ("visible", "thermal")),
+    # the low-quality chips are degraded copies of ORL/Yale identities' images: the same people, a new camera
+    "visible->lowquality": Direction(("orl", "yale"), ("lowquality",), ("lowquality",), ("controlled", "wild"),
+                                     ("visible", "lowquality")),
+    # the wild photos have no training identities: a start trained on the controlled (indoor) collections only
+    "indoor->outdoor": Direction(("orl", "yale"), (), ("wild",), ("controlled",), ("indoor", "outdoor")),
+}
+#: the DA-LoRA experts of the default direction
+EXPERTS = DIRECTIONS["visible->thermal"].experts
+
+
+def shots_label(shots: int) -> str:
+    """``"all"`` for :data:`ALL_SHOTS`, the number otherwise (tables, records' ``k<label>`` keys, plots)."""
+    return "all" if shots == ALL_SHOTS else str(shots)
+
+
+def _parse_shots(value: Any) -> int:
+    if str(value).strip().lower() == "all":
+        return ALL_SHOTS
+    shots = int(value)
+    if shots < 1 and shots != ALL_SHOTS:  # ALL_SHOTS: already parsed (dataclasses.replace parses again)
+        raise ValueError(f"shots must be at least 1 labelled image per identity or 'all', got {value!r}")
+    return shots
 #: settings each kind of run depends on (its tag's digest); adapted methods depend on every setting
 ZERO_SHOT_FIELDS = ("backbone", "weights", "embedded_root")
 START_FIELDS = (*ZERO_SHOT_FIELDS, "rank", "n_way", "k_shot", "q_query", "meta_steps", "tasks_per_step", "meta_lr",
@@ -136,10 +179,13 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "backbone", "rank", "meta_steps", "inner_steps", "adapt_steps", "adapt_lr", "contrastive_weight",
         "unlabelled_weight")
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction",)
 
     backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded)")
     weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
     embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
+    direction: str = setting("visible->thermal", "domain shift: stage-1 source collections -> target collections",
+                             choices=tuple(DIRECTIONS))
     methods: tuple[str, ...] = setting(METHODS, "rows to run (subset of " + ", ".join(METHODS) + ")")
     seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
     seed: int = setting(0, "seed of a single run (the grid sets it per run)")
@@ -153,7 +199,7 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
     meta_steps: int = setting(10, "stage-1 outer steps (10: the demo budget; make results runs 60)")
     tasks_per_step: int = setting(2, "stage-1 episodes per outer step")
     meta_lr: float = setting(1e-3, "AdamW learning rate of the stage-1 outer loop")
-    shots: tuple[int, ...] = setting((1, 4), "k: labelled thermal images per thermal training identity")
+    shots: tuple[str, ...] = setting((1, 4), "k: labelled target images per target training identity (or all)")
     adapt_steps: int = setting(10, "SGD steps of the adaptation to thermal")
     adapt_lr: float = setting(1e-3, "SGD learning rate of the adaptation to thermal")
     contrastive_weight: float = setting(0.1, "weight of the supervised InfoNCE over the support (contrastive rows)")
@@ -169,12 +215,14 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
         self.seeds = tuple(int(seed) for seed in self.seeds)
-        self.shots = tuple(sorted(int(k) for k in self.shots))
+        self.shots = tuple(sorted((_parse_shots(k) for k in self.shots), key=lambda k: (k == ALL_SHOTS, k)))
         unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
-        if not self.shots or self.shots[0] < 1:
-            raise ValueError(f"shots must be at least 1 labelled image per identity, got {self.shots}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {self.direction!r}; choose from {tuple(DIRECTIONS)}")
+        if not self.shots:
+            raise ValueError("shots must name at least one k (a number of labelled images per identity, or all)")
         if self.adapt_steps < 1 or self.unlabelled_batch < 2:
             raise ValueError(f"adapt_steps must be >= 1 and unlabelled_batch >= 2, got {self.adapt_steps}, "
                              f"{self.unlabelled_batch}")
@@ -185,8 +233,12 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
         """The settings of one run; zero-shot has no seed (it is always seed 0)."""
         return dataclasses.replace(self, method=method, seed=0 if method == "zero-shot" else seed)
 
+    @property
+    def shift(self) -> Direction:
+        return DIRECTIONS[self.direction]
+
     def _digest(self, kind: str, names: Sequence[str]) -> str:
-        values = {name: getattr(self, name) for name in names}
+        values = self.digest_values(names)
         text = json.dumps(values, sort_keys=True, default=str)
         return hashlib.sha256(f"{self.experiment}/{kind}:{text}".encode()).hexdigest()[:8]
 
@@ -197,11 +249,17 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
         return f"{self.experiment}_{self.method}_seed{self.seed}_{self.digest()}"
 
     def start_fields(self, start: str) -> tuple[str, ...]:
+        """What a start depends on: its stage-1 settings and, when not the default's, its source collections
+        (``source`` is not a field: the directions with the same sources share their starts)."""
         return MAML_START_FIELDS if STARTS[start] else START_FIELDS
 
     def start_tag(self, start: str) -> str:
-        """The tag of this seed's stage-1 run ``start``: it depends on the stage-1 settings only."""
-        return f"{self.experiment}_{start}-start_seed{self.seed}_{self._digest(start, self.start_fields(start))}"
+        """The tag of this seed's stage-1 run ``start``: it depends on the stage-1 settings only (and on the source
+        collections where they are not the default direction's)."""
+        digest = self._digest(start, self.start_fields(start))
+        if self.shift.source != DIRECTIONS["visible->thermal"].source:
+            digest = hashlib.sha256(f"{digest}:{'+'.join(self.shift.source)}".encode()).hexdigest()[:8]
+        return f"{self.experiment}_{start}-start_seed{self.seed}_{digest}"
 
     def start_dir(self, start: str) -> Path:
         return self.runs_folder / self.start_tag(start)
@@ -214,15 +272,21 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
     def dalora_settings(self) -> DaLoraSettings:
         """Two experts named by the experts' own names (the domain codes are those names, not the embedded
         benchmark's ``controlled/wild/thermal/lowquality`` codes), oracle gating, alpha = r as the LoRA start."""
-        return DaLoraSettings(r=self.rank, alpha=float(self.rank), domains=EXPERTS, domain_codes=EXPERTS,
+        experts = self.shift.experts
+        return DaLoraSettings(r=self.rank, alpha=float(self.rank), domains=experts, domain_codes=experts,
                               gating="oracle")
 
-    @staticmethod
-    def not_applicable(method: str, shots: int) -> str | None:
+    def not_applicable(self, method: str, shots: int) -> str | None:
         """Why ``method`` has no row at ``shots`` labelled images per identity, or None when it has one."""
-        if method in EXTRA_TERMS and shots < 2:
+        if not self.shift.target:
+            return (f"{self.direction} has no labelled target images (no training identity of the target domain); "
+                    "only the starts are compared")
+        if method in EXTRA_TERMS and shots == 1:
             return (f"{method} at k = {shots}: one labelled image per identity gives the supervised contrastive "
                     "term no positive pair; not applicable")
+        if EXTRA_TERMS.get(method, (False, False))[1] and shots == ALL_SHOTS:
+            return (f"{method} at k = all: every target training image is labelled, none is left for the "
+                    "unlabelled term; not applicable")
         return None
 
 
@@ -235,13 +299,8 @@ class CrossDomainData:
     identities: np.ndarray
     test_packs: dict[str, VerificationPack]
 
-    @property
-    def thermal_packs(self) -> dict[str, VerificationPack]:
-        return {name: self.test_packs[name] for name in THERMAL_PACKS}
-
-    @property
-    def visible_packs(self) -> dict[str, VerificationPack]:
-        return {name: self.test_packs[name] for name in VISIBLE_PACKS}
+    def packs(self, names: Sequence[str]) -> dict[str, VerificationPack]:
+        return {name: self.test_packs[name] for name in names}
 
 
 def load_data(settings: CrossDomainSettings) -> CrossDomainData:
@@ -259,7 +318,7 @@ def load_data(settings: CrossDomainSettings) -> CrossDomainData:
 
 @dataclass(frozen=True)
 class ThermalSplit:
-    """The thermal training images of one (k, seed): the labelled support and the unlabelled remainder."""
+    """The target training images of one (k, seed): the labelled support and the unlabelled remainder."""
 
     shots: int
     support: dict[int, list[int]]
@@ -276,34 +335,47 @@ class ThermalSplit:
                                 for _ in self.support[identity]])
 
 
-def thermal_split(data: CrossDomainData, shots: int, seed: int) -> ThermalSplit:
-    """``shots`` images per identity of each thermal collection (:func:`few_shot_support`) and every other
-    thermal training image, unlabelled. Only the training pack is read: no test identity can enter either."""
+def _every_image(labels: np.ndarray, collections: np.ndarray, collection: str) -> dict[int, list[int]]:
+    """Every training index of each identity of ``collection`` (k = all)."""
+    chosen = np.flatnonzero(collections == collection)
+    return {int(label): chosen[labels[chosen] == label].tolist() for label in np.unique(labels[chosen])}
+
+
+def thermal_split(data: CrossDomainData, shots: int, seed: int,
+                  collections: Sequence[str] = THERMAL_COLLECTIONS) -> ThermalSplit:
+    """``shots`` images per identity of each target collection (:func:`few_shot_support`; :data:`ALL_SHOTS`:
+    every image of every identity) and every other target training image, unlabelled. Only the training pack is
+    read: no test identity can enter either."""
     support: dict[int, list[int]] = {}
-    for collection in THERMAL_COLLECTIONS:
-        part = few_shot_support(data.train.labels, data.train.collections, collection, shots, seed=seed)
+    for collection in collections:
+        part = (_every_image(data.train.labels, data.train.collections, collection) if shots == ALL_SHOTS else
+                few_shot_support(data.train.labels, data.train.collections, collection, shots, seed=seed))
         if set(part) & set(support):
-            raise ValueError(f"identity labels {sorted(set(part) & set(support))} occur in two thermal collections")
+            raise ValueError(f"identity labels {sorted(set(part) & set(support))} occur in two target collections")
         support.update(part)
     labelled = {index for indices in support.values() for index in indices}
-    thermal = np.flatnonzero(np.isin(data.train.collections, THERMAL_COLLECTIONS))
-    return ThermalSplit(shots, support, tuple(int(index) for index in thermal if index not in labelled))
+    target = np.flatnonzero(np.isin(data.train.collections, collections))
+    return ThermalSplit(shots, support, tuple(int(index) for index in target if index not in labelled))
 
 
 def data_summary(data: CrossDomainData, settings: CrossDomainSettings) -> str:
     """Stage-1 collections, the thermal support and unlabelled sets per k, the test packs (deterministic)."""
-    lines = []
-    for collection in (*VISIBLE_COLLECTIONS, *THERMAL_COLLECTIONS):
+    shift = settings.shift
+    lines = [f"direction {settings.direction}: stage 1 on {'+'.join(shift.source)}, stage 2 on "
+             f"{'+'.join(shift.target) or 'nothing (no target training identities)'}"]
+    for collection in (*shift.source, *shift.target):
         chosen = data.train.collections == collection
-        role = "visible: stage 1" if collection in VISIBLE_COLLECTIONS else "thermal: stage 2"
+        role = "source: stage 1" if collection in shift.source else "target: stage 2"
         lines.append(f"{collection:<12} {role:<17} {len(set(data.train.labels[chosen].tolist())):>3} training "
                      f"identities {int(chosen.sum()):>4} images")
-    for shots in settings.shots:
-        split = thermal_split(data, shots, settings.seed)
-        lines.append(f"k = {shots}: {len(split.support)} thermal identities, {len(split.indices)} labelled images, "
-                     f"{len(split.unlabelled)} unlabelled thermal training images")
+    if not shift.target:
+        lines.append(f"adapted methods: {settings.not_applicable('lora', 0)}")
+    for shots in settings.shots if shift.target else ():
+        split = thermal_split(data, shots, settings.seed, shift.target)
+        lines.append(f"k = {shots_label(shots)}: {len(split.support)} target identities, {len(split.indices)} "
+                     f"labelled images, {len(split.unlabelled)} unlabelled target training images")
         for method in settings.methods:
-            reason = settings.not_applicable(method, shots)
+            reason = settings.not_applicable(method, shots) if method != "zero-shot" else None
             if reason:
                 lines.append(f"  skipped: {reason}")
     for name, pack in data.test_packs.items():
@@ -396,7 +468,7 @@ def adapt(backbone: nn.Module, params: dict[str, Tensor], to_parameters: ToParam
     seed_everything(settings.seed)
     losses = []
     with torch.enable_grad():
-        for step in tqdm(range(settings.adapt_steps), desc=f"{settings.method} k={split.shots}",
+        for step in tqdm(range(settings.adapt_steps), desc=f"{settings.method} k={shots_label(split.shots)}",
                          disable=not settings.progress, leave=False):
             current = {name: tensor.detach().requires_grad_() for name, tensor in params.items()}
             parameters = to_parameters(current)
@@ -436,19 +508,21 @@ def score_packs(backbone: nn.Module, packs: Mapping[str, VerificationPack], devi
 
 
 def score_dalora(backbone: nn.Module, start_visible: Mapping[str, Tensor], start_scores: Mapping[str, Any],
-                 data: CrossDomainData, device: torch.device) -> dict[str, dict[str, Any]]:
-    """Thermal packs with the thermal expert merged into the backbone (which the merge consumes); visible packs
-    with the visible expert merged, which is the start itself: the visible expert must still hold
+                 data: CrossDomainData, device: torch.device, shift: Direction = DIRECTIONS["visible->thermal"],
+                 ) -> dict[str, dict[str, Any]]:
+    """Target packs with the target expert merged into the backbone (which the merge consumes); the other packs
+    with the source expert merged, which is the start itself: the source expert must still hold
     ``start_visible`` (:func:`expert_blocks` before the adaptation) bit for bit (RuntimeError otherwise), so
-    ``merge_dalora(backbone, "visible")`` has exactly the weights the start was scored with (:func:`run_start`)
-    and the start's visible ``start_scores`` are its scores, reused rather than computed again."""
-    visible = expert_blocks(backbone, "visible")
+    merging it gives exactly the weights the start was scored with (:func:`run_start`) and the start's
+    ``start_scores`` are its scores, reused rather than computed again."""
+    source, target = shift.experts
+    visible = expert_blocks(backbone, source)
     changed = [name for name in visible if not torch.equal(visible[name], start_visible[name])]
     if changed:
-        raise RuntimeError(f"the visible expert changed during the thermal adaptation ({changed[:2]}): its scores "
-                           "would not be the start's")
-    thermal = score_packs(merge_dalora(backbone, "thermal"), data.thermal_packs, device)
-    return {name: thermal[name] if name in thermal else dict(start_scores[name]) for name in data.test_packs}
+        raise RuntimeError(f"the {source} expert changed during the {target} adaptation ({changed[:2]}): its "
+                           "scores would not be the start's")
+    adapted = score_packs(merge_dalora(backbone, target), data.packs(shift.target_packs), device)
+    return {name: adapted[name] if name in adapted else dict(start_scores[name]) for name in data.test_packs}
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -469,12 +543,17 @@ def _tests_by_shots(record: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
     each ``test["k<k>"]`` of an adapted method."""
     if record["shots"] == 0:
         return {0: record["test"]}
-    return {int(key[1:]): metrics for key, metrics in record["test"].items()}
+    return {_parse_shots(key[1:]): metrics for key, metrics in record["test"].items()}
 
 
 def _rows(record: Mapping[str, Any], settings: CrossDomainSettings, seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """Tidy rows of a record, with its ``shots``, for each of ``seeds``."""
-    columns = {"split": "test", **settings.table_columns()}
+    """Tidy rows of a record, with its ``shots`` (:data:`ALL_SHOTS` for k = all) and the collections it was trained
+    on for each of ``seeds``: ``source`` (stage 1; empty for zero-shot) and ``target`` (stage 2; empty for the
+    starts and zero-shot)."""
+    trained = record["method"] != "zero-shot"
+    columns = {"split": "test", **settings.table_columns(),
+               "source": "+".join(settings.shift.source) if trained else "",
+               "target": "+".join(settings.shift.target) if record["method"] in START_OF else ""}
     return [row for seed in seeds for shots, metrics in _tests_by_shots(record).items()
             for row in metric_rows(settings.experiment, record["tag"], record["method"], seed, metrics,
                                    {**columns, "shots": shots})]
@@ -522,14 +601,16 @@ def run_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, 
                                                  target_modules=tuple(shared_targets(backbone))))
     fast_layout(backbone).to(device)
     sampler = EpisodeSampler(data.train.labels, data.train.collections, settings.n_way, settings.k_shot,
-                             settings.q_query, allowed=VISIBLE_COLLECTIONS, seed=settings.seed)
+                             settings.q_query, allowed=settings.shift.source, seed=settings.seed)
     config = settings.meta_config(start)
     result = meta_train(backbone, lambda step: task_batches(data.train, sampler, config.tasks_per_step, step), config,
                         run_dir, resume=settings.resume, progress=settings.progress)
     adapter = save_adapter(backbone, run_dir / "adapter")
-    test = score_packs(merge_dalora(dalora_from_start(settings, adapter), "visible"), data.test_packs, device)
+    test = score_packs(merge_dalora(dalora_from_start(settings, adapter), settings.shift.experts[0]), data.test_packs,
+                       device)
     record = {"experiment": settings.experiment, "tag": tag, "method": f"{start}-start", "seed": settings.seed,
-              "shots": 0, "settings": {name: getattr(settings, name) for name in settings.start_fields(start)},
+              "shots": 0, "source": list(settings.shift.source),
+              "settings": {name: getattr(settings, name) for name in settings.start_fields(start)},
               "meta_training": {"steps": result.steps, "history": result.history, "first_order": True,
                                 "inner_steps": config.inner_steps, "seconds_per_step": result.seconds_per_step},
               "test": test, "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
@@ -545,8 +626,9 @@ def _adapted_model(settings: CrossDomainSettings, adapter: Path) -> tuple[nn.Mod
         params = {name: p.detach().clone() for name, p in adapter_parameters(backbone).items()}
         return backbone, params, lambda tensors: tensors
     backbone = dalora_from_start(settings, adapter)
-    set_domains(backbone, ["thermal"])  # every adaptation batch goes to the thermal expert
-    return backbone, expert_blocks(backbone, "thermal"), lambda blocks: with_expert_blocks(backbone, blocks, "thermal")
+    target = settings.shift.experts[1]
+    set_domains(backbone, [target])  # every adaptation batch goes to the target expert
+    return backbone, expert_blocks(backbone, target), lambda blocks: with_expert_blocks(backbone, blocks, target)
 
 
 def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str, Any]:
@@ -560,26 +642,28 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
         return json.loads(path.read_text())
     started = time.time()
     start = START_OF[settings.method]
-    skipped = {str(shots): settings.not_applicable(settings.method, shots) for shots in settings.shots}
+    skipped = {shots_label(shots): settings.not_applicable(settings.method, shots) for shots in settings.shots}
     skipped = {shots: reason for shots, reason in skipped.items() if reason}
-    applicable = [shots for shots in settings.shots if str(shots) not in skipped]
+    applicable = [shots for shots in settings.shots if shots_label(shots) not in skipped]
     if applicable:
         start_scores = run_start(dataclasses.replace(settings, overwrite=False), data, start, need_adapter=True)["test"]
     adapter = settings.start_dir(start) / "adapter"
     device = evaluation_device(settings)
     test, adaptation = {}, {}
     for shots in applicable:
-        split = thermal_split(data, shots, settings.seed)
+        split = thermal_split(data, shots, settings.seed, settings.shift.target)
         backbone, params, to_parameters = _adapted_model(settings, adapter)
-        start_visible = None if settings.method == "lora" else expert_blocks(backbone, "visible")
+        start_visible = None if settings.method == "lora" else expert_blocks(backbone, settings.shift.experts[0])
         params, losses = adapt(backbone, params, to_parameters, data, split, settings)
         _load_parameters(backbone, to_parameters(params))
-        test[f"k{shots}"] = (score_packs(merge_lora(backbone), data.test_packs, device) if start_visible is None
-                             else score_dalora(backbone, start_visible, start_scores, data, device))
-        adaptation[f"k{shots}"] = {"identities": len(split.support), "labelled_images": len(split.indices),
+        key = f"k{shots_label(shots)}"
+        test[key] = (score_packs(merge_lora(backbone), data.test_packs, device) if start_visible is None
+                     else score_dalora(backbone, start_visible, start_scores, data, device, settings.shift))
+        adaptation[key] = {"identities": len(split.support), "labelled_images": len(split.indices),
                                    "unlabelled_images": len(split.unlabelled), "losses": losses}
     record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
-              "seed": settings.seed, "shots": list(settings.shots), "start": settings.start_tag(start),
+              "seed": settings.seed, "shots": list(settings.shots), "direction": settings.direction,
+              "start": settings.start_tag(start),
               "settings": dataclasses.asdict(settings), "adaptation": adaptation, "test": test, "skipped": skipped,
               "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
     _write_record(record, _rows(record, settings, [settings.seed]))
@@ -587,17 +671,20 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
 
 
 def run_grid(settings: CrossDomainSettings, data: CrossDomainData) -> dict[tuple[str, int], dict[str, Any]]:
-    """Every (method, seed) record, plus ``(<start>-start, seed)`` for the starts the methods use and
-    ``(zero-shot, seed)`` (the same record for every seed) for forgetting against zero-shot."""
+    """Every (method, seed) record, plus ``(<start>-start, seed)`` for the starts the methods use (both starts when
+    the direction has no target training images) and ``(zero-shot, seed)`` (the same record for every seed) for forgetting against zero-shot."""
     zero = run_zero_shot(settings, data)
     records: dict[tuple[str, int], dict[str, Any]] = {}
+    # the starts the methods use; a direction without target training images compares the starts themselves
+    starts = tuple(STARTS) if not settings.shift.target else tuple(
+        dict.fromkeys(START_OF[m] for m in settings.methods if m in START_OF))
     for seed in settings.seeds:
         records[("zero-shot", seed)] = zero
-        for start in dict.fromkeys(START_OF[m] for m in settings.methods if m in START_OF):
+        for start in starts:
             records[(f"{start}-start", seed)] = run_start(dataclasses.replace(settings, seed=seed), data, start,
                                                           need_adapter=False)
         for method in settings.methods:
-            if method != "zero-shot":
+            if method != "zero-shot" and settings.shift.target:
                 records[(method, seed)] = run_method(settings.for_run(method, seed), data)
     return records
 
@@ -622,20 +709,31 @@ def grid_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
     return pd.DataFrame(rows)
 
 
-def summary_table(table, metric: str = "auc"):
-    """``mean ± sd`` over seeds: rows (method, shots), columns the test packs (thermal first)."""
+def _shots_order(shots: int) -> tuple[bool, int]:
+    return shots == ALL_SHOTS, shots
+
+
+def summary_table(table, metric: str = "auc", settings: CrossDomainSettings | None = None):
+    """``mean ± sd`` over seeds: rows (method, k), columns the direction's target packs then its source packs
+    (then the other packs)."""
+    shift = (settings or CrossDomainSettings()).shift
     chosen = table[table["metric"] == metric]
     stats = chosen.groupby(["method", "shots", "domain"])["value"].agg(["mean", "std"])
     cells = stats.apply(lambda r: f"{r['mean']:.4f}" + ("" if np.isnan(r["std"]) else f" ± {r['std']:.4f}"), axis=1)
-    wide = cells.unstack("domain")[[*THERMAL_PACKS, *VISIBLE_PACKS]]
+    wide = cells.unstack("domain")
+    first = [name for name in (*shift.target_packs, *shift.source_packs) if name in wide.columns]
+    wide = wide[first + [name for name in wide.columns if name not in first]]
     order = [*(f"{start}-start" for start in STARTS), *METHODS]
-    return wide.sort_index(key=lambda index: index.map(order.index) if index.name == "method" else index)
+    wide = wide.sort_index(key=lambda index: index.map(order.index) if index.name == "method"
+                           else index.map(_shots_order))
+    return wide.rename(index=shots_label, level="shots").rename_axis(index={"shots": "k"})
 
 
-def forgetting_table(table):
-    """Per (method, seed, shots, visible pack): accuracy after adaptation minus the method's start's
+def forgetting_table(table, settings: CrossDomainSettings | None = None):
+    """Per (method, seed, shots, source pack): accuracy after adaptation minus the method's start's
     (``change_vs_start``; zero-shot is its own start) and minus zero-shot's (``change_vs_zero_shot``)."""
-    accuracy = table[(table["metric"] == "accuracy") & table["domain"].isin(VISIBLE_PACKS)]
+    source_packs = (settings or CrossDomainSettings()).shift.source_packs
+    accuracy = table[(table["metric"] == "accuracy") & table["domain"].isin(source_packs)]
     before = accuracy[accuracy["shots"] == 0].set_index(["method", "seed", "domain"])["value"]
     after = accuracy[accuracy["method"].isin(METHODS)].drop(columns="metric").rename(columns={"value": "accuracy"})
     start_of = {method: f"{START_OF[method]}-start" for method in START_OF} | {"zero-shot": "zero-shot"}
@@ -657,7 +755,7 @@ def paired_tests(table, settings: CrossDomainSettings, metric: str = "auc"):
 
     frames = []
     for first, second in PAIRS:
-        pair = table[table["method"].isin((first, second)) & (table["shots"] > 0)]
+        pair = table[table["method"].isin((first, second)) & (table["shots"] != 0)]
         for domain, part in pair.groupby("domain", sort=False):
             if set(part["method"]) == {first, second}:
                 tests = paired_tests_per_point(part.assign(steps=settings.adapt_steps), against=first, metric=metric)
@@ -677,26 +775,28 @@ def compare_with_committed(records: Mapping[Any, Mapping[str, Any]]) -> str:
 
 def plot_results(table, forgetting, settings: CrossDomainSettings):
     """Left: mixed-thermal-pack AUC against k, each line from its start at k = 0 (zero-shot: a point); ``dalora``
-    dashed, as it lies on ``lora`` by construction. Right: visible accuracy change against the start, mean over the
-    visible packs (the forgetting; 0 by construction for the DA-LoRA rows). Error bars: sd over seeds."""
+    dashed, as it lies on ``lora`` by construction. Right: source-pack accuracy change against the start, mean over
+    the source packs (the forgetting; 0 by construction for the DA-LoRA rows). Error bars: sd over seeds."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
     colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    auc = table[(table["metric"] == "auc") & (table["domain"] == "thermal")]
+    pack = settings.shift.target_packs[-1]
+    auc = table[(table["metric"] == "auc") & (table["domain"] == pack)]
     mean = auc.groupby(["method", "shots"])["value"].agg(["mean", "std"])
+    position = {shots: index for index, shots in enumerate((0, *settings.shots))}  # k = all at the right end
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for method in [m for m in METHODS if m in mean.index.get_level_values(0)]:
         points = mean.loc[method]
         if method in START_OF:
             points = pd.concat([mean.loc[f"{START_OF[method]}-start"], points])
-        left.errorbar(points.index.to_numpy(), points["mean"], yerr=points["std"].fillna(0), marker="o", capsize=3,
+        left.errorbar(points.index.map(position).to_numpy(), points["mean"], yerr=points["std"].fillna(0), marker="o", capsize=3,
                       color=colours[method], linestyle="--" if method == "dalora" else "-", label=method)
-    left.set_xticks([0, *settings.shots])
-    left.set_xlabel("k labelled thermal images per identity (0: before adaptation)")
-    left.set_ylabel("thermal test AUC (mixed pack)")
+    left.set_xticks(list(position.values()), [shots_label(shots) for shots in position])
+    left.set_xlabel("k labelled target images per identity (0: before adaptation)")
+    left.set_ylabel(f"{pack} test AUC")
     left.legend(fontsize=7)
-    change = forgetting[forgetting["shots"] > 0].groupby(["method", "shots", "seed"])["change_vs_start"].mean()
+    change = forgetting[forgetting["shots"] != 0].groupby(["method", "shots", "seed"])["change_vs_start"].mean()
     change = change.groupby(["method", "shots"]).agg(["mean", "std"])
     methods = [m for m in METHODS if m in change.index.get_level_values(0)]
     width = 0.8 / max(len(methods), 1)
@@ -707,12 +807,23 @@ def plot_results(table, forgetting, settings: CrossDomainSettings):
                   label=method)
         right.scatter(x, points["mean"], color=colours[method], marker="_", s=80)  # a visible mark for a 0 bar
     right.axhline(0, color="black", linewidth=0.8)
-    right.set_xticks(range(len(settings.shots)), [f"k = {k}" for k in settings.shots])
-    right.set_ylabel("visible accuracy change vs the start")
-    right.set_title("forgetting (mean over controlled, wild, lowquality)", fontsize=9)
+    right.set_xticks(range(len(settings.shots)), [f"k = {shots_label(k)}" for k in settings.shots])
+    right.set_ylabel("source accuracy change vs the start")
+    right.set_title(f"forgetting (mean over {', '.join(settings.shift.source_packs)})", fontsize=9)
     right.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def figure_name(settings: CrossDomainSettings) -> str:
+    """``crossdomain_<backbone>_<n>seed[_<direction>][_k<...>].png``: the direction when not the default and the
+    k values when they include ``all`` (its runs are a grid of their own), so no grid replaces another's figure."""
+    name = f"{settings.experiment}_{settings.backbone}_{len(settings.seeds)}seed"
+    if settings.direction != CrossDomainSettings.direction:
+        name += "_" + settings.direction.replace("->", "-to-")
+    if ALL_SHOTS in settings.shots:
+        name += "_k" + "-".join(shots_label(shots) for shots in settings.shots)
+    return name + ".png"
 
 
 def run_experiment(settings: CrossDomainSettings) -> dict[str, Any]:
@@ -721,7 +832,7 @@ def run_experiment(settings: CrossDomainSettings) -> dict[str, Any]:
     records = run_grid(settings, data)
     table = grid_table(records)
     summary = table.groupby(["method", "shots", "domain", "metric"])["value"].agg(["mean", "std", "count"])
-    forgetting = forgetting_table(table).groupby(["method", "shots"])[["change_vs_start", "change_vs_zero_shot"]].mean()
+    forgetting = forgetting_table(table, settings).groupby(["method", "shots"])[["change_vs_start", "change_vs_zero_shot"]].mean()
     return {"experiment": settings.experiment,
             "runs": {f"{method}/seed{seed}": record["tag"] for (method, seed), record in records.items()},
             "skipped": skipped_rows(records),

@@ -17,7 +17,7 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,10 +41,22 @@ class ExperimentSettings:
         "device", "num_workers", "output_dir", "progress", "resume", "overwrite")
     #: settings written as columns of every tidy-table row (the ones runs of this experiment differ by)
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ()
+    #: settings added after results were recorded: they enter the digest only when they differ from their default,
+    #: so the tags of the runs recorded before them (which ran at the default) stay valid
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def digest_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """The settings a digest covers: ``names`` (default: all but :attr:`EXECUTION_FIELDS`), less the
+        :attr:`ADDED_FIELDS` that hold their default."""
+        values = dataclasses.asdict(self)
+        names = [name for name in values if name not in self.EXECUTION_FIELDS] if names is None else names
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in self.ADDED_FIELDS}
+        return {name: values[name] for name in names
+                if not (name in defaults and values[name] == defaults[name])}
 
     def digest(self) -> str:
         """8 hex digits identifying every result-relevant setting."""
-        values = {name: value for name, value in dataclasses.asdict(self).items() if name not in self.EXECUTION_FIELDS}
+        values = self.digest_values()
         text = json.dumps(values, sort_keys=True, default=str)
         return hashlib.sha256(f"{self.experiment}:{text}".encode()).hexdigest()[:8]
 
