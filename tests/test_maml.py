@@ -275,3 +275,11 @@ def test_meta_train_refuses_an_existing_run_and_resumes_exactly(tmp_path):
     final = adapter_parameters(straight)
     for name, p in adapter_parameters(resumed_backbone).items():
         assert torch.equal(p, final[name]), name
+
+    # told to overwrite: the old run folder goes (everything in it), the run starts afresh and equals a fresh one
+    (split_dir / "notes.txt").write_text("from the old run")
+    with pytest.raises(ValueError, match="exclude each other"):
+        meta_train(tiny_lora_vit(seed=3), sample_tasks, config, split_dir, resume=True, overwrite=True)
+    again = meta_train(tiny_lora_vit(seed=3), sample_tasks, config, split_dir, overwrite=True, progress=False)
+    assert not (split_dir / "notes.txt").exists() and again.steps == 4
+    assert [h["meta_loss"] for h in again.history] == [h["meta_loss"] for h in full.history]

@@ -59,7 +59,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -592,8 +591,6 @@ def run_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, 
     if path.is_file() and not settings.overwrite and (not need_adapter or (run_dir / "adapter").is_dir()):
         return json.loads(path.read_text())
     started = time.time()
-    if settings.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)  # told to: the training engine's overwrite rule
     device = evaluation_device(settings)
     seed_everything(settings.seed)
     backbone = create_backbone(settings.backbone, settings.weights)
@@ -604,7 +601,7 @@ def run_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, 
                              settings.q_query, allowed=settings.shift.source, seed=settings.seed)
     config = settings.meta_config(start)
     result = meta_train(backbone, lambda step: task_batches(data.train, sampler, config.tasks_per_step, step), config,
-                        run_dir, resume=settings.resume, progress=settings.progress)
+                        run_dir, resume=settings.resume, progress=settings.progress, overwrite=settings.overwrite)
     adapter = save_adapter(backbone, run_dir / "adapter")
     test = score_packs(merge_dalora(dalora_from_start(settings, adapter), settings.shift.experts[0]), data.test_packs,
                        device)

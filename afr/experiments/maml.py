@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -173,7 +172,8 @@ def initialisation(settings: MamlExperimentSettings, data: MamlData) -> tuple[nn
                              allowed=settings.sources, seed=settings.seed)
     config = settings.meta_config()
     result = meta_train(backbone, lambda step: task_batches(data, sampler, config.tasks_per_step, step), config,
-                        settings.run_dir, resume=settings.resume, progress=settings.progress)
+                        settings.run_dir, resume=settings.resume, progress=settings.progress,
+                        overwrite=settings.overwrite)
     return backbone, {"steps": result.steps, "history": result.history,
                       "seconds_per_step": result.seconds_per_step, "first_order": config.first_order,
                       "inner_steps": config.inner_steps}
@@ -221,8 +221,6 @@ def run_method(settings: MamlExperimentSettings, data: MamlData) -> dict[str, An
     if path.is_file() and not settings.overwrite:
         return json.loads(path.read_text())
     started = time.time()
-    if settings.overwrite and settings.run_dir.exists():
-        shutil.rmtree(settings.run_dir)  # told to: the training engine's overwrite rule
     backbone, meta = initialisation(settings, data)
     if settings.method != "random":
         save_adapter(backbone, settings.run_dir / "adapter")

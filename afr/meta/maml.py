@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -411,6 +412,7 @@ def meta_train(
     output_dir: Path,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> MetaTrainResult:
     """Meta-train the adapter of ``backbone`` in place for ``config.meta_steps`` outer steps.
 
@@ -427,9 +429,14 @@ def meta_train(
     A fresh run (``resume=False``) refuses an ``output_dir`` that already holds a checkpoint with
     :class:`~afr.train.engine.RunExistsError`, changing nothing; ``resume=True`` continues from the
     checkpoint there (or starts afresh if there is none), into the same backbone and adapter layout.
+    ``overwrite=True`` (told to) deletes ``output_dir`` with everything in it first, then starts afresh.
     """
     output_dir = Path(output_dir)
     checkpoint = output_dir / "checkpoints" / CHECKPOINT_NAME
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
+    if overwrite and output_dir.exists():
+        shutil.rmtree(output_dir)
     if checkpoint.exists() and not resume:
         raise RunExistsError(
             f"{output_dir} already holds a meta-training run ({checkpoint}): pass resume=True to continue it, "
