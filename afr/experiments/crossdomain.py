@@ -770,6 +770,32 @@ def compare_with_committed(records: Mapping[Any, Mapping[str, Any]]) -> str:
     return compare_grid_with_committed({tag: SimpleNamespace(record=record) for tag, record in unique.items()})
 
 
+def _plot_starts(table, settings: CrossDomainSettings):
+    """A direction without target training images: test AUC of zero-shot and the two starts on its target and
+    source packs (bars, error bars: sd over seeds)."""
+    import matplotlib.pyplot as plt
+
+    packs = [*settings.shift.target_packs, *settings.shift.source_packs]
+    rows = ["zero-shot", *(f"{start}-start" for start in STARTS)]
+    auc = table[(table["metric"] == "auc") & table["domain"].isin(packs) & table["method"].isin(rows)]
+    stats = auc.groupby(["method", "domain"])["value"].agg(["mean", "std"])
+    fig, axis = plt.subplots(figsize=(6, 4))
+    width = 0.8 / len(rows)
+    for position, method in enumerate(row for row in rows if row in stats.index.get_level_values(0)):
+        points = stats.loc[method].reindex(packs)
+        axis.bar(np.arange(len(packs)) + (position - (len(rows) - 1) / 2) * width, points["mean"], width,
+                 yerr=points["std"].fillna(0), capsize=3, label=method)
+    axis.set_xticks(range(len(packs)), [f"{pack}\n({'target' if pack in settings.shift.target_packs else 'source'})"
+                                        for pack in packs])
+    low = float(auc["value"].min()) if len(auc) else 0.0
+    axis.set_ylim(max(0.0, low - 0.05), 1.0)
+    axis.set_ylabel("test AUC")
+    axis.set_title(f"{settings.direction}: stage 1 on {'+'.join(settings.shift.source)} only", fontsize=9)
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_results(table, forgetting, settings: CrossDomainSettings):
     """Left: mixed-thermal-pack AUC against k, each line from its start at k = 0 (zero-shot: a point); ``dalora``
     dashed, as it lies on ``lora`` by construction. Right: source-pack accuracy change against the start, mean over
@@ -777,6 +803,8 @@ def plot_results(table, forgetting, settings: CrossDomainSettings):
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    if not settings.shift.target:
+        return _plot_starts(table, settings)
     colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     pack = settings.shift.target_packs[-1]
     auc = table[(table["metric"] == "auc") & (table["domain"] == pack)]
