@@ -1,0 +1,89 @@
+"""Write everything the paper's LaTeX reads from the committed results: ``paper/generated/``.
+
+``write_generated(results=..., figures=..., out=...)`` reads only ``results`` (tables, records, benchmark
+statistics, notebook 07's ``analysis/*.json``) — it trains and scores nothing — and writes, atomically:
+
+* ``numbers.tex`` (+ ``numbers.json``): every number the text quotes, as ``\\result{key}``;
+* ``tables/<name>.tex``: the paper's tables; ``supplementary/<name>.tex``: the per-seed tables;
+* ``figures.tex``: one macro per figure of ``figures`` (a missing file renders a framed note);
+* ``figures/architecture.pdf`` and ``.png``: the method's diagram (matplotlib).
+
+Defaults resolve the project's folders (``$AFR_RESULTS`` / ``$AFR_FIGURES`` override them); the output defaults to
+``paper/generated`` beside the results folder, so a scratch results folder (``make test``) never writes into the
+committed paper. Files whose content did not change are not rewritten.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from afr.io import atomic_write_text
+from afr.paper.architecture import save_architecture
+from afr.paper.figures import figures_tex
+from afr.paper.numbers import NumberBook
+from afr.paper.parts import ablations, analysis, baseline, benchmark, crossdomain, dalora, maml, published
+from afr.paper.sources import PaperGrids, load_sources
+from afr.paths import figures_root, results_root
+
+__all__ = ["GeneratedPaper", "PARTS", "build_generated", "default_output", "write_generated"]
+
+#: the parts in the paper's order
+PARTS = (benchmark, baseline, dalora, maml, crossdomain, ablations, published, analysis)
+
+
+@dataclass
+class GeneratedPaper:
+    """What one generation produced: the numbers and the text of every generated file (relative path -> text)."""
+
+    numbers: NumberBook
+    files: dict[str, str] = field(default_factory=dict)
+    written: list[Path] = field(default_factory=list)
+
+
+def default_output(results: Path) -> Path:
+    """``paper/generated`` beside the results folder (the project's own paper for the project's results)."""
+    return results.resolve().parent / "paper" / "generated"
+
+
+def build_generated(results: str | Path, figures: str | Path, out: str | Path,
+                    grids: PaperGrids | None = None) -> GeneratedPaper:
+    """Every generated file's text, in memory (nothing written)."""
+    sources = load_sources(results, grids)
+    book = NumberBook()
+    paper = GeneratedPaper(book)
+    for part in PARTS:
+        output = part.build(sources, book)
+        for name, table in output.tables.items():
+            paper.files[f"tables/{name}.tex"] = table.to_tex()
+        for name, table in output.supplementary.items():
+            paper.files[f"supplementary/{name}.tex"] = table.to_tex()
+    paper.files["numbers.tex"] = book.to_tex()
+    paper.files["numbers.json"] = book.to_json()
+    paper.files["figures.tex"] = figures_tex(Path(figures).resolve(), Path(out).resolve().parent)
+    return paper
+
+
+def write_generated(results: str | Path | None = None, figures: str | Path | None = None,
+                    out: str | Path | None = None, architecture: bool = True) -> GeneratedPaper:
+    """Generate the paper's numbers, tables and figure macros from ``results`` into ``out`` (see the module doc).
+
+    A generated file left from an earlier generation that this one no longer produces (e.g. a table of a part that
+    is gone) is removed, so ``out`` holds exactly one generation.
+    """
+    results = Path(results) if results is not None else results_root()
+    figures = Path(figures) if figures is not None else figures_root()
+    out = Path(out) if out is not None else default_output(results)
+    paper = build_generated(results, figures, out)
+    for relative, text in paper.files.items():
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)
+            paper.written.append(path)
+    for folder in ("tables", "supplementary"):
+        for stale in (out / folder).glob("*.tex"):
+            if f"{folder}/{stale.name}" not in paper.files:
+                stale.unlink()
+    if architecture:
+        paper.written += save_architecture(figures)
+    return paper

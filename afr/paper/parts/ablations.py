@@ -1,0 +1,66 @@
+"""Notebook 06: the component ablation and the sensitivity sweeps (``results/tables/ablations.csv``, columns
+``group`` and ``cell`` beside the usual ones). Before the grid is run, the table lists every planned row as
+"not run" — never a number that was not measured."""
+from __future__ import annotations
+
+from afr.paper.latex import NOT_RUN, Table, escape
+from afr.paper.numbers import NumberBook
+from afr.paper.parts.common import PartOutput, key, label, stats_cell
+from afr.paper.sources import PaperSources
+
+__all__ = ["PLANNED", "build"]
+
+#: the planned rows of notebook 06 (issue 9, item 1): group -> cells
+PLANNED = {
+    "component": ("standard LoRA", "+ domain classifier only", "+ domain experts", "+ MAML initialisation",
+                  "+ contrastive loss", "full DA-LoRA"),
+    "rank": ("2", "4", "8", "16", "32"),
+    "experts": ("2", "3", "4", "5"),
+    "lambda_contrastive": ("0.01", "0.05", "0.1", "0.5"),
+    "lambda_domain": ("0.01", "0.05", "0.1", "0.5"),
+    "inner_steps": ("1", "3", "5", "10"),
+}
+GROUP_LABELS = {"component": "component", "rank": "rank $r$", "experts": "experts $K$",
+                "lambda_contrastive": r"$\lambda_1$", "lambda_domain": r"$\lambda_2$", "inner_steps": "MAML inner steps"}
+DOMAINS = ("controlled", "wild", "thermal", "lowquality")
+
+
+def _planned_table() -> Table:
+    table = Table(label="tab:ablations", columns="ll" + "c" * len(DOMAINS),
+                  caption="Notebook 06 (planned): component ablation and sensitivity, test AUC. The grid has not "
+                          "been run for this version of the paper: every cell says so.",
+                  header=[["group", "cell", *(f"AUC {label(d)}" for d in DOMAINS)]])
+    for group, cells in PLANNED.items():
+        table.rules.add(len(table.rows))
+        for cell in cells:
+            table.rows.append([GROUP_LABELS[group], escape(cell), *([NOT_RUN] * len(DOMAINS))])
+    return table
+
+
+def _measured_table(book: NumberBook, rows) -> Table:
+    domains = [d for d in DOMAINS if d in set(rows["domain"])] or sorted(set(rows["domain"]))
+    table = Table(label="tab:ablations", columns="ll" + "c" * len(domains), wide=True, size=r"\scriptsize",
+                  caption="Notebook 06: component ablation and sensitivity, test AUC, mean $\\pm$ sd over seeds. "
+                          "Settings were chosen on validation only; the test packs were scored once per run.",
+                  header=[["group", "cell", *(f"AUC {label(d)}" for d in domains)]])
+    auc = rows[rows["metric"] == "auc"]
+    order = {group: index for index, group in enumerate(PLANNED)}
+    for group in sorted(auc["group"].astype(str).unique(), key=lambda g: (order.get(g, len(order)), g)):
+        table.rules.add(len(table.rows))
+        part = auc[auc["group"].astype(str) == group]
+        for cell in dict.fromkeys(part["cell"].astype(str)):
+            chosen = part[part["cell"].astype(str) == cell]
+            table.rows.append([GROUP_LABELS.get(group, escape(group)), escape(cell), *(
+                stats_cell(book, key("ablations", domain, "auc", group, cell),
+                           chosen[chosen["domain"] == domain].groupby("seed")["value"].mean(), "auc")
+                for domain in domains)])
+    return table
+
+
+def build(sources: PaperSources, book: NumberBook) -> PartOutput:
+    rows = sources.ablations_test()
+    if not len(rows) or not {"group", "cell"} <= set(rows.columns):
+        book.add("ablations.status", "not run", "plain")
+        return PartOutput(tables={"ablations": _planned_table()})
+    book.add("ablations.status", "run", "plain")
+    return PartOutput(tables={"ablations": _measured_table(book, rows)})

@@ -1,0 +1,215 @@
+"""What the paper reads: the committed tables and records of ``results/``, and which of their runs it reports.
+
+The tables hold every run ever recorded (demo runs, searches, earlier budgets). The paper reports the
+**committed grids** — the settings of ``make baseline-search``, ``make dalora-results``, ``make maml-results`` and
+``make crossdomain-results`` (:class:`PaperGrids` mirrors the Makefile; a test checks that they agree) — and finds
+their rows by run tag, computed from those settings exactly as the experiments name their runs. Nothing here
+trains or scores anything; a run of a grid that is not recorded simply has no rows (its cells read "not run").
+
+DA-LoRA's learning rate is chosen per adapter family on the validation packs (notebook 03's rule,
+:func:`afr.experiments.dalora.choose_learning_rates`): :func:`dalora_learning_rates` applies the same rule to the
+validation rows of the search runs in the table.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from afr.experiments.crossdomain import START_OF, CrossDomainSettings
+from afr.experiments.dalora import FAMILY_REPRESENTATIVE, DaLoraExperimentSettings, family
+from afr.experiments.maml import MamlExperimentSettings
+from afr.experiments.settings import BaselineSettings
+from afr.paths import MissingResourceError
+
+__all__ = ["EXPERIMENT_TABLES", "PaperGrids", "PaperSources", "load_sources"]
+
+#: the tables the paper reads (``results/tables/<name>.csv``); ``ablations`` may be absent
+EXPERIMENT_TABLES = ("baseline", "dalora", "maml", "crossdomain", "ablations")
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class PaperGrids:
+    """The committed grids, as the Makefile runs them (``*_RESULTS`` and ``BASELINE_SEARCH``)."""
+
+    baseline: BaselineSettings = field(default_factory=BaselineSettings)
+    #: notebook 02's validation search: (class-centre start, LoRA learning rate) x seeds, test packs not scored
+    baseline_search: tuple[tuple[str, float], ...] = (("random", 1e-4), ("random", 3e-4), ("class-mean", 1e-4),
+                                                      ("class-mean", 3e-4))
+    baseline_search_seeds: tuple[int, ...] = (0, 1)
+    dalora: DaLoraExperimentSettings = field(default_factory=lambda: DaLoraExperimentSettings(
+        seeds=SEEDS, epochs=4, search_lrs=(1e-4, 3e-4), publish_adapters=True, progress=False))
+    maml: MamlExperimentSettings = field(default_factory=lambda: MamlExperimentSettings(
+        seeds=SEEDS, meta_steps=60, steps=(0, 1, 3, 5, 10, 25), progress=False))
+    crossdomain: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
+        seeds=SEEDS, meta_steps=60, shots=(1, 2, 4), progress=False))
+
+
+@dataclass
+class PaperSources:
+    """The committed results under ``root`` (a ``results/`` folder) and the grids the paper reports."""
+
+    root: Path
+    grids: PaperGrids = field(default_factory=PaperGrids)
+
+    # ------------------------------------------------------------------------------------------ raw files
+    @cached_property
+    def tables(self) -> dict[str, Any]:
+        """``{name: DataFrame}`` of ``tables/<name>.csv``; an absent table is an empty frame."""
+        import pandas as pd
+
+        tables = {}
+        for name in EXPERIMENT_TABLES:
+            path = self.root / "tables" / f"{name}.csv"
+            tables[name] = pd.read_csv(path) if path.is_file() else pd.DataFrame(
+                columns=["experiment", "run", "method", "domain", "metric", "seed", "value", "split"])
+        return tables
+
+    @property
+    def has_ablations(self) -> bool:
+        return len(self.tables["ablations"]) > 0
+
+    @cached_property
+    def embedded_stats(self) -> dict[str, Any] | None:
+        path = self.root / "embedded_stats.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @cached_property
+    def analysis(self) -> dict[str, dict[str, Any]]:
+        """``{stem: flat dict}`` of ``analysis/*.json`` (notebook 07's numbers), when present."""
+        folder = self.root / "analysis"
+        return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))} if folder.is_dir() \
+            else {}
+
+    def record(self, folder: str, tag: str) -> dict[str, Any] | None:
+        """The JSON record ``<root>/<folder>/<tag>.json`` (``folder`` may be ``""``), or None if absent."""
+        path = self.root / folder / f"{tag}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _rows(self, table: str, tags: Iterable[str], split: str = "test"):
+        frame = self.tables[table]
+        return frame[frame["run"].isin(set(tags)) & (frame["split"] == split)].copy()
+
+    # ------------------------------------------------------------------------------------------ baseline (02)
+    @property
+    def baseline_tag(self) -> str:
+        return self.grids.baseline.tag
+
+    def baseline_test(self):
+        """Test rows of notebook 02's recorded run (methods ``zero-shot`` and ``lora``; one seed)."""
+        return self._rows("baseline", [self.baseline_tag])
+
+    def baseline_search(self):
+        """Validation AUC of the last epoch per (head_init, lr, seed, domain): the search runs' ``val`` rows."""
+        import dataclasses
+
+        tags = {dataclasses.replace(self.grids.baseline, head_init=init, lr=lr, seed=seed, score_test=False).tag:
+                (init, lr) for init, lr in self.grids.baseline_search for seed in self.grids.baseline_search_seeds}
+        rows = self._rows("baseline", tags, split="val")
+        rows = rows[rows["metric"] == "auc"]
+        rows["candidate"] = rows["run"].map(tags)
+        return rows
+
+    # ------------------------------------------------------------------------------------------ DA-LoRA (03)
+    def dalora_search(self):
+        """Mean validation AUC (last epoch, over the validation packs) of each family's representative run at
+        each searched learning rate, first seed — notebook 03's choice table."""
+        import pandas as pd
+
+        grid = self.grids.dalora
+        rows = []
+        for lr in grid.search_lrs:
+            for name, method in FAMILY_REPRESENTATIVE.items():
+                tag = grid.for_run(method, grid.seeds[0], lr=lr, score_test=False).tag
+                val = self._rows("dalora", [tag], split="val")
+                val = val[val["metric"] == "auc"]
+                if len(val):
+                    rows.append({"family": name, "method": method, "lr": lr, "val_auc_mean": float(val["value"].mean()),
+                                 **{f"val_auc_{d}": v for d, v in zip(val["domain"], val["value"])}})
+        return pd.DataFrame(rows)
+
+    def dalora_learning_rates(self) -> dict[str, float]:
+        """``{family: lr}`` with the highest mean validation AUC (the grid's ``lr`` when nothing was searched)."""
+        search = self.dalora_search()
+        chosen = {name: self.grids.dalora.lr for name in FAMILY_REPRESENTATIVE}
+        if len(search):
+            best = search.loc[search.groupby("family")["val_auc_mean"].idxmax()]
+            chosen.update(dict(zip(best["family"], best["lr"].astype(float))))
+        return chosen
+
+    def dalora_tags(self) -> dict[tuple[str, int], str]:
+        grid, rates = self.grids.dalora, self.dalora_learning_rates()
+        return {(method, seed): grid.for_run(method, seed, lr=rates[family(method)]).tag
+                for method in grid.methods for seed in grid.seeds}
+
+    def dalora_test(self):
+        """Test rows of the grid (every method x seed) and of the zero-shot backbone (one row per seed)."""
+        import pandas as pd
+
+        grid = self.grids.dalora
+        zero_tag = f"{grid.experiment}_zero-shot_{grid.for_run('lora', 0).digest()}"
+        trained = self._rows("dalora", self.dalora_tags().values())
+        zero = self._rows("dalora", [zero_tag])
+        zero = zero[zero["method"] == "zero-shot"]
+        return pd.concat([zero, trained], ignore_index=True)
+
+    def dalora_records(self) -> dict[tuple[str, int], dict[str, Any]]:
+        return {key: record for key, tag in self.dalora_tags().items()
+                if (record := self.record("dalora", tag)) is not None}
+
+    # ------------------------------------------------------------------------------------------ MAML (04)
+    def maml_tags(self) -> dict[tuple[str, int], str]:
+        grid = self.grids.maml
+        return {(method, seed): grid.for_run(method, seed).tag for method in grid.methods for seed in grid.seeds}
+
+    def maml_test(self):
+        """Curve rows (columns ``shots``, ``steps``) of every (start, seed) of the grid, ``zero-shot`` included."""
+        return self._rows("maml", self.maml_tags().values())
+
+    def maml_records(self) -> dict[tuple[str, int], dict[str, Any]]:
+        return {key: record for key, tag in self.maml_tags().items()
+                if (record := self.record("maml", tag)) is not None}
+
+    # ------------------------------------------------------------------------------------------ cross-domain (05)
+    def crossdomain_tags(self) -> dict[tuple[str, int], str]:
+        """Every run of the grid: the adapted methods, the zero-shot run and the stage-1 starts they use."""
+        grid = self.grids.crossdomain
+        tags = {}
+        for seed in grid.seeds:
+            tags[("zero-shot", seed)] = grid.for_run("zero-shot", seed).tag
+            for start in dict.fromkeys(START_OF[m] for m in grid.methods if m in START_OF):
+                tags[(f"{start}-start", seed)] = grid.for_run("lora", seed).start_tag(start)
+            for method in grid.methods:
+                if method != "zero-shot":
+                    tags[(method, seed)] = grid.for_run(method, seed).tag
+        return tags
+
+    def crossdomain_test(self):
+        """Test rows of the grid (``shots`` 0: zero-shot and the starts), one row per (method, seed, k, pack)."""
+        return self._rows("crossdomain", set(self.crossdomain_tags().values()))
+
+    def crossdomain_records(self) -> dict[tuple[str, int], dict[str, Any]]:
+        return {key: record for key, tag in self.crossdomain_tags().items()
+                if (record := self.record("crossdomain", tag)) is not None}
+
+    # ------------------------------------------------------------------------------------------ ablations (06)
+    def ablations_test(self):
+        """Test rows of ``tables/ablations.csv`` (columns ``group`` and ``cell`` say which ablation), if any."""
+        frame = self.tables["ablations"]
+        if not len(frame):
+            return frame
+        return frame[frame["split"] == "test"].copy() if "split" in frame else frame.copy()
+
+
+def load_sources(results: str | Path, grids: PaperGrids | None = None) -> PaperSources:
+    """The committed results under ``results``; a missing folder is an error naming it."""
+    root = Path(results).expanduser().resolve()
+    if not root.is_dir():
+        raise MissingResourceError(f"{root} not found: the paper is generated from a results/ folder "
+                                   "(run the notebooks or point --results at one)")
+    return PaperSources(root, grids or PaperGrids())
+
