@@ -20,6 +20,7 @@ help:
 	@echo "make bench  - run the benchmarks in bench/ (prints ratios measured side by side)"
 	@echo "make results - the committed results that take long: notebook 02's validation search, notebooks 03-05's 3-seed grids"
 	@echo "make apt    - install the Debian packages in apt.txt (LaTeX for the paper) when root and apt-get exist"
+	@echo "make paper  - regenerate paper/generated/ from the committed results and build paper/main.pdf + supplementary.pdf"
 
 venv: $(STAMP)
 
@@ -137,6 +138,21 @@ apt:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else echo "apt packages already installed: $(APT_PACKAGES)"; fi; \
 	else echo "skipping apt packages (not root or no apt-get); install them yourself: $(APT_PACKAGES)"; fi
+
+# The paper: numbers, tables and figure macros regenerated from the committed results (python -m afr.paper; no
+# training), then LaTeX (needs `make apt`). Fails on a LaTeX error, an unknown \result key, or any undefined
+# reference or citation; the LaTeX output is in paper/latexmk.log.
+PAPER_DOCS := main supplementary
+.PHONY: paper
+paper: $(STAMP)
+	$(PY) -m afr.paper
+	@cd paper && for doc in $(PAPER_DOCS); do \
+	  if ! latexmk -pdf -interaction=nonstopmode -halt-on-error $$doc.tex > latexmk.log 2>&1; then \
+	    grep -A4 -E '^!|Error' $$doc.log latexmk.log | head -30; echo "paper: LaTeX failed on $$doc.tex (paper/latexmk.log)"; exit 1; fi; \
+	  if grep -E '(Reference|Citation).*undefined|There were undefined' $$doc.log; then \
+	    echo "paper: undefined references or citations in paper/$$doc.log"; exit 1; fi; \
+	done
+	@echo "paper: paper/main.pdf, paper/supplementary.pdf"
 
 clean-data:
 	rm -rf data/processed
