@@ -1,4 +1,5 @@
 """Face detection (MTCNN) and 5-point similarity alignment into ArcFace or dlib chip geometry."""
+from afr.align.batch import align_photos
 from afr.align.mtcnn import MTCNN, Detections, load_mtcnn_nets, nms
 from afr.align.transform import (
     ARCFACE_TEMPLATE_112,
@@ -23,6 +24,7 @@ __all__ = [
     "FaceAligner",
     "MTCNN",
     "align_face",
+    "align_photos",
     "center_crop_face",
     "dlib_chip_template",
     "estimate_similarity",
