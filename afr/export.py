@@ -1,0 +1,142 @@
+"""Write a (merged) backbone as an ONNX model for serving without this project (``python -m afr export``).
+
+The ONNX graph is the backbone's own forward: input ``chips`` ``(batch, 3, S, S)`` float32 RGB in ``[0, 1]``,
+aligned to the backbone's template (``S`` = ``input_size``), any batch size; output ``embedding``
+``(batch, D)``, raw (not L2-normalised), so a server can apply the flip test (add the mirrored chip's
+embedding) before normalising, as :func:`afr.eval.extract.extract_embeddings` does. The backbone's own
+normalisation (dlib's channel means, a ViT's resize) is inside the graph. What the input must look like is
+also stored in the model's metadata (``metadata_props``), so the file documents itself.
+
+An adapter must be merged first (:func:`afr.inference.load_adapted_backbone` with ``require_merge=True``): an
+exported network is one set of weights, which is exactly what merging computes (for DA-LoRA: one domain's
+expert). The file is produced by ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript), checked with
+``onnx.checker``, then run once by onnxruntime against torch on a fixed random batch; the largest difference is
+returned, and the file is written atomically, never over an existing one unless told to.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from afr.io import atomic_write_bytes
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxExport", "export_onnx", "onnx_session"]
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "chips"
+OUTPUT_NAME = "embedding"
+
+
+@dataclass
+class OnnxExport:
+    """What :func:`export_onnx` wrote: the file, its opset, its input/output shapes, and the largest absolute
+    difference between onnxruntime's and torch's embeddings on a random check batch."""
+
+    path: Path
+    opset: int
+    input_shape: tuple[str | int, ...]
+    output_shape: tuple[str | int, ...]
+    max_abs_difference: float
+    metadata: dict[str, str]
+
+
+def _require_plain(backbone: nn.Module) -> None:
+    from afr.adapters.dalora import has_dalora
+    from afr.adapters.lora import has_lora
+
+    if has_lora(backbone) or has_dalora(backbone):
+        raise ValueError("the backbone still carries adapter layers: merge the adapter before exporting "
+                         "(afr.inference.load_adapted_backbone(..., require_merge=True))")
+
+
+def onnx_session(path_or_bytes: str | Path | bytes):
+    """An onnxruntime CPU session on an exported model (a path or the serialised bytes)."""
+    import onnxruntime
+
+    source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(
+    backbone: nn.Module,
+    path: str | Path,
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
+    check_batch: int = 3,
+) -> OnnxExport:
+    """Export the plain (merged) ``backbone`` to ``path``; see the module docstring.
+
+    ``metadata`` adds string entries to the model's ``metadata_props`` (e.g. the adapter and domain).
+    ``check_batch`` is the batch size of the onnxruntime check (different from the export's example batch
+    of 2, so the check also proves the batch dimension is dynamic).
+    """
+    import onnx
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    _require_plain(backbone)
+    size = int(backbone.input_size)
+    backbone = backbone.eval().cpu()
+    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1)
+    # the exporter reports its progress on stdout (the CLI's stdout is its JSON only) and warns about
+    # torchvision operators this project never uses
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sys.stderr), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(
+                backbone, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},), verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
+    model = program.model_proto
+    described = {
+        "afr.backbone": str(getattr(backbone, "name", type(backbone).__name__)),
+        "afr.input": f"{INPUT_NAME}: float32 (batch, 3, {size}, {size}) RGB in [0, 1], faces aligned to the "
+                     f"{getattr(backbone, 'alignment', '?')} template",
+        "afr.output": f"{OUTPUT_NAME}: raw embedding (batch, {int(backbone.embedding_dim)}); L2-normalise it "
+                      "(flip test: add the mirrored chip's embedding first)",
+        **(metadata or {}),
+    }
+    for key, value in described.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+
+    check = torch.rand(check_batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = backbone(check).numpy()
+    session = onnx_session(data)
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: check.numpy()})[0]
+    difference = float(np.abs(got - expected).max())
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), -1)
+    return OnnxExport(
+        path=path,
+        opset=int(opset),
+        input_shape=tuple(_dims(session.get_inputs()[0].shape)),
+        output_shape=tuple(_dims(session.get_outputs()[0].shape)),
+        max_abs_difference=difference,
+        metadata=described,
+    )
+
+
+def _dims(shape: list) -> list[str | int]:
+    return [dim if isinstance(dim, int) else str(dim) for dim in shape]
