@@ -54,6 +54,9 @@ class TrainConfig:
     checkpoint_full_model: bool = False
     log_every: int = 10
     tensorboard: bool = True
+    #: also log to Weights & Biases (needs the ``wandb`` package, not a project dependency); offline unless
+    #: the environment sets ``WANDB_MODE``, so nothing leaves the machine by default (``wandb sync`` uploads)
+    wandb: bool = False
     progress: bool = True
     #: 'auto' (CUDA if available, on the process's LOCAL_RANK under torchrun) | 'cpu' | 'cuda' | 'cuda:N'
     device: str = "auto"

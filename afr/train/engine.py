@@ -14,7 +14,9 @@ augmented one on the training device before the forward pass. Random numbers a d
 Outputs in ``config.output_dir``: ``config.json`` and ``run.json`` (seed, world size, versions),
 ``metrics.jsonl`` (one line per epoch: ``train_loss``, ``train_<term>`` per loss term, learning
 rate, evaluator metrics), ``tensorboard/`` (``train/loss``, ``train/<term>``, lr, grad-norm every
-``log_every`` steps; epoch metrics) and ``checkpoints/checkpoint-<step>.pt`` (see
+``log_every`` steps; epoch metrics; the same scalars go to Weights & Biases, offline unless ``WANDB_MODE`` says
+otherwise, when ``config.wandb`` is set and the optional ``wandb`` package is installed) and
+``checkpoints/checkpoint-<step>.pt`` (see
 :mod:`afr.train.checkpoint`). Only rank 0 writes; the JSON files are replaced atomically. A fresh
 ``fit`` refuses (:class:`RunExistsError`) to start in a folder that already holds a run unless
 ``config.overwrite`` is set.
@@ -241,6 +243,18 @@ def _numeric(value: Any) -> Any:
     return value
 
 
+def _import_wandb() -> Any:
+    """The ``wandb`` module, or a ConfigError saying how to get it (it is an optional extra, not a dependency)."""
+    try:
+        import wandb
+    except ImportError as error:
+        raise ConfigError(
+            "TrainConfig.wandb=True but the wandb package is not installed (pip install wandb), "
+            f"or set wandb=False to log to TensorBoard only ({error})"
+        ) from None
+    return wandb
+
+
 def _dataset_labels(dataset: Any) -> np.ndarray:
     """Every sample's identity: ``dataset.labels`` when present, else read sample by sample."""
     from afr.data.subsets import dataset_labels
@@ -304,6 +318,8 @@ class Trainer:
         param_groups: Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
         self.config = config
+        if config.wandb:
+            _import_wandb()  # a missing optional package fails here, before any work
         self.dist = distributed.init_distributed()
         self.device = config.resolve_device(self.dist.local_rank)
         self.precision = config.resolve_precision(self.device)
@@ -727,18 +743,16 @@ class Trainer:
             self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"), purge_step=self.step or None)
             if self.step == 0:
                 self._writer.add_text("config", f"```\n{self.config.to_json()}\n```")
-        if os.environ.get("WANDB_MODE", "").lower() == "offline":
-            try:
-                import wandb
-            except ImportError:
-                wandb = None
-            if wandb is not None:
-                self._wandb = wandb.init(
-                    project=os.environ.get("WANDB_PROJECT", "adaptface"),
-                    dir=str(self.output_dir),
-                    config=self.config.to_dict(),
-                    mode="offline",
-                )
+        if self.config.wandb:
+            wandb = _import_wandb()
+            self._wandb = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "adaptface"),
+                name=self.output_dir.name,
+                dir=str(self.output_dir),
+                config=self.config.to_dict(),
+                # offline unless the user chose a mode (online, disabled): nothing is uploaded by surprise
+                mode=os.environ.get("WANDB_MODE") or "offline",
+            )
 
     def _log_scalars(self, values: Mapping[str, Any]) -> None:
         if not self.dist.is_main:
