@@ -12,7 +12,7 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: full venv demo test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results results
+.PHONY: full venv demo test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results results
 
 help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU)"
@@ -122,9 +122,20 @@ full: $(STAMP)
 	    notebooks/02_baseline.ipynb $(RUN_DIR)/02_baseline_full_$(BACKBONE)_seed$$seed.ipynb; done
 	@echo "make full: notebooks 03-06 have no full-profile variant yet (embedded benchmark only); see README"
 
+# Notebook 06's committed grid: 3 seeds, the component table and every sweep (rank, K, λ1, λ2, MAML inner steps),
+# 1 epoch per run, MAML starts of 20 outer steps; 66 runs and 24 starts, about 50 min of one core (records reused,
+# resumable).
+ABLATIONS_RESULTS := {seeds: [0, 1, 2], ranks: [2, 4, 8, 16, 32], expert_counts: [2, 3, 4, 5], \
+  lambda_contrastive_values: [0.01, 0.05, 0.1, 0.5], lambda_domain_values: [0.01, 0.05, 0.1, 0.5], \
+  inner_steps_values: [1, 3, 5, 10], meta_steps: 20, progress: false}
+ablations-results: $(STAMP)
+	@mkdir -p $(RUN_DIR)
+	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(ABLATIONS_RESULTS)' notebooks/06_ablations.ipynb \
+	  $(RUN_DIR)/06_ablations_results.ipynb
+
 # The committed results that take long (hours on 2 CPU cores when nothing is recorded yet).
 # Runs already recorded are kept, so an interrupted `make results` resumes.
-results: $(STAMP) baseline-search dalora-results maml-results crossdomain-results
+results: $(STAMP) baseline-search dalora-results maml-results crossdomain-results ablations-results
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) "$$script"; done

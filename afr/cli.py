@@ -284,6 +284,9 @@ GRID_EXPERIMENTS = {
     "crossdomain": ("afr.experiments.crossdomain", "CrossDomainSettings", "05_crossdomain",
                     "visible -> thermal with k labelled thermal images: LoRA / DA-LoRA / MAML starts, contrastive and "
                     "semi-supervised terms, forgetting of the visible domain"),
+    "ablations": ("afr.experiments.ablations", "AblationSettings", "06_ablations",
+                  "DA-LoRA component ablation (LoRA, router only, experts, MAML start, contrastive term) and "
+                  "sensitivity to rank, K, λ1, λ2 and MAML inner steps"),
 }
 
 

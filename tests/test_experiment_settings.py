@@ -8,6 +8,7 @@ import json
 import pytest
 
 from afr.cli import build_parser
+from afr.experiments.ablations import AblationSettings
 from afr.experiments.crossdomain import CrossDomainSettings
 from afr.experiments.dalora import DaLoraExperimentSettings
 from afr.experiments.maml import MamlExperimentSettings
@@ -26,7 +27,8 @@ def _parameters_cell(notebook: str) -> dict[str, object]:
 @pytest.mark.parametrize("notebook, settings_class", [("02_baseline.ipynb", BaselineSettings),
                                                       ("03_dalora.ipynb", DaLoraExperimentSettings),
                                                       ("04_maml.ipynb", MamlExperimentSettings),
-                                                      ("05_crossdomain.ipynb", CrossDomainSettings)])
+                                                      ("05_crossdomain.ipynb", CrossDomainSettings),
+                                                      ("06_ablations.ipynb", AblationSettings)])
 def test_notebook_parameters_are_exactly_the_settings_fields_with_their_defaults(notebook, settings_class):
     cell = _parameters_cell(notebook)
     defaults = dataclasses.asdict(settings_class())

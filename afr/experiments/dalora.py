@@ -140,16 +140,21 @@ def expert_domains(train_dataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(names[code] for code in present), names
 
 
-def adapt(backbone: nn.Module, settings: DaLoraExperimentSettings, train_dataset) -> nn.Module:
-    """Inject the method's adapter (LoRA r, LoRA K·r, or DA-LoRA with the method's gating) in place."""
+def adapt(backbone: nn.Module, settings: DaLoraExperimentSettings, train_dataset,
+          adapter: DaLoraSettings | None = None, warm_start: Path | None = None) -> nn.Module:
+    """Inject the method's adapter (LoRA r, LoRA K·r, or DA-LoRA with the method's gating) in place.
+
+    ``adapter`` replaces the DA-LoRA settings derived from the method and the training pack, and ``warm_start``
+    (a LoRA adapter of rank r) starts every expert from it: the ablations (notebook 06) use both."""
     domains, codes = expert_domains(train_dataset)
     if settings.method.startswith("lora"):
         rank = settings.rank * (len(domains) if settings.method == "lora-matched" else 1)
         return apply_lora(backbone, LoraSettings(r=rank, alpha=float(rank)))
     gating = settings.method.split("-", 1)[1]
-    return apply_dalora(backbone, DaLoraSettings(
+    adapter = adapter or DaLoraSettings(
         r=settings.rank, alpha=float(settings.rank), domains=domains, domain_codes=codes, gating=gating,
-        shared_expert=settings.shared_expert, router_hidden=settings.router_hidden))
+        shared_expert=settings.shared_expert, router_hidden=settings.router_hidden)
+    return apply_dalora(backbone, adapter, warm_start=warm_start)
 
 
 def parameter_groups(model: nn.Module, settings: DaLoraExperimentSettings) -> list[dict[str, Any]]:
@@ -266,8 +271,16 @@ def record_path(settings: DaLoraExperimentSettings) -> Path:
     return results_root() / settings.experiment / f"{settings.tag}.json"
 
 
-def run_method(settings: DaLoraExperimentSettings, data: BaselineData) -> RunOutcome:
-    """Train one (method, seed) run, validate it per epoch, score the test packs once; reuse a recorded run."""
+def run_method(settings: DaLoraExperimentSettings, data: BaselineData, adapter: DaLoraSettings | None = None,
+               warm_start: Path | None = None, gate_statistics: bool = True, channels_last: bool = False,
+               ) -> RunOutcome:
+    """Train one (method, seed) run, validate it per epoch, score the test packs once; reuse a recorded run.
+
+    ``adapter`` and ``warm_start``: see :func:`adapt` (the run's tag must tell them apart: the ablations' does).
+    ``gate_statistics=False`` skips the classifier router's per-epoch gate statistics and the test gate table: each
+    is one more pass over every image of every pack (pairs not deduplicated), more than a training epoch here.
+    ``channels_last`` keeps the conv weights channels-last (:func:`afr.experiments.crossdomain.fast_layout`): the same
+    function up to rounding, about a fifth less CPU time for the dlib ResNet's convolutions."""
     path = record_path(settings)
     if path.is_file() and not settings.overwrite:
         return RunOutcome(json.loads(path.read_text()), reused=True)
@@ -278,13 +291,15 @@ def run_method(settings: DaLoraExperimentSettings, data: BaselineData) -> RunOut
         backbone, data.train.num_classes, margin=settings.margin, lambda_contrastive=settings.lambda_contrastive,
         lambda_domain=settings.lambda_domain, temperature=settings.temperature)
     initialise_centres(model, data.train, settings)
-    adapt(backbone, settings, data.train)
+    adapt(backbone, settings, data.train, adapter, warm_start)
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
     trainable, total = trainable_parameters(backbone)
     notes = {"method": settings.method, "tag": settings.tag}
     config = train_config(settings, str(settings.run_dir), notes, sampler="identity",
                           images_per_identity=settings.images_per_identity)
     evaluators = validation_evaluators(settings.method, data.val_packs)
-    if settings.method == "dalora-classifier":
+    if settings.method == "dalora-classifier" and gate_statistics:
         evaluators.update(gate_evaluators(data.val_packs))
     trainer = Trainer(model, data.train, config, augment=FaceAugment() if settings.augment else None,
                       evaluators=evaluators, param_groups=parameter_groups(model, settings))
@@ -301,7 +316,7 @@ def run_method(settings: DaLoraExperimentSettings, data: BaselineData) -> RunOut
         "test": test, "environment": environment_info(evaluation_device(settings)),
         "wall_seconds": round(time.time() - started, 1),
     }
-    if settings.method == "dalora-classifier" and test is not None:
+    if settings.method == "dalora-classifier" and test is not None and gate_statistics:
         record["gates"] = gate_table(backbone, data.test_packs)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1, default=json_default) + "\n")

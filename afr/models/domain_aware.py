@@ -64,8 +64,8 @@ class DomainAwareRecognitionModel(FaceRecognitionModel):
             contrastive = supervised_info_nce(embeddings, labels, domains, temperature=self.temperature)
         if self.lambda_domain > 0 and gating == "classifier" and domains is not None:
             settings = self.backbone.dalora_settings
-            mapping = {code: settings.domains.index(name) for code, name in enumerate(settings.domain_codes)
-                       if name in settings.domains}
+            classes = settings.router_classes
+            mapping = {code: classes.index(name) for code, name in enumerate(settings.domain_codes) if name in classes}
             domain = domain_classification_loss(dalora_state(self.backbone).router_logits, domains, mapping)
         loss, terms = combine_losses(margin_loss, contrastive, domain, lambda_contrastive=self.lambda_contrastive,
                                      lambda_domain=self.lambda_domain)

@@ -53,6 +53,11 @@ class DaLoraSettings:
         gating: initial gating mode, one of :data:`GATING_MODES` (switchable after training).
         shared_expert: add one more rank-``r`` expert whose gate is always 1.
         use_rslora: rank-stabilised scaling ``alpha / sqrt(r)``.
+        router_domains: the domains the router learns to tell apart when they are not the experts' (None: one
+            router logit per expert). Only a one-expert adapter takes them: its single gate is 1 whatever the
+            router says, so the router is then an auxiliary domain classifier on the frozen stem, trained by
+            the domain loss and changing nothing else -- the ablation that isolates that loss. The one expert's
+            name need not be a domain code then (oracle gating cannot route to it).
     """
 
     r: int = 8
@@ -66,6 +71,7 @@ class DaLoraSettings:
     gating: str = "classifier"
     shared_expert: bool = False
     use_rslora: bool = False
+    router_domains: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("r", "router_hidden"):
@@ -80,7 +86,16 @@ class DaLoraSettings:
             raise ValueError(f"DaLoraSettings.gating must be one of {GATING_MODES}, got {self.gating!r}")
         domains = _names(self.domains, "domains")
         codes = _names(self.domain_codes, "domain_codes")
-        unknown = [name for name in domains if name not in codes]
+        if self.router_domains is not None:
+            router = _names(self.router_domains, "router_domains")
+            if len(domains) != 1:
+                raise ValueError(f"DaLoraSettings.router_domains needs a single expert (its gate is then 1 whatever "
+                                 f"the router says); got {len(domains)} experts {domains}")
+            unknown = [name for name in router if name not in codes]
+            if unknown:
+                raise ValueError(f"DaLoraSettings.router_domains {unknown} are not among the domain_codes {codes}")
+            object.__setattr__(self, "router_domains", router)
+        unknown = [name for name in domains if name not in codes] if self.router_domains is None else []
         if unknown:
             raise ValueError(f"DaLoraSettings.domains {unknown} are not among the domain_codes {codes}")
         object.__setattr__(self, "domains", domains)
@@ -98,6 +113,11 @@ class DaLoraSettings:
     def num_experts(self) -> int:
         """``K``, the number of domain experts (the shared expert not counted)."""
         return len(self.domains)
+
+    @property
+    def router_classes(self) -> tuple[str, ...]:
+        """The domains of the router's logits, in logit order: ``router_domains``, else the experts' domains."""
+        return self.router_domains or self.domains
 
     @property
     def scaling(self) -> float:

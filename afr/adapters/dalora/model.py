@@ -198,7 +198,7 @@ def apply_dalora(
     backbone.requires_grad_(False)
     state = GateState(settings.num_experts, settings.r, settings.shared_expert, settings.gating)
     parameter = next(backbone.parameters())
-    router = DomainRouter(channels, settings.num_experts, settings.router_hidden, state).to(parameter.device)
+    router = DomainRouter(channels, len(settings.router_classes), settings.router_hidden, state).to(parameter.device)
     options = dict(
         r=settings.r, num_experts=settings.num_experts, shared_expert=settings.shared_expert,
         scaling=settings.scaling, dropout=settings.dropout, state=state,

@@ -129,6 +129,8 @@ class GateState:
         """The ``(B, K)`` float32 gates of the current mode for a batch with these router logits."""
         batch = logits.shape[0]
         if self.mode == "classifier":
+            if self.num_experts == 1:  # one expert: gate 1 (its router may classify several domains)
+                return logits.new_ones((batch, 1), dtype=torch.float32)
             return torch.softmax(logits.detach().float(), dim=1)
         if self.mode == "uniform":
             return logits.new_full((batch, self.num_experts), 1.0 / self.num_experts, dtype=torch.float32)

@@ -1,0 +1,574 @@
+"""The ablation experiment (notebook 06): what each part of DA-LoRA does, and how sensitive it is to its settings.
+
+**Component table.** Every row trains on the embedded training pack with the same data, budget, seeds and
+batches as the full model; rows differ in the parts of DA-LoRA they have (:data:`COMPONENTS`):
+
+* ``lora``: standard LoRA of rank r (no router, no contrastive term);
+* ``lora+router`` (*+ domain classifier only*): one expert of rank r plus the router trained with the domain
+  loss λ2·L_domain on the three domains. One expert's gate is 1 whatever the router says, and the router reads the
+  frozen stem with its gates detached, so the domain loss cannot reach the adapter: the row shows what the
+  auxiliary loss alone does (nothing, up to the random draws the router's initialisation shifts);
+* ``dalora`` (*+ domain experts*): K = 3 experts with classifier gating, λ1 = 0;
+* ``dalora+maml`` (*+ MAML initialisation*): the same, every expert warm-started from a first-order MAML start
+  of the LoRA tensors meta-trained on episodes of the five training collections (:func:`run_start`);
+* ``dalora+contrastive`` (*+ contrastive loss*): ``dalora`` with λ1·L_InfoNCE, no MAML start;
+* ``full``: DA-LoRA with everything (experts, router, MAML start, contrastive term).
+
+``+ MAML`` and ``+ contrastive`` each add one part to ``dalora``; ``full`` has both.
+
+**Sensitivity** (:data:`SWEEPS`): the full model with one setting changed at a time -- the rank r, the number of
+experts K (:data:`EXPERT_SCHEMES`: 2 visible|thermal, 3 the benchmark's domains, 4 orl|yale|lowquality|thermal,
+5 the collections; a scheme relabels what the run calls a domain everywhere: experts, router targets, the
+contrastive term's cross-domain positives and the batch sampler's domain mixing), λ1, λ2 and the MAML start's
+inner steps. A sweep's default cell is the full model's run itself (the same settings, the same tag), and cells
+that need the same MAML start share it.
+
+Runs are :func:`afr.experiments.dalora.run_method` runs (validated per epoch on the validation packs, test packs
+scored once at the end) with the ablation's adapter and warm start; the MAML starts are :func:`afr.meta.meta_train`
+over LoRA on the layers DA-LoRA adapts (:func:`afr.experiments.crossdomain.shared_targets`), so that a warm-started
+expert computes what the start computes. Records go to ``results/ablations/<tag>.json`` (starts too, with their
+meta-training history), rows to ``results/tables/ablations.csv`` with the columns ``group`` and ``cell``; a run
+whose record exists is reused unless ``overwrite``. Recommended defaults are derived from the validation metrics
+only (:func:`recommended_defaults`); the test packs are reported, never used for choosing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from afr.experiments.records import (append_rows, environment_info, final_validation_metrics, json_default,
+                                     metric_rows)
+from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, setting
+from afr.io import atomic_write_text
+from afr.paths import results_root
+
+__all__ = ["COMPONENTS", "EXPERT_SCHEMES", "GROUPS", "SWEEPS", "AblationData", "AblationSettings", "Cell",
+           "ExpertView", "adapter_settings", "compare_with_committed", "expert_names", "grid_cells", "grid_table",
+           "load_data", "paired_tests", "plot_results", "recommended_defaults", "run_experiment", "run_grid",
+           "run_start", "summary_table", "training_view"]
+
+#: component row -> (label in the paper's table, its settings' changes from the full model)
+COMPONENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lora": ("standard LoRA", {"method": "lora", "maml_start": False, "lambda_contrastive": 0.0,
+                               "lambda_domain": 0.0}),
+    "lora+router": ("+ domain classifier only", {"experts": 1, "maml_start": False, "lambda_contrastive": 0.0}),
+    "dalora": ("+ domain experts", {"maml_start": False, "lambda_contrastive": 0.0}),
+    "dalora+maml": ("+ MAML initialisation", {"lambda_contrastive": 0.0}),
+    "dalora+contrastive": ("+ contrastive loss", {"maml_start": False}),
+    "full": ("full DA-LoRA", {}),
+}
+#: sweep group (= the swept setting) -> the settings field listing its values
+SWEEPS = {"rank": "ranks", "experts": "expert_counts", "lambda_contrastive": "lambda_contrastive_values",
+          "lambda_domain": "lambda_domain_values", "inner_steps": "inner_steps_values"}
+GROUPS = ("component", *SWEEPS)
+#: K -> the expert of each training collection (K = 1: one expert, its router classifies the three domains)
+EXPERT_SCHEMES: dict[int, dict[str, str]] = {
+    1: {"orl": "controlled", "yale": "controlled", "lowquality": "lowquality", "thermal_und": "thermal",
+        "thermal_puj": "thermal"},
+    2: {"orl": "visible", "yale": "visible", "lowquality": "visible", "thermal_und": "thermal",
+        "thermal_puj": "thermal"},
+    3: {"orl": "controlled", "yale": "controlled", "lowquality": "lowquality", "thermal_und": "thermal",
+        "thermal_puj": "thermal"},
+    4: {"orl": "orl", "yale": "yale", "lowquality": "lowquality", "thermal_und": "thermal", "thermal_puj": "thermal"},
+    5: {"orl": "orl", "yale": "yale", "lowquality": "lowquality", "thermal_und": "thermal_und",
+        "thermal_puj": "thermal_puj"},
+}
+#: the K whose experts are the training pack's own domain codes (no relabelling: the pack is used as it is)
+NATIVE_SCHEMES = (1, 3)
+#: the name of the single expert of K = 1
+SINGLE_EXPERT = "all"
+#: settings only a run with a MAML start depends on / only a DA-LoRA run depends on (left out of other tags)
+MAML_FIELDS = ("inner_steps", "inner_lr", "meta_steps", "tasks_per_step", "meta_lr", "n_way", "k_shot", "q_query")
+ROUTER_FIELDS = ("experts", "lambda_domain", "router_lr", "router_hidden", "maml_start")
+#: what a MAML start depends on (its tag's digest)
+START_FIELDS = ("backbone", "weights", "embedded_root", "rank", *MAML_FIELDS, "seed")
+
+
+@dataclass
+class AblationSettings(MethodSeedGrid, ExperimentSettings):
+    """Notebook 06 / ``python -m afr ablations``: every field is a notebook parameter and a CLI option.
+
+    The single-run fields are the full model's; :func:`grid_cells` derives every cell's settings from them.
+    """
+
+    experiment: ClassVar[str] = "ablations"
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
+        *ExperimentSettings.EXECUTION_FIELDS, "groups", "seeds", *SWEEPS.values())
+    TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "rank", "experts", "lambda_contrastive", "lambda_domain", "maml_start", "inner_steps", "meta_steps", "epochs",
+        "lr")
+
+    backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded)")
+    weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
+    embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
+    groups: tuple[str, ...] = setting(GROUPS, "what to run: component (the component table) and the sweeps "
+                                      + ", ".join(SWEEPS))
+    seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
+    ranks: tuple[int, ...] = setting((4, 8), "rank sweep (the committed grid: 2 4 8 16 32)")
+    expert_counts: tuple[int, ...] = setting((3,), "K sweep, each of " + ", ".join(map(str, EXPERT_SCHEMES))
+                                             + " (the committed grid: 2 3 4 5)")
+    lambda_contrastive_values: tuple[float, ...] = setting((0.1,), "λ1 sweep (the committed grid: 0.01 0.05 0.1 0.5)")
+    lambda_domain_values: tuple[float, ...] = setting((0.01, 0.5), "λ2 sweep (the committed grid: 0.01 0.05 0.1 0.5)")
+    inner_steps_values: tuple[int, ...] = setting((3,), "MAML inner-step sweep (the committed grid: 1 3 5 10)")
+    seed: int = setting(0, "seed of a single run (the grid sets it per run)")
+    method: str = setting("dalora-classifier", "adapter of a single run: lora or dalora-classifier (DA-LoRA, router "
+                          "softmax gating)", choices=("lora", "dalora-classifier"))
+    experts: int = setting(3, "K: 1 (one expert, router trained on the 3 domains), 2 visible|thermal, 3 the domains, "
+                           "4 orl|yale|lowquality|thermal, 5 the collections", choices=tuple(EXPERT_SCHEMES))
+    rank: int = setting(8, "rank r of LoRA and of each DA-LoRA expert")
+    lambda_contrastive: float = setting(0.1, "λ1: weight of the supervised InfoNCE term")
+    lambda_domain: float = setting(0.01, "λ2: weight of the router's domain cross-entropy")
+    maml_start: bool = setting(True, "warm-start every expert from a first-order MAML start on the training "
+                               "collections")
+    inner_steps: int = setting(3, "first-order inner SGD steps of the MAML start")
+    inner_lr: float = setting(1e-3, "inner SGD learning rate of the MAML start")
+    meta_steps: int = setting(5, "outer steps of the MAML start (5: the demo budget; the committed grid runs 20)")
+    tasks_per_step: int = setting(1, "episodes per outer step of the MAML start")
+    meta_lr: float = setting(1e-3, "AdamW learning rate of the MAML start's outer loop")
+    n_way: int = setting(5, "identities per MAML episode")
+    k_shot: int = setting(2, "support images per identity in a MAML episode")
+    q_query: int = setting(2, "query images per identity in a MAML episode")
+    router_hidden: int = setting(64, "DA-LoRA router MLP width")
+    temperature: float = setting(0.1, "InfoNCE temperature")
+    images_per_identity: int = setting(4, "M of the P identities x M images batches")
+    margin: str = setting("cosface", "margin loss", choices=("cosface", "arcface"))
+    head_init: str = setting("random", "class centres: random or class-mean", choices=("random", "class-mean"))
+    epochs: int = setting(1, "training epochs of every run (1: the CPU budget of a 66-run grid)")
+    batch_size: int = setting(32, "images per optimizer step (a multiple of images_per_identity)")
+    lr: float = setting(3e-4, "AdamW learning rate of the adapters (chosen on validation in notebook 02)")
+    head_lr: float = setting(1e-2, "AdamW learning rate of the class centres")
+    router_lr: float = setting(1e-2, "AdamW learning rate of the DA-LoRA router (trained by the domain loss only)")
+    weight_decay: float = setting(0.05, "AdamW weight decay")
+    warmup_epochs: float = setting(0.5, "linear warm-up length in epochs")
+    augment: bool = setting(True, "flip + per-image RandAugment(4, 16) during training")
+    score_test: bool = setting(True, "score the test packs at the end of each run (reported, never used to choose)")
+    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    num_workers: int = setting(0, "DataLoader worker processes decoding the training pack")
+    output_dir: str | None = setting(None, "runs folder (default runs/)")
+    resume: bool = setting(False, "continue unfinished runs from their last checkpoint")
+    overwrite: bool = setting(False, "retrain runs whose record exists instead of reusing it")
+    progress: bool = setting(True, "progress bars")
+
+    def __post_init__(self) -> None:
+        self.groups = tuple(self.groups)
+        self.seeds = tuple(int(seed) for seed in self.seeds)
+        self.ranks = tuple(int(rank) for rank in self.ranks)
+        self.expert_counts = tuple(int(k) for k in self.expert_counts)
+        self.lambda_contrastive_values = tuple(float(value) for value in self.lambda_contrastive_values)
+        self.lambda_domain_values = tuple(float(value) for value in self.lambda_domain_values)
+        self.inner_steps_values = tuple(int(steps) for steps in self.inner_steps_values)
+        unknown = [group for group in self.groups if group not in GROUPS]
+        if unknown:
+            raise ValueError(f"unknown group(s) {unknown}; choose from {GROUPS}")
+        schemes = [k for k in (*self.expert_counts, self.experts) if k not in EXPERT_SCHEMES]
+        if schemes:
+            raise ValueError(f"no expert scheme for K = {schemes}; K is one of {tuple(EXPERT_SCHEMES)}")
+        if self.method not in ("lora", "dalora-classifier"):
+            raise ValueError(f"method must be lora or dalora-classifier, got {self.method!r}")
+        if self.maml_start and self.method == "lora":
+            raise ValueError("the MAML start warm-starts DA-LoRA experts: maml_start needs method dalora-classifier")
+        if min((*self.ranks, self.rank)) < 1 or min((*self.inner_steps_values, self.inner_steps)) < 1:
+            raise ValueError("ranks and MAML inner steps must be at least 1")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the runs, or start them again")
+        if self.batch_size % self.images_per_identity:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of images_per_identity "
+                             f"{self.images_per_identity}")
+
+    # -------------------------------------------------------------------------------------- naming
+    def irrelevant_fields(self) -> tuple[str, ...]:
+        """Settings this run does not depend on: the MAML start's without one, the router's for LoRA. They are left
+        out of the tag, so that runs computing the same thing share it whatever those fields hold."""
+        fields = () if self.maml_start else MAML_FIELDS
+        return fields + (ROUTER_FIELDS if self.method == "lora" else ())
+
+    def digest(self) -> str:
+        skipped = set(self.EXECUTION_FIELDS) | set(self.irrelevant_fields())
+        values = {name: value for name, value in dataclasses.asdict(self).items() if name not in skipped}
+        text = json.dumps(values, sort_keys=True, default=str)
+        return hashlib.sha256(f"{self.experiment}:{text}".encode()).hexdigest()[:8]
+
+    @property
+    def run_name(self) -> str:
+        """Readable part of the tag, e.g. ``dalora-k3-r8+maml+contrastive``."""
+        if self.method == "lora":
+            return f"lora-r{self.rank}" + ("+contrastive" if self.lambda_contrastive > 0 else "")
+        return (f"dalora-k{self.experts}-r{self.rank}" + ("+maml" if self.maml_start else "")
+                + ("+contrastive" if self.lambda_contrastive > 0 else ""))
+
+    @property
+    def tag(self) -> str:
+        return f"{self.experiment}_{self.run_name}_seed{self.seed}_{self.digest()}"
+
+    def start_digest(self) -> str:
+        values = {name: getattr(self, name) for name in START_FIELDS}
+        return hashlib.sha256(f"{self.experiment}/start:{json.dumps(values, sort_keys=True, default=str)}".encode()
+                              ).hexdigest()[:8]
+
+    @property
+    def start_tag(self) -> str:
+        """The MAML start this run's experts start from: it depends on :data:`START_FIELDS` only."""
+        return f"{self.experiment}_maml-start-r{self.rank}-inner{self.inner_steps}_seed{self.seed}_{self.start_digest()}"
+
+    @property
+    def start_dir(self) -> Path:
+        return self.runs_folder / self.start_tag
+
+    def full_model(self, seed: int) -> AblationSettings:
+        """The full model's settings for ``seed``: these settings' single-run fields."""
+        return dataclasses.replace(self, seed=seed, method="dalora-classifier", maml_start=True)
+
+
+# ------------------------------------------------------------------------------------------ the grid
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the ablation: its group, its value (a component name or the swept setting's value), the
+    method column of its rows, and the settings of its run (cells with equal settings share the run)."""
+
+    group: str
+    value: Any
+    method: str
+    settings: AblationSettings
+
+    @property
+    def label(self) -> str:
+        return COMPONENTS[self.value][0] if self.group == "component" else f"{self.group} = {self.value}"
+
+
+def grid_cells(settings: AblationSettings) -> list[Cell]:
+    """Every cell of the grid, seed by seed: the component rows, then each sweep's values (the full model with the
+    swept setting changed; its default value is the full model itself)."""
+    cells = []
+    for seed in settings.seeds:
+        full = settings.full_model(seed)
+        if "component" in settings.groups:
+            for name, (_, changes) in COMPONENTS.items():
+                cells.append(Cell("component", name, name, dataclasses.replace(full, **changes)))
+        for group, values in SWEEPS.items():
+            if group in settings.groups:
+                for value in getattr(settings, values):
+                    cells.append(Cell(group, value, "full", dataclasses.replace(full, **{group: value})))
+    return cells
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class AblationData:
+    """The DA-LoRA experiment's data (training pack, validation and test packs) and the training chips in memory
+    with their collections, which the MAML starts' episodes and the expert schemes read."""
+
+    baseline: Any
+    chips: Any
+
+    @property
+    def collections(self) -> np.ndarray:
+        return self.chips.collections
+
+
+def load_data(settings: AblationSettings) -> AblationData:
+    from afr.experiments import dalora, maml
+
+    baseline = dalora.load_data(settings)
+    chips = maml.load_data(maml.MamlExperimentSettings(embedded_root=settings.embedded_root))
+    if len(chips.labels) != len(baseline.train) or not np.array_equal(chips.labels, baseline.train.labels):
+        raise ValueError("the training chips and the training pack disagree: rebuild the embedded benchmark")
+    return AblationData(baseline, chips)
+
+
+def expert_names(experts: int) -> tuple[str, ...]:
+    """The expert names of scheme K, in expert order (first appearance over the collections' order)."""
+    if experts == 1:
+        return (SINGLE_EXPERT,)
+    return tuple(dict.fromkeys(EXPERT_SCHEMES[experts][c] for c in ("orl", "yale", "lowquality", "thermal_und",
+                                                                     "thermal_puj")))
+
+
+class ExpertView(Dataset):
+    """The training pack with each record's domain code replaced by its expert's under a K scheme: what the
+    router learns to predict, what oracle routing would use, and what the run's losses and sampler call domains."""
+
+    def __init__(self, dataset, codes: np.ndarray, names: Sequence[str]) -> None:
+        self.dataset = dataset
+        self.domains = np.asarray(codes, dtype=np.int64)
+        self.domain_names = tuple(names)
+        self.labels = np.asarray(dataset.labels)
+        self.num_classes = dataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label, _ = self.dataset[index]
+        return image, label, int(self.domains[index])
+
+
+def training_view(data: AblationData, experts: int):
+    """The training set of scheme K: the pack itself for K = 1 and 3 (its own domains), else an :class:`ExpertView`."""
+    if experts in NATIVE_SCHEMES:
+        return data.baseline.train
+    names = expert_names(experts)
+    scheme = EXPERT_SCHEMES[experts]
+    codes = np.array([names.index(scheme[collection]) for collection in data.collections])
+    return ExpertView(data.baseline.train, codes, names)
+
+
+def adapter_settings(settings: AblationSettings, train) -> Any:
+    """The DA-LoRA settings of a run (None for LoRA): the training set's domains as experts, classifier gating; for
+    K = 1 one expert and a router over the domains (:attr:`~afr.adapters.dalora.DaLoraSettings.router_domains`)."""
+    from afr.adapters.dalora import DaLoraSettings
+    from afr.experiments.dalora import expert_domains
+
+    if settings.method == "lora":
+        return None
+    domains, codes = expert_domains(train)
+    common = dict(r=settings.rank, alpha=float(settings.rank), domain_codes=codes, gating="classifier",
+                  router_hidden=settings.router_hidden)
+    if settings.experts == 1:
+        return DaLoraSettings(domains=(SINGLE_EXPERT,), router_domains=domains, **common)
+    return DaLoraSettings(domains=domains, **common)
+
+
+# ------------------------------------------------------------------------------------------ runs
+def _record_path(tag: str) -> Path:
+    return results_root() / AblationSettings.experiment / f"{tag}.json"
+
+
+def run_start(settings: AblationSettings, data: AblationData, retrain: bool = False) -> Path:
+    """The MAML start of ``settings`` (its adapter directory): LoRA of rank r on the layers DA-LoRA adapts,
+    meta-trained with first-order MAML on episodes of all five training collections. A start whose adapter and
+    record exist is reused unless ``retrain``; its record (meta-training history, seconds per step) goes to
+    ``results/ablations/<start tag>.json``. Not scored: it is an initialisation, not a result."""
+    from afr.adapters.lora import LoraSettings, apply_lora, save_adapter
+    from afr.data.collections import COLLECTIONS
+    from afr.experiments.crossdomain import fast_layout, shared_targets
+    from afr.experiments.maml import task_batches
+    from afr.experiments.training import evaluation_device
+    from afr.meta import MetaConfig, meta_train
+    from afr.meta.episodes import EpisodeSampler
+    from afr.models import create_backbone
+    from afr.train import seed_everything
+
+    tag, run_dir = settings.start_tag, settings.start_dir
+    adapter, path = run_dir / "adapter", _record_path(settings.start_tag)
+    if adapter.is_dir() and path.is_file() and not retrain:
+        return adapter
+    started = time.time()
+    if run_dir.exists() and not settings.resume:
+        shutil.rmtree(run_dir)  # an unfinished or unrecorded start, or told to retrain
+    seed_everything(settings.seed)
+    backbone = create_backbone(settings.backbone, settings.weights)
+    backbone = apply_lora(backbone, LoraSettings(r=settings.rank, alpha=float(settings.rank),
+                                                 target_modules=tuple(shared_targets(backbone))))
+    device = evaluation_device(settings)
+    fast_layout(backbone).to(device)
+    sampler = EpisodeSampler(data.chips.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
+                             allowed=COLLECTIONS, seed=settings.seed)
+    config = MetaConfig(inner_steps=settings.inner_steps, inner_lr=settings.inner_lr, first_order=True,
+                        meta_lr=settings.meta_lr, meta_steps=settings.meta_steps, tasks_per_step=settings.tasks_per_step,
+                        seed=settings.seed)
+    result = meta_train(backbone, lambda step: task_batches(data.chips, sampler, config.tasks_per_step, step), config,
+                        run_dir, resume=settings.resume, progress=settings.progress)
+    save_adapter(backbone, adapter)
+    record = {"experiment": settings.experiment, "tag": tag, "method": "maml-start", "seed": settings.seed,
+              "settings": {name: getattr(settings, name) for name in START_FIELDS}, "collections": list(COLLECTIONS),
+              "meta_training": {"steps": result.steps, "history": result.history, "first_order": True,
+                                "seconds_per_step": result.seconds_per_step},
+              "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1, default=json_default) + "\n")
+    return adapter
+
+
+def _run(settings: AblationSettings, data: AblationData, retrained_starts: set[str]):
+    """One run (:func:`afr.experiments.dalora.run_method`), its MAML start first when it must be trained."""
+    from afr.experiments import dalora
+    from afr.experiments.baseline import BaselineData
+
+    train = training_view(data, settings.experts)
+    warm_start = None
+    if settings.maml_start and (settings.overwrite or not dalora.record_path(settings).is_file()):
+        retrain = settings.overwrite and settings.start_tag not in retrained_starts
+        warm_start = run_start(settings, data, retrain=retrain)
+        retrained_starts.add(settings.start_tag)
+    run_data = BaselineData(train, data.baseline.val_packs, data.baseline.test_packs)
+    return dalora.run_method(settings, run_data, adapter_settings(settings, train), warm_start, gate_statistics=False,
+                             channels_last=True)
+
+
+def _rows(cells: Sequence[Cell], record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Tidy rows of one run for every cell it serves: test metrics (split ``test``) and the last epoch's validation
+    metrics (split ``val``), with the cell's group and value and the run's settings."""
+    rows = []
+    history = record["train"]["history"]
+    for cell in cells:
+        columns = {**cell.settings.table_columns(), "group": cell.group, "cell": cell.value}
+        for split, metrics in (("test", record["test"] or {}), ("val", final_validation_metrics(history))):
+            rows += metric_rows(cell.settings.experiment, record["tag"], cell.method, cell.settings.seed, metrics,
+                                {"split": split, **columns})
+    return rows
+
+
+def run_grid(settings: AblationSettings, data: AblationData, progress: bool = True) -> dict[str, Any]:
+    """Every distinct run of the grid (``{tag: RunOutcome}``, in the cells' order); each run's rows are written
+    (for all its cells) as soon as it is done, so an interrupted grid leaves a consistent table."""
+    from tqdm.auto import tqdm
+
+    cells = grid_cells(settings)
+    by_tag: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_tag.setdefault(cell.settings.tag, []).append(cell)
+    outcomes, retrained = {}, set()
+    for tag, served in tqdm(by_tag.items(), desc="ablation runs", disable=not progress):
+        outcomes[tag] = _run(served[0].settings, data, retrained)
+        append_rows(settings.experiment, _rows(served, outcomes[tag].record))
+    return outcomes
+
+
+# ------------------------------------------------------------------------------------------ tables
+def grid_table(cells: Sequence[Cell], outcomes: Mapping[str, Any]):
+    """Long table (group, cell, method, seed, split, domain, metric, value) of every cell, test and validation."""
+    import pandas as pd
+
+    rows = []
+    for cell in cells:
+        record = outcomes[cell.settings.tag].record
+        for split, packs in (("test", record["test"] or {}), ("val", final_validation_metrics(record["train"]["history"]))):
+            for domain, metrics in packs.items():
+                for metric, key in (("accuracy", "accuracy_mean"), ("auc", "auc"), ("eer", "eer")):
+                    if key in metrics:
+                        rows.append({"group": cell.group, "cell": cell.value, "method": cell.method,
+                                     "seed": cell.settings.seed, "split": split, "domain": domain, "metric": metric,
+                                     "value": metrics[key], "tag": cell.settings.tag})
+    return pd.DataFrame(rows)
+
+
+def summary_table(table, group: str, split: str = "test", metric: str = "auc"):
+    """``mean ± sd`` over seeds of one group: rows its cells (in grid order), columns the packs."""
+    chosen = table[(table["group"] == group) & (table["split"] == split) & (table["metric"] == metric)]
+    stats = chosen.groupby(["cell", "domain"], sort=False)["value"].agg(["mean", "std"])
+    cells = stats.apply(lambda r: f"{r['mean']:.4f}" + ("" if np.isnan(r["std"]) else f" ± {r['std']:.4f}"), axis=1)
+    return cells.unstack("domain")
+
+
+def _default_cell(settings: AblationSettings, group: str) -> Any:
+    return "full" if group == "component" else getattr(settings, group)
+
+
+def paired_tests(table, settings: AblationSettings, metric: str = "auc"):
+    """Paired t-tests over seeds (scipy ``ttest_rel``) of the full model against every other cell of each group
+    (component rows; each sweep's other values), per test pack: mean difference and p-value."""
+    import pandas as pd
+
+    from afr.experiments.dalora import paired_tests as paired
+
+    frames = []
+    test = table[table["split"] == "test"]
+    for group in dict.fromkeys(test["group"]):
+        part = test[test["group"] == group]
+        default = _default_cell(settings, group)
+        if default not in set(part["cell"]):
+            continue
+        frame = paired(part.assign(method=part["cell"].astype(str)), against=str(default), metric=metric)
+        frames.append(frame.assign(group=group, comparison=frame["comparison"].str.replace(
+            f"{default} - ", "full - " if group == "component" else f"{group}={default} - {group}=", regex=False)))
+    columns = ["group", "comparison", "domain", "metric", "seeds", "mean_difference", "p_value"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def recommended_defaults(table, settings: AblationSettings):
+    """Per sweep, the value with the highest validation AUC (last epoch), averaged over the validation packs and
+    the seeds; the test packs play no part. Returns a table (group, value, validation AUC, the current default,
+    and the runner-up's margin); it is a derivation to print, not a claim checked anywhere."""
+    import pandas as pd
+
+    val = table[(table["split"] == "val") & (table["metric"] == "auc") & (table["group"] != "component")]
+    rows = []
+    for group in dict.fromkeys(val["group"]):
+        per_seed = val[val["group"] == group].groupby(["cell", "seed"])["value"].mean()
+        means = per_seed.groupby("cell").agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
+        best = means.index[0]
+        margin = float(means["mean"].iloc[0] - means["mean"].iloc[1]) if len(means) > 1 else float("nan")
+        rows.append({"group": group, "recommended": best, "val_auc_mean": float(means["mean"].iloc[0]),
+                     "seeds": int(means["count"].iloc[0]), "current_default": _default_cell(settings, group),
+                     "val_auc_of_default": float(means["mean"].get(_default_cell(settings, group), float("nan"))),
+                     "margin_over_runner_up": margin})
+    return pd.DataFrame(rows)
+
+
+def compare_with_committed(outcomes: Mapping[str, Any], deterministic_only: bool = True) -> str:
+    """:func:`afr.experiments.reference.compare_grid_with_committed` over the runs without a MAML start (a
+    meta-trained start is not reproducible across thread counts, see the README), or over every run."""
+    from afr.experiments.reference import compare_grid_with_committed
+
+    chosen = {tag: outcome for tag, outcome in outcomes.items()
+              if not (deterministic_only and outcome.record["settings"]["maml_start"])}
+    return compare_grid_with_committed(chosen)
+
+
+# ------------------------------------------------------------------------------------------ figure
+def plot_results(table, settings: AblationSettings, domains: Sequence[str] = ("thermal", "lowquality", "controlled")):
+    """Left: the component rows' test AUC per pack (bars, sd over seeds). Then one panel per sweep: test AUC of
+    ``domains`` (solid) and the mean validation AUC (dashed, what :func:`recommended_defaults` reads) against the
+    swept value; the full model's value marked."""
+    import matplotlib.pyplot as plt
+
+    groups = [group for group in GROUPS if group in set(table["group"])]
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 1.5, 3.6), squeeze=False)
+    colours = dict(zip(domains, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    auc = table[table["metric"] == "auc"]
+    for axis, group in zip(axes[0], groups):
+        part = auc[auc["group"] == group]
+        if group == "component":
+            cells = [name for name in COMPONENTS if name in set(part["cell"])]
+            width = 0.8 / len(domains)
+            for index, domain in enumerate(domains):
+                values = part[(part["split"] == "test") & (part["domain"] == domain)].groupby("cell")["value"]
+                means, errors = values.mean().reindex(cells), values.std().reindex(cells).fillna(0)
+                axis.bar(np.arange(len(cells)) + (index - (len(domains) - 1) / 2) * width, means, width, yerr=errors,
+                         capsize=2, color=colours[domain], label=f"test {domain}")
+            axis.set_xticks(np.arange(len(cells)), [COMPONENTS[c][0] for c in cells], rotation=35, ha="right",
+                            fontsize=7)
+            axis.set_ylim(0.85, 1.005)
+            axis.set_title("components", fontsize=9)
+            axis.legend(fontsize=6)
+            continue
+        for domain in domains:
+            values = part[(part["split"] == "test") & (part["domain"] == domain)].groupby("cell")["value"]
+            stats = values.agg(["mean", "std"]).sort_index()
+            axis.errorbar(stats.index.astype(float), stats["mean"], yerr=stats["std"].fillna(0), marker="o",
+                          capsize=2, color=colours[domain], label=f"test {domain}")
+        val = part[part["split"] == "val"].groupby(["cell", "seed"])["value"].mean().groupby("cell")
+        stats = val.agg(["mean", "std"]).sort_index()
+        axis.errorbar(stats.index.astype(float), stats["mean"], yerr=stats["std"].fillna(0), marker="s", capsize=2,
+                      color="black", linestyle="--", label="validation (mean)")
+        axis.axvline(float(getattr(settings, group)), color="grey", linewidth=0.8, linestyle=":")
+        if group.startswith("lambda") or group == "rank":
+            axis.set_xscale("log")
+        axis.set_xlabel(group)
+        axis.set_title(f"sensitivity: {group}", fontsize=9)
+    axes[0][0].set_ylabel("AUC (mean ± sd over seeds)")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def run_experiment(settings: AblationSettings) -> dict[str, Any]:
+    """The whole of notebook 06 without its pictures; a JSON-ready summary."""
+    data = load_data(settings)
+    outcomes = run_grid(settings, data, progress=settings.progress)
+    table = grid_table(grid_cells(settings), outcomes)
+    summary = table.groupby(["group", "cell", "split", "domain", "metric"], sort=False)["value"].agg(
+        ["mean", "std", "count"])
+    return {"experiment": settings.experiment, "runs": list(outcomes),
+            "recommended_defaults": recommended_defaults(table, settings).to_dict(orient="records"),
+            "summary": summary.reset_index().to_dict(orient="records")}
