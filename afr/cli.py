@@ -14,6 +14,13 @@ Commands
     LoRA + CosFace training validated on held-out identities, then the zero-shot and the adapted backbone
     scored on the test packs (the recipe of ``notebooks/02_baseline.ipynb``, options generated from its
     settings); prints the result JSON, which also goes to ``results/``.
+``embed``
+    Embeddings of a folder of faces (photos detected and aligned as ``evaluate --folder`` does, or aligned
+    chips) with a backbone and optionally an adapter, written to ``FILE.npy`` plus a CSV index ``FILE.csv``
+    (row, file, identity sub-folder, status); see :mod:`afr.embed`.
+``export``
+    Merge an adapter into its backbone (DA-LoRA: one domain's expert) and write the network as ONNX
+    (dynamic batch), checked against torch with onnxruntime; see :mod:`afr.export`.
 
 Every command reports failures as one line ``error: ...`` on stderr and exits with status 2
 (``--debug`` shows the traceback instead). New commands register a sub-parser in
@@ -56,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_build_embedded(commands)
     _add_baseline(commands)
+    _add_embed(commands)
+    _add_export(commands)
     for name in GRID_EXPERIMENTS:
         _add_grid_experiment(commands, name)
     return parser
@@ -214,19 +223,10 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def _align(images: Sequence[np.ndarray], backbone: Any, progress: bool) -> tuple[list[np.ndarray], int]:
     """Detect and align every photo into the backbone's chip geometry; return chips and fallback count."""
-    from tqdm.auto import tqdm
+    from afr.align import align_photos
 
-    from afr.align import FaceAligner
-
-    aligner = FaceAligner(geometry=backbone.alignment, size=backbone.input_size)
-    chips, fallbacks = [], 0
-    for image in tqdm(images, desc="aligning", unit="image", disable=not progress):
-        face = aligner.align(image)
-        chips.append(face.chip)
-        fallbacks += not face.detected
-    if fallbacks:
-        log.warning("no face detected in %d of %d images: centre crops used instead", fallbacks, len(images))
-    return chips, fallbacks
+    faces = align_photos(images, geometry=backbone.alignment, size=backbone.input_size, progress=progress)
+    return [face.chip for face in faces], sum(not face.detected for face in faces)
 
 
 # --------------------------------------------------------------------------------------------- build-embedded
@@ -272,6 +272,118 @@ def baseline_command(args: argparse.Namespace) -> dict[str, Any]:
     from afr.experiments.settings import BaselineSettings, settings_from_arguments
 
     return run_baseline(settings_from_arguments(args, BaselineSettings))
+
+
+# --------------------------------------------------------------------------------------------- embed / export
+def _add_backbone_and_adapter(command: argparse.ArgumentParser, domain_help: str) -> None:
+    command.add_argument("--backbone", default="dlib-resnet29", help="backbone name (default dlib-resnet29)")
+    command.add_argument("--weights", type=Path, help="weights directory (dlib-resnet29: default shared weights)")
+    command.add_argument("--domain", help=domain_help)
+
+
+def _add_embed(commands: argparse._SubParsersAction) -> None:
+    embed = commands.add_parser(
+        "embed", help="embeddings of a folder of faces to FILE.npy + a CSV index FILE.csv (prints JSON)",
+        description="Embed every image under FOLDER (sub-folders = identities) with the flip test and write the "
+        "L2-normalised embeddings to OUT (.npy) and one CSV line per file (row, file, identity, status) beside "
+        "it. A file that cannot be read or a photo without a detected face is a line with its status.")
+    embed.add_argument("folder", type=Path, help="folder of images (any depth; sub-folder = identity)")
+    embed.add_argument("--out", type=Path, required=True, help="embeddings file FILE.npy (index: FILE.csv)")
+    _add_backbone_and_adapter(embed, "DA-LoRA only: merge this domain's expert (default: the router gates the "
+                              "experts per image)")
+    embed.add_argument("--adapter", type=Path, help="adapter directory: LoRA (merged) or DA-LoRA")
+    embed.add_argument("--aligned", action="store_true",
+                       help="images are aligned chips (only resized); otherwise photos are detected (MTCNN) and aligned")
+    embed.add_argument("--skip-undetected", action="store_true",
+                       help="leave photos without a detected face out (default: embed their centred crop)")
+    embed.add_argument("--overwrite", action="store_true", help="replace existing FILE.npy / FILE.csv")
+    embed.add_argument("--batch-size", type=int, default=64, help="chips per forward pass (default 64)")
+    embed.add_argument("--no-flip", action="store_true", help="do not add the mirrored chip's embedding")
+    embed.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    embed.add_argument("--progress", action="store_true", help="progress bars on stderr")
+    _add_debug(embed)
+    embed.set_defaults(handler=embed_command)
+
+
+def embed_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``embed``: write the embeddings and their index, return counts and provenance."""
+    from afr.embed import check_output_paths, list_face_files
+
+    _require_dir(args.folder, "image folder")
+    if args.adapter is not None:
+        _require_dir(args.adapter, "adapter directory")
+    if args.weights is not None:
+        _require_dir(args.weights, "weights directory")
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.aligned and args.skip_undetected:
+        raise CommandError("--skip-undetected applies to photos; --aligned chips are not searched for faces")
+    out, csv_path = check_output_paths(args.out, args.overwrite)  # before any work
+    list_face_files(args.folder)  # a folder without images fails here, before the backbone loads
+
+    from afr.embed import embed_folder, write_embeddings
+    from afr.inference import FaceEmbedder
+
+    embedder = FaceEmbedder.load(args.backbone, args.weights, args.adapter, args.domain, aligned=args.aligned,
+                                 flip=not args.no_flip, batch_size=args.batch_size, device=args.device)
+    result = embed_folder(embedder, args.folder, skip_undetected=args.skip_undetected, progress=args.progress)
+    write_embeddings(result, out, overwrite=args.overwrite)
+    return {
+        "command": "embed",
+        "backbone": getattr(embedder.backbone, "name", args.backbone),
+        "adapter": str(args.adapter.resolve()) if args.adapter is not None else None,
+        "domain": args.domain,
+        "folder": str(args.folder.resolve()),
+        "embeddings": str(out.resolve()),
+        "index": str(csv_path.resolve()),
+        "n_files": len(result.index),
+        "n_embedded": int(result.embeddings.shape[0]),
+        "embedding_dim": int(result.embeddings.shape[1]),
+        "statuses": result.status_counts(),
+        "aligned_input": bool(args.aligned),
+        "flip": not args.no_flip,
+    }
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="merge an adapter into its backbone and write ONNX (prints JSON)",
+        description="Merge the adapter (LoRA; DA-LoRA: the --domain expert) into the backbone and write it as an "
+        "ONNX model: input 'chips' float32 (batch, 3, S, S) RGB in [0, 1] aligned as the backbone expects, output "
+        "'embedding' (batch, D) raw. onnxruntime is checked against torch on a random batch.")
+    export.add_argument("--adapter", type=Path, required=True, help="adapter directory: LoRA or DA-LoRA")
+    export.add_argument("--onnx", type=Path, required=True, help="ONNX file to write")
+    _add_backbone_and_adapter(export, "DA-LoRA: the domain whose expert is merged (required for DA-LoRA)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file")
+    _add_debug(export)
+    export.set_defaults(handler=export_command)
+
+
+def export_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``export``: write the merged network as ONNX, return where and how well it matches torch."""
+    _require_dir(args.adapter, "adapter directory")
+    if args.weights is not None:
+        _require_dir(args.weights, "weights directory")
+    if args.onnx.exists() and not args.overwrite:
+        raise CommandError(f"{args.onnx} already exists; pass --overwrite to replace it")
+
+    from afr.export import export_onnx
+    from afr.inference import load_adapted_backbone
+
+    backbone = load_adapted_backbone(args.backbone, args.weights, args.adapter, args.domain, require_merge=True)
+    metadata = {"afr.adapter": args.adapter.resolve().name, "afr.domain": args.domain or ""}
+    exported = export_onnx(backbone, args.onnx, overwrite=args.overwrite, metadata=metadata)
+    return {
+        "command": "export",
+        "backbone": getattr(backbone, "name", args.backbone),
+        "adapter": str(args.adapter.resolve()),
+        "domain": args.domain,
+        "onnx": str(exported.path.resolve()),
+        "opset": exported.opset,
+        "input": {"name": "chips", "shape": list(exported.input_shape)},
+        "output": {"name": "embedding", "shape": list(exported.output_shape)},
+        "onnxruntime_max_abs_difference": exported.max_abs_difference,
+    }
 
 
 # --------------------------------------------------------------------------------------------- grid experiments
