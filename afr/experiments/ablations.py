@@ -70,7 +70,8 @@ COMPONENTS: dict[str, tuple[str, dict[str, Any]]] = {
 #: sweep group (= the swept setting) -> the settings field listing its values
 SWEEPS = {"rank": "ranks", "experts": "expert_counts", "lambda_contrastive": "lambda_contrastive_values",
           "lambda_domain": "lambda_domain_values", "inner_steps": "inner_steps_values"}
-GROUPS = ("component", *SWEEPS)
+#: the groups in the order the grid runs them (the cheaper sweeps first: K and the large ranks cost most)
+GROUPS = ("component", "lambda_contrastive", "lambda_domain", "inner_steps", "experts", "rank")
 #: K -> the expert of each training collection (K = 1: one expert, its router classifies the three domains)
 EXPERT_SCHEMES: dict[int, dict[str, str]] = {
     1: {"orl": "controlled", "yale": "controlled", "lowquality": "lowquality", "thermal_und": "thermal",
@@ -246,18 +247,19 @@ class Cell:
 
 
 def grid_cells(settings: AblationSettings) -> list[Cell]:
-    """Every cell of the grid, seed by seed: the component rows, then each sweep's values (the full model with the
-    swept setting changed; its default value is the full model itself)."""
+    """Every cell of the grid, group by group (:data:`GROUPS` order), each group seed by seed: the component rows,
+    then each sweep's values (the full model with the swept setting changed; its default value is the full model
+    itself). Group-major order, so that a grid stopped early leaves whole groups with every seed."""
     cells = []
-    for seed in settings.seeds:
-        full = settings.full_model(seed)
-        if "component" in settings.groups:
-            for name, (_, changes) in COMPONENTS.items():
-                cells.append(Cell("component", name, name, dataclasses.replace(full, **changes)))
-        for group, values in SWEEPS.items():
-            if group in settings.groups:
-                for value in getattr(settings, values):
-                    cells.append(Cell(group, value, "full", dataclasses.replace(full, **{group: value})))
+    for group in [group for group in GROUPS if group in settings.groups]:
+        for seed in settings.seeds:
+            full = settings.full_model(seed)
+            if group == "component":
+                cells += [Cell(group, name, name, dataclasses.replace(full, **changes))
+                          for name, (_, changes) in COMPONENTS.items()]
+            else:
+                cells += [Cell(group, value, "full", dataclasses.replace(full, **{group: value}))
+                          for value in getattr(settings, SWEEPS[group])]
     return cells
 
 
