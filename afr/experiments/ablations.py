@@ -481,6 +481,8 @@ def paired_tests(table, settings: AblationSettings, metric: str = "auc"):
         if default not in set(part["cell"]):
             continue
         frame = paired(part.assign(method=part["cell"].astype(str)), against=str(default), metric=metric)
+        if frame.empty:  # the group has only the full model's cell
+            continue
         frames.append(frame.assign(group=group, comparison=frame["comparison"].str.replace(
             f"{default} - ", "full - " if group == "component" else f"{group}={default} - {group}=", regex=False)))
     columns = ["group", "comparison", "domain", "metric", "seeds", "mean_difference", "p_value"]
@@ -556,6 +558,9 @@ def plot_results(table, settings: AblationSettings, domains: Sequence[str] = ("t
         axis.axvline(float(getattr(settings, group)), color="grey", linewidth=0.8, linestyle=":")
         if group.startswith("lambda") or group == "rank":
             axis.set_xscale("log")
+        ticks = sorted(float(value) for value in set(part["cell"]))
+        axis.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
+        axis.minorticks_off()
         axis.set_xlabel(group)
         axis.set_title(f"sensitivity: {group}", fontsize=9)
     axes[0][0].set_ylabel("AUC (mean ± sd over seeds)")
