@@ -115,11 +115,12 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings):
     groups: tuple[str, ...] = setting(GROUPS, "what to run: component (the component table) and the sweeps "
                                       + ", ".join(SWEEPS))
     seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
-    ranks: tuple[int, ...] = setting((4, 8), "rank sweep (the committed grid: 2 4 8 16 32)")
+    ranks: tuple[int, ...] = setting((8,), "rank sweep (the committed grid: 2 4 8 16 32)")
     expert_counts: tuple[int, ...] = setting((3,), "K sweep, each of " + ", ".join(map(str, EXPERT_SCHEMES))
                                              + " (the committed grid: 2 3 4 5)")
     lambda_contrastive_values: tuple[float, ...] = setting((0.1,), "λ1 sweep (the committed grid: 0.01 0.05 0.1 0.5)")
-    lambda_domain_values: tuple[float, ...] = setting((0.01, 0.5), "λ2 sweep (the committed grid: 0.01 0.05 0.1 0.5)")
+    lambda_domain_values: tuple[float, ...] = setting((0.01, 0.5), "λ2 sweep (the committed grid: 0.01 0.05 0.1 0.5; "
+                                                      "the demo's one sweep of two values)")
     inner_steps_values: tuple[int, ...] = setting((3,), "MAML inner-step sweep (the committed grid: 1 3 5 10)")
     seed: int = setting(0, "seed of a single run (the grid sets it per run)")
     method: str = setting("dalora-classifier", "adapter of a single run: lora or dalora-classifier (DA-LoRA, router "
