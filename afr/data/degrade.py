@@ -28,13 +28,20 @@ def _rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def degrade(chip: np.ndarray, seed: int, key: str, settings: DegradeSettings = DegradeSettings()) -> np.ndarray:
-    """Return a degraded copy of an HxWx3 uint8 chip; ``key`` (e.g. the file name) picks its strengths."""
+def degradation_strengths(seed: int, key: str, settings: DegradeSettings = DegradeSettings()) -> tuple[int, float, int]:
+    """``(downsample_side, blur_sigma, jpeg_quality)`` that :func:`degrade` applies to the chip named ``key``
+    (public so that an error analysis can ask how hard a low-quality chip was degraded)."""
     rng = _rng(seed, key)
-    height, width = chip.shape[:2]
     side = int(rng.integers(settings.downsample_side[0], settings.downsample_side[1] + 1))
     sigma = float(rng.uniform(*settings.blur_sigma))
     quality = int(rng.integers(settings.jpeg_quality[0], settings.jpeg_quality[1] + 1))
+    return side, sigma, quality
+
+
+def degrade(chip: np.ndarray, seed: int, key: str, settings: DegradeSettings = DegradeSettings()) -> np.ndarray:
+    """Return a degraded copy of an HxWx3 uint8 chip; ``key`` (e.g. the file name) picks its strengths."""
+    height, width = chip.shape[:2]
+    side, sigma, quality = degradation_strengths(seed, key, settings)
     scale = side / min(height, width)
     small = cv2.resize(chip, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), sigmaX=sigma)

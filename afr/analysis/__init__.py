@@ -1,0 +1,1 @@
+"""Analysis of committed results and adapters for notebook 07 (figures, error analysis, exploration)."""

@@ -1,0 +1,140 @@
+"""Embeddings of the labelled test packs under the zero-shot backbone and under committed adapters.
+
+Notebook 07 trains nothing: an "adapted model" is the pretrained backbone plus an adapter published in
+``results/adapters/<method>_seed<k>/`` (with ``source.json`` naming the run whose record holds its test
+metrics). Each adapter is evaluated the way its experiment scored it (:func:`afr.experiments.dalora.evaluate_adapted`),
+so the numbers computed here can be checked against the committed records:
+
+* LoRA: merged into the backbone (equal to the unmerged model up to ~3e-7);
+* DA-LoRA ``oracle``: the expert of the pack's domain merged (the wild photos go to the ``controlled`` expert,
+  :data:`afr.experiments.dalora.ORACLE_EXPERT_OF`);
+* DA-LoRA ``classifier`` / ``uniform``: unmerged, with the adapter's own gating (per-image router gates).
+
+Embeddings are InsightFace's flip-test embeddings (:func:`afr.eval.extract.extract_embeddings`) of each
+pack's distinct chips, computed once per (model, pack) and kept for the run (:class:`PackEmbedder`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from afr.adapters.dalora import load_any_adapter, merge_dalora
+from afr.adapters.dalora.model import DALORA_SETTINGS_NAME
+from afr.adapters.lora import merge_lora
+from afr.analysis.packs import LabelledPack
+from afr.eval.extract import extract_embeddings
+from afr.eval.verification import pair_distances
+from afr.experiments.dalora import ORACLE_EXPERT_OF
+from afr.models import create_backbone
+from afr.paths import MissingResourceError
+
+__all__ = ["ZERO_SHOT", "ModelChoice", "PackEmbedder", "resolve_model"]
+
+#: the name of the pretrained backbone without any adapter
+ZERO_SHOT = "zero-shot"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One model to analyse: ``zero-shot`` or a committed adapter folder (``name`` = its folder name)."""
+
+    name: str
+    adapter_dir: Path | None = None
+    method: str = ZERO_SHOT  # lora, lora-matched, dalora-classifier, dalora-oracle, dalora-uniform
+    seed: int | None = None
+    record: Path | None = None  # the run record holding the adapter's committed test metrics
+
+    @property
+    def gating(self) -> str | None:
+        """The DA-LoRA gating mode (None for LoRA and zero-shot)."""
+        if self.adapter_dir is None or not (self.adapter_dir / DALORA_SETTINGS_NAME).is_file():
+            return None
+        return json.loads((self.adapter_dir / DALORA_SETTINGS_NAME).read_text())["settings"]["gating"]
+
+
+def resolve_model(name: str, results_dir: str | Path) -> ModelChoice:
+    """``zero-shot`` or the adapter ``results_dir/adapters/<name>`` (with its ``source.json`` provenance)."""
+    if name == ZERO_SHOT:
+        return ModelChoice(ZERO_SHOT)
+    results_dir = Path(results_dir)
+    directory = results_dir / "adapters" / name
+    source_path = directory / "source.json"
+    if not source_path.is_file():
+        available = sorted(p.name for p in (results_dir / "adapters").glob("*") if p.is_dir())
+        raise MissingResourceError(f"no committed adapter {directory} (source.json missing); available: "
+                                   f"{', '.join(available) or 'none'}")
+    source = json.loads(source_path.read_text())
+    # source.json names the record relative to the project root ("results/dalora/<tag>.json")
+    record = results_dir / Path(source["record"]).relative_to("results") if "record" in source else None
+    return ModelChoice(name, directory, source["method"], int(source["seed"]), record)
+
+
+class PackEmbedder:
+    """Flip-test embeddings of labelled packs' distinct chips per model, computed once and cached.
+
+    ``backbone``/``weights`` name the pretrained network every model starts from (the committed adapters were
+    trained on ``dlib-resnet29`` with the shared weights). ``device`` and ``batch_size`` go to
+    :func:`afr.eval.extract.extract_embeddings`.
+    """
+
+    def __init__(self, packs: Mapping[str, LabelledPack], results_dir: str | Path, backbone: str = "dlib-resnet29",
+                 weights: str | Path | None = None, device: str = "cpu", batch_size: int = 64,
+                 progress: bool = False) -> None:
+        self.packs = dict(packs)
+        self.results_dir = Path(results_dir)
+        self.backbone_name = backbone
+        self.weights = weights
+        self.device = device
+        self.batch_size = batch_size
+        self.progress = progress
+        self._base: nn.Module | None = None
+        self._models: dict[tuple[str, str], nn.Module] = {}
+        self._chips: dict[tuple[str, str], np.ndarray] = {}
+
+    def choice(self, name: str) -> ModelChoice:
+        return resolve_model(name, self.results_dir)
+
+    def _pretrained(self) -> nn.Module:
+        if self._base is None:
+            self._base = create_backbone(self.backbone_name, self.weights).eval()
+        return self._base
+
+    def model(self, name: str, domain: str) -> nn.Module:
+        """The network that embeds ``domain``'s pack for model ``name`` (eval mode, cached)."""
+        choice = self.choice(name)
+        per_domain = choice.method == "dalora-oracle"
+        key = (name, domain if per_domain else "*")
+        if key not in self._models:
+            model = copy.deepcopy(self._pretrained())
+            if choice.adapter_dir is not None:
+                model = load_any_adapter(model, choice.adapter_dir)
+                if hasattr(model, "dalora_settings"):
+                    if per_domain:
+                        model = merge_dalora(model, ORACLE_EXPERT_OF.get(domain, domain))
+                else:
+                    model = merge_lora(model)
+            self._models[key] = model.eval()
+        return self._models[key]
+
+    def chip_embeddings(self, name: str, domain: str) -> np.ndarray:
+        """``(n_chips, D)`` unit embeddings of ``domain``'s distinct chips (order of ``packs[domain].chip_rows``)."""
+        key = (name, domain)
+        if key not in self._chips:
+            self._chips[key] = extract_embeddings(self.model(name, domain), self.packs[domain].chips,
+                                                  batch_size=self.batch_size, device=self.device,
+                                                  progress=self.progress)
+        return self._chips[key]
+
+    def image_embeddings(self, name: str, domain: str) -> np.ndarray:
+        """``(2N, D)`` embeddings of the pack's images in pair order (pair ``p`` = rows ``2p``, ``2p + 1``)."""
+        return self.chip_embeddings(name, domain)[self.packs[domain].chip_of_image]
+
+    def distances(self, name: str, domain: str) -> np.ndarray:
+        """Squared L2 distance of every pair's unit embeddings (the protocol's score)."""
+        return pair_distances(self.image_embeddings(name, domain))

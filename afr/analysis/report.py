@@ -1,0 +1,282 @@
+"""Notebook 07 as a library: settings, the figures it writes, and the numbers they state.
+
+:class:`FigureReport` reads the committed results (``settings.results_dir``, default the project's
+``results/``) and the embedded benchmark's test packs, embeds the packs once per model, and writes each figure
+to :func:`afr.paths.figures_root` and every number a figure states to
+``results_root()/analysis/figures.json`` (a flat dict of numbers, written atomically after each figure, so the
+paper generator can turn each key into a LaTeX macro). It trains nothing. Outputs that already exist are
+replaced only with ``overwrite`` (checked before any work).
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from afr.analysis.committed import (ablation_sensitivity, committed_results_dir, crossdomain_curves, gate_matrices,
+                                    maml_curves, published_records, read_table)
+from afr.analysis.decisions import ProtocolDecisions
+from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder
+from afr.analysis.errors import FALSE_ACCEPT, common_traits, error_analysis, worst_errors
+from afr.analysis.explorer import ThresholdExplorer
+from afr.analysis.packs import labelled_test_packs
+from afr.analysis.plots import (FIGURE_NAMES, confusion_figure, curves_figure, errors_figure, figure_paths,
+                                gates_figure, roc_figure, saliency_figure, save_figure, sensitivity_figure,
+                                tsne_figure)
+from afr.analysis.roc import pack_roc
+from afr.analysis.saliency import DEFAULT_CAM_LAYER, grad_cam
+from afr.analysis.tsne import collect_points, identity_cosines, tsne_coordinates
+from afr.data.embedded import load_embedded
+from afr.eval.extract import chips_to_tensor
+from afr.io import atomic_write_text
+from afr.paths import figures_root, results_root
+
+__all__ = ["AnalysisSettings", "FigureReport", "call_paper_generator", "existing_outputs", "numbers_path"]
+
+
+@dataclass
+class AnalysisSettings:
+    """Notebook 07's parameters (its ``parameters`` cell mirrors these fields)."""
+
+    results_dir: str | None = None  # committed results to READ (default: the project's results/)
+    embedded_root: str | None = None  # embedded benchmark (default data/processed/embedded)
+    backbone: str = "dlib-resnet29"  # the pretrained network the committed adapters were trained on
+    weights: str | None = None  # its weights (default: the shared dlib weights)
+    adapters: tuple[str, ...] = ("dalora-classifier_seed0", "lora_seed0")  # first = "the adapted model"
+    gates_method: str = "dalora-classifier"  # the DA-LoRA row whose records' gates are drawn
+    tsne_perplexity: float = 30.0
+    seed: int = 0  # t-SNE's random state
+    n_errors: int = 3  # worst false accepts and worst false rejects per domain in the gallery
+    cam_layer: str = DEFAULT_CAM_LAYER
+    vit_backbone: str = "dinov2-vits14"  # for attention maps, only when vit_weights is given
+    vit_weights: str | None = None
+    interactive: bool = True  # build the widgets when a live frontend shows them (see afr.analysis.explorer)
+    overwrite: bool = False  # replace existing figures / figures.json
+    progress: bool = True
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "AnalysisSettings":
+        """The settings from a notebook's globals (papermill parameters); other names are ignored."""
+        settings = cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+        settings.adapters = tuple(settings.adapters)
+        if not settings.adapters:
+            raise ValueError("adapters must name at least one committed adapter (results/adapters/<name>)")
+        return settings
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (ZERO_SHOT, *self.adapters)
+
+    @property
+    def adapted(self) -> str:
+        return self.adapters[0]
+
+
+def numbers_path() -> Path:
+    """Where the figures' numbers go: ``results_root()/analysis/figures.json``."""
+    return results_root() / "analysis" / "figures.json"
+
+
+def existing_outputs() -> list[Path]:
+    """The figure files and figures.json that a run would replace."""
+    paths = [path for name in FIGURE_NAMES for path in figure_paths(figures_root(), name)] + [numbers_path()]
+    return [path for path in paths if path.exists()]
+
+
+def _clean(value: float) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+@dataclass
+class FigureReport:
+    """Everything notebook 07 draws; each method saves its figure and records the numbers it states."""
+
+    settings: AnalysisSettings
+    numbers: dict[str, float | int | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        existing = existing_outputs()
+        if existing and not self.settings.overwrite:
+            raise FileExistsError(
+                f"{len(existing)} output(s) exist, e.g. {existing[0]}; pass overwrite=True "
+                "(papermill -p overwrite True) to replace them, or point AFR_FIGURES / AFR_RESULTS elsewhere")
+        self.results_dir = committed_results_dir(self.settings.results_dir)
+        self.benchmark = load_embedded(self.settings.embedded_root)
+        self.packs = labelled_test_packs(self.benchmark)
+        self.embedder = PackEmbedder(self.packs, self.results_dir, self.settings.backbone, self.settings.weights,
+                                     progress=self.settings.progress)
+        for name in self.settings.adapters:
+            self.embedder.choice(name)  # a missing adapter fails here, before any work
+        self.explorer = ThresholdExplorer(self.embedder, self.settings.models)
+        if numbers_path().is_file() and self.settings.overwrite:
+            numbers_path().unlink()  # stale keys of an earlier run must not survive
+
+    # ------------------------------------------------------------------ bookkeeping
+    def record(self, values: Mapping[str, float | int | None]) -> None:
+        """Add numbers and rewrite figures.json (atomically, keys sorted)."""
+        self.numbers.update({key: (None if value is None else _clean(value) if isinstance(value, float) else value)
+                             for key, value in values.items()})
+        numbers_path().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(numbers_path(), json.dumps(dict(sorted(self.numbers.items())), indent=1) + "\n")
+
+    def save(self, fig, name: str) -> str:
+        pdf, png = save_figure(fig, name, figures_root())
+        return f"{pdf.name} and {png.name} written to {pdf.parent}"
+
+    def decisions(self, model: str, domain: str) -> ProtocolDecisions:
+        return self.explorer.decisions(model, domain)
+
+    def data_summary(self) -> str:
+        """The test packs, their distinct chips and the identities they share across domains."""
+        lines = []
+        domains_of: dict[str, set[str]] = {}
+        for domain, pack in self.packs.items():
+            identities = {row["identity"] for row in pack.chip_rows}
+            for identity in identities:
+                domains_of.setdefault(identity, set()).add(domain)
+            lines.append(f"{domain:<11} {len(pack.pack):4d} pairs  {len(pack.chip_rows):4d} distinct chips  "
+                         f"{len(identities):3d} identities")
+        shared = sorted({" + ".join(sorted(d)) for d in domains_of.values() if len(d) > 1})
+        counts = {combo: sum(1 for d in domains_of.values() if " + ".join(sorted(d)) == combo) for combo in shared}
+        lines.append("identities in more than one domain: "
+                     + (", ".join(f"{n} in {combo}" for combo, n in counts.items()) or "none"))
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ figures
+    def tsne(self):
+        """t-SNE before and after adaptation, with the same-identity cosines (across / within domains)."""
+        panels = []
+        for model in (ZERO_SHOT, self.settings.adapted):
+            points = collect_points(self.embedder, model)
+            xy = tsne_coordinates(points, self.settings.tsne_perplexity, self.settings.seed)
+            cosines = identity_cosines(points)
+            panels.append((model, points, xy, cosines))
+            self.record({f"tsne.{model}.cross_domain_cosine": cosines.cross_domain,
+                         f"tsne.{model}.within_domain_cosine": cosines.within_domain,
+                         f"tsne.{model}.different_identity_cosine": cosines.different})
+        self.record({"tsne.chips": len(panels[0][1]), "tsne.cross_domain_identities": panels[0][3].n_cross_identities,
+                     "tsne.cross_domain_pairs": panels[0][3].n_cross_pairs})
+        return tsne_figure(panels), panels
+
+    def gates(self):
+        """DA-LoRA gate weights per test pack and expert, mean over the published seeds; and the confusion."""
+        records = published_records(self.results_dir, self.settings.gates_method)
+        method, n = self.settings.gates_method, len(records)
+        mean, sd = gate_matrices(records, "mean")
+        shares, shares_sd = gate_matrices(records, "argmax")
+        self.record({f"gates.{method}.{pack}.{expert}": mean.loc[pack, expert]
+                     for pack in mean.index for expert in mean.columns})
+        self.record({f"confusion.{method}.{pack}.{expert}": shares.loc[pack, expert]
+                     for pack in shares.index for expert in shares.columns})
+        self.record({f"gates.{method}.seeds": n})
+        return gates_figure(mean, sd, method, n), confusion_figure(shares, shares_sd, method, n), (mean, shares)
+
+    def curves(self):
+        maml, cross = read_table(self.results_dir, "maml"), read_table(self.results_dir, "crossdomain")
+        maml_summary = maml_curves(maml) if maml is not None else None
+        cross_summary = crossdomain_curves(cross) if cross is not None else None
+        return curves_figure(maml_summary, cross_summary), (maml_summary, cross_summary)
+
+    def sensitivity(self):
+        table = read_table(self.results_dir, "ablations")
+        summary = ablation_sensitivity(table) if table is not None else None
+        return sensitivity_figure(summary), summary
+
+    def roc(self):
+        curves = {domain: [pack_roc(self.embedder, model, domain) for model in self.settings.models]
+                  for domain in self.packs}
+        self.record({f"roc.{curve.domain}.auc.{curve.model}": curve.auc
+                     for models in curves.values() for curve in models})
+        return roc_figure(curves), curves
+
+    def errors(self):
+        """The worst errors of the adapted model per domain, and the error analysis of every model."""
+        model = self.settings.adapted
+        worst = {domain: worst_errors(self.decisions(model, domain), pack, model, self.settings.n_errors)
+                 for domain, pack in self.packs.items()}
+        images = {domain: [(self._chip(domain, e.pair, 0), self._chip(domain, e.pair, 1)) for e in errors]
+                  for domain, errors in worst.items()}
+        analyses = {}
+        for name in self.settings.models:
+            decisions = {domain: self.decisions(name, domain) for domain in self.packs}
+            analyses[name] = error_analysis(decisions, self.packs, self.benchmark.config.seed)
+            for domain, decision in decisions.items():
+                point = decision.point
+                self.record({f"errors.{name}.{domain}.false_accepts": point.false_accepts,
+                             f"errors.{name}.{domain}.false_rejects": point.false_rejects,
+                             f"errors.{name}.{domain}.accuracy": point.accuracy})
+        return errors_figure(worst, images), worst, analyses
+
+    def check_against_records(self, tolerance: float = 0.005) -> str:
+        """Assert that each adapter's AUC and protocol accuracy here equal its committed record's test metrics
+        (within ``tolerance``): the embeddings analysed are those of the published runs."""
+        checked = []
+        for name in self.settings.adapters:
+            choice = self.embedder.choice(name)
+            if choice.record is None or not choice.record.is_file():
+                raise FileNotFoundError(f"{name}: the record named by its source.json is missing ({choice.record})")
+            test = json.loads(choice.record.read_text())["test"]
+            for domain in self.packs:
+                auc = pack_roc(self.embedder, name, domain).auc
+                accuracy = self.decisions(name, domain).point.accuracy
+                for metric, value, committed in (("auc", auc, test[domain]["auc"]),
+                                                 ("accuracy", accuracy, test[domain]["accuracy_mean"])):
+                    if abs(value - committed) > tolerance:
+                        raise AssertionError(f"{name} on {domain}: {metric} {value:.4f} here, {committed:.4f} in "
+                                             f"{choice.record.name}")
+            checked.append(name)
+        return (f"{len(checked)} adapter(s) reproduce their committed records' test AUC and accuracy within "
+                f"{tolerance} on {len(self.packs)} packs")
+
+    def _chip(self, domain: str, pair: int, side: int) -> np.ndarray:
+        return self.packs[domain].pack.images[2 * pair + side]
+
+    def saliency(self):
+        """Grad-CAM of one same-identity pair per domain (the adapted model's worst false reject where it has
+        one), explained against the partner's embedding under each model."""
+        models = (ZERO_SHOT, self.settings.adapted)
+        rows = []
+        for domain, pack in self.packs.items():
+            rejects = self.decisions(self.settings.adapted, domain).false_rejects
+            distances = self.decisions(self.settings.adapted, domain).distances
+            pair = int(rejects[np.argmax(distances[rejects])]) if len(rejects) else int(np.flatnonzero(pack.issame)[0])
+            chip, partner = self._chip(domain, pair, 0), self._chip(domain, pair, 1)
+            maps = {}
+            for model in models:
+                network = self.embedder.model(model, domain)
+                with torch.no_grad():
+                    reference = network(chips_to_tensor([partner], network.input_size))
+                maps[model] = grad_cam(network, [chip], reference, self.settings.cam_layer)[0]
+            title = f"{domain} pair {pair}" + (" (worst FR)" if len(rejects) else "")
+            rows.append({"title": title, "chip": chip, "partner": partner, "maps": maps, "domain": domain,
+                         "pair": pair})
+        return saliency_figure(rows, models), rows
+
+
+def call_paper_generator(read_results: Path, figures: Path | None = None) -> str:
+    """Regenerate the paper's generated files with ``afr.paper.generate.write_generated`` when that module exists.
+
+    A run that writes into the project's own ``results/`` (``make demo``) regenerates ``paper/generated`` in
+    place; a run that writes elsewhere (``make test``: ``$AFR_RESULTS`` is a scratch folder) sends the paper's
+    files to ``results_root()/paper_generated`` so that the work tree is not touched.
+    """
+    if importlib.util.find_spec("afr.paper") is None or importlib.util.find_spec("afr.paper.generate") is None:
+        return "afr.paper.generate not found: the paper's generated files were not regenerated"
+    from afr.paper.generate import write_generated
+
+    accepted = inspect.signature(write_generated).parameters
+    options: dict[str, Any] = {"results": Path(read_results), "figures": Path(figures or figures_root())}
+    if results_root().resolve() != Path(read_results).resolve():
+        options["out"] = results_root() / "paper_generated"
+    options = {key: value for key, value in options.items() if key in accepted}
+    write_generated(**options)
+    return f"paper files regenerated into {options.get('out', 'the paper generator default (paper/generated)')}"
