@@ -125,7 +125,8 @@ full: $(STAMP)
 # Notebook 06's committed grid: 3 seeds, the component table and every sweep (rank, K, λ1, λ2, MAML inner steps),
 # 1 epoch per run, MAML starts of 20 outer steps; 66 runs and 24 starts, about 50 min of one core (records reused,
 # resumable).
-ABLATIONS_RESULTS := {seeds: [0, 1, 2], ranks: [2, 4, 8, 16, 32], expert_counts: [2, 3, 4, 5], \
+ABLATIONS_RESULTS := {seeds: [0, 1, 2], components: [lora, lora+router, dalora, dalora+maml, dalora+contrastive, full], \
+  ranks: [2, 4, 8, 16, 32], expert_counts: [2, 3, 4, 5], \
   lambda_contrastive_values: [0.01, 0.05, 0.1, 0.5], lambda_domain_values: [0.01, 0.05, 0.1, 0.5], \
   inner_steps_values: [1, 3, 5, 10], meta_steps: 20, progress: false}
 ablations-results: $(STAMP)

@@ -104,7 +104,7 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings):
 
     experiment: ClassVar[str] = "ablations"
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        *ExperimentSettings.EXECUTION_FIELDS, "groups", "seeds", *SWEEPS.values())
+        *ExperimentSettings.EXECUTION_FIELDS, "groups", "components", "seeds", *SWEEPS.values())
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "rank", "experts", "lambda_contrastive", "lambda_domain", "maml_start", "inner_steps", "meta_steps", "epochs",
         "lr")
@@ -114,13 +114,14 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings):
     embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
     groups: tuple[str, ...] = setting(GROUPS, "what to run: component (the component table) and the sweeps "
                                       + ", ".join(SWEEPS))
+    components: tuple[str, ...] = setting(("lora", "lora+router", "dalora", "full"), "component rows to run (of "
+                                          + ", ".join(COMPONENTS) + "; the committed grid: all six)")
     seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
     ranks: tuple[int, ...] = setting((8,), "rank sweep (the committed grid: 2 4 8 16 32)")
     expert_counts: tuple[int, ...] = setting((3,), "K sweep, each of " + ", ".join(map(str, EXPERT_SCHEMES))
                                              + " (the committed grid: 2 3 4 5)")
     lambda_contrastive_values: tuple[float, ...] = setting((0.1,), "λ1 sweep (the committed grid: 0.01 0.05 0.1 0.5)")
-    lambda_domain_values: tuple[float, ...] = setting((0.01, 0.5), "λ2 sweep (the committed grid: 0.01 0.05 0.1 0.5; "
-                                                      "the demo's one sweep of two values)")
+    lambda_domain_values: tuple[float, ...] = setting((0.01,), "λ2 sweep (the committed grid: 0.01 0.05 0.1 0.5)")
     inner_steps_values: tuple[int, ...] = setting((3,), "MAML inner-step sweep (the committed grid: 1 3 5 10)")
     seed: int = setting(0, "seed of a single run (the grid sets it per run)")
     method: str = setting("dalora-classifier", "adapter of a single run: lora or dalora-classifier (DA-LoRA, router "
@@ -163,6 +164,7 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings):
 
     def __post_init__(self) -> None:
         self.groups = tuple(self.groups)
+        self.components = tuple(self.components)
         self.seeds = tuple(int(seed) for seed in self.seeds)
         self.ranks = tuple(int(rank) for rank in self.ranks)
         self.expert_counts = tuple(int(k) for k in self.expert_counts)
@@ -172,6 +174,9 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings):
         unknown = [group for group in self.groups if group not in GROUPS]
         if unknown:
             raise ValueError(f"unknown group(s) {unknown}; choose from {GROUPS}")
+        unknown = [name for name in self.components if name not in COMPONENTS]
+        if unknown:
+            raise ValueError(f"unknown component(s) {unknown}; choose from {tuple(COMPONENTS)}")
         schemes = [k for k in (*self.expert_counts, self.experts) if k not in EXPERT_SCHEMES]
         if schemes:
             raise ValueError(f"no expert scheme for K = {schemes}; K is one of {tuple(EXPERT_SCHEMES)}")
@@ -257,7 +262,7 @@ def grid_cells(settings: AblationSettings) -> list[Cell]:
             full = settings.full_model(seed)
             if group == "component":
                 cells += [Cell(group, name, name, dataclasses.replace(full, **changes))
-                          for name, (_, changes) in COMPONENTS.items()]
+                          for name, (_, changes) in COMPONENTS.items() if name in settings.components]
             else:
                 cells += [Cell(group, value, "full", dataclasses.replace(full, **{group: value}))
                           for value in getattr(settings, SWEEPS[group])]
