@@ -44,8 +44,11 @@ notebooks: $(STAMP)
 	  echo "   $$(basename $$nb): $$(( $$(date +%s) - start )) s"; \
 	done
 
+# The demo ends with the paper when LaTeX is installed (`make apt`), and says how to get it otherwise.
 demo: notebooks
-	@echo "Done. Executed notebooks: $(RUN_DIR)/; metrics: results/*.json; figures: figures/"
+	@if command -v latexmk >/dev/null; then $(MAKE) --no-print-directory paper; \
+	else echo "paper: LaTeX not installed; \`make apt\` (as root) then \`make paper\` builds paper/main.pdf"; fi
+	@echo "Done. Executed notebooks: $(RUN_DIR)/; metrics: results/*.json; figures: figures/; paper: paper/main.pdf"
 
 # Tests write results, figures and runs into a scratch folder (never over the committed ones), so the work
 # tree stays as it was; the scratch folder is emptied first (it holds nothing but the previous test run).
