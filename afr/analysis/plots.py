@@ -34,7 +34,7 @@ def figure_paths(root: str | Path, name: str) -> tuple[Path, Path]:
     return root / f"fig_{name}.pdf", root / f"fig_{name}.png"
 
 
-def save_figure(fig: Figure, name: str, root: str | Path, dpi: int = 150) -> tuple[Path, Path]:
+def save_figure(fig: Figure, name: str, root: str | Path, dpi: int = 110) -> tuple[Path, Path]:
     """Write ``fig`` as ``fig_<name>.pdf`` and ``.png`` under ``root`` (created if needed), atomically."""
     Path(root).mkdir(parents=True, exist_ok=True)
     paths = figure_paths(root, name)
@@ -185,7 +185,7 @@ def sensitivity_figure(summary: pd.DataFrame | None, domains: Sequence[str] = ("
                             markersize=3, capsize=2, label=domain, color=DOMAIN_COLOURS.get(domain))
             if (rows["cell_value"] > 0).all() and rows["cell_value"].max() / rows["cell_value"].min() > 8:
                 ax.set_xscale("log")
-        ax.set_title(group, fontsize=9)
+        ax.set_title(f"{group} ({int(rows['seeds'].max())} seed(s))", fontsize=9)
         ax.set_ylabel("test AUC")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
