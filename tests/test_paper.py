@@ -75,7 +75,7 @@ def test_dalora_table_equals_the_committed_csv(committed):
                 assert got == expected[method, domain], (metric, method, domain)
 
 
-def test_baseline_maml_and_crossdomain_tables_equal_the_committed_csv(committed):
+def test_baseline_and_maml_tables_equal_the_committed_csv(committed):
     baseline = pd.read_csv(RESULTS / "tables" / "baseline.csv")
     test = baseline[(baseline["split"] == "test") & (baseline["metric"] == "auc")].set_index(["method", "domain"])["value"]
     for row in table_rows(committed.files["tables/baseline.tex"]):
@@ -93,32 +93,212 @@ def test_baseline_maml_and_crossdomain_tables_equal_the_committed_csv(committed)
             mean, sd, count = stats.loc[(method, shots, steps)]
             assert count == 3 and got == cell(mean, sd), (method, shots, steps)
 
-    cross = pd.read_csv(RESULTS / "tables" / "crossdomain.csv")
-    cross = cross[(cross["meta_steps"] == 60) & (cross["metric"] == "auc")]
-    stats = cross.groupby(["method", "shots", "domain"])["value"].agg(["mean", "std", "count"])
+
+
+# ------------------------------------------------------------------------------------------ notebook 05
+#: the start each adapted row of notebook 05 begins from (its forgetting is measured against it)
+START_OF = {"lora": "pooled-start", "dalora": "pooled-start"}
+THERMAL_METHODS = ("lora", "dalora", "dalora+maml", "dalora+maml+contrastive", "dalora+maml+contrastive+semi")
+
+
+def crossdomain_runs(direction: str, shots: list, source: tuple[str, ...]) -> set[str]:
+    """Run tags of one committed grid of notebook 05, read from its records (not through afr.paper): the zero-shot
+    run, the starts meta-trained 60 outer steps on ``source``, and the runs adapted along ``direction`` with these
+    ``shots`` (-1: k = all) at 60 outer steps over seeds 0-2. Records older than the directions name none: they are
+    visible -> thermal, from ORL + Yale + low quality."""
+    tags = set()
+    for path in (RESULTS / "crossdomain").glob("*.json"):
+        record = json.loads(path.read_text())
+        if record["method"] == "zero-shot":
+            tags.add(record["tag"])
+        elif record["settings"]["meta_steps"] != 60:
+            continue
+        elif record["method"].endswith("-start"):
+            if tuple(record.get("source") or ("orl", "yale", "lowquality")) == source:
+                tags.add(record["tag"])
+        elif ((record.get("direction") or "visible->thermal") == direction and record["shots"] == shots
+              and record["settings"]["seeds"] == [0, 1, 2]):
+            tags.add(record["tag"])
+    return tags
+
+
+def crossdomain_frame(*grids: str) -> pd.DataFrame:
+    """The test rows of ``results/tables/crossdomain.csv`` of the runs of ``grids``, filtered by run tag."""
+    table = pd.read_csv(RESULTS / "tables" / "crossdomain.csv")
+    return table[table["run"].isin(grid_runs(*grids)) & (table["split"] == "test")]
+
+
+#: each grid of ``make crossdomain-results``: (direction, shots of its adapted runs, source of its starts)
+GRIDS = {"thermal": ("visible->thermal", [1, 2, 4], ("orl", "yale", "lowquality")),
+         "thermal_kall": ("visible->thermal", [-1], ("orl", "yale", "lowquality")),
+         "lowquality": ("visible->lowquality", [1, 4], ("orl", "yale")),
+         "outdoor": ("indoor->outdoor", [], ("orl", "yale"))}
+
+
+def grid_runs(*names: str) -> set[str]:
+    return set().union(*(crossdomain_runs(*GRIDS[name]) for name in names))
+
+
+def per_seed(frame: pd.DataFrame, method: str, shots: int, domain: str, metric: str) -> pd.Series:
+    chosen = frame[(frame["method"] == method) & (frame["shots"] == shots) & (frame["domain"] == domain)
+                   & (frame["metric"] == metric)]
+    return chosen.set_index("seed")["value"].sort_index()
+
+
+def expected_cell(values: pd.Series, kind: str, zero_shot: bool = False) -> str:
+    """A table cell as the paper writes it: mean (± sd with two seeds or more) over seeds; ``not run`` if none.
+    Zero-shot's value, repeated per seed, is shown once."""
+    if not len(values):
+        return "not run"
+    if zero_shot:
+        assert values.nunique() == 1
+        values = values.iloc[:1]
+    scale, decimals = (100, 2) if kind in ("accuracy", "points") else (1, 4)
+    mean = f"{scale * values.mean():{'+' if kind == 'points' else ''}.{decimals}f}".replace("-", r"\ensuremath{-}", 1)
+    return mean if len(values) == 1 else rf"{mean} $\pm$ {scale * values.std():.{decimals}f}"
+
+
+def forgetting(frame: pd.DataFrame, method: str, shots: int, pack: str) -> pd.Series:
+    """Source-pack accuracy after adapting minus the start's, per seed (notebook 05's forgetting)."""
+    start = START_OF.get(method, "maml-start")
+    after, before = per_seed(frame, method, shots, pack, "accuracy"), per_seed(frame, start, 0, pack, "accuracy")
+    return (after - before).dropna()
+
+
+def test_crossdomain_table_with_k_all_equals_the_committed_csv(committed):
+    """Visible -> thermal, k = 1, 2, 4 and k = all (its own grid, the same starts): every AUC and forgetting cell is
+    the mean ± sd over seeds of the committed rows of those runs; k = all rows are labelled "all"."""
+    frame = crossdomain_frame("thermal", "thermal_kall")
+    rows = table_rows(committed.files["tables/crossdomain.tex"])
+    assert [row[1] for row in rows] == ["--", "0", "0", *(k for k in ("1", "2", "4", "all") for _ in THERMAL_METHODS)]
+    not_applicable = {("dalora+maml+contrastive", "1"), ("dalora+maml+contrastive+semi", "1"),
+                      ("dalora+maml+contrastive+semi", "all")}
     checked = 0
-    for row in table_rows(committed.files["tables/crossdomain.tex"]):
-        method, shots = row[0].replace(r"\_", "_"), 0 if row[1] == "--" else int(row[1])
+    for row in rows:
+        method, label = row[0], row[1]
+        shots = {"--": 0, "all": -1}.get(label, None)
+        shots = int(label) if shots is None else shots
+        if (method, label) in not_applicable:
+            assert row[2:] == ["n/a"] * 6 and not len(per_seed(frame, method, shots, "thermal", "auc"))
+            continue
         for domain, got in zip(("thermal_und", "thermal_puj", "thermal"), row[2:5]):
-            if got == "n/a":
-                assert (method, shots, domain) not in stats.index
-                continue
-            mean, sd, count = stats.loc[(method, shots, domain)]
-            expected = cell(mean) if method == "zero-shot" else cell(mean, sd)
-            assert got == expected and count == 3, (method, shots, domain)
+            values = per_seed(frame, method, shots, domain, "auc")
+            assert len(values) == 3 and got == expected_cell(values, "auc", method == "zero-shot"), (method, label)
             checked += 1
-    assert checked == 3 * (3 + 5 * 3 - 2)  # zero-shot, 2 starts, 5 methods x 3 k less the 2 not applicable at k=1
+        for pack, got in zip(("controlled", "wild", "lowquality"), row[5:]):
+            expected = "--" if shots == 0 else expected_cell(forgetting(frame, method, shots, pack), "points")
+            assert got == expected, (method, label, pack)
+    assert checked == 3 * (3 + 5 * 4 - 3)  # zero-shot, 2 starts, 5 methods x 4 k less the 3 not applicable
+
+
+def test_other_shifts_tables_equal_the_committed_csv(committed):
+    """Visible -> low quality (k = 1, 4) and indoor -> outdoor (zero-shot against the starts trained on ORL + Yale
+    only): every cell from the committed rows of those runs (a run not recorded yet reads "not run")."""
+    frame = crossdomain_frame("lowquality")
+    rows = table_rows(committed.files["tables/crossdomain_lowquality.tex"])
+    methods = ("lora", "dalora", "dalora+maml")
+    assert [(row[0], row[1]) for row in rows] == [("zero-shot", "--"), ("pooled-start", "0"), ("maml-start", "0"),
+                                                  *((m, k) for k in ("1", "4") for m in methods)]
+    starts = frame[frame["method"].str.endswith("-start")]
+    assert len(starts) and set(starts["source"]) == {"orl+yale"}  # not the thermal grids' starts
+    for row in rows:
+        method, shots = row[0], 0 if row[1] == "--" else int(row[1])
+        zero = method == "zero-shot"
+        assert row[2] == expected_cell(per_seed(frame, method, shots, "lowquality", "auc"), "auc", zero), row
+        assert row[3] == expected_cell(per_seed(frame, method, shots, "lowquality", "accuracy"), "accuracy", zero), row
+        for pack, got in zip(("controlled", "wild"), row[4:]):
+            expected = "--" if shots == 0 else expected_cell(forgetting(frame, method, shots, pack), "points")
+            if method == "dalora" and expected != "not run":  # the visible expert is the start's: no forgetting
+                assert set(forgetting(frame, method, shots, pack)) == {0.0}
+            assert got == expected, (method, shots, pack)
+
+    frame = crossdomain_frame("outdoor")
+    rows = table_rows(committed.files["tables/crossdomain_outdoor.tex"])
+    assert [row[0] for row in rows] == ["zero-shot", "pooled-start", "maml-start"]
+    for row in rows:
+        for (pack, metric), got in zip((("wild", "auc"), ("wild", "accuracy"), ("controlled", "auc"),
+                                        ("controlled", "accuracy")), row[1:]):
+            values = per_seed(frame, row[0], 0, pack, metric)
+            assert got == expected_cell(values, metric, row[0] == "zero-shot"), (row[0], pack, metric)
+
+
+def test_crossdomain_numbers_and_per_seed_supplement_follow_the_committed_csv(committed):
+    """The keys the text quotes for the new grids, and one supplementary line per (row, k, seed) of each grid."""
+    thermal = crossdomain_frame("thermal", "thermal_kall")
+    numbers = committed.numbers
+    lora_all, lora_4 = per_seed(thermal, "lora", -1, "thermal", "auc"), per_seed(thermal, "lora", 4, "thermal", "auc")
+    assert numbers["crossdomain.thermal.auc.lora.kall.mean"].value == pytest.approx(lora_all.mean())
+    assert numbers["crossdomain.ttest.thermal.auc.lora.kall.vs.k4.diff"].value == pytest.approx(
+        (lora_all - lora_4).mean())
+    from scipy.stats import ttest_rel
+
+    assert numbers["crossdomain.ttest.thermal.auc.lora.kall.vs.k4.p"].value == pytest.approx(
+        ttest_rel(lora_all, lora_4).pvalue)
+    zero = per_seed(thermal, "zero-shot", 0, "thermal", "auc")
+    assert numbers["crossdomain.ttest.thermal.auc.lora.vs.zero-shot.kall.diff"].value == pytest.approx(
+        (lora_all - zero).mean())
+
+    for name, frame, packs in (("crossdomain_seeds", thermal, [(p, "auc") for p in (
+            "thermal_und", "thermal_puj", "thermal", "controlled", "wild", "lowquality")]),
+            ("crossdomain_lowquality_seeds", crossdomain_frame("lowquality"),
+             [(p, m) for p in ("lowquality", "controlled", "wild") for m in ("auc", "accuracy")]),
+            ("crossdomain_outdoor_seeds", crossdomain_frame("outdoor"),
+             [(p, m) for p in ("wild", "controlled") for m in ("auc", "accuracy")])):
+        lines = [row for row in table_rows(committed.files[f"supplementary/{name}.tex"]) if "--" not in row[:3]]
+        with_k = name != "crossdomain_outdoor_seeds"
+        expected = frame.set_index(["method", "shots", "seed", "domain", "metric"])["value"]
+        assert len(lines) == len(frame.groupby(["method", "shots", "seed"])), name
+        for line in lines:
+            method, shots = line[0], ({"all": -1}.get(line[1]) or int(line[1])) if with_k else 0
+            seed, cells = int(line[1 + with_k]), line[2 + with_k:]
+            for (pack, metric), got in zip(packs, cells):
+                value = expected[method, shots, seed, pack, metric]
+                assert got == (f"{100 * value:.2f}" if metric == "accuracy" else f"{value:.4f}"), (name, line)
+        if name == "crossdomain_seeds":
+            assert sum(line[1] == "all" for line in lines) == 4 * 3  # 4 methods at k = all x 3 seeds
+
+
+def test_the_paper_grids_are_the_makefiles():
+    """PaperGrids holds the settings the Makefile's committed grids run: the notebook's defaults with the YAML of
+    ``MAML_RESULTS``, ``DALORA_RESULTS`` and each ``CROSSDOMAIN_<name>`` over them."""
+    import yaml
+
+    from afr.experiments.crossdomain import CrossDomainSettings
+    from afr.experiments.dalora import DaLoraExperimentSettings
+    from afr.experiments.maml import MamlExperimentSettings
+    from afr.paper.sources import PaperGrids
+
+    text = (PROJECT_ROOT / "Makefile").read_text().replace("\\\n", " ")
+    variables = dict(re.findall(r"^(\w+) := (.*)$", text, flags=re.M))
+
+    def expand(value: str) -> str:
+        return re.sub(r"\$\((\w+)\)", lambda match: expand(variables[match.group(1)]), value)
+
+    grids = PaperGrids()
+    names = expand(variables["CROSSDOMAIN_GRIDS"]).split()
+    assert names == list(grids.crossdomain_grids)
+    for name in names:
+        values = yaml.safe_load(expand(variables[f"CROSSDOMAIN_{name}"]))
+        assert grids.crossdomain_grids[name] == CrossDomainSettings(**values), name
+    assert grids.maml == MamlExperimentSettings(**yaml.safe_load(variables["MAML_RESULTS"]))
+    assert grids.dalora == DaLoraExperimentSettings(**yaml.safe_load(variables["DALORA_RESULTS"]))
 
 
 def test_the_paper_grids_are_fully_recorded():
     """Every run of the committed grids has test rows: the paper's run tags are the experiments' own tags."""
     sources = load_sources(RESULTS)
-    checks = (("dalora", sources.dalora_tags()), ("maml", sources.maml_tags()),
-              ("crossdomain", sources.crossdomain_tags()))
+    checks = [("dalora", sources.dalora_tags()), ("maml", sources.maml_tags()),
+              *(("crossdomain", sources.crossdomain_tags(grid)) for grid in sources.grids.crossdomain_grids)]
     for name, tags in checks:
         table = sources.tables[name]
-        missing = sorted(set(tags.values()) - set(table.loc[table["split"] == "test", "run"]))
+        # a run whose record skipped every k (k = all leaves the semi-supervised row no unlabelled image) has no rows
+        expected = {tag for tag in tags.values() if (record := sources.record(name, tag)) is None
+                    or not record.get("skipped")
+                    or set(record["skipped"]) != {"all" if k == -1 else str(k) for k in record["shots"]}}
+        missing = sorted(expected - set(table.loc[table["split"] == "test", "run"]))
         assert not missing, (name, missing)
+    for grid in sources.grids.crossdomain_grids:  # the paper's tags are the records' own
+        assert set(sources.crossdomain_tags(grid).values()) == grid_runs(grid), grid
     assert sources.baseline_tag in set(sources.tables["baseline"]["run"])
     assert sources.dalora_learning_rates() == {"lora": 1e-4, "dalora": 3e-4}  # README "DA-LoRA": the search's choice
 

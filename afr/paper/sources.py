@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from afr.experiments.crossdomain import START_OF, CrossDomainSettings
+from afr.experiments.crossdomain import START_OF, STARTS, CrossDomainSettings
 from afr.experiments.dalora import FAMILY_REPRESENTATIVE, DaLoraExperimentSettings, family
 from afr.experiments.maml import MamlExperimentSettings
 from afr.experiments.settings import BaselineSettings
@@ -45,8 +45,23 @@ class PaperGrids:
         seeds=SEEDS, epochs=4, search_lrs=(1e-4, 3e-4), publish_adapters=True, progress=False))
     maml: MamlExperimentSettings = field(default_factory=lambda: MamlExperimentSettings(
         seeds=SEEDS, meta_steps=60, steps=(0, 1, 3, 5, 10, 25), progress=False))
+    #: notebook 05's four grids (``CROSSDOMAIN_<name>``); they share the zero-shot run, the two thermal grids share
+    #: their starts, and so do low quality and outdoor (both start from ORL + Yale only)
     crossdomain: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
         seeds=SEEDS, meta_steps=60, shots=(1, 2, 4), progress=False))
+    crossdomain_kall: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
+        seeds=SEEDS, meta_steps=60, shots=("all",), progress=False))
+    crossdomain_lowquality: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
+        seeds=SEEDS, meta_steps=60, direction="visible->lowquality", shots=(1, 4),
+        methods=("zero-shot", "lora", "dalora", "dalora+maml"), progress=False))
+    crossdomain_outdoor: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
+        seeds=SEEDS, meta_steps=60, direction="indoor->outdoor", methods=("zero-shot",), progress=False))
+
+    @property
+    def crossdomain_grids(self) -> dict[str, CrossDomainSettings]:
+        """Notebook 05's grids under the Makefile's names (``CROSSDOMAIN_GRIDS``)."""
+        return {"thermal": self.crossdomain, "thermal_kall": self.crossdomain_kall,
+                "lowquality": self.crossdomain_lowquality, "outdoor": self.crossdomain_outdoor}
 
 
 @dataclass
@@ -175,25 +190,31 @@ class PaperSources:
                 if (record := self.record("maml", tag)) is not None}
 
     # ------------------------------------------------------------------------------------------ cross-domain (05)
-    def crossdomain_tags(self) -> dict[tuple[str, int], str]:
-        """Every run of the grid: the adapted methods, the zero-shot run and the stage-1 starts they use."""
-        grid = self.grids.crossdomain
+    def crossdomain_tags(self, grid: str = "thermal") -> dict[tuple[str, int], str]:
+        """Every run of the grid named ``grid`` (a key of :attr:`PaperGrids.crossdomain_grids`): the adapted
+        methods, the zero-shot run and the stage-1 starts, as :func:`afr.experiments.crossdomain.run_grid` runs
+        them — the starts the methods use, or both starts when the direction has no target training images."""
+        settings = self.grids.crossdomain_grids[grid]
+        adapted = [method for method in settings.methods if method in START_OF] if settings.shift.target else []
+        starts = dict.fromkeys(START_OF[method] for method in adapted) if settings.shift.target else STARTS
         tags = {}
-        for seed in grid.seeds:
-            tags[("zero-shot", seed)] = grid.for_run("zero-shot", seed).tag
-            for start in dict.fromkeys(START_OF[m] for m in grid.methods if m in START_OF):
-                tags[(f"{start}-start", seed)] = grid.for_run("lora", seed).start_tag(start)
-            for method in grid.methods:
-                if method != "zero-shot":
-                    tags[(method, seed)] = grid.for_run(method, seed).tag
+        for seed in settings.seeds:
+            tags[("zero-shot", seed)] = settings.for_run("zero-shot", seed).tag
+            for start in starts:
+                tags[(f"{start}-start", seed)] = settings.for_run("lora", seed).start_tag(start)
+            for method in adapted:
+                tags[(method, seed)] = settings.for_run(method, seed).tag
         return tags
 
-    def crossdomain_test(self):
-        """Test rows of the grid (``shots`` 0: zero-shot and the starts), one row per (method, seed, k, pack)."""
-        return self._rows("crossdomain", set(self.crossdomain_tags().values()))
+    def crossdomain_test(self, *grids: str):
+        """Test rows of the runs of ``grids`` (default: ``thermal``), a run shared by two grids once: ``shots`` 0 for
+        zero-shot and the starts, -1 (:data:`~afr.experiments.crossdomain.ALL_SHOTS`) for k = all; one row per
+        (method, seed, k, pack, metric)."""
+        return self._rows("crossdomain", {tag for grid in grids or ("thermal",)
+                                          for tag in self.crossdomain_tags(grid).values()})
 
-    def crossdomain_records(self) -> dict[tuple[str, int], dict[str, Any]]:
-        return {key: record for key, tag in self.crossdomain_tags().items()
+    def crossdomain_records(self, grid: str = "thermal") -> dict[tuple[str, int], dict[str, Any]]:
+        return {key: record for key, tag in self.crossdomain_tags(grid).items()
                 if (record := self.record("crossdomain", tag)) is not None}
 
     # ------------------------------------------------------------------------------------------ ablations (06)

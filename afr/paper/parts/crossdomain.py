@@ -1,11 +1,26 @@
-"""Notebook 05: visible -> thermal with k labelled thermal images: thermal AUC per pack and the visible forgetting."""
+"""Notebook 05: adapting a start to a new domain with k labelled images, and the forgetting of the source domain.
+
+Three tables from the four committed grids (:attr:`~afr.paper.sources.PaperGrids.crossdomain_grids`):
+
+* ``crossdomain``: visible -> thermal at k = 1, 2, 4 (grid ``thermal``) and k = all (grid ``thermal_kall``, the
+  same starts): thermal AUC per pack and the visible forgetting. Keys ``crossdomain.<pack>.<metric>.<row>.k<k>``
+  (``k0``: zero-shot and the starts; ``kall``: every labelled image);
+* ``crossdomain_lowquality``: visible -> low quality (stage 1 on ORL + Yale only): low-quality AUC and accuracy,
+  forgetting on the controlled and wild packs. Keys ``crossdomain.to-lowquality.<pack>.<metric>.<row>.k<k>``;
+* ``crossdomain_outdoor``: indoor -> outdoor, where the target has no training identity: zero-shot against the two
+  starts trained on ORL + Yale only (the low-quality grid's starts), on the wild and controlled packs. Keys
+  ``crossdomain.to-outdoor.<pack>.<metric>.<row>``.
+
+Each grid's per-seed values go to the supplement. Paired t-tests over seeds (``...ttest...``) are written for the
+comparisons the text makes; zero-shot, which has no seed, enters a paired test with its one value for every seed.
+"""
 from __future__ import annotations
 
-from afr.experiments.crossdomain import (METHODS, START_OF, THERMAL_PACKS, VISIBLE_PACKS, CrossDomainSettings,
-                                         forgetting_table)
+from afr.experiments.crossdomain import (ALL_SHOTS, METHODS, START_OF, THERMAL_PACKS, VISIBLE_PACKS,
+                                         CrossDomainSettings, forgetting_table, shots_label)
 from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook
-from afr.paper.parts.common import unseeded, PartOutput, key, label, stats_cell
+from afr.paper.parts.common import PartOutput, key, label, stats_cell, unseeded
 from afr.paper.sources import PaperSources
 from afr.paper.stats import paired_test, record_test
 
@@ -15,123 +30,299 @@ STARTS = ("pooled-start", "maml-start")
 #: paired comparisons the text discusses: (a, b), tested per k and pack
 PAIRS = (("dalora+maml", "lora"), ("dalora", "lora"), ("dalora+maml+contrastive", "dalora+maml"),
          ("dalora+maml+contrastive+semi", "dalora+maml+contrastive"))
+#: visible -> low quality: the pairs tested on the target pack per k
+LOWQUALITY_PAIRS = (("dalora+maml", "lora"), ("dalora", "lora"), ("lora", "zero-shot"))
+#: key prefixes of the other shifts (a prefix of their own: ``crossdomain.lowquality...`` is the visible pack of
+#: the thermal grid)
+LOWQUALITY, OUTDOOR = "to-lowquality", "to-outdoor"
 
 
-def _values(rows, method: str, shots: int, domain: str, metric: str = "auc"):
+def _k(shots: int) -> str:
+    """The key component of a k: ``k1``, ``k0`` (before adaptation), ``kall``."""
+    return f"k{shots_label(shots)}"
+
+
+def _key(prefix: str, *parts: object) -> str:
+    """A result key under an already dotted ``prefix`` (``crossdomain.to-lowquality``)."""
+    return ".".join((prefix, key(*parts)))
+
+
+def _values(rows, method: str, shots: int, domain: str, metric: str = "auc", paired: bool = False):
+    """``{seed: value}`` of one row and pack; zero-shot's repeated value once, unless ``paired`` (a paired test
+    needs it for every seed of the other row)."""
     chosen = rows[(rows["method"] == method) & (rows["shots"] == shots) & (rows["domain"] == domain)
                   & (rows["metric"] == metric)]
     values = chosen.set_index("seed")["value"].sort_index()
-    return unseeded(values) if method == "zero-shot" else values
+    return unseeded(values) if method == "zero-shot" and not paired else values
 
 
-def _row_shots(grid: CrossDomainSettings) -> list[tuple[str, int]]:
+def _row_shots(methods, shots) -> list[tuple[str, int]]:
+    """The rows of a table: zero-shot, the two starts, then each adapted method at each k (grouped by k)."""
     return [("zero-shot", 0), *((start, 0) for start in STARTS),
-            *((method, k) for k in grid.shots for method in METHODS if method != "zero-shot")]
+            *((method, k) for k in shots for method in METHODS if method in methods and method != "zero-shot")]
 
 
-def _forgetting(rows):
-    """Per (method, seed, k, visible pack): accuracy change vs the method's start and vs zero-shot (05's rule)."""
-    if not len(rows):
-        return rows
-    needed = rows[["method", "seed", "shots", "domain", "metric", "value"]]
-    return forgetting_table(needed)
+def _skipped(records) -> dict[tuple[str, int], str]:
+    """``{(method, k): reason}`` of every k a record skipped (its ``skipped`` keys are k labels: ``"1"``, ``"all"``)."""
+    skipped = {}
+    for (method, _), record in records.items():
+        for shots, reason in (record.get("skipped") or {}).items():
+            skipped[(method, ALL_SHOTS if shots == shots_label(ALL_SHOTS) else int(shots))] = reason
+    return skipped
 
 
-def _table(sources: PaperSources, book: NumberBook, rows, skipped: dict) -> Table:
-    grid = sources.grids.crossdomain
-    forgetting = _forgetting(rows)
+def _forgetting(rows, settings: CrossDomainSettings):
+    """Per (method, seed, k, source pack): accuracy change vs the method's start and vs zero-shot (05's rule)."""
+    if not len(rows) or not (rows["method"] == "zero-shot").any():
+        return rows.iloc[:0]
+    return forgetting_table(rows[["method", "seed", "shots", "domain", "metric", "value"]], settings)
+
+
+def _forgetting_cell(book: NumberBook, prefix: str, forgetting, method: str, shots: int, pack: str) -> str:
+    """The row's source-pack accuracy change against its start (the cell), and against zero-shot (a key only)."""
+    change = forgetting[(forgetting["method"] == method) & (forgetting["shots"] == shots)
+                        & (forgetting["domain"] == pack)] if len(forgetting) else forgetting
+    cell = stats_cell(book, _key(prefix, "forgetting", pack, method, _k(shots), "vs-start"),
+                      change["change_vs_start"] if len(change) else [], "points")
+    if len(change):
+        stats_cell(book, _key(prefix, "forgetting", pack, method, _k(shots), "vs-zero-shot"),
+                   change["change_vs_zero_shot"], "points")
+    return cell
+
+
+def _start_forgetting(book: NumberBook, prefix: str, rows, forgetting, source_packs, mean_name: str) -> None:
+    """The starts' source accuracy against zero-shot, and each row's mean change over the source packs (keyed
+    ``<prefix>.forgetting.<mean_name>...``)."""
+    if not len(forgetting):
+        return
+    zero = rows[(rows["method"] == "zero-shot") & (rows["metric"] == "accuracy")].groupby("domain")["value"].mean()
+    for start in STARTS:
+        for pack in source_packs:
+            values = _values(rows, start, 0, pack, "accuracy")
+            if len(values) and pack in zero:
+                stats_cell(book, _key(prefix, "forgetting", pack, start, "k0", "vs-zero-shot"), values - zero[pack],
+                           "points")
+    mean = forgetting.groupby(["method", "shots", "seed"])[["change_vs_start", "change_vs_zero_shot"]].mean()
+    for (method, shots), group in mean.groupby(level=["method", "shots"]):
+        stats_cell(book, _key(prefix, "forgetting", mean_name, method, _k(shots), "vs-start"), group["change_vs_start"],
+                   "points")
+
+
+def _adaptation_sizes(book: NumberBook, prefix: str, *grids: dict) -> None:
+    """``<prefix>.adaptation.k<k>.{identities,labelled-images}``: the support of each k (target identities with at
+    least k training images, and their labelled images), written when every recorded run of ``grids`` (each
+    ``{(method, seed): record}``) agrees."""
+    sizes: dict[tuple[str, str], set[int]] = {}
+    for record in (record for records in grids for record in records.values()):
+        for shots, adaptation in (record.get("adaptation") or {}).items():
+            for name in ("identities", "labelled_images"):
+                sizes.setdefault((shots, name), set()).add(int(adaptation[name]))
+    for (shots, name), values in sizes.items():
+        if len(values) == 1:
+            book.add(_key(prefix, "adaptation", shots, name), values.pop(), "count")
+
+
+def _skipped_row(book: NumberBook, prefix: str, method: str, shots: int, reason: str, width: int) -> list[str]:
+    book.add(_key(prefix, "skipped", method, _k(shots)), escape(reason), "plain")
+    return [escape(method), shots_label(shots), *(["n/a"] * width)]
+
+
+# ------------------------------------------------------------------------------------------ visible -> thermal
+def _thermal_table(book: NumberBook, rows, settings: CrossDomainSettings, shots, skipped: dict) -> Table:
+    forgetting = _forgetting(rows, settings)
     table = Table(label="tab:crossdomain", columns="lc" + "c" * (len(THERMAL_PACKS) + len(VISIBLE_PACKS)),
                   wide=True, size=r"\scriptsize",
                   caption="Notebook 05, visible $\\rightarrow$ thermal: test AUC on the thermal packs after adapting "
-                          "with $k$ labelled images per thermal training identity ($k=0$: before adaptation), and the "
+                          "with $k$ labelled images per thermal training identity ($k=0$: before adaptation; "
+                          "$k=\\mathrm{all}$: every thermal training image labelled, the same 10 SGD steps), and the "
                           "forgetting on the visible packs: accuracy change in points against the row's start. Mean "
                           "$\\pm$ sd over seeds 0--2 (zero-shot: no seed).",
                   header=[["row", "$k$", *(f"AUC {label(p)}" for p in THERMAL_PACKS),
                            *(rf"$\Delta$acc. {label(p)}" for p in VISIBLE_PACKS)]])
-    for method, shots in _row_shots(grid):
-        if method == "lora" or (method == "zero-shot"):
+    for method, k in _row_shots(METHODS, shots):
+        if method in ("lora", "zero-shot"):
             table.rules.add(len(table.rows))
-        reason = skipped.get((method, shots))
-        if reason:
-            table.rows.append([escape(method), str(shots), *(["n/a"] * (len(THERMAL_PACKS) + len(VISIBLE_PACKS)))])
-            book.add(key("crossdomain", "skipped", method, f"k{shots}"), escape(reason), "plain")
+        if (method, k) in skipped:
+            table.rows.append(_skipped_row(book, "crossdomain", method, k, skipped[method, k],
+                                           len(THERMAL_PACKS) + len(VISIBLE_PACKS)))
             continue
         cells = []
         for pack in (*THERMAL_PACKS, *VISIBLE_PACKS):
             for metric in ("auc", "accuracy"):
-                cell = stats_cell(book, key("crossdomain", pack, metric, method, f"k{shots}"),
-                                  _values(rows, method, shots, pack, metric), "auc" if metric == "auc" else "accuracy")
+                cell = stats_cell(book, key("crossdomain", pack, metric, method, _k(k)),
+                                  _values(rows, method, k, pack, metric), metric)
                 if metric == "auc" and pack in THERMAL_PACKS:
                     cells.append(cell)
-        for pack in VISIBLE_PACKS:
-            if method in START_OF:
-                change = forgetting[(forgetting["method"] == method) & (forgetting["shots"] == shots)
-                                    & (forgetting["domain"] == pack)] if len(forgetting) else forgetting
-                cells.append(stats_cell(book, key("crossdomain", "forgetting", pack, method, f"k{shots}", "vs-start"),
-                                        change["change_vs_start"] if len(change) else [], "points"))
-                if len(change):
-                    stats_cell(book, key("crossdomain", "forgetting", pack, method, f"k{shots}", "vs-zero-shot"),
-                               change["change_vs_zero_shot"], "points")
-            else:
-                cells.append("--")
-        table.rows.append([escape(method), "--" if method == "zero-shot" else str(shots), *cells])
-    if len(forgetting):  # starts against zero-shot, and the mean over the visible packs
-        zero = rows[(rows["method"] == "zero-shot") & (rows["metric"] == "accuracy")].groupby("domain")["value"].mean()
-        for start in STARTS:
-            for pack in VISIBLE_PACKS:
-                values = _values(rows, start, 0, pack, "accuracy")
-                if len(values) and pack in zero:
-                    stats_cell(book, key("crossdomain", "forgetting", pack, start, "k0", "vs-zero-shot"),
-                               values - zero[pack], "points")
-        mean = forgetting.groupby(["method", "shots", "seed"])[["change_vs_start", "change_vs_zero_shot"]].mean()
-        for (method, shots), group in mean.groupby(level=["method", "shots"]):
-            stats_cell(book, key("crossdomain", "forgetting", "visible-mean", method, f"k{shots}", "vs-start"),
-                       group["change_vs_start"], "points")
+        cells += [_forgetting_cell(book, "crossdomain", forgetting, method, k, pack) if method in START_OF else "--"
+                  for pack in VISIBLE_PACKS]
+        table.rows.append([escape(method), "--" if method == "zero-shot" else shots_label(k), *cells])
+    _start_forgetting(book, "crossdomain", rows, forgetting, VISIBLE_PACKS, "visible-mean")
     return table
 
 
-def _tests(sources: PaperSources, book: NumberBook, rows) -> None:
-    for first, second in PAIRS:
-        for shots in sources.grids.crossdomain.shots:
-            for pack in (*THERMAL_PACKS, *VISIBLE_PACKS):
-                a, b = _values(rows, first, shots, pack), _values(rows, second, shots, pack)
+def _thermal_tests(book: NumberBook, rows, shots) -> None:
+    """The methods' pairs per k; LoRA against zero-shot per k; k = all against k = 4 per method (paired by seed:
+    the same start)."""
+    for k in shots:
+        for pack in (*THERMAL_PACKS, *VISIBLE_PACKS):
+            for first, second in (*PAIRS, ("lora", "zero-shot")):
+                a, b = _values(rows, first, k, pack), _values(rows, second, 0 if second == "zero-shot" else k, pack,
+                                                              paired=True)
                 if len(a) and len(b):
-                    record_test(book, key("crossdomain", "ttest", pack, "auc", first, "vs", second, f"k{shots}"),
+                    record_test(book, key("crossdomain", "ttest", pack, "auc", first, "vs", second, _k(k)),
+                                paired_test(a, b), "delta")
+    if ALL_SHOTS in shots and 4 in shots:
+        for method in METHODS[1:]:
+            for pack in THERMAL_PACKS:
+                a, b = _values(rows, method, ALL_SHOTS, pack), _values(rows, method, 4, pack)
+                if len(a) and len(b):
+                    record_test(book, key("crossdomain", "ttest", pack, "auc", method, "kall", "vs", "k4"),
                                 paired_test(a, b), "delta")
 
 
-def _per_seed(sources: PaperSources, rows, skipped: dict) -> Table:
-    packs = (*THERMAL_PACKS, *VISIBLE_PACKS)
-    table = Table(label="tab:supp-crossdomain", columns="lcc" + "c" * len(packs), size=r"\scriptsize",
-                  caption="Notebook 05 per seed: test AUC on every pack.",
-                  header=[["row", "$k$", "seed", *(label(p) for p in packs)]])
-    auc = rows[rows["metric"] == "auc"]
-    for method, shots in _row_shots(sources.grids.crossdomain):
-        table.rules.add(len(table.rows))
-        chosen = auc[(auc["method"] == method) & (auc["shots"] == shots)]
-        if (method, shots) in skipped or not len(chosen):
-            table.rows.append([escape(method), str(shots), "--", *(["n/a" if (method, shots) in skipped else NOT_RUN]
-                                                                    * len(packs))])
+# ------------------------------------------------------------------------------------------ other shifts
+def _lowquality_table(book: NumberBook, rows, settings: CrossDomainSettings, skipped: dict) -> Table:
+    """Visible -> low quality: AUC and accuracy on the target pack, forgetting on the source packs."""
+    (target,), sources = settings.shift.target_packs, settings.shift.source_packs
+    forgetting = _forgetting(rows, settings)
+    table = Table(label="tab:crossdomain-lowquality", columns="lc" + "c" * (2 + len(sources)), size=r"\scriptsize",
+                  caption="Notebook 05, other shifts: visible $\\rightarrow$ low quality. Stage 1 on ORL + Yale "
+                          "only; stage 2 on $k$ labelled low-quality images per low-quality training identity "
+                          "($k=0$: before adaptation). Test AUC and accuracy (\\%) on the low-quality pack, and the "
+                          "forgetting on the visible packs: accuracy change in points against the row's start. Mean "
+                          "$\\pm$ sd over seeds 0--2 (zero-shot: no seed).",
+                  header=[["row", "$k$", f"AUC {label(target)}", f"acc. {label(target)}",
+                           *(rf"$\Delta$acc. {label(p)}" for p in sources)]])
+    prefix = _key("crossdomain", LOWQUALITY)
+    for method, k in _row_shots(settings.methods, settings.shots):
+        if method in ("lora", "zero-shot"):
+            table.rules.add(len(table.rows))
+        if (method, k) in skipped:
+            table.rows.append(_skipped_row(book, prefix, method, k, skipped[method, k], 2 + len(sources)))
             continue
-        for seed, group in chosen.groupby("seed"):
-            values = group.set_index("domain")["value"]
-            table.rows.append([escape(method), str(shots), str(seed),
-                               *(f"{values.get(p, float('nan')):.4f}" for p in packs)])
+        cells = []
+        for pack in (target, *sources):
+            for metric in ("auc", "accuracy"):
+                cell = stats_cell(book, _key(prefix, pack, metric, method, _k(k)),
+                                  _values(rows, method, k, pack, metric), metric)
+                if pack == target:
+                    cells.append(cell)
+        cells += [_forgetting_cell(book, prefix, forgetting, method, k, pack) if method in START_OF else "--"
+                  for pack in sources]
+        table.rows.append([escape(method), "--" if method == "zero-shot" else shots_label(k), *cells])
+    _start_forgetting(book, prefix, rows, forgetting, sources, "visible-mean")
+    for k in settings.shots:
+        for first, second in LOWQUALITY_PAIRS:
+            a, b = _values(rows, first, k, target), _values(rows, second, 0 if second == "zero-shot" else k, target,
+                                                            paired=True)
+            if len(a) and len(b):
+                record_test(book, _key(prefix, "ttest", target, "auc", first, "vs", second, _k(k)), paired_test(a, b),
+                            "delta")
+    low, high = min(settings.shots), max(settings.shots)
+    for method in settings.methods:
+        a, b = _values(rows, method, high, target), _values(rows, method, low, target)
+        if method in START_OF and low != high and len(a) and len(b):
+            record_test(book, _key(prefix, "ttest", target, "auc", method, _k(high), "vs", _k(low)), paired_test(a, b),
+                        "delta")
     return table
 
 
+OUTDOOR_COLUMNS = (("wild", "auc"), ("wild", "accuracy"), ("controlled", "auc"), ("controlled", "accuracy"))
+OUTDOOR_PAIRS = (("pooled-start", "zero-shot"), ("maml-start", "zero-shot"), ("maml-start", "pooled-start"))
+
+
+def _outdoor_table(book: NumberBook, rows, settings: CrossDomainSettings) -> Table:
+    """Indoor -> outdoor: no target training identity, so only zero-shot and the two starts (ORL + Yale only)."""
+    table = Table(label="tab:crossdomain-outdoor", columns="l" + "c" * len(OUTDOOR_COLUMNS), size=r"\scriptsize",
+                  caption="Notebook 05, other shifts: indoor $\\rightarrow$ outdoor. The wild (outdoor) photographs "
+                          "have no training identity, so nothing is adapted: the two starts, meta-trained on the "
+                          "indoor collections ORL + Yale only, are compared with the zero-shot network on the wild "
+                          "(target) and controlled (source) packs. Test AUC and accuracy (\\%), mean $\\pm$ sd over "
+                          "seeds 0--2 (zero-shot: no seed).",
+                  header=[["row", *(f"{'AUC' if metric == 'auc' else 'acc.'} {label(pack)}"
+                                    for pack, metric in OUTDOOR_COLUMNS)]])
+    prefix = _key("crossdomain", OUTDOOR)
+    for method in ("zero-shot", *STARTS):
+        table.rows.append([escape(method), *(stats_cell(book, _key(prefix, pack, metric, method),
+                                                        _values(rows, method, 0, pack, metric), metric)
+                                             for pack, metric in OUTDOOR_COLUMNS)])
+    table.rules.add(1)
+    for pack, metric in OUTDOOR_COLUMNS:
+        for first, second in OUTDOOR_PAIRS:
+            a, b = _values(rows, first, 0, pack, metric), _values(rows, second, 0, pack, metric, paired=True)
+            if len(a) and len(b):
+                record_test(book, _key(prefix, "ttest", pack, metric, first, "vs", second), paired_test(a, b),
+                            "delta" if metric == "auc" else "points")
+    return table
+
+
+# ------------------------------------------------------------------------------------------ supplement
+def _per_seed(rows, row_shots, skipped: dict, columns, label_: str, caption: str, with_k: bool = True) -> Table:
+    """One line per (row, k, seed): the value of every ``(pack, metric)`` column (AUC 4 decimals, accuracy %)."""
+    table = Table(label=label_, columns="l" + "c" * (1 + with_k) + "c" * len(columns), size=r"\scriptsize",
+                  caption=caption,
+                  header=[["row", *(["$k$"] if with_k else []), "seed",
+                           *(f"{label(p)}" if m == "auc" and all(c[1] == "auc" for c in columns)
+                             else f"{'AUC' if m == 'auc' else 'acc.'} {label(p)}" for p, m in columns)]])
+    for method, k in row_shots:
+        table.rules.add(len(table.rows))
+        chosen = rows[(rows["method"] == method) & (rows["shots"] == k)]
+        head = [escape(method), *([shots_label(k)] if with_k else [])]
+        if (method, k) in skipped or not len(chosen):
+            table.rows.append([*head, "--", *(["n/a" if (method, k) in skipped else NOT_RUN] * len(columns))])
+            continue
+        for seed, group in chosen.groupby("seed"):
+            values = group.set_index(["domain", "metric"])["value"]
+            cells = (_seed_cell(values.get((pack, metric), float("nan")), metric) for pack, metric in columns)
+            table.rows.append([*head, str(seed), *cells])
+    return table
+
+
+def _seed_cell(value: float, metric: str) -> str:
+    return f"{100 * value:.2f}" if metric == "accuracy" else f"{value:.4f}"
+
+
 def build(sources: PaperSources, book: NumberBook) -> PartOutput:
-    rows = sources.crossdomain_test()
-    skipped = {}
-    for (method, _), record in sources.crossdomain_records().items():
-        for shots, reason in (record.get("skipped") or {}).items():
-            skipped[(method, int(shots))] = reason
-    table = _table(sources, book, rows, skipped)
-    _tests(sources, book, rows)
+    grids = sources.grids
+    thermal = grids.crossdomain
+    thermal_shots = tuple(dict.fromkeys((*thermal.shots, *grids.crossdomain_kall.shots)))
+    thermal_rows = sources.crossdomain_test("thermal", "thermal_kall")
+    thermal_skipped = {**_skipped(sources.crossdomain_records("thermal")),
+                       **_skipped(sources.crossdomain_records("thermal_kall"))}
+    lowquality, outdoor = grids.crossdomain_lowquality, grids.crossdomain_outdoor
+    lowquality_rows, outdoor_rows = sources.crossdomain_test("lowquality"), sources.crossdomain_test("outdoor")
+    lowquality_skipped = _skipped(sources.crossdomain_records("lowquality"))
+
+    tables = {"crossdomain": _thermal_table(book, thermal_rows, thermal, thermal_shots, thermal_skipped),
+              "crossdomain_lowquality": _lowquality_table(book, lowquality_rows, lowquality, lowquality_skipped),
+              "crossdomain_outdoor": _outdoor_table(book, outdoor_rows, outdoor)}
+    _thermal_tests(book, thermal_rows, thermal_shots)
+    _adaptation_sizes(book, "crossdomain", sources.crossdomain_records("thermal"),
+                      sources.crossdomain_records("thermal_kall"))
+    _adaptation_sizes(book, _key("crossdomain", LOWQUALITY), sources.crossdomain_records("lowquality"))
     starts = {}
-    for (method, _), record in sources.crossdomain_records().items():
+    for (method, _), record in sources.crossdomain_records("thermal").items():
         if method in STARTS and record.get("meta_training", {}).get("seconds_per_step"):
             starts.setdefault(method, []).append(record["meta_training"]["seconds_per_step"])
     for method, values in starts.items():
         stats_cell(book, key("crossdomain", "cost", method, "seconds-per-step"), values, "seconds")
-    return PartOutput(tables={"crossdomain": table}, supplementary={"crossdomain_seeds": _per_seed(sources, rows, skipped)})
+
+    packs = (*THERMAL_PACKS, *VISIBLE_PACKS)
+    shift_packs = (*lowquality.shift.target_packs, *lowquality.shift.source_packs)
+    supplementary = {
+        "crossdomain_seeds": _per_seed(
+            thermal_rows, _row_shots(METHODS, thermal_shots), thermal_skipped, [(p, "auc") for p in packs],
+            "tab:supp-crossdomain", "Notebook 05, visible $\\rightarrow$ thermal, per seed: test AUC on every pack "
+            "($k$ = all: every thermal training image labelled)."),
+        "crossdomain_lowquality_seeds": _per_seed(
+            lowquality_rows, _row_shots(lowquality.methods, lowquality.shots), lowquality_skipped,
+            [(p, m) for p in shift_packs for m in ("auc", "accuracy")], "tab:supp-crossdomain-lowquality",
+            "Notebook 05, visible $\\rightarrow$ low quality (stage 1 on ORL + Yale only), per seed: test AUC and "
+            "accuracy (\\%) on the low-quality pack and the visible packs."),
+        "crossdomain_outdoor_seeds": _per_seed(
+            outdoor_rows, [("zero-shot", 0), *((start, 0) for start in STARTS)], {}, OUTDOOR_COLUMNS,
+            "tab:supp-crossdomain-outdoor", "Notebook 05, indoor $\\rightarrow$ outdoor (starts meta-trained on "
+            "ORL + Yale only), per seed: test AUC and accuracy (\\%) on the wild and controlled packs.",
+            with_k=False),
+    }
+    return PartOutput(tables=tables, supplementary=supplementary)
