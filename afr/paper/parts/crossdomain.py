@@ -218,6 +218,11 @@ def _lowquality_table(book: NumberBook, rows, settings: CrossDomainSettings, ski
             if len(a) and len(b):
                 record_test(book, _key(prefix, "ttest", target, "auc", first, "vs", second, _k(k)), paired_test(a, b),
                             "delta")
+    for start in STARTS:  # what stage 1 on the source alone does to the target
+        a, b = _values(rows, start, 0, target), _values(rows, "zero-shot", 0, target, paired=True)
+        if len(a) and len(b):
+            record_test(book, _key(prefix, "ttest", target, "auc", start, "vs", "zero-shot", "k0"), paired_test(a, b),
+                        "delta")
     low, high = min(settings.shots), max(settings.shots)
     for method in settings.methods:
         a, b = _values(rows, method, high, target), _values(rows, method, low, target)
