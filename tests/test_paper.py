@@ -263,6 +263,7 @@ def test_the_paper_grids_are_the_makefiles():
     ``MAML_RESULTS``, ``DALORA_RESULTS`` and each ``CROSSDOMAIN_<name>`` over them."""
     import yaml
 
+    from afr.experiments.ablations import AblationSettings
     from afr.experiments.crossdomain import CrossDomainSettings
     from afr.experiments.dalora import DaLoraExperimentSettings
     from afr.experiments.maml import MamlExperimentSettings
@@ -282,6 +283,7 @@ def test_the_paper_grids_are_the_makefiles():
         assert grids.crossdomain_grids[name] == CrossDomainSettings(**values), name
     assert grids.maml == MamlExperimentSettings(**yaml.safe_load(variables["MAML_RESULTS"]))
     assert grids.dalora == DaLoraExperimentSettings(**yaml.safe_load(variables["DALORA_RESULTS"]))
+    assert grids.ablations == AblationSettings(**yaml.safe_load(variables["ABLATIONS_RESULTS"]))
 
 
 def test_the_paper_grids_are_fully_recorded():
@@ -377,27 +379,32 @@ def test_figures_tex_names_every_figure_and_a_missing_one_is_boxed(committed):
 
 
 def test_ablations_and_analysis_numbers_follow_their_files(tmp_path, committed):
-    """Without ablations.csv every planned row says "not run"; with one, its cells are mean ± sd over seeds; notebook
-    07's flat JSON numbers become keys."""
-    rows = table_rows(committed.files["tables/ablations.tex"]) if not (RESULTS / "tables" / "ablations.csv").is_file() \
-        else None
-    if rows is not None:
-        assert rows and all(row[2:] == ["not run"] * 4 for row in rows)
+    """Without ablations.csv every planned row says "not run"; with the committed one, its cells are mean ± sd over
+    the grid's seeds — the demo's run with a 5-step MAML start is not a fourth seed; notebook 07's flat JSON numbers
+    become keys."""
     results = _copy_results(tmp_path / "results")
-    (results / "tables" / "ablations.csv").unlink(missing_ok=True)
-    dalora = pd.read_csv(results / "tables" / "dalora.csv")
-    part = dalora[(dalora["split"] == "test") & (dalora["epochs"] == 2)].copy()  # real rows relabelled as two cells
-    part["experiment"], part["group"], part["cell"] = "ablations", "component", part["method"]
-    part.to_csv(results / "tables" / "ablations.csv", index=False)
+    (results / "tables" / "ablations.csv").unlink()
+    planned = build_generated(results, tmp_path / "figures", tmp_path / "planned")
+    rows = table_rows(planned.files["tables/ablations.tex"])
+    assert rows and all(row[2:] == ["not run"] * 4 for row in rows)
+
+    table = pd.read_csv(RESULTS / "tables" / "ablations.csv")
+    grid = table[~(table["maml_start"] & (table["meta_steps"] != 20))]  # the grid's MAML starts: 20 outer steps
+    assert len(grid) < len(table)  # the demo's run is in the table, and must be left out
+    got = {(row[0], row[1]): row[2:] for row in table_rows(committed.files["tables/ablations.tex"])}
+    auc = grid[(grid["metric"] == "auc") & (grid["split"] == "test") & (grid["domain"] == "thermal")]
+    checked = 0
+    for (group, value), values in auc.groupby(["group", "cell"]):
+        matches = [cells for (label, name), cells in got.items() if name == str(value).replace("_", r"\_")]
+        assert len(values) == 3 and matches, (group, value)
+        expected = cell(values["value"].mean(), values["value"].std())
+        assert expected in [cells[DOMAINS.index("thermal")] for cells in matches], (group, value)
+        checked += 1
+    assert checked >= 20
+
     (results / "analysis").mkdir(exist_ok=True)
     (results / "analysis" / "figures.json").write_text(json.dumps({"roc_auc/thermal zero_shot": 0.91234, "note": "x"}))
     paper = build_generated(results, tmp_path / "figures", tmp_path / "generated")
-    got = {row[1]: row[2:] for row in table_rows(paper.files["tables/ablations.tex"])}
-    auc = part[part["metric"] == "auc"]
-    for method, values in auc.groupby("method"):
-        thermal = values[values["domain"] == "thermal"]["value"]
-        expected = cell(thermal.iloc[0]) if len(thermal) == 1 else cell(thermal.mean(), thermal.std())
-        assert got[method][DOMAINS.index("thermal")] == expected
     assert paper.numbers["analysis.figures.roc-auc-thermal-zero-shot"].value == pytest.approx(0.91234)
     assert "analysis.figures.note" not in paper.numbers
 

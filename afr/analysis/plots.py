@@ -185,6 +185,9 @@ def sensitivity_figure(summary: pd.DataFrame | None, domains: Sequence[str] = ("
                             markersize=3, capsize=2, label=domain, color=DOMAIN_COLOURS.get(domain))
             if (rows["cell_value"] > 0).all() and rows["cell_value"].max() / rows["cell_value"].min() > 8:
                 ax.set_xscale("log")
+                ax.minorticks_off()  # the swept values themselves are the ticks
+            values = sorted(rows["cell_value"].dropna().unique())
+            ax.set_xticks(values, [f"{value:g}" for value in values])
         ax.set_title(f"{group} ({int(rows['seeds'].max())} seed(s))", fontsize=9)
         ax.set_ylabel("test AUC")
     axes[0][0].legend(fontsize=7)

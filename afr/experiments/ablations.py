@@ -53,8 +53,8 @@ from afr.io import atomic_write_text
 from afr.paths import results_root
 
 __all__ = ["COMPONENTS", "EXPERT_SCHEMES", "GROUPS", "SWEEPS", "AblationData", "AblationSettings", "Cell",
-           "ExpertView", "adapter_settings", "compare_with_committed", "expert_names", "grid_cells", "grid_table",
-           "load_data", "paired_tests", "plot_results", "recommended_defaults", "run_experiment", "run_grid",
+           "ExpertView", "adapter_settings", "compare_with_committed", "expert_names", "grid_cells", "grid_runs",
+           "grid_table", "load_data", "paired_tests", "plot_results", "recommended_defaults", "run_experiment", "run_grid",
            "run_start", "summary_table", "training_view"]
 
 #: component row -> (label in the paper's table, its settings' changes from the full model)
@@ -267,6 +267,12 @@ def grid_cells(settings: AblationSettings) -> list[Cell]:
                 cells += [Cell(group, value, "full", dataclasses.replace(full, **{group: value}))
                           for value in getattr(settings, SWEEPS[group])]
     return cells
+
+
+def grid_runs(settings: AblationSettings) -> set[str]:
+    """The run tags of the grid's cells: a table holds other runs too (the demo's shorter MAML starts), which must
+    not be counted as further seeds of a committed cell."""
+    return {cell.settings.tag for cell in grid_cells(settings)}
 
 
 # ------------------------------------------------------------------------------------------ data

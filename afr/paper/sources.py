@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from afr.experiments.ablations import AblationSettings, grid_runs
 from afr.experiments.crossdomain import START_OF, STARTS, CrossDomainSettings
 from afr.experiments.dalora import FAMILY_REPRESENTATIVE, DaLoraExperimentSettings, family
 from afr.experiments.maml import MamlExperimentSettings
@@ -56,6 +57,11 @@ class PaperGrids:
         methods=("zero-shot", "lora", "dalora", "dalora+maml"), progress=False))
     crossdomain_outdoor: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
         seeds=SEEDS, meta_steps=60, direction="indoor->outdoor", methods=("zero-shot",), progress=False))
+    ablations: AblationSettings = field(default_factory=lambda: AblationSettings(
+        seeds=SEEDS, components=("lora", "lora+router", "dalora", "dalora+maml", "dalora+contrastive", "full"),
+        ranks=(2, 4, 8, 16, 32), expert_counts=(2, 3, 4, 5), lambda_contrastive_values=(0.01, 0.05, 0.1, 0.5),
+        lambda_domain_values=(0.01, 0.05, 0.1, 0.5), inner_steps_values=(1, 3, 5, 10), meta_steps=20,
+        progress=False))
 
     @property
     def crossdomain_grids(self) -> dict[str, CrossDomainSettings]:
@@ -219,8 +225,11 @@ class PaperSources:
 
     # ------------------------------------------------------------------------------------------ ablations (06)
     def ablations_test(self):
-        """Test rows of ``tables/ablations.csv`` (columns ``group`` and ``cell`` say which ablation), if any."""
+        """Test rows of the committed grid's runs in ``tables/ablations.csv`` (columns ``group`` and ``cell`` say
+        which ablation), if any; the demo's runs with a shorter MAML start are not the grid's."""
         frame = self.tables["ablations"]
+        if len(frame):
+            frame = frame[frame["run"].isin(grid_runs(self.grids.ablations))]
         if not len(frame):
             return frame
         return frame[frame["split"] == "test"].copy() if "split" in frame else frame.copy()
