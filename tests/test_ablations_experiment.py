@@ -20,6 +20,9 @@ from afr.models import create_backbone
 from afr.models.domain_aware import DomainAwareRecognitionModel
 from afr.paths import PROJECT_ROOT
 
+# the embedded benchmark (data/processed/embedded) is built once per session, before any test here reads it
+pytestmark = pytest.mark.usefixtures("embedded_benchmark")
+
 
 @pytest.fixture(scope="module")
 def data():

@@ -25,6 +25,9 @@ from afr.eval.verification import evaluate
 from afr.models import create_backbone
 from afr.paths import PROJECT_ROOT
 
+# the embedded benchmark (data/processed/embedded) is built once per session, before any test here reads it
+pytestmark = pytest.mark.usefixtures("embedded_benchmark")
+
 RESULTS = PROJECT_ROOT / "results"
 
 
