@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -377,8 +376,6 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
     if adapter.is_dir() and path.is_file() and not retrain:
         return adapter
     started = time.time()
-    if run_dir.exists() and not settings.resume:
-        shutil.rmtree(run_dir)  # an unfinished or unrecorded start, or told to retrain
     seed_everything(settings.seed)
     backbone = create_backbone(settings.backbone, settings.weights)
     backbone = apply_lora(backbone, LoraSettings(r=settings.rank, alpha=float(settings.rank),
@@ -391,7 +388,8 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
                         meta_lr=settings.meta_lr, meta_steps=settings.meta_steps, tasks_per_step=settings.tasks_per_step,
                         seed=settings.seed)
     result = meta_train(backbone, lambda step: task_batches(data.chips, sampler, config.tasks_per_step, step), config,
-                        run_dir, resume=settings.resume, progress=settings.progress)
+                        run_dir, resume=settings.resume, progress=settings.progress,
+                        overwrite=not settings.resume)  # an unfinished or unrecorded start, or told to retrain
     save_adapter(backbone, adapter)
     record = {"experiment": settings.experiment, "tag": tag, "method": "maml-start", "seed": settings.seed,
               "settings": {name: getattr(settings, name) for name in START_FIELDS}, "collections": list(COLLECTIONS),
