@@ -259,15 +259,15 @@ def test_crossdomain_numbers_and_per_seed_supplement_follow_the_committed_csv(co
 
 
 def test_the_paper_grids_are_the_makefiles():
-    """PaperGrids holds the settings the Makefile's committed grids run: the notebook's defaults with the YAML of
+    """CommittedGrids holds the settings the Makefile's committed grids run: the notebook's defaults with the YAML of
     ``MAML_RESULTS``, ``DALORA_RESULTS`` and each ``CROSSDOMAIN_<name>`` over them."""
     import yaml
 
     from afr.experiments.ablations import AblationSettings
     from afr.experiments.crossdomain import CrossDomainSettings
     from afr.experiments.dalora import DaLoraExperimentSettings
+    from afr.experiments.grids import CommittedGrids
     from afr.experiments.maml import MamlExperimentSettings
-    from afr.paper.sources import PaperGrids
 
     text = (PROJECT_ROOT / "Makefile").read_text().replace("\\\n", " ")
     variables = dict(re.findall(r"^(\w+) := (.*)$", text, flags=re.M))
@@ -275,7 +275,7 @@ def test_the_paper_grids_are_the_makefiles():
     def expand(value: str) -> str:
         return re.sub(r"\$\((\w+)\)", lambda match: expand(variables[match.group(1)]), value)
 
-    grids = PaperGrids()
+    grids = CommittedGrids()
     names = expand(variables["CROSSDOMAIN_GRIDS"]).split()
     assert names == list(grids.crossdomain_grids)
     for name in names:

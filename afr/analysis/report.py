@@ -187,14 +187,14 @@ class FigureReport:
         return curves_figure(maml_summary, cross_summary), (maml_summary, cross_summary)
 
     def sensitivity(self):
-        """The committed ablation grid's runs only (the paper's :class:`~afr.paper.sources.PaperGrids`): the table
+        """The committed ablation grid's runs only (:class:`~afr.experiments.grids.CommittedGrids`): the table
         also holds the demo's runs, whose shorter MAML starts are not further seeds of the grid's cells."""
         from afr.experiments.ablations import grid_runs
-        from afr.paper.sources import PaperGrids
+        from afr.experiments.grids import CommittedGrids
 
         table = read_table(self.results_dir, "ablations")
         if table is not None:
-            table = table[table["run"].isin(grid_runs(PaperGrids().ablations))]
+            table = table[table["run"].isin(grid_runs(CommittedGrids().ablations))]
         summary = ablation_sensitivity(table) if table is not None and len(table) else None
         return sensitivity_figure(summary), summary
 

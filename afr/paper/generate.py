@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from afr.experiments.grids import CommittedGrids
 from afr.io import atomic_write_text
 from afr.paper.architecture import save_architecture
 from afr.paper.figures import figures_tex
 from afr.paper.numbers import NumberBook
 from afr.paper.parts import ablations, analysis, baseline, benchmark, crossdomain, dalora, maml, published
-from afr.paper.sources import PaperGrids, load_sources
+from afr.paper.sources import load_sources
 from afr.paths import figures_root, results_root
 
 __all__ = ["GeneratedPaper", "PARTS", "build_generated", "default_output", "write_generated"]
@@ -46,7 +47,7 @@ def default_output(results: Path) -> Path:
 
 
 def build_generated(results: str | Path, figures: str | Path, out: str | Path,
-                    grids: PaperGrids | None = None) -> GeneratedPaper:
+                    grids: CommittedGrids | None = None) -> GeneratedPaper:
     """Every generated file's text, in memory (nothing written)."""
     sources = load_sources(results, grids)
     book = NumberBook()

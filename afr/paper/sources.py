@@ -2,9 +2,10 @@
 
 The tables hold every run ever recorded (demo runs, searches, earlier budgets). The paper reports the
 **committed grids** — the settings of ``make baseline-search``, ``make dalora-results``, ``make maml-results`` and
-``make crossdomain-results`` (:class:`PaperGrids` mirrors the Makefile; a test checks that they agree) — and finds
-their rows by run tag, computed from those settings exactly as the experiments name their runs. Nothing here
-trains or scores anything; a run of a grid that is not recorded simply has no rows (its cells read "not run").
+``make crossdomain-results`` (:class:`~afr.experiments.grids.CommittedGrids` mirrors the Makefile; a test checks
+that they agree) — and finds their rows by run tag, computed from those settings exactly as the experiments name
+their runs. Nothing here trains or scores anything; a run of a grid that is not recorded simply has no rows (its
+cells read "not run").
 
 DA-LoRA's learning rate is chosen per adapter family on the validation packs (notebook 03's rule,
 :func:`afr.experiments.dalora.choose_learning_rates`): :func:`dalora_learning_rates` applies the same rule to the
@@ -19,55 +20,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from afr.experiments.ablations import AblationSettings, grid_runs
-from afr.experiments.crossdomain import START_OF, STARTS, CrossDomainSettings
-from afr.experiments.dalora import FAMILY_REPRESENTATIVE, DaLoraExperimentSettings, family
-from afr.experiments.maml import MamlExperimentSettings
-from afr.experiments.settings import BaselineSettings
+from afr.experiments.ablations import grid_runs
+from afr.experiments.crossdomain import START_OF, STARTS
+from afr.experiments.dalora import FAMILY_REPRESENTATIVE, family
+from afr.experiments.grids import CommittedGrids
 from afr.paths import MissingResourceError
 
-__all__ = ["EXPERIMENT_TABLES", "PaperGrids", "PaperSources", "load_sources"]
+__all__ = ["EXPERIMENT_TABLES", "PaperSources", "load_sources"]
 
 #: the tables the paper reads (``results/tables/<name>.csv``); ``ablations`` may be absent
 EXPERIMENT_TABLES = ("baseline", "dalora", "maml", "crossdomain", "ablations")
-SEEDS = (0, 1, 2)
-
-
-@dataclass(frozen=True)
-class PaperGrids:
-    """The committed grids, as the Makefile runs them (``*_RESULTS`` and ``BASELINE_SEARCH``)."""
-
-    baseline: BaselineSettings = field(default_factory=BaselineSettings)
-    #: notebook 02's validation search: (class-centre start, LoRA learning rate) x seeds, test packs not scored
-    baseline_search: tuple[tuple[str, float], ...] = (("random", 1e-4), ("random", 3e-4), ("class-mean", 1e-4),
-                                                      ("class-mean", 3e-4))
-    baseline_search_seeds: tuple[int, ...] = (0, 1)
-    dalora: DaLoraExperimentSettings = field(default_factory=lambda: DaLoraExperimentSettings(
-        seeds=SEEDS, epochs=4, search_lrs=(1e-4, 3e-4), publish_adapters=True, progress=False))
-    maml: MamlExperimentSettings = field(default_factory=lambda: MamlExperimentSettings(
-        seeds=SEEDS, meta_steps=60, steps=(0, 1, 3, 5, 10, 25), progress=False))
-    #: notebook 05's four grids (``CROSSDOMAIN_<name>``); they share the zero-shot run, the two thermal grids share
-    #: their starts, and so do low quality and outdoor (both start from ORL + Yale only)
-    crossdomain: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
-        seeds=SEEDS, meta_steps=60, shots=(1, 2, 4), progress=False))
-    crossdomain_kall: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
-        seeds=SEEDS, meta_steps=60, shots=("all",), progress=False))
-    crossdomain_lowquality: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
-        seeds=SEEDS, meta_steps=60, direction="visible->lowquality", shots=(1, 4),
-        methods=("zero-shot", "lora", "dalora", "dalora+maml"), progress=False))
-    crossdomain_outdoor: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
-        seeds=SEEDS, meta_steps=60, direction="indoor->outdoor", methods=("zero-shot",), progress=False))
-    ablations: AblationSettings = field(default_factory=lambda: AblationSettings(
-        seeds=SEEDS, components=("lora", "lora+router", "dalora", "dalora+maml", "dalora+contrastive", "full"),
-        ranks=(2, 4, 8, 16, 32), expert_counts=(2, 3, 4, 5), lambda_contrastive_values=(0.01, 0.05, 0.1, 0.5),
-        lambda_domain_values=(0.01, 0.05, 0.1, 0.5), inner_steps_values=(1, 3, 5, 10), meta_steps=20,
-        progress=False))
-
-    @property
-    def crossdomain_grids(self) -> dict[str, CrossDomainSettings]:
-        """Notebook 05's grids under the Makefile's names (``CROSSDOMAIN_GRIDS``)."""
-        return {"thermal": self.crossdomain, "thermal_kall": self.crossdomain_kall,
-                "lowquality": self.crossdomain_lowquality, "outdoor": self.crossdomain_outdoor}
 
 
 @dataclass
@@ -75,7 +37,7 @@ class PaperSources:
     """The committed results under ``root`` (a ``results/`` folder) and the grids the paper reports."""
 
     root: Path
-    grids: PaperGrids = field(default_factory=PaperGrids)
+    grids: CommittedGrids = field(default_factory=CommittedGrids)
 
     # ------------------------------------------------------------------------------------------ raw files
     @cached_property
@@ -197,9 +159,10 @@ class PaperSources:
 
     # ------------------------------------------------------------------------------------------ cross-domain (05)
     def crossdomain_tags(self, grid: str = "thermal") -> dict[tuple[str, int], str]:
-        """Every run of the grid named ``grid`` (a key of :attr:`PaperGrids.crossdomain_grids`): the adapted
-        methods, the zero-shot run and the stage-1 starts, as :func:`afr.experiments.crossdomain.run_grid` runs
-        them — the starts the methods use, or both starts when the direction has no target training images."""
+        """Every run of the grid named ``grid`` (a key of
+        :attr:`~afr.experiments.grids.CommittedGrids.crossdomain_grids`): the adapted methods, the zero-shot run and
+        the stage-1 starts, as :func:`afr.experiments.crossdomain.run_grid` runs them — the starts the methods use,
+        or both starts when the direction has no target training images."""
         settings = self.grids.crossdomain_grids[grid]
         adapted = [method for method in settings.methods if method in START_OF] if settings.shift.target else []
         starts = dict.fromkeys(START_OF[method] for method in adapted) if settings.shift.target else STARTS
@@ -235,11 +198,11 @@ class PaperSources:
         return frame[frame["split"] == "test"].copy() if "split" in frame else frame.copy()
 
 
-def load_sources(results: str | Path, grids: PaperGrids | None = None) -> PaperSources:
+def load_sources(results: str | Path, grids: CommittedGrids | None = None) -> PaperSources:
     """The committed results under ``results``; a missing folder is an error naming it."""
     root = Path(results).expanduser().resolve()
     if not root.is_dir():
         raise MissingResourceError(f"{root} not found: the paper is generated from a results/ folder "
                                    "(run the notebooks or point --results at one)")
-    return PaperSources(root, grids or PaperGrids())
+    return PaperSources(root, grids or CommittedGrids())
 

@@ -1,6 +1,6 @@
 """Notebook 05: adapting a start to a new domain with k labelled images, and the forgetting of the source domain.
 
-Three tables from the four committed grids (:attr:`~afr.paper.sources.PaperGrids.crossdomain_grids`):
+Three tables from the four committed grids (:attr:`~afr.experiments.grids.CommittedGrids.crossdomain_grids`):
 
 * ``crossdomain``: visible -> thermal at k = 1, 2, 4 (grid ``thermal``) and k = all (grid ``thermal_kall``, the
   same starts): thermal AUC per pack and the visible forgetting. Keys ``crossdomain.<pack>.<metric>.<row>.k<k>``
