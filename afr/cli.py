@@ -281,6 +281,15 @@ def _add_backbone_and_adapter(command: argparse.ArgumentParser, domain_help: str
     command.add_argument("--domain", help=domain_help)
 
 
+def _check_model_inputs(args: argparse.Namespace) -> None:
+    """The model inputs of ``embed`` and ``export``, before any slow import: the adapter directory, then the
+    weights directory, each when given."""
+    if args.adapter is not None:
+        _require_dir(args.adapter, "adapter directory")
+    if args.weights is not None:
+        _require_dir(args.weights, "weights directory")
+
+
 def _add_embed(commands: argparse._SubParsersAction) -> None:
     embed = commands.add_parser(
         "embed", help="embeddings of a folder of faces to FILE.npy + a CSV index FILE.csv (prints JSON)",
@@ -310,10 +319,7 @@ def embed_command(args: argparse.Namespace) -> dict[str, Any]:
     from afr.embed import check_output_paths, list_face_files
 
     _require_dir(args.folder, "image folder")
-    if args.adapter is not None:
-        _require_dir(args.adapter, "adapter directory")
-    if args.weights is not None:
-        _require_dir(args.weights, "weights directory")
+    _check_model_inputs(args)
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.aligned and args.skip_undetected:
@@ -361,9 +367,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 def export_command(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``export``: write the merged network as ONNX, return where and how well it matches torch."""
-    _require_dir(args.adapter, "adapter directory")
-    if args.weights is not None:
-        _require_dir(args.weights, "weights directory")
+    _check_model_inputs(args)  # --adapter is required here
     if args.onnx.exists() and not args.overwrite:
         raise CommandError(f"{args.onnx} already exists; pass --overwrite to replace it")
 

@@ -191,6 +191,28 @@ def test_embed_input_errors_are_one_line(argv, message, tmp_path, capsys):
     assert status == 2 and len(lines) == 1 and message.format(tmp=tmp_path) in lines[0]
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["embed", "{tmp}", "--out", "{tmp}/x.npy", "--adapter", "{tmp}/none"],
+         "adapter directory {tmp}/none not found"),
+        (["embed", "{tmp}", "--out", "{tmp}/x.npy", "--weights", "{tmp}/none"],
+         "weights directory {tmp}/none not found"),
+        (["export", "--adapter", "{tmp}/none", "--onnx", "{tmp}/m.onnx"], "adapter directory {tmp}/none not found"),
+        (["export", "--adapter", "{tmp}", "--weights", "{tmp}/none", "--onnx", "{tmp}/m.onnx"],
+         "weights directory {tmp}/none not found"),
+    ],
+    ids=["embed-adapter", "embed-weights", "export-adapter", "export-weights"],
+)
+def test_missing_model_inputs_are_one_line(argv, message, tmp_path, capsys):
+    """``embed`` and ``export`` check the adapter and weights directories before any work (nothing written)."""
+    status, _, err = run([a.format(tmp=tmp_path) for a in argv], capsys)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert message.format(tmp=tmp_path) in lines[0]
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "m.onnx").exists()
+
+
 # ------------------------------------------------------------------------------------------------ README example
 @pytest.mark.shared(DEEPFACE, "weights/mtcnn", "weights/dlib_resnet29")
 def test_readme_example_compares_two_photos():
