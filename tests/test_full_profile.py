@@ -13,59 +13,12 @@ import os
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
-import torch
 
-from afr.data.images import read_image
-from afr.data.pairs import balanced_pairs
-from afr.data.recordio import write_pack
-from afr.data.sources import list_orl
-from afr.data.verification import write_bin
 from afr.experiments.baseline import FULL_BENCHMARKS, BaselineSettings, _full_training_data
 from afr.paths import PROJECT_ROOT
-
-TRAIN_IDENTITIES = 24  # ORL s1..s24 form the "CASIA" pack; the benchmark packs use other people
-
-
-def _chips_by_identity() -> dict[str, list[np.ndarray]]:
-    chips: dict[str, list[np.ndarray]] = {}
-    for face in list_orl():
-        chip = cv2.resize(read_image(face.path), (112, 112), interpolation=cv2.INTER_AREA)
-        chips.setdefault(face.identity, []).append(chip)
-    return dict(sorted(chips.items(), key=lambda item: int(item[0].rsplit("s", 1)[1])))
-
-
-@pytest.fixture(scope="module")
-def full_profile_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("full_profile")
-    people = list(_chips_by_identity().values())
-    train_images, train_labels = [], []
-    for label, chips in enumerate(people[:TRAIN_IDENTITIES]):
-        train_images += chips[:6]
-        train_labels += [label] * 6
-    write_pack(root / "casia", train_images, np.array(train_labels))  # scalar labels, no domains: as CASIA
-    test_chips = [chip for chips in people[TRAIN_IDENTITIES:] for chip in chips[:4]]
-    test_labels = [label for label, chips in enumerate(people[TRAIN_IDENTITIES:]) for _ in chips[:4]]
-    for seed, name in enumerate(FULL_BENCHMARKS):
-        pairs = balanced_pairs(test_labels, 40, seed)
-        write_bin(root / "bins" / f"{name}.bin", [test_chips[i] for a, b, _ in pairs for i in (a, b)],
-                  [same for *_, same in pairs])
-    return root
-
-
-def _save_models(root):
-    from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=1, num_attention_heads=6, mlp_ratio=1,
-                             image_size=224, patch_size=14)).save_pretrained(root / "dinov2-small")
-    vision = dict(hidden_size=768, intermediate_size=768, num_hidden_layers=1, num_attention_heads=12,
-                  image_size=224, patch_size=16)
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=64)).save_pretrained(
-        root / "clip-vit-base-patch16")
+from conftest import TRAIN_IDENTITIES
 
 
 def test_validation_identities_are_held_out_of_the_training_subset(full_profile_data):
@@ -84,9 +37,9 @@ def test_validation_identities_are_held_out_of_the_training_subset(full_profile_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone, folder", [("dinov2-vits14", "dinov2-small"), ("clip-vitb16", "clip-vit-base-patch16")])
-def test_python_m_afr_baseline_full_profile_runs_one_epoch_with_workers(full_profile_data, tmp_path, backbone, folder):
-    models = tmp_path / "models"
-    _save_models(models)
+def test_python_m_afr_baseline_full_profile_runs_one_epoch_with_workers(full_profile_data, local_hf_models, tmp_path,
+                                                                        backbone, folder):
+    models = local_hf_models
     env = {**os.environ, "AFR_RESULTS": str(tmp_path / "results"), "AFR_RUNS": str(tmp_path / "runs")}
     command = [sys.executable, "-m", "afr", "baseline", "--data-profile", "full", "--backbone", backbone,
                "--weights", str(models / folder), "--train-rec", str(full_profile_data / "casia"),

@@ -32,6 +32,7 @@ from torch import nn
 
 from afr.adapters.lora import apply_lora, merge_lora, save_adapter, trainable_parameters
 from afr.data.augment import FaceAugment
+from afr.data.full_profile import load_named_packs
 from afr.data.pairs import balanced_pairs
 from afr.data.subsets import dataset_labels, holdout_identities, identity_subset
 from afr.data.verification import VerificationPack, load_pack
@@ -160,14 +161,7 @@ def _holdout_pack(dataset, labels: np.ndarray, identities: np.ndarray, seed: int
 
 
 def _full_test_packs(settings: BaselineSettings) -> dict[str, VerificationPack]:
-    if not settings.bins_dir:
-        raise MissingResourceError("the full profile needs bins_dir: the folder holding lfw.bin, cfp_fp.bin, ...")
-    folder = Path(settings.bins_dir)
-    names = settings.benchmarks or FULL_BENCHMARKS
-    missing = [f"{name}.bin" for name in names if not (folder / f"{name}.bin").is_file()]
-    if missing:
-        raise MissingResourceError(f"verification packs not found in {folder}: {', '.join(missing)}")
-    return {name: load_pack(folder / f"{name}.bin") for name in names}
+    return load_named_packs(settings.bins_dir, settings.benchmarks or FULL_BENCHMARKS, "bins_dir")
 
 
 # ------------------------------------------------------------------------------------------ evaluation
