@@ -103,19 +103,26 @@ crossdomain-results: $(STAMP)
 	  -y '$(CROSSDOMAIN_$(name))' notebooks/05_crossdomain.ipynb $(RUN_DIR)/05_crossdomain_$(name)_results.ipynb && ) true
 
 # The full profile on a GPU box: `make full DATA=<CASIA-WebFace folder: train.rec/.idx/property> BINS=<folder with
-# lfw.bin cfp_fp.bin agedb_30.bin calfw.bin cplfw.bin> WEIGHTS=<local Hugging Face directory>`; optional
-# BACKBONE (dinov2-vits14 or clip-vitb16), IDENTITIES (a seeded CASIA identity subset, e.g. 1000), SEEDS, EPOCHS.
-# Notebook 02 (zero-shot vs LoRA on the five benchmarks), one run per seed, into results/notebooks/. Notebooks 03-06
-# are built on the embedded benchmark's domains and collections (thermal, low quality); their full-profile
-# variants are not implemented yet, and the target says so instead of running them on the wrong data.
+# lfw.bin cfp_fp.bin agedb_30.bin calfw.bin cplfw.bin> WEIGHTS=<local Hugging Face directory> [THERMAL=<folder of
+# thermal face crops, one sub-folder per identity>]`; optional BACKBONE (dinov2-vits14 or clip-vitb16), IDENTITIES (a
+# seeded CASIA identity subset, e.g. 1000), SEEDS, EPOCHS. Notebook 02 (zero-shot vs LoRA on the five benchmarks), one
+# run per seed; with THERMAL also notebook 05 (CASIA-WebFace -> thermal with k = SHOTS labelled thermal images per
+# identity, forgetting on the five packs; META_STEPS, ADAPT_STEPS, ADAPT_BATCH are starting points, not tuned), into
+# results/notebooks/. Notebooks 03, 04 and 06 are built on the embedded benchmark's collections and have no
+# full-profile variant; the target says so instead of running them on the wrong data.
 BACKBONE ?= dinov2-vits14
 IDENTITIES ?= null
 SEEDS ?= 0 1 2
 EPOCHS ?= 4
+THERMAL ?=
+SHOTS ?= 10, 50, 100
+META_STEPS ?= 200
+ADAPT_STEPS ?= 50
+ADAPT_BATCH ?= 128
 full: $(STAMP)
 	@for name in DATA BINS WEIGHTS; do eval value=\$${!name:-}; test -n "$$value" || { \
 	  echo "make full: set $$name (DATA=CASIA-WebFace folder, BINS=folder of the five .bin packs, WEIGHTS=local Hugging Face directory)"; exit 2; }; done
-	@for path in "$(DATA)/train.rec" "$(DATA)/train.idx" "$(DATA)/property" "$(WEIGHTS)"; do \
+	@for path in "$(DATA)/train.rec" "$(DATA)/train.idx" "$(DATA)/property" "$(WEIGHTS)" $(if $(THERMAL),"$(THERMAL)"); do \
 	  test -e "$$path" || { echo "make full: $$path not found"; exit 2; }; done
 	@mkdir -p $(RUN_DIR)
 	@for seed in $(SEEDS); do echo "== notebook 02, full profile, $(BACKBONE), seed $$seed"; \
@@ -123,7 +130,14 @@ full: $(STAMP)
 	    weights: '$(abspath $(WEIGHTS))', train_rec: '$(abspath $(DATA))', bins_dir: '$(abspath $(BINS))', \
 	    num_identities: $(IDENTITIES), epochs: $(EPOCHS), seed: $$seed, num_workers: 8, progress: false}" \
 	    notebooks/02_baseline.ipynb $(RUN_DIR)/02_baseline_full_$(BACKBONE)_seed$$seed.ipynb; done
-	@echo "make full: notebooks 03-06 have no full-profile variant yet (embedded benchmark only); see README"
+	@if [ -n "$(THERMAL)" ]; then echo "== notebook 05, full profile, $(BACKBONE), seeds $(SEEDS), k = $(SHOTS)"; \
+	  $(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y "{data_profile: full, backbone: $(BACKBONE), \
+	    weights: '$(abspath $(WEIGHTS))', train_rec: '$(abspath $(DATA))', bins_dir: '$(abspath $(BINS))', \
+	    target_dir: '$(abspath $(THERMAL))', num_identities: $(IDENTITIES), seeds: [$(shell echo $(SEEDS) | tr ' ' ,)], \
+	    shots: [$(SHOTS)], meta_steps: $(META_STEPS), adapt_steps: $(ADAPT_STEPS), adapt_batch: $(ADAPT_BATCH), \
+	    progress: false}" notebooks/05_crossdomain.ipynb $(RUN_DIR)/05_crossdomain_full_$(BACKBONE).ipynb; \
+	else echo "make full: notebook 05 skipped (set THERMAL=<folder of thermal face crops> to run it)"; fi
+	@echo "make full: notebooks 03, 04 and 06 have no full-profile variant (embedded benchmark only); see README"
 
 # Notebook 06's committed grid: 3 seeds, the component table and every sweep (rank, K, λ1, λ2, MAML inner steps),
 # 1 epoch per run, MAML starts of 20 outer steps; 66 runs and 24 starts, about 50 min of one core (records reused,

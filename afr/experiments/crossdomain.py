@@ -48,6 +48,14 @@ update folded into the backbone, through the warm-started DA-LoRA's visible expe
 rows use on visible packs. Scoring embeds the distinct chips of several packs once, and conv weights are kept
 channels-last (:func:`fast_layout`): both only save CPU time.
 
+**Full profile** (``data_profile = "full"``, a GPU box): the same two stages with stage 1 on a seeded CASIA-WebFace
+identity subset (``train_rec``, ``num_identities``; collection ``casia``) and stage 2 on a folder of target face crops
+(``target_dir``, one sub-folder per identity; collection ``thermal``), whose identities are split once (seed 0) into
+training identities and test identities (the ``thermal`` pack); forgetting on the five InsightFace packs
+(``bins_dir``), further target packs as ``target_bins``. The k of the paper's few-shot curves are 10, 50 and 100; a
+step then takes ``adapt_batch`` identity-balanced images of the support (:func:`support_batch`) rather than all of
+it. Data: :func:`afr.data.full_profile.load_full_cross_domain`.
+
 One record per run in ``results/crossdomain/<tag>.json`` (starts and zero-shot included), rows in
 ``results/tables/crossdomain.csv`` with the column ``shots`` (0 for zero-shot and the starts). The starts are runs
 of their own (``runs/<start tag>/``: meta-training checkpoint, TensorBoard, ``adapter/``); a recorded run is
@@ -82,6 +90,7 @@ from afr.data.embedded import load_embedded
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
+from afr.experiments.baseline import FULL_BENCHMARKS
 from afr.experiments.maml import MamlData, MamlExperimentSettings, task_batches
 from afr.experiments.maml import load_data as load_training_chips
 from afr.experiments.maml import paired_tests as paired_tests_per_point
@@ -100,9 +109,9 @@ from afr.train import seed_everything
 __all__ = ["ALL_SHOTS", "DIRECTIONS", "Direction", "EXPERTS", "METHODS", "STARTS", "CrossDomainData",
            "CrossDomainSettings", "ThermalSplit", "adapt", "compare_with_committed", "dalora_from_start",
            "data_summary", "expert_blocks", "fast_layout", "figure_name", "forgetting_table", "grid_table",
-           "load_data", "paired_tests", "plot_results", "run_experiment", "run_grid", "run_method", "run_start",
+           "load_data", "load_full_data", "paired_tests", "plot_results", "run_experiment", "run_grid", "run_method", "run_start",
            "run_zero_shot", "score_dalora", "score_packs", "shared_targets", "shots_label", "skipped_rows",
-           "summary_table", "thermal_split", "view_contrastive_loss", "with_expert_blocks"]
+           "summary_table", "support_batch", "thermal_split", "view_contrastive_loss", "with_expert_blocks"]
 
 METHODS = ("zero-shot", "lora", "dalora", "dalora+maml", "dalora+maml+contrastive", "dalora+maml+contrastive+semi")
 #: the stage-1 starts: start -> inner SGD steps from the settings? (always first order)
@@ -116,6 +125,7 @@ VISIBLE_COLLECTIONS = ("orl", "yale", "lowquality")
 THERMAL_COLLECTIONS = ("thermal_und", "thermal_puj")
 THERMAL_PACKS = ("thermal_und", "thermal_puj", "thermal")
 VISIBLE_PACKS = ("controlled", "wild", "lowquality")
+DATA_PROFILES = ("embedded", "full")
 #: ``k`` meaning every labelled training image of each target identity (``shots: [all]`` in the settings)
 ALL_SHOTS = -1
 
@@ -160,8 +170,11 @@ def _parse_shots(value: Any) -> int:
     if shots < 1 and shots != ALL_SHOTS:  # ALL_SHOTS: already parsed (dataclasses.replace parses again)
         raise ValueError(f"shots must be at least 1 labelled image per identity or 'all', got {value!r}")
     return shots
+#: the full profile's data settings (every kind of run depends on them: they choose the collections and the packs)
+FULL_PROFILE_FIELDS = ("data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "target_dir",
+                       "target_test_identities", "target_bins")
 #: settings each kind of run depends on (its tag's digest); adapted methods depend on every setting
-ZERO_SHOT_FIELDS = ("backbone", "weights", "embedded_root")
+ZERO_SHOT_FIELDS = ("backbone", "weights", "embedded_root", *FULL_PROFILE_FIELDS)
 START_FIELDS = (*ZERO_SHOT_FIELDS, "rank", "n_way", "k_shot", "q_query", "meta_steps", "tasks_per_step", "meta_lr",
                 "seed")
 MAML_START_FIELDS = (*START_FIELDS, "inner_steps", "inner_lr")
@@ -178,13 +191,27 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "backbone", "rank", "meta_steps", "inner_steps", "adapt_steps", "adapt_lr", "contrastive_weight",
         "unlabelled_weight")
-    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction",)
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction", *FULL_PROFILE_FIELDS, "adapt_batch")
 
     backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded)")
     weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
     embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
     direction: str = setting("visible->thermal", "domain shift: stage-1 source collections -> target collections",
                              choices=tuple(DIRECTIONS))
+    data_profile: str = setting("embedded", "embedded: the CPU benchmark's collections (notebook 01); full: stage 1 "
+                                "on a CASIA-WebFace identity subset, stage 2 on a folder of target face crops",
+                                choices=DATA_PROFILES)
+    train_rec: str | None = setting(None, "full profile: CASIA-WebFace folder (train.rec/.idx/property), the source")
+    num_identities: int | None = setting(None, "full profile: seeded CASIA identity subset of stage 1 (drawn with "
+                                         "seed 0 for every run); default all")
+    bins_dir: str | None = setting(None, "full profile: folder with the visible packs lfw.bin cfp_fp.bin agedb_30.bin "
+                                   "calfw.bin cplfw.bin (forgetting)")
+    benchmarks: tuple[str, ...] = setting((), "full profile: visible packs to score (default: all five)")
+    target_dir: str | None = setting(None, "full profile: target (e.g. thermal) face crops, <dir>/<identity>/<image>; "
+                                     "its identities are split (seed 0) into training and test identities")
+    target_test_identities: int | None = setting(None, "full profile: target identities held out as the test pack's "
+                                                 "(default: half)")
+    target_bins: tuple[str, ...] = setting((), "full profile: further target-domain verification packs (.bin files)")
     methods: tuple[str, ...] = setting(METHODS, "rows to run (subset of " + ", ".join(METHODS) + ")")
     seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
     seed: int = setting(0, "seed of a single run (the grid sets it per run)")
@@ -201,6 +228,8 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
     shots: tuple[str, ...] = setting((1, 4), "k: labelled target images per target training identity (or all)")
     adapt_steps: int = setting(10, "SGD steps of the adaptation to thermal")
     adapt_lr: float = setting(1e-3, "SGD learning rate of the adaptation to thermal")
+    adapt_batch: int | None = setting(None, "images per adaptation step, identity-balanced draws from the support "
+                                      "(default: the whole support every step; the full profile needs a bound)")
     contrastive_weight: float = setting(0.1, "weight of the supervised InfoNCE over the support (contrastive rows)")
     unlabelled_weight: float = setting(0.1, "weight of the two-view InfoNCE over unlabelled thermal images (semi row)")
     temperature: float = setting(0.1, "temperature of both InfoNCE terms")
@@ -220,6 +249,17 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
             raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"unknown direction {self.direction!r}; choose from {tuple(DIRECTIONS)}")
+        if self.data_profile not in DATA_PROFILES:
+            raise ValueError(f"data_profile must be one of {DATA_PROFILES}, got {self.data_profile!r}")
+        if self.data_profile == "full" and self.direction != "visible->thermal":
+            raise ValueError(f"the full profile has one direction, CASIA-WebFace -> target_dir; got {self.direction!r}")
+        self.benchmarks = tuple(self.benchmarks or ())
+        self.target_bins = tuple(self.target_bins or ())
+        stems = [Path(path).stem for path in self.target_bins]
+        if len(set(stems)) < len(stems) or set(stems) & {"thermal", *FULL_BENCHMARKS}:
+            raise ValueError(f"target_bins must have distinct file names other than thermal and the benchmarks': {stems}")
+        if self.adapt_batch is not None and self.adapt_batch < 2:
+            raise ValueError(f"adapt_batch must be at least 2 images (or None: the whole support), got {self.adapt_batch}")
         if not self.shots:
             raise ValueError("shots must name at least one k (a number of labelled images per identity, or all)")
         if self.adapt_steps < 1 or self.unlabelled_batch < 2:
@@ -234,6 +274,11 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
 
     @property
     def shift(self) -> Direction:
+        """The direction's collections and packs; the full profile's: CASIA-WebFace -> the target folder."""
+        if self.data_profile == "full":
+            return Direction(source=("casia",), target=("thermal",),
+                             target_packs=(*(Path(path).stem for path in self.target_bins), "thermal"),
+                             source_packs=self.benchmarks or FULL_BENCHMARKS, experts=("visible", "thermal"))
         return DIRECTIONS[self.direction]
 
     def _digest(self, kind: str, names: Sequence[str]) -> str:
@@ -303,7 +348,10 @@ class CrossDomainData:
 
 
 def load_data(settings: CrossDomainSettings) -> CrossDomainData:
-    """Training chips (as notebook 04 holds them), training identity names and the six test packs."""
+    """Training chips (as notebook 04 holds them), training identity names and the six test packs; for the full
+    profile, :func:`load_full_data`."""
+    if settings.data_profile == "full":
+        return load_full_data(settings)
     train = load_training_chips(MamlExperimentSettings(embedded_root=settings.embedded_root, target="thermal_und"))
     benchmark = load_embedded(settings.embedded_root)
     identities = np.empty(len(train.labels), dtype=object)
@@ -313,6 +361,21 @@ def load_data(settings: CrossDomainSettings) -> CrossDomainData:
     packs = {"thermal_und": train.target_pack, "thermal_puj": collection_pack(benchmark, "thermal_puj", "test"),
              **{name: load_pack(benchmark.bin_path(name)) for name in ("thermal", *VISIBLE_PACKS)}}
     return CrossDomainData(train, identities, packs)
+
+
+def load_full_data(settings: CrossDomainSettings) -> CrossDomainData:
+    """The full profile (:func:`afr.data.full_profile.load_full_cross_domain`): collection ``casia`` (the seeded
+    CASIA-WebFace identity subset), collection ``thermal`` (the target folder's training identities), decoded when
+    used; test packs ``thermal`` (the folder's test identities), the ``target_bins`` and the visible benchmarks."""
+    from afr.data.full_profile import load_full_cross_domain
+
+    full = load_full_cross_domain(settings.train_rec, settings.num_identities, settings.target_dir,
+                                  settings.target_test_identities, settings.bins_dir, settings.shift.source_packs,
+                                  settings.target_bins, target=settings.shift.target[0],
+                                  source=settings.shift.source[0])
+    train = MamlData(full.chips, full.labels, full.collections, full.target_pack, full.image_size)
+    packs = {"thermal": full.target_pack, **full.extra_target_packs, **full.source_packs}
+    return CrossDomainData(train, full.identities, packs)
 
 
 @dataclass(frozen=True)
@@ -439,6 +502,31 @@ def _load_parameters(backbone: nn.Module, tensors: Mapping[str, Tensor]) -> None
 
 
 # ------------------------------------------------------------------------------------------ adaptation
+#: images of one identity in an identity-balanced adaptation batch (``adapt_batch``)
+IMAGES_PER_IDENTITY = 4
+
+
+def support_batch(split: ThermalSplit, size: int | None, seed: int, step: int) -> tuple[np.ndarray, Tensor]:
+    """The support images of adaptation step ``step``: positions in ``split.indices`` and their ways (``0 .. n-1``
+    in batch order). The whole support when ``size`` is None or covers it; otherwise identities in a random order,
+    up to :data:`IMAGES_PER_IDENTITY` random images of each (all when it has fewer), until ``size`` images, so
+    every prototype of the step averages several images. Draws depend on (seed, k, step) only."""
+    if size is None or size >= len(split.indices):
+        return np.arange(len(split.indices)), split.labels
+    rng = np.random.default_rng((seed, max(split.shots, 0), step, 7))
+    ways = split.labels.numpy()
+    positions: list[int] = []
+    batch_ways: list[int] = []
+    for way in rng.permutation(len(split.support)):
+        members = np.flatnonzero(ways == way)
+        take = min(IMAGES_PER_IDENTITY, len(members), size - len(positions))
+        if take < 1:
+            break
+        positions += sorted(rng.choice(members, size=take, replace=False).tolist())
+        batch_ways += [int(batch_ways[-1]) + 1 if batch_ways else 0] * take
+    return np.asarray(positions), torch.as_tensor(batch_ways)
+
+
 def view_contrastive_loss(first: Tensor, second: Tensor, temperature: float) -> Tensor:
     """SimCLR's NT-Xent over two views ``(n, D)`` of ``n`` unlabelled images: view ``i``'s one positive is the other
     view of image ``i``, the other ``2n - 2`` views are its negatives (supervised InfoNCE, the image as label)."""
@@ -455,13 +543,16 @@ def adapt(backbone: nn.Module, params: dict[str, Tensor], to_parameters: ToParam
     DA-LoRA expert, its blocks into the stacked matrices); the backbone is called functionally and not changed.
     Without extra terms a step is :func:`afr.meta.inner_adapt`'s (CosFace on the support's prototypes); the
     method's :data:`EXTRA_TERMS` add the supervised InfoNCE over the support and the two-view InfoNCE over up to
-    ``unlabelled_batch`` unlabelled images. Draws (unlabelled batches, augmentations) depend on the seed only.
+    ``unlabelled_batch`` unlabelled images. With ``adapt_batch`` smaller than the support, each step uses an
+    identity-balanced part of it (:func:`support_batch`) decoded for that step. Draws (batches, unlabelled
+    batches, augmentations) depend on the seed only.
     """
     supervised, unlabelled = EXTRA_TERMS.get(settings.method, (False, False))
     device = next(backbone.parameters()).device
     margin = CosFaceMargin()
-    images = data.train.images(split.indices).to(device)
-    labels = split.labels.to(device)
+    whole = settings.adapt_batch is None or settings.adapt_batch >= len(split.indices)
+    if whole:  # decoded once
+        images, labels = data.train.images(split.indices).to(device), split.labels.to(device)
     pool = np.asarray(split.unlabelled)
     augment = FaceAugment().train()
     seed_everything(settings.seed)
@@ -469,10 +560,15 @@ def adapt(backbone: nn.Module, params: dict[str, Tensor], to_parameters: ToParam
     with torch.enable_grad():
         for step in tqdm(range(settings.adapt_steps), desc=f"{settings.method} k={shots_label(split.shots)}",
                          disable=not settings.progress, leave=False):
+            if not whole:
+                positions, labels = support_batch(split, settings.adapt_batch, settings.seed, step)
+                images = data.train.images([split.indices[position] for position in positions]).to(device)
+                labels = labels.to(device)
             current = {name: tensor.detach().requires_grad_() for name, tensor in params.items()}
             parameters = to_parameters(current)
             embeddings = functional_call(backbone, parameters, (images,), strict=False)
-            loss = prototype_margin_loss(embeddings, labels, prototypes(embeddings, labels, len(split.support)), margin)
+            loss = prototype_margin_loss(embeddings, labels, prototypes(embeddings, labels, int(labels.max()) + 1),
+                                         margin)
             if supervised:
                 loss = loss + settings.contrastive_weight * supervised_info_nce(embeddings, labels,
                                                                                 temperature=settings.temperature)
@@ -657,7 +753,8 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
         test[key] = (score_packs(merge_lora(backbone), data.test_packs, device) if start_visible is None
                      else score_dalora(backbone, start_visible, start_scores, data, device, settings.shift))
         adaptation[key] = {"identities": len(split.support), "labelled_images": len(split.indices),
-                                   "unlabelled_images": len(split.unlabelled), "losses": losses}
+                           **({"adapt_batch": settings.adapt_batch} if settings.adapt_batch else {}),
+                           "unlabelled_images": len(split.unlabelled), "losses": losses}
     record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
               "seed": settings.seed, "shots": list(settings.shots), "direction": settings.direction,
               "start": settings.start_tag(start),
@@ -841,9 +938,11 @@ def plot_results(table, forgetting, settings: CrossDomainSettings):
 
 
 def figure_name(settings: CrossDomainSettings) -> str:
-    """``crossdomain_<backbone>_<n>seed[_<direction>][_k<...>].png``: the direction when not the default and the
+    """``crossdomain_<backbone>_<n>seed[_full][_<direction>][_k<...>].png``: the profile when not embedded, the direction when not the default and the
     k values when they include ``all`` (its runs are a grid of their own), so no grid replaces another's figure."""
     name = f"{settings.experiment}_{settings.backbone}_{len(settings.seeds)}seed"
+    if settings.data_profile != CrossDomainSettings.data_profile:
+        name += f"_{settings.data_profile}"
     if settings.direction != CrossDomainSettings.direction:
         name += "_" + settings.direction.replace("->", "-to-")
     if ALL_SHOTS in settings.shots:
