@@ -119,6 +119,29 @@ def test_without_extra_terms_an_adaptation_step_is_inner_adapt(tmp_path):
         torch.testing.assert_close(ours[name], theirs[name].detach(), rtol=1e-6, atol=1e-7)
 
 
+def test_the_contrastive_rows_add_their_terms_to_the_adaptation_loss(tmp_path):
+    from torch.func import functional_call
+
+    from afr.losses.contrastive import supervised_info_nce
+    from afr.meta import prototype_margin_loss, prototypes
+
+    lora, _ = _tiny_start(tmp_path)
+    data = _tiny_data(12)
+    split = ThermalSplit(2, {0: [0, 1], 1: [2, 3], 2: [4, 5]}, (6, 7, 8, 9, 10, 11))
+    params = {name: p.detach().clone() for name, p in lora.named_parameters() if p.requires_grad}
+    losses = {}
+    for method in ("lora", "dalora+maml+contrastive", "dalora+maml+contrastive+semi"):
+        settings = CrossDomainSettings(**{**TINY, "adapt_steps": 1}, method=method)
+        losses[method] = adapt(lora, params, lambda tensors: tensors, data, split, settings)[1][0]
+    with torch.no_grad():
+        embeddings = functional_call(lora, params, (data.train.images(split.indices),), strict=False)
+        margin = prototype_margin_loss(embeddings, split.labels, prototypes(embeddings, split.labels, 3), CosFaceMargin())
+        contrastive = supervised_info_nce(embeddings, split.labels, temperature=0.1)
+    assert losses["lora"] == pytest.approx(float(margin), rel=1e-5)
+    assert losses["dalora+maml+contrastive"] == pytest.approx(float(margin + 0.1 * contrastive), rel=1e-5)
+    assert abs(losses["dalora+maml+contrastive+semi"] - losses["dalora+maml+contrastive"]) > 1e-4  # the views' term
+
+
 def test_the_unlabelled_term_takes_the_other_view_of_the_same_image_as_the_only_positive():
     torch.manual_seed(0)
     first, second = torch.randn(3, 5), torch.randn(3, 5)

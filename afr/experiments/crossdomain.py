@@ -100,7 +100,7 @@ from afr.experiments.training import evaluation_device
 from afr.io import atomic_write_text
 from afr.losses.contrastive import supervised_info_nce
 from afr.losses.margin import CosFaceMargin
-from afr.meta import MetaConfig, adapter_parameters, meta_train, prototype_margin_loss, prototypes
+from afr.meta import MetaConfig, adaptation_step, adapter_parameters, meta_train
 from afr.meta.episodes import EpisodeSampler, few_shot_support
 from afr.models import create_backbone
 from afr.paths import results_root
@@ -557,18 +557,15 @@ def adapt(backbone: nn.Module, params: dict[str, Tensor], to_parameters: ToParam
     augment = FaceAugment().train()
     seed_everything(settings.seed)
     losses = []
-    with torch.enable_grad():
-        for step in tqdm(range(settings.adapt_steps), desc=f"{settings.method} k={shots_label(split.shots)}",
-                         disable=not settings.progress, leave=False):
-            if not whole:
-                positions, labels = support_batch(split, settings.adapt_batch, settings.seed, step)
-                images = data.train.images([split.indices[position] for position in positions]).to(device)
-                labels = labels.to(device)
-            current = {name: tensor.detach().requires_grad_() for name, tensor in params.items()}
-            parameters = to_parameters(current)
-            embeddings = functional_call(backbone, parameters, (images,), strict=False)
-            loss = prototype_margin_loss(embeddings, labels, prototypes(embeddings, labels, int(labels.max()) + 1),
-                                         margin)
+    for step in tqdm(range(settings.adapt_steps), desc=f"{settings.method} k={shots_label(split.shots)}",
+                     disable=not settings.progress, leave=False):
+        if not whole:
+            positions, labels = support_batch(split, settings.adapt_batch, settings.seed, step)
+            images = data.train.images([split.indices[position] for position in positions]).to(device)
+            labels = labels.to(device)
+
+        def extra_terms(parameters: dict[str, Tensor], embeddings: Tensor, step: int = step) -> Tensor:
+            loss = embeddings.new_zeros(())
             if supervised:
                 loss = loss + settings.contrastive_weight * supervised_info_nce(embeddings, labels,
                                                                                 temperature=settings.temperature)
@@ -579,10 +576,13 @@ def adapt(backbone: nn.Module, params: dict[str, Tensor], to_parameters: ToParam
                 views = functional_call(backbone, parameters, (torch.cat([augment(batch), augment(batch)]).to(device),),
                                         strict=False)
                 loss = loss + settings.unlabelled_weight * view_contrastive_loss(*views.chunk(2), settings.temperature)
-            grads = torch.autograd.grad(loss, list(current.values()), allow_unused=True)
-            params = {name: tensor if grad is None else (tensor - settings.adapt_lr * grad).detach()
-                      for (name, tensor), grad in zip(current.items(), grads)}
-            losses.append(float(loss.detach()))
+            return loss
+
+        params, loss = adaptation_step(backbone, params, images, labels, int(labels.max()) + 1, margin,
+                                       settings.adapt_lr, to_parameters=to_parameters,
+                                       extra_loss=extra_terms if supervised or unlabelled else None)
+        params = {name: tensor.detach() for name, tensor in params.items()}
+        losses.append(float(loss.detach()))
     return params, losses
 
 

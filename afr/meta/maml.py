@@ -169,6 +169,39 @@ def _embed(backbone: nn.Module, params: dict[str, Tensor], images: Tensor) -> Te
     return functional_call(backbone, params, (images,), strict=False)
 
 
+def adaptation_step(
+    backbone: nn.Module,
+    params: dict[str, Tensor],
+    images: Tensor,
+    labels: Tensor,
+    n_classes: int,
+    margin: nn.Module,
+    lr: float,
+    first_order: bool = True,
+    to_parameters: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+    extra_loss: Callable[[dict[str, Tensor], Tensor], Tensor] | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """One plain SGD step (learning rate ``lr``) of :func:`prototype_margin_loss` on ``images`` from ``params``;
+    returns the new tensors by name and the step's loss.
+
+    The images are embedded with the current tensors (``torch.func.functional_call``; the frozen backbone is
+    used as it is) and the prototypes of those embeddings are the centres. ``to_parameters`` maps the trained
+    tensors to backbone parameters by name (default: they are backbone parameters; e.g. one DA-LoRA expert's
+    blocks placed into the stacked matrices); ``extra_loss(parameters, embeddings)`` adds further terms. Second
+    order (``first_order=False``) keeps the graph of the gradient (``create_graph=True``); first order does not.
+    ``params`` are not modified; gradients are enabled inside.
+    """
+    with torch.enable_grad():
+        current = {name: t if t.requires_grad else t.detach().requires_grad_() for name, t in params.items()}
+        parameters = current if to_parameters is None else to_parameters(current)
+        embeddings = _embed(backbone, parameters, images)
+        loss = prototype_margin_loss(embeddings, labels, prototypes(embeddings, labels, n_classes), margin)
+        if extra_loss is not None:
+            loss = loss + extra_loss(parameters, embeddings)
+        grads = torch.autograd.grad(loss, list(current.values()), create_graph=not first_order, allow_unused=True)
+    return {name: t if grad is None else t - lr * grad for (name, t), grad in zip(current.items(), grads)}, loss
+
+
 def inner_adapt(
     backbone: nn.Module,
     params: dict[str, Tensor],
@@ -180,33 +213,22 @@ def inner_adapt(
     lr: float,
     first_order: bool,
 ) -> dict[str, Tensor]:
-    """``steps`` plain SGD steps (learning rate ``lr``) on the support set, starting from ``params``.
+    """``steps`` :func:`adaptation_step` s on the support set, starting from ``params``.
 
-    Each step embeds the support with the current tensors (``torch.func.functional_call``; ``params``
-    holds only adapter tensors, the frozen backbone is used as it is), takes the prototypes of those
-    embeddings as centres and descends :func:`prototype_margin_loss`. Second order (``first_order=False``)
-    keeps the graph of every inner gradient (``create_graph=True``), so the result is differentiable to
-    second order in ``params``, and runs attention on the math SDPA backend (see the module docstring);
-    first order detaches the gradients. Returns new tensors by name (a tensor nothing depends on, e.g. a
-    DA-LoRA router under detached gates, is returned as it is); ``params`` are not modified. Gradients
+    Second order (``first_order=False``) keeps the graph of every inner gradient, so the result is
+    differentiable to second order in ``params``, and runs attention on the math SDPA backend (see the module
+    docstring); first order detaches the gradients. Returns new tensors by name (a tensor nothing depends on,
+    e.g. a DA-LoRA router under detached gates, is returned as it is); ``params`` are not modified. Gradients
     are enabled inside, so this also adapts under an outer ``torch.no_grad()``.
     """
     if steps < 0:
         raise ValueError(f"inner_adapt: steps must be >= 0, got {steps}")
     adapted = dict(params)
     attention = nullcontext() if first_order else sdpa_kernel(SDPBackend.MATH)
-    with torch.enable_grad(), attention:
+    with attention:
         for _ in range(steps):
-            current = {name: t if t.requires_grad else t.detach().requires_grad_() for name, t in adapted.items()}
-            embeddings = _embed(backbone, current, support_images)
-            centres = prototypes(embeddings, support_labels, n_classes)
-            loss = prototype_margin_loss(embeddings, support_labels, centres, margin)
-            grads = torch.autograd.grad(
-                loss, list(current.values()), create_graph=not first_order, allow_unused=True
-            )
-            adapted = {
-                name: t if grad is None else t - lr * grad for (name, t), grad in zip(current.items(), grads)
-            }
+            adapted, _ = adaptation_step(backbone, adapted, support_images, support_labels, n_classes, margin, lr,
+                                         first_order)
     return adapted
 
 
