@@ -133,6 +133,17 @@ def test_from_pretrained_local_directory_reads_preprocessor_stats(tmp_path, face
         torch.testing.assert_close(loaded(faces), expected)
 
 
+def test_loading_a_checkpoint_draws_no_progress_bar_and_restores_the_setting(tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    _save_tiny_dinov2(tmp_path)
+    capfd.readouterr()
+    assert hf_logging.is_progress_bar_enabled()
+    HFViTBackbone.from_pretrained(tmp_path, family="dinov2", image_size=28)
+    assert "Loading weights" not in "".join(capfd.readouterr())
+    assert hf_logging.is_progress_bar_enabled()  # other code's bars are left as they were
+
+
 def test_clip_full_checkpoint_and_vision_only_checkpoint(tmp_path, faces):
     from transformers import CLIPModel, CLIPVisionModel
 

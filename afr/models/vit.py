@@ -32,6 +32,7 @@ requires.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -131,6 +132,20 @@ def _family_of(model: nn.Module) -> str:
     )
 
 
+@contextmanager
+def _without_loading_bars():
+    """transformers' "Loading weights" progress bar switched off inside (restored after, if it was on)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 class HFViTBackbone(Backbone):
     """A DINOv2 or CLIP vision transformer as a face backbone (see the module docstring for the pipeline).
 
@@ -214,25 +229,26 @@ class HFViTBackbone(Backbone):
         directory = Path(directory)
         if family not in FAMILIES:
             raise ValueError(f"unknown ViT family {family!r}; expected one of {sorted(FAMILIES)}")
-        if family == "dinov2":
-            model, info = Dinov2Model.from_pretrained(
-                directory, local_files_only=True, output_loading_info=True, **model_kwargs
-            )
-        elif clip_projection:
-            config = AutoConfig.from_pretrained(directory, local_files_only=True)
-            if isinstance(config, CLIPConfig):
-                # the vision sub-config does not carry the shared projection width; copy it over
-                vision_config = config.vision_config
-                vision_config.projection_dim = config.projection_dim
+        with _without_loading_bars():  # experiments build many backbones: one bar each is noise
+            if family == "dinov2":
+                model, info = Dinov2Model.from_pretrained(
+                    directory, local_files_only=True, output_loading_info=True, **model_kwargs
+                )
+            elif clip_projection:
+                config = AutoConfig.from_pretrained(directory, local_files_only=True)
+                if isinstance(config, CLIPConfig):
+                    # the vision sub-config does not carry the shared projection width; copy it over
+                    vision_config = config.vision_config
+                    vision_config.projection_dim = config.projection_dim
+                else:
+                    vision_config = config
+                model, info = CLIPVisionModelWithProjection.from_pretrained(
+                    directory, config=vision_config, local_files_only=True, output_loading_info=True, **model_kwargs
+                )
             else:
-                vision_config = config
-            model, info = CLIPVisionModelWithProjection.from_pretrained(
-                directory, config=vision_config, local_files_only=True, output_loading_info=True, **model_kwargs
-            )
-        else:
-            model, info = CLIPVisionModel.from_pretrained(
-                directory, local_files_only=True, output_loading_info=True, **model_kwargs
-            )
+                model, info = CLIPVisionModel.from_pretrained(
+                    directory, local_files_only=True, output_loading_info=True, **model_kwargs
+                )
         missing = sorted(info.get("missing_keys", ()))
         if missing:
             hint = (
