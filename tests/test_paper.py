@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from afr.paper.generate import build_generated, write_generated
+from afr.paper.generate import build_generated, regenerate_paper, write_generated
 from afr.paper.numbers import NumberBook
 from afr.paper.sources import load_sources
 from afr.paths import PROJECT_ROOT
@@ -344,6 +344,28 @@ def _used_keys(paths) -> set[str]:
         for prefix in re.findall(r"\\resultpm\{([^}]*)\}", text):
             keys |= {f"{prefix}.mean", f"{prefix}.sd"}
     return keys
+
+
+def test_regenerating_from_a_scratch_run_leaves_the_project_paper_alone(tmp_path, monkeypatch, committed):
+    """Notebook 07 under make test (results written to a scratch folder) puts the paper's files beside that folder's
+    results, never into paper/generated; the files are the committed generation."""
+    monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "results"))
+    before = {path: path.stat().st_mtime_ns for path in (PROJECT_ROOT / "paper" / "generated").rglob("*.tex")}
+    message = regenerate_paper(PROJECT_ROOT / "results", tmp_path / "figures")
+    assert message == f"paper files regenerated into {tmp_path / 'results' / 'paper_generated'}"
+    numbers = (tmp_path / "results" / "paper_generated" / "numbers.tex").read_text()
+    assert numbers == committed.files["numbers.tex"]
+    assert before == {path: path.stat().st_mtime_ns for path in (PROJECT_ROOT / "paper" / "generated").rglob("*.tex")}
+
+
+def test_the_analysis_package_does_not_import_the_paper():
+    import subprocess
+    import sys
+
+    code = "import sys, afr.analysis.report; print(sorted(m for m in sys.modules if m.startswith('afr.paper')))"
+    finished = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              check=True)
+    assert finished.stdout.strip() == "[]"
 
 
 def test_every_result_key_the_paper_uses_exists(committed):

@@ -9,8 +9,6 @@ replaced only with ``overwrite`` (checked before any work).
 """
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import json
 import math
 from collections.abc import Mapping
@@ -39,7 +37,7 @@ from afr.eval.extract import chips_to_tensor
 from afr.io import atomic_write_text
 from afr.paths import figures_root, results_root
 
-__all__ = ["AnalysisSettings", "FigureReport", "call_paper_generator", "existing_outputs", "numbers_path"]
+__all__ = ["AnalysisSettings", "FigureReport", "existing_outputs", "numbers_path"]
 
 
 @dataclass
@@ -267,23 +265,3 @@ class FigureReport:
             rows.append({"title": title, "chip": chip, "partner": partner, "maps": maps, "domain": domain,
                          "pair": pair})
         return saliency_figure(rows, models), rows
-
-
-def call_paper_generator(read_results: Path, figures: Path | None = None) -> str:
-    """Regenerate the paper's generated files with ``afr.paper.generate.write_generated`` when that module exists.
-
-    A run that writes into the project's own ``results/`` (``make demo``) regenerates ``paper/generated`` in
-    place; a run that writes elsewhere (``make test``: ``$AFR_RESULTS`` is a scratch folder) sends the paper's
-    files to ``results_root()/paper_generated`` so that the work tree is not touched.
-    """
-    if importlib.util.find_spec("afr.paper") is None or importlib.util.find_spec("afr.paper.generate") is None:
-        return "afr.paper.generate not found: the paper's generated files were not regenerated"
-    from afr.paper.generate import write_generated
-
-    accepted = inspect.signature(write_generated).parameters
-    options: dict[str, Any] = {"results": Path(read_results), "figures": Path(figures or figures_root())}
-    if results_root().resolve() != Path(read_results).resolve():
-        options["out"] = results_root() / "paper_generated"
-    options = {key: value for key, value in options.items() if key in accepted}
-    write_generated(**options)
-    return f"paper files regenerated into {options.get('out', 'the paper generator default (paper/generated)')}"

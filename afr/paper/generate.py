@@ -26,7 +26,7 @@ from afr.paper.parts import ablations, analysis, baseline, benchmark, crossdomai
 from afr.paper.sources import load_sources
 from afr.paths import figures_root, results_root
 
-__all__ = ["GeneratedPaper", "PARTS", "build_generated", "default_output", "write_generated"]
+__all__ = ["GeneratedPaper", "PARTS", "build_generated", "default_output", "regenerate_paper", "write_generated"]
 
 #: the parts in the paper's order
 PARTS = (benchmark, baseline, dalora, maml, crossdomain, ablations, published, analysis)
@@ -88,3 +88,16 @@ def write_generated(results: str | Path | None = None, figures: str | Path | Non
     if architecture:
         paper.written += save_architecture(figures)
     return paper
+
+
+def regenerate_paper(read_results: str | Path, figures: str | Path | None = None) -> str:
+    """:func:`write_generated` for a notebook that read ``read_results`` (notebook 07); one line saying where.
+
+    A run that writes into the results it read (``make demo``: the project's own ``results/``) regenerates
+    ``paper/generated`` beside them; a run that writes elsewhere (``make test``: ``$AFR_RESULTS`` is a scratch
+    folder) sends the paper's files to ``results_root()/paper_generated``, so that the work tree is not touched.
+    """
+    read_results = Path(read_results)
+    out = None if results_root().resolve() == read_results.resolve() else results_root() / "paper_generated"
+    write_generated(read_results, figures, out)
+    return f"paper files regenerated into {out or default_output(read_results)}"
