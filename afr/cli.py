@@ -449,6 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(_one_line(error), file=sys.stderr)
         return EXIT_ERROR
+    if "torch" in sys.modules:  # a torchrun (DDP) run: every rank finishes before the process group goes
+        from afr.train import distributed
+
+        distributed.finish()
     print(json.dumps(output, indent=2))
     return 0
 

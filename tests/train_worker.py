@@ -124,8 +124,9 @@ def main() -> None:
             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         }
         (out / f"result-rank{rank}.json").write_text(json.dumps(summary))
+        distributed.finish()  # every rank done before any tears its connections down
     finally:
-        distributed.cleanup()
+        distributed.cleanup()  # the error path (no-op after finish)
 
 
 if __name__ == "__main__":

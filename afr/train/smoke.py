@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
             f"final loss {result.step_losses[-1]:.4f}, parameter checksum {parameter_checksum(model):.10f}",
             flush=True,
         )
+        distributed.finish()
     finally:
-        distributed.cleanup()
+        distributed.cleanup()  # the error path (no-op after finish)
 
 
 if __name__ == "__main__":
