@@ -170,6 +170,8 @@ def _parse_shots(value: Any) -> int:
     if shots < 1 and shots != ALL_SHOTS:  # ALL_SHOTS: already parsed (dataclasses.replace parses again)
         raise ValueError(f"shots must be at least 1 labelled image per identity or 'all', got {value!r}")
     return shots
+
+
 #: the full profile's data settings (every kind of run depends on them: they choose the collections and the packs)
 FULL_PROFILE_FIELDS = ("data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "target_dir",
                        "target_test_identities", "target_bins")
@@ -292,6 +294,17 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
             return f"{self.experiment}_zero-shot_{self._digest('zero-shot', ZERO_SHOT_FIELDS)}"
         return f"{self.experiment}_{self.method}_seed{self.seed}_{self.digest()}"
 
+    def adapted_methods(self) -> tuple[str, ...]:
+        """The grid's methods that adapt a start (none when the direction has no target training images)."""
+        return tuple(method for method in self.methods if method in START_OF) if self.shift.target else ()
+
+    def grid_starts(self) -> tuple[str, ...]:
+        """The stage-1 starts the grid runs: those its adapted methods begin from; both when the direction has no
+        target training images (the starts are then what is compared)."""
+        if not self.shift.target:
+            return tuple(STARTS)
+        return tuple(dict.fromkeys(START_OF[method] for method in self.adapted_methods()))
+
     def start_fields(self, start: str) -> tuple[str, ...]:
         """What a start depends on: its stage-1 settings and, when not the default's, its source collections
         (``source`` is not a field: the directions with the same sources share their starts)."""
@@ -374,7 +387,7 @@ def load_full_data(settings: CrossDomainSettings) -> CrossDomainData:
                                   settings.target_bins, target=settings.shift.target[0],
                                   source=settings.shift.source[0])
     train = MamlData(full.chips, full.labels, full.collections, full.target_pack, full.image_size)
-    packs = {"thermal": full.target_pack, **full.extra_target_packs, **full.source_packs}
+    packs = {full.target_pack.name: full.target_pack, **full.extra_target_packs, **full.source_packs}
     return CrossDomainData(train, full.identities, packs)
 
 
@@ -517,13 +530,13 @@ def support_batch(split: ThermalSplit, size: int | None, seed: int, step: int) -
     ways = split.labels.numpy()
     positions: list[int] = []
     batch_ways: list[int] = []
-    for way in rng.permutation(len(split.support)):
+    for batch_way, way in enumerate(rng.permutation(len(split.support))):
         members = np.flatnonzero(ways == way)
         take = min(IMAGES_PER_IDENTITY, len(members), size - len(positions))
         if take < 1:
             break
         positions += sorted(rng.choice(members, size=take, replace=False).tolist())
-        batch_ways += [int(batch_ways[-1]) + 1 if batch_ways else 0] * take
+        batch_ways += [batch_way] * take
     return np.asarray(positions), torch.as_tensor(batch_ways)
 
 
@@ -769,17 +782,13 @@ def run_grid(settings: CrossDomainSettings, data: CrossDomainData) -> dict[tuple
     the direction has no target training images) and ``(zero-shot, seed)`` (the same record for every seed) for forgetting against zero-shot."""
     zero = run_zero_shot(settings, data)
     records: dict[tuple[str, int], dict[str, Any]] = {}
-    # the starts the methods use; a direction without target training images compares the starts themselves
-    starts = tuple(STARTS) if not settings.shift.target else tuple(
-        dict.fromkeys(START_OF[m] for m in settings.methods if m in START_OF))
     for seed in settings.seeds:
         records[("zero-shot", seed)] = zero
-        for start in starts:
+        for start in settings.grid_starts():
             records[(f"{start}-start", seed)] = run_start(dataclasses.replace(settings, seed=seed), data, start,
                                                           need_adapter=False)
-        for method in settings.methods:
-            if method != "zero-shot" and settings.shift.target:
-                records[(method, seed)] = run_method(settings.for_run(method, seed), data)
+        for method in settings.adapted_methods():
+            records[(method, seed)] = run_method(settings.for_run(method, seed), data)
     return records
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from afr.experiments.ablations import grid_runs
-from afr.experiments.crossdomain import START_OF, STARTS
 from afr.experiments.dalora import FAMILY_REPRESENTATIVE, family
 from afr.experiments.grids import CommittedGrids
 from afr.paths import MissingResourceError
@@ -161,17 +160,15 @@ class PaperSources:
     def crossdomain_tags(self, grid: str = "thermal") -> dict[tuple[str, int], str]:
         """Every run of the grid named ``grid`` (a key of
         :attr:`~afr.experiments.grids.CommittedGrids.crossdomain_grids`): the adapted methods, the zero-shot run and
-        the stage-1 starts, as :func:`afr.experiments.crossdomain.run_grid` runs them — the starts the methods use,
-        or both starts when the direction has no target training images."""
+        the stage-1 starts, as :func:`afr.experiments.crossdomain.run_grid` runs them (the settings'
+        ``adapted_methods`` and ``grid_starts``)."""
         settings = self.grids.crossdomain_grids[grid]
-        adapted = [method for method in settings.methods if method in START_OF] if settings.shift.target else []
-        starts = dict.fromkeys(START_OF[method] for method in adapted) if settings.shift.target else STARTS
         tags = {}
         for seed in settings.seeds:
             tags[("zero-shot", seed)] = settings.for_run("zero-shot", seed).tag
-            for start in starts:
+            for start in settings.grid_starts():
                 tags[(f"{start}-start", seed)] = settings.for_run("lora", seed).start_tag(start)
-            for method in adapted:
+            for method in settings.adapted_methods():
                 tags[(method, seed)] = settings.for_run(method, seed).tag
         return tags
 
