@@ -21,11 +21,12 @@ import numpy as np
 
 from afr.data.folder import ImageFolderDataset
 from afr.data.pairs import balanced_pairs
+from afr.data.subsets import RelabelledSubset, dataset_labels, identity_subset
 from afr.data.verification import VerificationPack, load_pack
 from afr.paths import MissingResourceError
 
-__all__ = ["FullCrossDomainData", "LazyChips", "TARGET_TEST_PAIRS", "folder_split", "folder_test_pack",
-           "load_full_cross_domain", "load_named_packs"]
+__all__ = ["FullCrossDomainData", "LazyChips", "TARGET_TEST_PAIRS", "balanced_pack", "folder_split",
+           "load_full_cross_domain", "load_named_packs", "open_casia"]
 
 #: at most this many pairs (half same identity) in the target folder's test pack (LFW's size)
 TARGET_TEST_PAIRS = 6000
@@ -33,9 +34,9 @@ TARGET_TEST_PAIRS = 6000
 SPLIT_SEED = 0
 
 
-def _chip(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` as a ``size x size`` chip (area interpolation when it is another size)."""
-    if image.shape[:2] == (size, size):
+def _chip(image: np.ndarray, size: int | None) -> np.ndarray:
+    """``image`` as a ``size x size`` chip (area interpolation when it is another size; None: as it is)."""
+    if size is None or image.shape[:2] == (size, size):
         return image
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
@@ -65,6 +66,22 @@ class LazyChips(Sequence):
         return _chip(dataset[int(indices[offset])][0], self.size)
 
 
+CASIA_NEEDED = "the full profile needs train_rec: the CASIA-WebFace folder (train.rec/.idx/property)"
+
+
+def open_casia(train_rec: str | Path | None):
+    """The CASIA-WebFace pack (:class:`~afr.data.recordio.RecordIODataset`) of ``train_rec``; MissingResourceError
+    naming ``train_rec`` when it is not given or its files are missing."""
+    from afr.data.recordio import RecordIODataset
+
+    if not train_rec:
+        raise MissingResourceError(CASIA_NEEDED)
+    try:
+        return RecordIODataset(train_rec)
+    except FileNotFoundError as error:
+        raise MissingResourceError(f"train_rec: {error}") from None
+
+
 def load_named_packs(folder: str | Path | None, names: Sequence[str], what: str) -> dict[str, VerificationPack]:
     """``{name: <folder>/<name>.bin}``; MissingResourceError naming the folder setting ``what`` or the missing files."""
     if not folder:
@@ -90,18 +107,19 @@ def folder_split(labels: np.ndarray, test_identities: int | None, seed: int = SP
     return np.setdiff1d(identities, test), test
 
 
-def folder_test_pack(dataset: ImageFolderDataset, indices: Sequence[int], size: int, name: str,
-                     max_pairs: int = TARGET_TEST_PAIRS, seed: int = SPLIT_SEED) -> VerificationPack:
-    """Balanced, fold-ordered pairs (:func:`~afr.data.pairs.balanced_pairs`) over the images ``indices`` of
-    ``dataset``, decoded and resized to ``size`` in memory."""
+def balanced_pack(dataset: Any, indices: Sequence[int], name: str, size: int | None = None,
+                  max_pairs: int = TARGET_TEST_PAIRS, seed: int = SPLIT_SEED, sha256: str = "in-memory",
+                  ) -> VerificationPack:
+    """Balanced, fold-ordered pairs (:func:`~afr.data.pairs.balanced_pairs`) over the images ``indices`` of a
+    labelled ``dataset``, each decoded once in memory (and resized to ``size`` when given)."""
     indices = [int(index) for index in indices]
-    pairs = balanced_pairs([int(dataset.labels[index]) for index in indices], max_pairs, seed)
+    labels = dataset_labels(dataset)
+    pairs = balanced_pairs([int(labels[index]) for index in indices], max_pairs, seed)
     chips = {position: _chip(dataset[indices[position]][0], size)
              for position in sorted({position for a, b, _ in pairs for position in (a, b)})}
     images = [chips[position] for a, b, _ in pairs for position in (a, b)]
     issame = np.array([same for *_, same in pairs], dtype=bool)
-    return VerificationPack(name=name, images=images, issame=issame,
-                            sha256=f"folder {dataset.root} test identities, seed {seed}", path=None)
+    return VerificationPack(name=name, images=images, issame=issame, sha256=sha256, path=None)
 
 
 @dataclass
@@ -126,11 +144,8 @@ def load_full_cross_domain(train_rec: str | None, num_identities: int | None, ta
     target folder's training identities as collection ``target`` (labels after the source's), the target folder's
     test pack, the ``benchmarks`` packs of ``bins_dir`` and the ``target_bins`` packs. Every missing input raises
     MissingResourceError naming it, checked before anything is decoded."""
-    from afr.data.recordio import RecordIODataset
-    from afr.data.subsets import RelabelledSubset, dataset_labels, identity_subset
-
     if not train_rec:
-        raise MissingResourceError("the full profile needs train_rec: the CASIA-WebFace folder (train.rec/.idx/property)")
+        raise MissingResourceError(CASIA_NEEDED)
     if not target_dir:
         raise MissingResourceError("the full profile needs target_dir: a folder of target-domain face crops, "
                                    "<target_dir>/<identity>/<image>")
@@ -140,10 +155,7 @@ def load_full_cross_domain(train_rec: str | None, num_identities: int | None, ta
     if missing:
         raise MissingResourceError(f"target_bins not found: {', '.join(missing)}")
     source_packs = load_named_packs(bins_dir, benchmarks, "bins_dir")
-    try:
-        casia = RecordIODataset(train_rec)
-    except FileNotFoundError as error:
-        raise MissingResourceError(f"train_rec: {error}") from None
+    casia = open_casia(train_rec)
     size = int(casia.image_size[0])
     subset = identity_subset(casia, num_identities, seed=SPLIT_SEED)
     if isinstance(subset, RelabelledSubset):
@@ -165,5 +177,7 @@ def load_full_cross_domain(train_rec: str | None, num_identities: int | None, ta
     return FullCrossDomainData(
         chips=LazyChips([(casia, source_indices), (folder, train_indices)], size), labels=labels.astype(np.int64),
         collections=collections, identities=identities, image_size=size,
-        target_pack=folder_test_pack(folder, test_indices, size, target), source_packs=source_packs,
+        target_pack=balanced_pack(folder, test_indices, target, size,
+                                  sha256=f"folder {folder.root} test identities, seed {SPLIT_SEED}"),
+        source_packs=source_packs,
         extra_target_packs={Path(path).stem: load_pack(path) for path in target_bins})

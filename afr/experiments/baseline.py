@@ -32,8 +32,7 @@ from torch import nn
 
 from afr.adapters.lora import apply_lora, merge_lora, save_adapter, trainable_parameters
 from afr.data.augment import FaceAugment
-from afr.data.full_profile import load_named_packs
-from afr.data.pairs import balanced_pairs
+from afr.data.full_profile import balanced_pack, load_named_packs, open_casia
 from afr.data.subsets import dataset_labels, holdout_identities, identity_subset
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
@@ -42,7 +41,7 @@ from afr.experiments.records import (append_rows, check_result_free, environment
                                      metric_rows, save_result)
 from afr.experiments.settings import BaselineSettings
 from afr.models import FaceRecognitionModel, create_backbone
-from afr.paths import MissingResourceError, runs_root
+from afr.paths import runs_root
 from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
 from afr.train import Trainer, seed_everything
 
@@ -136,11 +135,7 @@ def load_data(settings: BaselineSettings) -> BaselineData:
 
 def _full_training_data(settings: BaselineSettings):
     """CASIA-WebFace: ``val_identities`` held-out identities as a validation pack, a subset of the rest to train."""
-    from afr.data.recordio import RecordIODataset
-
-    if not settings.train_rec:
-        raise MissingResourceError("the full profile needs train_rec: the CASIA-WebFace folder (train.rec/.idx/property)")
-    dataset = RecordIODataset(settings.train_rec)
+    dataset = open_casia(settings.train_rec)
     labels = dataset_labels(dataset)
     held_out = holdout_identities(labels, settings.val_identities, settings.seed)
     train = identity_subset(dataset, settings.num_identities, settings.seed, exclude=held_out)
@@ -154,10 +149,7 @@ def _holdout_pack(dataset, labels: np.ndarray, identities: np.ndarray, seed: int
     for identity in identities:
         members = np.flatnonzero(labels == identity)
         chosen.extend(rng.permutation(members)[:VAL_IMAGES_PER_IDENTITY].tolist())
-    pairs = balanced_pairs([int(labels[i]) for i in chosen], VAL_MAX_PAIRS, seed)
-    images = [dataset[chosen[i]][0] for a, b, _ in pairs for i in (a, b)]
-    issame = np.array([same for _, _, same in pairs], dtype=bool)
-    return VerificationPack(name="holdout", images=images, issame=issame, sha256="in-memory", path=None)
+    return balanced_pack(dataset, chosen, "holdout", max_pairs=VAL_MAX_PAIRS, seed=seed)
 
 
 def _full_test_packs(settings: BaselineSettings) -> dict[str, VerificationPack]:
