@@ -128,8 +128,31 @@ def _skipped_row(book: NumberBook, prefix: str, method: str, shots: int, reason:
 
 
 # ------------------------------------------------------------------------------------------ visible -> thermal
-def _thermal_table(book: NumberBook, rows, settings: CrossDomainSettings, shots, skipped: dict) -> Table:
+def _shift_rows(book: NumberBook, prefix: str, table: Table, rows, settings: CrossDomainSettings, shots,
+                skipped: dict, shown) -> Table:
+    """Fill ``table`` with one line per (row, k) of a shift's grid: the ``shown`` (pack, metric) cells, then the
+    forgetting on each source pack against the row's start. Every (pack, metric) of the direction's target and
+    source packs gets its key ``<prefix>.<pack>.<metric>.<row>.k<k>``, shown or not."""
+    source_packs = settings.shift.source_packs
     forgetting = _forgetting(rows, settings)
+    for method, k in _row_shots(settings.methods, shots):
+        if method in ("lora", "zero-shot"):
+            table.rules.add(len(table.rows))
+        if (method, k) in skipped:
+            table.rows.append(_skipped_row(book, prefix, method, k, skipped[method, k], len(shown) + len(source_packs)))
+            continue
+        cells = {(pack, metric): stats_cell(book, _key(prefix, pack, metric, method, _k(k)),
+                                            _values(rows, method, k, pack, metric), metric)
+                 for pack in (*settings.shift.target_packs, *source_packs) for metric in ("auc", "accuracy")}
+        forgetting_cells = [_forgetting_cell(book, prefix, forgetting, method, k, pack) if method in START_OF
+                            else "--" for pack in source_packs]
+        table.rows.append([escape(method), "--" if method == "zero-shot" else shots_label(k),
+                           *(cells[column] for column in shown), *forgetting_cells])
+    _start_forgetting(book, prefix, rows, forgetting, source_packs, "visible-mean")
+    return table
+
+
+def _thermal_table(book: NumberBook, rows, settings: CrossDomainSettings, shots, skipped: dict) -> Table:
     table = Table(label="tab:crossdomain", columns="lc" + "c" * (len(THERMAL_PACKS) + len(VISIBLE_PACKS)),
                   wide=True, size=r"\scriptsize",
                   caption="Notebook 05, visible $\\rightarrow$ thermal: test AUC on the thermal packs after adapting "
@@ -139,25 +162,8 @@ def _thermal_table(book: NumberBook, rows, settings: CrossDomainSettings, shots,
                           "$\\pm$ sd over seeds 0--2 (zero-shot: no seed).",
                   header=[["row", "$k$", *(f"AUC {label(p)}" for p in THERMAL_PACKS),
                            *(rf"$\Delta$acc. {label(p)}" for p in VISIBLE_PACKS)]])
-    for method, k in _row_shots(METHODS, shots):
-        if method in ("lora", "zero-shot"):
-            table.rules.add(len(table.rows))
-        if (method, k) in skipped:
-            table.rows.append(_skipped_row(book, "crossdomain", method, k, skipped[method, k],
-                                           len(THERMAL_PACKS) + len(VISIBLE_PACKS)))
-            continue
-        cells = []
-        for pack in (*THERMAL_PACKS, *VISIBLE_PACKS):
-            for metric in ("auc", "accuracy"):
-                cell = stats_cell(book, key("crossdomain", pack, metric, method, _k(k)),
-                                  _values(rows, method, k, pack, metric), metric)
-                if metric == "auc" and pack in THERMAL_PACKS:
-                    cells.append(cell)
-        cells += [_forgetting_cell(book, "crossdomain", forgetting, method, k, pack) if method in START_OF else "--"
-                  for pack in VISIBLE_PACKS]
-        table.rows.append([escape(method), "--" if method == "zero-shot" else shots_label(k), *cells])
-    _start_forgetting(book, "crossdomain", rows, forgetting, VISIBLE_PACKS, "visible-mean")
-    return table
+    return _shift_rows(book, "crossdomain", table, rows, settings, shots, skipped,
+                       [(pack, "auc") for pack in THERMAL_PACKS])
 
 
 def _thermal_tests(book: NumberBook, rows, shots) -> None:
@@ -184,7 +190,6 @@ def _thermal_tests(book: NumberBook, rows, shots) -> None:
 def _lowquality_table(book: NumberBook, rows, settings: CrossDomainSettings, skipped: dict) -> Table:
     """Visible -> low quality: AUC and accuracy on the target pack, forgetting on the source packs."""
     (target,), sources = settings.shift.target_packs, settings.shift.source_packs
-    forgetting = _forgetting(rows, settings)
     table = Table(label="tab:crossdomain-lowquality", columns="lc" + "c" * (2 + len(sources)), size=r"\scriptsize",
                   caption="Notebook 05, other shifts: visible $\\rightarrow$ low quality. Stage 1 on ORL + Yale "
                           "only; stage 2 on $k$ labelled low-quality images per low-quality training identity "
@@ -194,23 +199,7 @@ def _lowquality_table(book: NumberBook, rows, settings: CrossDomainSettings, ski
                   header=[["row", "$k$", f"AUC {label(target)}", f"acc. {label(target)}",
                            *(rf"$\Delta$acc. {label(p)}" for p in sources)]])
     prefix = _key("crossdomain", LOWQUALITY)
-    for method, k in _row_shots(settings.methods, settings.shots):
-        if method in ("lora", "zero-shot"):
-            table.rules.add(len(table.rows))
-        if (method, k) in skipped:
-            table.rows.append(_skipped_row(book, prefix, method, k, skipped[method, k], 2 + len(sources)))
-            continue
-        cells = []
-        for pack in (target, *sources):
-            for metric in ("auc", "accuracy"):
-                cell = stats_cell(book, _key(prefix, pack, metric, method, _k(k)),
-                                  _values(rows, method, k, pack, metric), metric)
-                if pack == target:
-                    cells.append(cell)
-        cells += [_forgetting_cell(book, prefix, forgetting, method, k, pack) if method in START_OF else "--"
-                  for pack in sources]
-        table.rows.append([escape(method), "--" if method == "zero-shot" else shots_label(k), *cells])
-    _start_forgetting(book, prefix, rows, forgetting, sources, "visible-mean")
+    _shift_rows(book, prefix, table, rows, settings, settings.shots, skipped, [(target, "auc"), (target, "accuracy")])
     for k in settings.shots:
         for first, second in LOWQUALITY_PAIRS:
             a, b = _values(rows, first, k, target), _values(rows, second, 0 if second == "zero-shot" else k, target,
