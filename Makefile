@@ -119,6 +119,9 @@ SHOTS ?= 10, 50, 100
 META_STEPS ?= 200
 ADAPT_STEPS ?= 50
 ADAPT_BATCH ?= 128
+# the data and model every full-profile notebook is given
+FULL_DATA = data_profile: full, backbone: $(BACKBONE), weights: '$(abspath $(WEIGHTS))', \
+  train_rec: '$(abspath $(DATA))', bins_dir: '$(abspath $(BINS))', num_identities: $(IDENTITIES)
 full: $(STAMP)
 	@for name in DATA BINS WEIGHTS; do eval value=\$${!name:-}; test -n "$$value" || { \
 	  echo "make full: set $$name (DATA=CASIA-WebFace folder, BINS=folder of the five .bin packs, WEIGHTS=local Hugging Face directory)"; exit 2; }; done
@@ -126,14 +129,12 @@ full: $(STAMP)
 	  test -e "$$path" || { echo "make full: $$path not found"; exit 2; }; done
 	@mkdir -p $(RUN_DIR)
 	@for seed in $(SEEDS); do echo "== notebook 02, full profile, $(BACKBONE), seed $$seed"; \
-	  $(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y "{data_profile: full, backbone: $(BACKBONE), \
-	    weights: '$(abspath $(WEIGHTS))', train_rec: '$(abspath $(DATA))', bins_dir: '$(abspath $(BINS))', \
-	    num_identities: $(IDENTITIES), epochs: $(EPOCHS), seed: $$seed, num_workers: 8, progress: false}" \
+	  $(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y "{$(FULL_DATA), \
+	    epochs: $(EPOCHS), seed: $$seed, num_workers: 8, progress: false}" \
 	    notebooks/02_baseline.ipynb $(RUN_DIR)/02_baseline_full_$(BACKBONE)_seed$$seed.ipynb; done
 	@if [ -n "$(THERMAL)" ]; then echo "== notebook 05, full profile, $(BACKBONE), seeds $(SEEDS), k = $(SHOTS)"; \
-	  $(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y "{data_profile: full, backbone: $(BACKBONE), \
-	    weights: '$(abspath $(WEIGHTS))', train_rec: '$(abspath $(DATA))', bins_dir: '$(abspath $(BINS))', \
-	    target_dir: '$(abspath $(THERMAL))', num_identities: $(IDENTITIES), seeds: [$(shell echo $(SEEDS) | tr ' ' ,)], \
+	  $(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y "{$(FULL_DATA), \
+	    target_dir: '$(abspath $(THERMAL))', seeds: [$(shell echo $(SEEDS) | tr ' ' ,)], \
 	    shots: [$(SHOTS)], meta_steps: $(META_STEPS), adapt_steps: $(ADAPT_STEPS), adapt_batch: $(ADAPT_BATCH), \
 	    progress: false}" notebooks/05_crossdomain.ipynb $(RUN_DIR)/05_crossdomain_full_$(BACKBONE).ipynb; \
 	else echo "make full: notebook 05 skipped (set THERMAL=<folder of thermal face crops> to run it)"; fi
