@@ -32,6 +32,7 @@ from afr.data.pairs import balanced_pairs, interleave_folds
 from afr.data.sources import DOMAINS, RawFace, list_all, read_deepface_pairs
 from afr.paths import faces_root as default_faces_root
 from afr.paths import processed_root
+from afr.validation import Rule, check_rules
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,19 @@ VAL_DOMAINS = ("controlled", "thermal", "lowquality")
 SPLITS = ("train", "val", "test")
 #: one row per chip; ``record`` is the training-pack index (empty outside the training split)
 MANIFEST_COLUMNS = ("file", "source", "identity", "domain", "split", "detected", "chip", "record")
+
+
+#: what the numeric settings of :class:`EmbeddedConfig` accept (the fields are ``build-embedded``'s options);
+#: the fractions' own ranges are checked in ``__post_init__``
+CONFIG_RULES = {
+    "seed": Rule(kind="integer", low=0),
+    "image_size": Rule(kind="integer", low=32),  # MTCNN's 5 points into a chip; the backbones take 112 or 150
+    "test_fraction": Rule(low=0, strict=True, high=1),
+    "val_fraction": Rule(low=0, strict=True, high=1),
+    "max_pairs": Rule(kind="integer", low=2),
+    "few_shot_k": Rule(kind="integer", low=1, many=True),
+    "n_folds": Rule(kind="integer", low=1),
+}
 
 
 @dataclass
@@ -62,6 +76,7 @@ class EmbeddedConfig:
     center_crop_sources: tuple[str, ...] = ("thermal_und", "thermal_puj")
 
     def __post_init__(self) -> None:
+        check_rules(asdict(self), CONFIG_RULES)  # before any work: ``build-embedded --few-shot-k -1`` writes nothing
         self.output_dir = str(self.output_dir or processed_root() / "embedded")
         self.faces_root = str(self.faces_root or default_faces_root())
         self.few_shot_k = tuple(int(k) for k in self.few_shot_k)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -22,12 +23,59 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["BaselineSettings", "ExperimentSettings", "MethodSeedGrid", "add_arguments", "settings_from_arguments"]
+from afr.validation import Rule, SettingsError, check_choices, flag_of
+
+__all__ = ["FIELD_RULES", "BaselineSettings", "ExperimentSettings", "MethodSeedGrid", "SettingsError", "add_arguments",
+           "settings_from_arguments"]
 
 
 def setting(default: Any, help: str, choices: tuple | None = None) -> Any:  # noqa: A002 - argparse's word
     """A dataclass field with its command-line help (and allowed values)."""
     return field(default=default, metadata={"help": help, "choices": choices})
+
+
+_POSITIVE = Rule(low=0, strict=True)
+_NON_NEGATIVE = Rule(low=0)
+_COUNT = Rule(kind="integer", low=1)
+#: what each numeric (or list) setting accepts, by field name: the experiments share their names' meanings. Every
+#: settings class checks its fields against these rules (and :attr:`ExperimentSettings.RULES`, its own) when it
+#: is constructed, before any work; a float field without a rule must still be finite.
+FIELD_RULES: dict[str, Rule] = {
+    # learning rates, scales, temperatures: finite and > 0
+    **dict.fromkeys(("lr", "head_lr", "router_lr", "inner_lr", "meta_lr", "adapt_lr", "s", "temperature"), _POSITIVE),
+    "alpha": Rule(low=0, strict=True, optional=True),
+    "m": Rule(low=0, optional=True),
+    "lora_dropout": Rule(low=0, high=1),
+    # weights and lengths where 0 means "off"
+    **dict.fromkeys(("weight_decay", "warmup_epochs", "lambda_contrastive", "lambda_domain", "contrastive_weight",
+                     "unlabelled_weight"), _NON_NEGATIVE),
+    # counts of steps, epochs, images, identities, dimensions: at least 1
+    **dict.fromkeys(("rank", "epochs", "batch_size", "router_hidden", "images_per_identity", "k_shot", "q_query",
+                     "inner_steps", "meta_steps", "tasks_per_step", "adapt_steps", "experts", "checkpoint_every"),
+                    _COUNT),
+    "n_way": Rule(kind="integer", low=2),  # an episode tells identities apart
+    "val_identities": Rule(kind="integer", low=2),  # a pack of different-identity pairs
+    "unlabelled_batch": Rule(kind="integer", low=2),  # two-view InfoNCE needs negatives
+    "adapt_batch": Rule(kind="integer", low=2, optional=True),
+    **dict.fromkeys(("num_identities", "target_test_identities"), Rule(kind="integer", low=1, optional=True)),
+    **dict.fromkeys(("seed", "num_workers"), Rule(kind="integer", low=0)),
+    # lists: non-empty unless empty means something ("none": use lr)
+    "seeds": Rule(kind="integer", low=0, many=True),
+    "search_lrs": Rule(low=0, strict=True, many=True, empty=True),
+    "shots": Rule(kind="integer", low=1, many=True),
+    "steps": Rule(kind="integer", low=0, many=True),
+    **dict.fromkeys(("ranks", "inner_steps_values", "expert_counts"), Rule(kind="integer", low=1, many=True)),
+    **dict.fromkeys(("lambda_contrastive_values", "lambda_domain_values"), Rule(low=0, many=True)),
+    **dict.fromkeys(("methods", "sources", "groups"), Rule(kind="name", many=True)),
+}
+
+
+@functools.cache
+def _float_fields(settings_class: type) -> tuple[str, ...]:
+    """Fields annotated ``float`` (or a tuple or optional of floats): they must hold finite numbers."""
+    hints = typing.get_type_hints(settings_class)
+    return tuple(spec.name for spec in dataclasses.fields(settings_class)
+                 if _argument_type(hints[spec.name])[0] is float)
 
 
 @dataclass
@@ -44,6 +92,37 @@ class ExperimentSettings:
     #: settings added after results were recorded: they enter the digest only when they differ from their default,
     #: so the tags of the runs recorded before them (which ran at the default) stay valid
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = ()
+    #: this class's own rules, over :data:`FIELD_RULES` (a None rule: the field is checked by the class itself)
+    RULES: ClassVar[dict[str, Rule | None]] = {}
+
+    def __post_init__(self) -> None:
+        """Subclasses call this first in their own ``__post_init__``: every setting is checked on construction."""
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse, with one :class:`~afr.validation.SettingsError` naming the setting and its ``--flag``, a value
+        out of its rule's range (NaN, a negative count, an empty list, ...), a value not among the field's
+        choices, and the combinations no run can satisfy. Runs before any work, so nothing is written."""
+        rules = {**FIELD_RULES, **self.RULES}
+        for spec in dataclasses.fields(self):
+            name = spec.name
+            value = getattr(self, name)
+            if name in rules:
+                if rules[name] is not None:
+                    rules[name].check(name, value)
+            elif name in _float_fields(type(self)):
+                Rule(optional=True, many=isinstance(value, (tuple, list)), empty=True).check(name, value)
+            if spec.metadata.get("choices") and value is not None:
+                check_choices(name, value, spec.metadata["choices"])
+        if getattr(self, "resume", False) and getattr(self, "overwrite", False):
+            raise SettingsError("resume and overwrite exclude each other (--resume, --overwrite): continue the run, "
+                                "or start it again", "resume", "overwrite")
+        batch, per_identity = getattr(self, "batch_size", None), getattr(self, "images_per_identity", None)
+        if batch is not None and per_identity is not None and batch % per_identity:
+            raise SettingsError(
+                f"{flag_of('batch_size')} (setting batch_size) must be a multiple of {flag_of('images_per_identity')} "
+                f"(images_per_identity) {per_identity}: batches hold P identities x M images; got {batch}",
+                "batch_size", "images_per_identity")
 
     def digest_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """The settings a digest covers: ``names`` (default: all but :attr:`EXECUTION_FIELDS`), less the
@@ -156,12 +235,7 @@ class BaselineSettings(ExperimentSettings):
     progress: bool = setting(True, "progress bars")
 
     def __post_init__(self) -> None:
-        if self.data_profile not in ("embedded", "full"):
-            raise ValueError(f"data_profile must be 'embedded' or 'full', got {self.data_profile!r}")
-        if self.head_init not in ("random", "class-mean"):
-            raise ValueError(f"head_init must be 'random' or 'class-mean', got {self.head_init!r}")
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
+        super().__post_init__()  # ranges, choices (data_profile, head_init, margin), resume vs overwrite
         self.benchmarks = tuple(self.benchmarks or ())
         if self.lora_targets is not None:
             self.lora_targets = tuple(self.lora_targets)
