@@ -172,6 +172,30 @@ def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
     return old
 
 
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message, without torch's advice to load with ``weights_only=False``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and "weights_only" not in line]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def load_tensors_only(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and never suggest loading it unsafely.
+
+    A file holding objects other than tensors and plain data is not a trusted ``what`` of this project: it is
+    refused with :class:`CheckpointError` (loading it with ``weights_only=False`` would run whatever code it
+    carries, so the message does not suggest it); a truncated or damaged file is a CheckpointError naming it too.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} is not a trusted {what} of this project: it holds objects other than tensors and plain data "
+            "(or is corrupt), and such files are not loaded; use a file this project wrote"
+        ) from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ... for truncated or damaged files
+        raise CheckpointError(f"{path} is not a readable {what} (corrupt or truncated): {_first_line(exc)}") from exc
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
@@ -181,15 +205,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt, or holds objects other than tensors and plain data "
-            f"(not an afr.train checkpoint): {str(exc).splitlines()[0]}"
-        ) from exc
-    except Exception as exc:  # torch raises RuntimeError, EOFError, ... for truncated or damaged files
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {type(exc).__name__}: {exc}") from exc
+    state = load_tensors_only(path, map_location, "training checkpoint")
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
     missing = [key for key in REQUIRED_KEYS if key not in state]
