@@ -9,7 +9,8 @@ Commands
     every same-identity pair and as many seeded different-identity pairs are formed.
 
 ``build-embedded``
-    Build (or reuse) the embedded benchmark from the shared face collections and print its statistics.
+    Build (or reuse) the embedded benchmark from the shared face collections, write its statistics to
+    ``results/embedded_stats.json`` and ``.md`` (as notebook 01 does) and print them.
 ``baseline``
     LoRA + CosFace training validated on held-out identities, then the zero-shot and the adapted backbone
     scored on the test packs (the recipe of ``notebooks/02_baseline.ipynb``, options generated from its
@@ -17,7 +18,7 @@ Commands
 ``embed``
     Embeddings of a folder of faces (photos detected and aligned as ``evaluate --folder`` does, or aligned
     chips) with a backbone and optionally an adapter, written to ``FILE.npy`` plus a CSV index ``FILE.csv``
-    (row, file, identity sub-folder, status); see :mod:`afr.embed`.
+    (row, file, identity sub-folder, status, reason); see :mod:`afr.embed`.
 ``export``
     Merge an adapter into its backbone (DA-LoRA: one domain's expert) and write the network as ONNX
     (dynamic batch), checked against torch with onnxruntime; see :mod:`afr.export`.
@@ -92,7 +93,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         "--weights", type=Path, help="weights directory (dlib-resnet29: default shared weights/dlib_resnet29; "
         "DINOv2/CLIP: a local Hugging Face directory)"
     )
-    evaluate.add_argument("--adapter", type=Path, help="adapter directory: LoRA (save_adapter) or DA-LoRA (save_dalora, classifier gating)")
+    evaluate.add_argument("--adapter", type=Path, help="adapter directory (afr.adapters.save_adapter): LoRA, or DA-LoRA with classifier gating")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--folder", type=Path, help="folder with one sub-folder of images per identity")
     source.add_argument("--bin", type=Path, help="InsightFace verification pack (.bin)")
@@ -156,11 +157,11 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
     backbone = create_backbone(args.backbone, weights=args.weights)
     if args.adapter is not None:
-        from afr.adapters.dalora import load_any_adapter
+        from afr import adapters  # attribute looked up at call time (tests spy on adapters.load_adapter)
 
-        # LoRA or DA-LoRA, by the adapter's settings file; DA-LoRA routes each chip by its router
-        # (evaluation packs carry no domain labels for oracle gating)
-        backbone = load_any_adapter(backbone, args.adapter, gating="classifier")
+        # any registered type (LoRA, DA-LoRA), by the type its settings record; DA-LoRA routes each chip by its
+        # router (evaluation packs carry no domain labels for oracle gating)
+        backbone = adapters.load_adapter(backbone, args.adapter, gating="classifier")
 
     data: dict[str, Any]
     if args.bin is not None:
@@ -231,7 +232,8 @@ def _align(images: Sequence[np.ndarray], backbone: Any, progress: bool) -> tuple
 
 # --------------------------------------------------------------------------------------------- build-embedded
 def _add_build_embedded(commands: argparse._SubParsersAction) -> None:
-    build = commands.add_parser("build-embedded", help="build the embedded benchmark (prints its statistics)")
+    build = commands.add_parser("build-embedded", help="build the embedded benchmark; writes results/embedded_stats"
+                                ".json and .md (prints the statistics)")
     build.add_argument("--faces-root", type=Path, help="folder with orl/ yale/ deepface/ thermal/ "
                        "(default: $AFR_SHARED/data/faces)")
     build.add_argument("--output-dir", type=Path, help="default data/processed/embedded")
@@ -246,12 +248,15 @@ def _add_build_embedded(commands: argparse._SubParsersAction) -> None:
 
 def build_embedded_command(args: argparse.Namespace) -> dict[str, Any]:
     from afr.data.embedded import EmbeddedConfig, build_embedded_benchmark
+    from afr.data.embedded_stats import write_embedded_stats
 
+    # EmbeddedConfig checks the settings (--seed, --image-size, --few-shot-k, ...) before any work
     config = EmbeddedConfig(output_dir=str(args.output_dir or ""), faces_root=str(args.faces_root or ""),
                             seed=args.seed, image_size=args.image_size, geometry=args.geometry,
                             few_shot_k=tuple(args.few_shot_k))
     benchmark = build_embedded_benchmark(config, rebuild=args.rebuild)
-    return {"root": str(benchmark.root), **benchmark.stats}
+    stats_json, stats_markdown = write_embedded_stats(benchmark.stats)  # what the paper and the model card read
+    return {"root": str(benchmark.root), "stats_files": [str(stats_json), str(stats_markdown)], **benchmark.stats}
 
 
 # --------------------------------------------------------------------------------------------- baseline
@@ -294,8 +299,9 @@ def _add_embed(commands: argparse._SubParsersAction) -> None:
     embed = commands.add_parser(
         "embed", help="embeddings of a folder of faces to FILE.npy + a CSV index FILE.csv (prints JSON)",
         description="Embed every image under FOLDER (sub-folders = identities) with the flip test and write the "
-        "L2-normalised embeddings to OUT (.npy) and one CSV line per file (row, file, identity, status) beside "
-        "it. A file that cannot be read or a photo without a detected face is a line with its status.")
+        "L2-normalised embeddings to OUT (.npy) and one CSV line per file (row, file, identity, status, reason) beside "
+        "it. A file that cannot be decoded, an image too large to decode or a photo without a detected face is a "
+        "line with its status and reason (and no row of OUT); the other files are embedded.")
     embed.add_argument("folder", type=Path, help="folder of images (any depth; sub-folder = identity)")
     embed.add_argument("--out", type=Path, required=True, help="embeddings file FILE.npy (index: FILE.csv)")
     _add_backbone_and_adapter(embed, "DA-LoRA only: merge this domain's expert (default: the router gates the "
@@ -368,8 +374,9 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 def export_command(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``export``: write the merged network as ONNX, return where and how well it matches torch."""
     _check_model_inputs(args)  # --adapter is required here
-    if args.onnx.exists() and not args.overwrite:
-        raise CommandError(f"{args.onnx} already exists; pass --overwrite to replace it")
+    from afr.io import check_output_file
+
+    check_output_file(args.onnx, "ONNX file", args.overwrite)  # exists, a directory, not writable: before any work
 
     from afr.export import export_onnx
     from afr.inference import load_adapted_backbone

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from afr.io import atomic_write_bytes
+from afr.io import atomic_write_bytes, check_output_file
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxExport", "export_onnx", "onnx_session"]
 
@@ -50,10 +50,9 @@ class OnnxExport:
 
 
 def _require_plain(backbone: nn.Module) -> None:
-    from afr.adapters.dalora import has_dalora
-    from afr.adapters.lora import has_lora
+    from afr.adapters import has_adapter
 
-    if has_lora(backbone) or has_dalora(backbone):
+    if has_adapter(backbone):  # any registered adapter type
         raise ValueError("the backbone still carries adapter layers: merge the adapter before exporting "
                          "(afr.inference.load_adapted_backbone(..., require_merge=True))")
 
@@ -81,9 +80,7 @@ def export_onnx(
     """
     import onnx
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    path = check_output_file(path, "ONNX file", overwrite)  # a directory, an unwritable folder: before any work
     _require_plain(backbone)
     size = int(backbone.input_size)
     backbone = backbone.eval().cpu()

@@ -47,7 +47,7 @@ def load_adapted_backbone(
     Args:
         backbone: a name of :func:`afr.models.factory.create_backbone`.
         weights: its weights directory (dlib-resnet29 defaults to the shared weights).
-        adapter: a directory written by ``save_adapter`` (LoRA) or ``save_dalora`` (DA-LoRA).
+        adapter: an adapter directory of any registered type (:func:`afr.adapters.save_adapter`: LoRA, DA-LoRA).
         domain: DA-LoRA only: the domain whose expert is merged (one of the adapter's domains).
         require_merge: refuse a DA-LoRA adapter without ``domain`` instead of keeping its router
             (an exported network must be one set of weights).
@@ -55,28 +55,32 @@ def load_adapted_backbone(
     Raises ValueError naming the problem: a domain for a LoRA adapter or without an adapter, a domain the
     DA-LoRA adapter has no expert for, a missing domain under ``require_merge``.
     """
-    from afr.adapters.dalora import has_dalora, load_any_adapter, merge_dalora
-    from afr.adapters.lora import merge_lora
+    from afr.adapters import adapter_type_of, load_adapter, merge_adapter, registered_types
     from afr.models.factory import create_backbone
 
     if adapter is None:
         if domain is not None:
             raise ValueError(f"domain {domain!r} given without an adapter: it selects a DA-LoRA adapter's expert")
         return create_backbone(backbone, weights=weights)
-    model = load_any_adapter(create_backbone(backbone, weights=weights), adapter, gating="classifier")
-    if not has_dalora(model):
+    # any registered type, by the type its settings record; a routed adapter (DA-LoRA) routes by its router
+    model = load_adapter(create_backbone(backbone, weights=weights), adapter, gating="classifier")
+    kind = adapter_type_of(model)
+    if not kind.per_domain:
         if domain is not None:
-            raise ValueError(f"domain {domain!r} applies to DA-LoRA adapters only; {adapter} is a LoRA adapter")
-        return merge_lora(model)
-    domains = list(model.dalora_settings.domains)
+            per_domain = " / ".join(t.label for t in registered_types().values() if t.per_domain)
+            raise ValueError(f"domain {domain!r} applies to {per_domain} adapters only; {adapter} is a {kind.label} "
+                             "adapter")
+        return merge_adapter(model)
+    domains = list(kind.domains(model))
     if domain is None:
         if require_merge:
-            raise ValueError(f"{adapter} is a DA-LoRA adapter: name the domain whose expert to merge (--domain), "
+            raise ValueError(f"{adapter} is a {kind.label} adapter: name the domain whose expert to merge (--domain), "
                              f"one of {domains}")
         return model  # the router gates the experts per image (classifier gating)
     if domain not in domains:
-        raise ValueError(f"domain {domain!r} has no expert in the DA-LoRA adapter {adapter}; its domains are {domains}")
-    return merge_dalora(model, domain)
+        raise ValueError(f"domain {domain!r} has no expert in the {kind.label} adapter {adapter}; its domains are "
+                         f"{domains}")
+    return merge_adapter(model, domain)
 
 
 def cosine_similarity(first: np.ndarray, second: np.ndarray) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from afr.adapters.registry import read_adapter_config
 from afr.io import atomic_write_text
 from afr.paths import PROJECT_ROOT
 
@@ -56,7 +57,8 @@ METHODS = {
 
 @dataclass
 class AdapterRecord:
-    """One committed adapter: its folder name, kind and settings file, and the record it was published from."""
+    """One committed adapter: its folder name, adapter type (``lora``, ``dalora``) and saved settings, and the record
+    it was published from."""
 
     name: str
     kind: str
@@ -89,12 +91,8 @@ def load_adapter_records(adapters_dir: str | Path, project_root: str | Path = PR
         record = json.loads(record_path.read_text())
         if record["tag"] != source["tag"]:
             raise ValueError(f"{source_path}: tag {source['tag']} but {record_path} holds {record['tag']}")
-        settings_files = {"DA-LoRA": folder / "dalora_settings.json", "LoRA": folder / "lora_settings.json"}
-        kind = next((kind for kind, path in settings_files.items() if path.is_file()), None)
-        if kind is None:
-            raise FileNotFoundError(f"{folder} holds neither lora_settings.json nor dalora_settings.json")
-        entries.append(AdapterRecord(folder.name, kind, json.loads(settings_files[kind].read_text()),
-                                     source["record"], record))
+        adapter = read_adapter_config(folder)  # its saved settings, with the "type" (inferred for older saves)
+        entries.append(AdapterRecord(folder.name, adapter["type"], adapter, source["record"], record))
     if not entries:
         raise FileNotFoundError(f"no adapter with a source.json under {adapters_dir}")
     return entries
@@ -110,7 +108,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def _structure(entry: AdapterRecord) -> str:
     settings = entry.adapter["settings"]
     modules = len(entry.adapter["module_names"])
-    if entry.kind == "DA-LoRA":
+    if entry.kind == "dalora":
         experts = ", ".join(settings["domains"])
         return (f"DA-LoRA r = {settings['r']}, α = {settings['alpha']:g}, experts {experts}; {modules} convolutions "
                 f"+ router on `{settings['router_input']}`")

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-import afr.adapters.dalora.model as dalora_model
+import afr.adapters
+from afr.adapters import load_adapter as load_any_type
 from afr.adapters.dalora import (
     DALORA_SETTINGS_NAME,
     DaLoraLayer,
@@ -25,7 +26,6 @@ from afr.adapters.dalora import (
     dalora_state,
     gate_statistics,
     has_dalora,
-    load_any_adapter,
     load_dalora,
     merge_dalora,
     save_dalora,
@@ -217,22 +217,22 @@ def test_save_then_load_gives_identical_outputs_in_every_gating_mode(tmp_path):
     clone = copy.deepcopy(model)
     with torch.no_grad():
         torch.testing.assert_close(clone(x), model(x), rtol=0, atol=0)
-    reloaded = load_any_adapter(copy.deepcopy(plain), tmp_path / "adapter", gating="uniform")
+    reloaded = load_any_type(copy.deepcopy(plain), tmp_path / "adapter", gating="uniform")
     assert dalora_state(reloaded).mode == reloaded.dalora_settings.gating == "uniform"
     with pytest.raises(AdapterMismatchError):
         load_dalora(backbone("tiny-dinov2", None), tmp_path / "adapter")
 
 
-def test_load_any_adapter_also_loads_plain_lora(tmp_path):
+def test_the_registry_also_loads_plain_lora(tmp_path):
     lora = apply_lora(backbone("tiny-dinov2", None), LoraSettings(r=2, init_lora_weights=False))
     save_adapter(lora, tmp_path / "lora")
-    loaded = load_any_adapter(backbone("tiny-dinov2", None), tmp_path / "lora")
+    loaded = load_any_type(backbone("tiny-dinov2", None), tmp_path / "lora", gating="uniform")  # no gating: dropped
     x = images(lora)
     assert has_lora(loaded) and not has_dalora(loaded)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), lora(x))
-    with pytest.raises(FileNotFoundError, match="neither lora_settings.json"):
-        load_any_adapter(backbone("tiny-dinov2", None), tmp_path)
+    with pytest.raises(FileNotFoundError, match="no adapter in .*neither adapter_config.json"):
+        load_any_type(backbone("tiny-dinov2", None), tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- 6
@@ -315,8 +315,8 @@ def test_cli_evaluates_a_saved_dalora_adapter_with_classifier_gating(dlib, tmp_p
     pairs = [pair for block in zip(same, different) for pair in block]
     write_bin(tmp_path / "orl.bin", [chips[key] for pair in pairs for key in pair], [p in same for p in pairs])
     loaded = []
-    load = dalora_model.load_dalora
-    monkeypatch.setattr(dalora_model, "load_dalora", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    load = afr.adapters.load_adapter
+    monkeypatch.setattr(afr.adapters, "load_adapter", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
     argv = ["evaluate", "--backbone", "dlib-resnet29", "--bin", str(tmp_path / "orl.bin"), "--adapter", str(adapter),
             "--n-folds", "2"]
     assert main(argv) == 0

@@ -24,9 +24,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from afr.adapters.dalora import load_any_adapter, merge_dalora
-from afr.adapters.dalora.model import DALORA_SETTINGS_NAME
-from afr.adapters.lora import merge_lora
+from afr.adapters import adapter_type_of, load_adapter, merge_adapter, read_adapter_settings
 from afr.analysis.packs import LabelledPack
 from afr.eval.extract import extract_embeddings
 from afr.eval.verification import pair_distances
@@ -53,9 +51,9 @@ class ModelChoice:
     @property
     def gating(self) -> str | None:
         """The DA-LoRA gating mode (None for LoRA and zero-shot)."""
-        if self.adapter_dir is None or not (self.adapter_dir / DALORA_SETTINGS_NAME).is_file():
+        if self.adapter_dir is None:
             return None
-        return json.loads((self.adapter_dir / DALORA_SETTINGS_NAME).read_text())["settings"]["gating"]
+        return getattr(read_adapter_settings(self.adapter_dir), "gating", None)  # only DA-LoRA's settings gate
 
 
 def resolve_model(name: str, results_dir: str | Path) -> ModelChoice:
@@ -113,12 +111,11 @@ class PackEmbedder:
         if key not in self._models:
             model = copy.deepcopy(self._pretrained())
             if choice.adapter_dir is not None:
-                model = load_any_adapter(model, choice.adapter_dir)
-                if hasattr(model, "dalora_settings"):
-                    if per_domain:
-                        model = merge_dalora(model, ORACLE_EXPERT_OF.get(domain, domain))
-                else:
-                    model = merge_lora(model)
+                model = load_adapter(model, choice.adapter_dir)  # any registered type, by its saved type
+                if not adapter_type_of(model).per_domain:
+                    model = merge_adapter(model)
+                elif per_domain:
+                    model = merge_adapter(model, ORACLE_EXPERT_OF.get(domain, domain))
             self._models[key] = model.eval()
         return self._models[key]
 

@@ -13,7 +13,6 @@ from afr.adapters.dalora.model import (
     dalora_state,
     gate_statistics,
     has_dalora,
-    load_any_adapter,
     load_dalora,
     merge_dalora,
     save_dalora,
@@ -22,6 +21,10 @@ from afr.adapters.dalora.model import (
 )
 from afr.adapters.dalora.router import DomainRouter, GateState, default_router_input
 from afr.adapters.lora.model import trainable_parameters, trainable_report
+from afr.adapters.registry import register_adapter
+
+register_adapter("dalora", DaLoraSettings, apply=apply_dalora, merge=merge_dalora, save=save_dalora, load=load_dalora,
+                 detect=has_dalora, label="DA-LoRA", domains=lambda model: model.dalora_settings.domains)
 
 __all__ = [
     "DALORA_SETTINGS_NAME",
@@ -39,7 +42,6 @@ __all__ = [
     "default_router_input",
     "gate_statistics",
     "has_dalora",
-    "load_any_adapter",
     "load_dalora",
     "merge_dalora",
     "save_dalora",

@@ -18,8 +18,10 @@ it, or :func:`merge_dalora` a chosen expert.
 
 :func:`merge_dalora` folds one expert (and the shared expert) into the base weights -- exactly what oracle
 gating for that domain computes -- and removes every trace of DA-LoRA, so inference costs the plain
-backbone. :func:`save_dalora` / :func:`load_dalora` write and read ``dalora_model.safetensors`` (experts
-and router) and ``dalora_settings.json``; :func:`load_any_adapter` loads either a LoRA or a DA-LoRA adapter.
+backbone. :func:`save_dalora` / :func:`load_dalora` write and read ``adapter_model.safetensors`` (experts
+and router) and ``adapter_config.json`` (``"type": "dalora"``; saves from before adapter types,
+``dalora_model.safetensors`` + ``dalora_settings.json``, still load); :func:`afr.adapters.load_adapter` loads an
+adapter of any registered type.
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
@@ -46,14 +47,13 @@ from afr.adapters.dalora.router import (
 from afr.adapters.lora.config import LoraSettings
 from afr.adapters.lora.model import (
     ADAPTER_FORMAT as LORA_FORMAT,
-    ADAPTER_SETTINGS_NAME as LORA_SETTINGS_NAME,
-    ADAPTER_WEIGHTS_NAME as LORA_WEIGHTS_NAME,
     AdapterMismatchError,
     NoTargetMatchedError,
     has_lora,
-    load_adapter,
+    read_adapter_tensors,
     resolve_targets,
 )
+from afr.adapters.registry import CONFIG_NAME, WEIGHTS_NAME, adapter_files
 from afr.io import atomic_write_bytes, atomic_write_text
 from afr.paths import MissingResourceError
 
@@ -65,7 +65,6 @@ __all__ = [
     "dalora_state",
     "gate_statistics",
     "has_dalora",
-    "load_any_adapter",
     "load_dalora",
     "merge_dalora",
     "save_dalora",
@@ -75,8 +74,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DALORA_WEIGHTS_NAME = "dalora_model.safetensors"
-DALORA_SETTINGS_NAME = "dalora_settings.json"
+#: every adapter's files (afr.adapters.registry); saves from before them (dalora_*) still load
+DALORA_WEIGHTS_NAME = WEIGHTS_NAME
+DALORA_SETTINGS_NAME = CONFIG_NAME
 DALORA_FORMAT = "afr-dalora-1"
 #: attribute (submodule) name of the router on the adapted backbone
 ROUTER_NAME = "dalora_router"
@@ -221,8 +221,7 @@ def _layers(model: nn.Module) -> list[tuple[str, DaLoraLayer]]:
 
 def _warm_start(model: nn.Module, directory: Path) -> None:
     """Copy the LoRA adapter in ``directory`` into every expert (see :func:`apply_dalora`)."""
-    meta_path = directory / LORA_SETTINGS_NAME
-    weights_path = directory / LORA_WEIGHTS_NAME
+    meta_path, weights_path = adapter_files(directory, "lora")  # also a save from before adapter types
     for path in (meta_path, weights_path):
         if not path.is_file():
             raise MissingResourceError(f"warm start: LoRA adapter file {path} not found (save_adapter() writes it)")
@@ -244,7 +243,7 @@ def _warm_start(model: nn.Module, directory: Path) -> None:
     dropped = [name for name in saved if name not in model.dalora_module_names]
     if dropped:
         log.warning("warm start: LoRA weights of %s are not used (DA-LoRA does not adapt these layers)", dropped)
-    state = load_file(str(weights_path))
+    state = read_adapter_tensors(weights_path, "LoRA adapter")
     ratio = lora.scaling / settings.scaling  # B rescaled so that each expert adds LoRA's exact update
     r, experts = settings.r, settings.num_experts
     with torch.no_grad():
@@ -353,15 +352,16 @@ def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_dalora(model: nn.Module, directory: str | Path) -> Path:
     """Write the adapter of a model from :func:`apply_dalora` to ``directory`` and return it.
 
-    ``dalora_model.safetensors`` holds the stacked A/B of every layer and the router;
-    ``dalora_settings.json`` the :class:`DaLoraSettings` (current gating mode, full target and router-input
-    names), the adapted module names and the backbone name. Both are written atomically.
+    ``adapter_model.safetensors`` holds the stacked A/B of every layer and the router;
+    ``adapter_config.json`` ``"type": "dalora"``, the :class:`DaLoraSettings` (current gating mode, full target
+    and router-input names), the adapted module names and the backbone name. Both are written atomically.
     """
     tensors = {key: tensor.detach().cpu().contiguous() for key, tensor in _adapter_tensors(model).items()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / DALORA_WEIGHTS_NAME, save_safetensors(tensors, metadata={"format": "pt"}))
     meta = {
+        "type": "dalora",
         "format": DALORA_FORMAT,
         "backbone": _label(model),
         "settings": model.dalora_settings.to_dict(),
@@ -379,8 +379,7 @@ def load_dalora(backbone: nn.Module, directory: str | Path, gating: str | None =
     tensor shapes differ from the saved ones (the backbone should then be discarded).
     """
     directory = Path(directory)
-    settings_path = directory / DALORA_SETTINGS_NAME
-    weights_path = directory / DALORA_WEIGHTS_NAME
+    settings_path, weights_path = adapter_files(directory, "dalora")  # also a save from before adapter types
     for path in (settings_path, weights_path):
         if not path.is_file():
             raise MissingResourceError(f"DA-LoRA adapter file {path} not found (save_dalora() writes it)")
@@ -399,7 +398,7 @@ def load_dalora(backbone: nn.Module, directory: str | Path, gating: str | None =
     if list(model.dalora_module_names) != saved_names:
         raise AdapterMismatchError(f"adapter in {directory} adapts {saved_names}, {_label(model)} gives "
                                    f"{list(model.dalora_module_names)}")
-    saved = load_file(str(weights_path))
+    saved = read_adapter_tensors(weights_path, "DA-LoRA adapter")
     targets = _adapter_tensors(model)
     if set(saved) != set(targets):
         raise AdapterMismatchError(
@@ -417,19 +416,3 @@ def load_dalora(backbone: nn.Module, directory: str | Path, gating: str | None =
     if gating is not None:
         set_gating(model, gating)
     return model
-
-
-def load_any_adapter(backbone: nn.Module, directory: str | Path, gating: str | None = None) -> nn.Module:
-    """Load the LoRA or DA-LoRA adapter in ``directory``, whichever its settings file says it is.
-
-    ``dalora_settings.json`` -> :func:`load_dalora` (``gating`` overrides its saved mode);
-    ``lora_settings.json`` -> :func:`afr.adapters.lora.load_adapter` (``gating`` does not apply).
-    """
-    directory = Path(directory)
-    if (directory / DALORA_SETTINGS_NAME).is_file():
-        return load_dalora(backbone, directory, gating=gating)
-    if (directory / LORA_SETTINGS_NAME).is_file():
-        return load_adapter(backbone, directory)
-    raise MissingResourceError(
-        f"no adapter in {directory}: neither {LORA_SETTINGS_NAME} (LoRA) nor {DALORA_SETTINGS_NAME} (DA-LoRA) found"
-    )

@@ -16,6 +16,10 @@ from afr.adapters.lora.model import (
     trainable_parameters,
     trainable_report,
 )
+from afr.adapters.registry import register_adapter
+
+register_adapter("lora", LoraSettings, apply=apply_lora, merge=merge_lora, save=save_adapter, load=load_adapter,
+                 detect=has_lora, label="LoRA")
 
 __all__ = [
     "ADAPTER_SETTINGS_NAME",

@@ -61,6 +61,12 @@ class LoraSettings:
         """The factor on the LoRA branch: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
+    @classmethod
+    def square(cls, rank: int, targets: Sequence[str] | None = None) -> "LoraSettings":
+        """Rank ``rank`` with ``alpha = rank`` (scaling 1, the project's LoRA everywhere), on ``targets`` (None: the
+        backbone's ``default_lora_targets``)."""
+        return cls(r=rank, alpha=float(rank), target_modules=None if targets is None else tuple(targets))
+
     def with_targets(self, targets: Sequence[str]) -> "LoraSettings":
         """A copy with ``target_modules`` set to ``targets``."""
         return LoraSettings(**{**self.to_dict(), "target_modules": tuple(targets)})

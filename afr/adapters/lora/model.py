@@ -29,6 +29,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from afr.adapters.lora.config import LoraSettings
+from afr.adapters.registry import CONFIG_NAME, WEIGHTS_NAME, adapter_files
 from afr.io import atomic_write_bytes, atomic_write_text
 from afr.paths import MissingResourceError
 
@@ -44,6 +45,7 @@ __all__ = [
     "has_lora",
     "load_adapter",
     "merge_lora",
+    "read_adapter_tensors",
     "resolve_targets",
     "save_adapter",
     "trainable_parameters",
@@ -63,8 +65,9 @@ TARGET_ALIASES: dict[str, str] = {
 }
 #: peft's adapter name; one adapter per backbone
 ADAPTER_NAME = "default"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-ADAPTER_SETTINGS_NAME = "lora_settings.json"
+ADAPTER_WEIGHTS_NAME = WEIGHTS_NAME
+#: every adapter's settings file (afr.adapters.registry); saves from before it (lora_settings.json) still load
+ADAPTER_SETTINGS_NAME = CONFIG_NAME
 ADAPTER_FORMAT = "afr-lora-1"
 
 
@@ -74,6 +77,30 @@ class NoTargetMatchedError(ValueError):
 
 class AdapterMismatchError(ValueError):
     """A saved adapter does not fit the backbone it is loaded into."""
+
+
+def read_adapter_tensors(path: Path, what: str = "adapter") -> dict:
+    """The tensors of a ``.safetensors`` adapter file; a truncated or damaged file is an
+    :class:`AdapterMismatchError` naming it (safetensors' own error, e.g. ``incomplete metadata``, does not)."""
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors' SafetensorError (truncated header or data), OSError
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise AdapterMismatchError(f"{path} is not a readable {what} weights file (truncated or corrupt): "
+                                   f"{reason}") from error
+
+
+def _lora_ranks(state: dict) -> list[int]:
+    """The ranks of the LoRA A/B tensors in an adapter state (A: (r, in, ...), B: (out, r, ...))."""
+    ranks = {int(value.shape[0]) for key, value in state.items() if ".lora_A." in key and value.ndim >= 2}
+    ranks |= {int(value.shape[1]) for key, value in state.items() if ".lora_B." in key and value.ndim >= 2}
+    return sorted(ranks)
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters from a (possibly multi-kilobyte) torch/peft error message."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 # ---------------------------------------------------------------------------------------------- targets
@@ -223,8 +250,9 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
 
     Two files: ``adapter_model.safetensors`` (peft's ``get_peft_model_state_dict``: only the LoRA
     matrices, plus the state of the ``extra_trainable_modules`` under their own names) and
-    ``lora_settings.json`` (the :class:`LoraSettings`, the adapted module names, the extra modules, the
-    backbone name, the peft version). Each file is written atomically (temporary file + rename).
+    ``adapter_config.json`` (``"type": "lora"``, the :class:`LoraSettings`, the adapted module names, the
+    extra modules, the backbone name, the peft version; before adapter types it was ``lora_settings.json``,
+    which :func:`load_adapter` still reads). Each file is written atomically (temporary file + rename).
     """
     settings = getattr(model, "lora_settings", None)
     if settings is None or not has_lora(model):
@@ -242,6 +270,7 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     tensors = {key: tensor.detach().cpu().contiguous() for key, tensor in state.items()}
     atomic_write_bytes(directory / ADAPTER_WEIGHTS_NAME, save_safetensors(tensors, metadata={"format": "pt"}))
     meta = {
+        "type": "lora",
         "format": ADAPTER_FORMAT,
         "backbone": getattr(model, "name", type(model).__name__),
         "settings": settings.to_dict(),
@@ -262,8 +291,7 @@ def load_adapter(backbone: nn.Module, directory: str | Path) -> nn.Module:
     mismatch the backbone already holds (uninitialised) LoRA layers and should be discarded.
     """
     directory = Path(directory)
-    settings_path = directory / ADAPTER_SETTINGS_NAME
-    weights_path = directory / ADAPTER_WEIGHTS_NAME
+    settings_path, weights_path = adapter_files(directory, "lora")  # also a save from before adapter types
     for path in (settings_path, weights_path):
         if not path.is_file():
             raise MissingResourceError(f"LoRA adapter file {path} not found (save_adapter() writes it)")
@@ -288,8 +316,15 @@ def load_adapter(backbone: nn.Module, directory: str | Path) -> nn.Module:
         raise AdapterMismatchError(
             f"adapter in {directory} carries extra trained modules {saved_extra} but {label} has {extra}"
         )
+    state = read_adapter_tensors(weights_path, "LoRA adapter")
+    ranks = _lora_ranks(state)
+    if ranks and ranks != [settings.r]:  # one line, not peft's size mismatch of every layer
+        raise AdapterMismatchError(
+            f"LoRA adapter {weights_path} holds rank {', '.join(map(str, ranks))} tensors but its settings "
+            f"{settings_path.name} (and the layers built from them) expect rank {settings.r}: the two files come "
+            "from different adapters"
+        )
     model = apply_lora(backbone, settings)
-    state = load_file(str(weights_path))
     prefixes = tuple(f"{name}." for name in extra)
     lora_state = {key: value for key, value in state.items() if not key.startswith(prefixes)}
     try:
@@ -298,7 +333,7 @@ def load_adapter(backbone: nn.Module, directory: str | Path) -> nn.Module:
             model.get_submodule(name).load_state_dict(module_state, strict=True)
         result = set_peft_model_state_dict(model, lora_state, adapter_name=ADAPTER_NAME)
     except RuntimeError as error:  # size mismatch, missing extra-module tensors
-        raise AdapterMismatchError(f"{weights_path} does not fit {label}: {error}") from error
+        raise AdapterMismatchError(f"{weights_path} does not fit {label}: {_short(error)}") from error
     marker = f".{ADAPTER_NAME}."
     missing = [key for key in result.missing_keys if marker in key]
     if result.unexpected_keys or missing:
