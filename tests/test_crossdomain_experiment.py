@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from afr.adapters.dalora import merge_dalora
+from afr.adapters.dalora.experts import expert_blocks, load_parameters, shared_targets, with_expert_blocks
 from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, save_adapter
 from afr.data.collections import collection_identities
 from afr.data.verification import VerificationPack
 from afr.experiments import crossdomain
 from afr.experiments.crossdomain import (ALL_SHOTS, METHODS, CrossDomainData, CrossDomainSettings, ThermalSplit, adapt,
-                                         dalora_from_start, expert_blocks, forgetting_table, grid_table, load_data,
-                                         run_method, score_dalora, shared_targets, thermal_split,
-                                         shots_label, view_contrastive_loss, with_expert_blocks)
-from afr.experiments.maml import MamlData
+                                         dalora_from_start, forgetting_table, grid_table, load_data, run_method,
+                                         score_dalora, thermal_split, shots_label, view_contrastive_loss)
+from afr.meta.data import MamlData
 from afr.losses.margin import CosFaceMargin
 from afr.meta import inner_adapt
 from afr.models import create_backbone
@@ -64,7 +64,7 @@ def test_adapting_the_thermal_expert_leaves_the_visible_expert_and_its_merged_ou
     backbone, params, to_parameters = crossdomain._adapted_model(settings, adapter)
     start = {name: p.detach().clone() for name, p in backbone.named_parameters()}
     params, losses = adapt(backbone, params, to_parameters, data, split, settings)
-    crossdomain._load_parameters(backbone, to_parameters(params))
+    load_parameters(backbone, to_parameters(params))
 
     visible, thermal = expert_blocks(backbone, "visible"), expert_blocks(backbone, "thermal")
     started = expert_blocks(_fresh(settings, adapter), "visible")
@@ -95,12 +95,12 @@ def test_dalora_rows_take_the_start_visible_scores_only_while_the_visible_expert
     start_scores = {name: {"auc": 0.5 + i / 100} for i, name in enumerate(packs)}
     backbone = _fresh(settings, adapter)
     start_visible = expert_blocks(backbone, "visible")
-    crossdomain._load_parameters(backbone, with_expert_blocks(
+    load_parameters(backbone, with_expert_blocks(
         backbone, {n: t + 0.1 for n, t in expert_blocks(backbone, "thermal").items()}, "thermal"))
     scores = score_dalora(copy.deepcopy(backbone), start_visible, start_scores, data, "cpu")
     assert all(scores[name] == start_scores[name] for name in ("controlled", "wild", "lowquality"))
     assert all(scores[name]["sha256"] == name for name in ("thermal_und", "thermal_puj", "thermal"))  # scored
-    crossdomain._load_parameters(backbone, with_expert_blocks(
+    load_parameters(backbone, with_expert_blocks(
         backbone, {n: t + 0.1 for n, t in expert_blocks(backbone, "visible").items()}, "visible"))
     with pytest.raises(RuntimeError, match="visible expert changed"):
         score_dalora(backbone, start_visible, start_scores, data, "cpu")

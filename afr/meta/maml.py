@@ -57,16 +57,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from afr.adapters.dalora import dalora_state, has_dalora, set_domains
-from afr.io import atomic_writer
+from afr.io import atomic_writer, claim_folder
 from afr.losses.margin import CosFaceMargin
-from afr.train.checkpoint import CheckpointError, seed_everything
+from afr.losses.prototype import prototype_margin_loss, prototypes  # re-exported: part of afr.meta's API
+from afr.train.checkpoint import CheckpointError, load_tensors_only, seed_everything
 from afr.train.engine import RunExistsError
 
 __all__ = [
@@ -132,36 +132,12 @@ class TaskBatch:
 
 
 # ---------------------------------------------------------------------------------------------- losses
+# the prototype loss (prototypes, prototype_margin_loss) lives in afr.losses.prototype
 def adapter_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     """The trainable (``requires_grad``) parameters of ``module`` by qualified name: the adapter tensors
     (LoRA ``A``/``B``, DA-LoRA experts and a trainable router, extra trainable modules); the frozen
     backbone is excluded."""
     return {name: parameter for name, parameter in module.named_parameters() if parameter.requires_grad}
-
-
-def prototypes(embeddings: Tensor, labels: Tensor, n_classes: int) -> Tensor:
-    """``(n_classes, D)``: the L2-normalised mean of the L2-normalised ``embeddings`` of each class.
-
-    Row ``c`` is class ``c``'s centre; a class without any embedding raises ValueError.
-    """
-    one_hot = F.one_hot(labels.long(), n_classes).to(embeddings.dtype)
-    counts = one_hot.sum(dim=0)
-    if bool((counts == 0).any()):
-        missing = torch.nonzero(counts == 0).flatten().tolist()
-        raise ValueError(f"prototypes: class(es) {missing} of {n_classes} have no embedding")
-    means = one_hot.t() @ F.normalize(embeddings, dim=1) / counts.unsqueeze(1)
-    return F.normalize(means, dim=1)
-
-
-def prototype_margin_loss(embeddings: Tensor, labels: Tensor, centres: Tensor, margin: nn.Module) -> Tensor:
-    """Cross-entropy of ``margin`` (e.g. :class:`~afr.losses.margin.CosFaceMargin`) applied to the cosine
-    of the normalised ``embeddings`` with the normalised ``centres``.
-
-    ``margin`` maps ``(cosine, labels)`` to scaled logits, as the margins of :mod:`afr.losses.margin` do;
-    this is :class:`~afr.losses.margin.MarginLoss` on prototype centres.
-    """
-    cosine = F.normalize(embeddings, dim=1) @ F.normalize(centres, dim=1).t()
-    return F.cross_entropy(margin(cosine, labels), labels.long())
 
 
 def _embed(backbone: nn.Module, params: dict[str, Tensor], images: Tensor) -> Tensor:
@@ -270,7 +246,9 @@ class MetaConfig:
         tasks_per_step: tasks each outer step averages (``sample_tasks(i)`` must return that many).
         margin_s: CosFace scale ``s``.
         margin_m: CosFace margin ``m``.
-        checkpoint_every: checkpoint every this many outer steps (0: only at the end); always at the end.
+        checkpoint_every: checkpoint every this many outer steps (0: only at the end); always at the end. Default
+            5: an outer step takes seconds on a CPU, so a killed run loses at most a minute or so (an execution
+            setting: a resumed run equals an uninterrupted one whatever it is).
         seed: seeds the global RNGs before each step (from ``seed`` and the step index).
     """
 
@@ -283,7 +261,7 @@ class MetaConfig:
     tasks_per_step: int = 4
     margin_s: float = 64.0
     margin_m: float = 0.35
-    checkpoint_every: int = 25
+    checkpoint_every: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -390,10 +368,8 @@ def _restore(path: Path, params: dict[str, nn.Parameter], optimizer: torch.optim
              config: MetaConfig) -> tuple[int, list[dict[str, Any]]]:
     """Load a :func:`_save` checkpoint into ``params`` and ``optimizer``; return its step and history."""
     device = next(iter(params.values())).device
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # truncated, not a torch file, unsafe content
-        raise CheckpointError(f"{path} is not a readable meta-training checkpoint: {error}") from error
+    # truncated, not a torch file, unsafe content: a CheckpointError naming the file
+    state = load_tensors_only(path, device, "meta-training checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a meta-training checkpoint (format {CHECKPOINT_FORMAT!r})")
     saved = state["adapter"]
@@ -452,8 +428,15 @@ def meta_train(
     :class:`~afr.train.engine.RunExistsError`, changing nothing; ``resume=True`` continues from the
     checkpoint there (or starts afresh if there is none), into the same backbone and adapter layout.
     ``overwrite=True`` (told to) deletes ``output_dir`` with everything in it first, then starts afresh.
+    Another process meta-training into ``output_dir`` meanwhile makes it refuse at once
+    (:class:`~afr.io.FolderInUseError`).
     """
-    output_dir = Path(output_dir)
+    with claim_folder(output_dir):
+        return _meta_train(backbone, sample_tasks, config, Path(output_dir), resume, progress, overwrite)
+
+
+def _meta_train(backbone: nn.Module, sample_tasks: Callable[[int], Sequence[TaskBatch]], config: MetaConfig,
+                output_dir: Path, resume: bool, progress: bool, overwrite: bool) -> MetaTrainResult:
     checkpoint = output_dir / "checkpoints" / CHECKPOINT_NAME
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
@@ -461,7 +444,8 @@ def meta_train(
         shutil.rmtree(output_dir)
     if checkpoint.exists() and not resume:
         raise RunExistsError(
-            f"{output_dir} already holds a meta-training run ({checkpoint}): pass resume=True to continue it, "
+            f"{output_dir} already holds a meta-training run ({checkpoint}): pass --resume (resume=True in "
+            "Python) to continue it, --overwrite (overwrite=True) to delete it and start again, "
             "or choose another output directory"
         )
     params = adapter_parameters(backbone)

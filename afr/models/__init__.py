@@ -16,6 +16,7 @@ from afr.models.factory import (
     create_backbone,
 )
 from afr.models.heads import ClassCentres
+from afr.models.layout import fast_layout
 from afr.models.recognizer import FaceRecognitionModel, RecognizerOutput
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "UnknownBackboneError",
     "available_backbones",
     "create_backbone",
+    "fast_layout",
 ]
 
 
