@@ -8,12 +8,38 @@ file is removed and the destination is untouched. The temporary file is created 
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+
+class FolderInUseError(RuntimeError):
+    """Another process is writing into the folder a run was told to use."""
+
+
+@contextmanager
+def claim_folder(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder`` for this process for the ``with`` block: an exclusive, non-blocking ``flock`` on
+    ``.<name>.lock`` beside it. A second process that claims the same folder meanwhile gets
+    :class:`FolderInUseError` at once (before any work), so two identical runs started together never train in
+    one folder. The lock goes with the process (a killed run leaves nothing to clean up)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = folder.parent / f".{folder.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUseError(f"{folder} is in use by another process (it holds {lock}): wait for that run to "
+                                   "end, or give this run another output folder") from None
+        yield folder
+    finally:
+        os.close(fd)
 
 
 def fsync_directory(directory: str | Path) -> None:
@@ -63,3 +89,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically (see the module docstring); returns ``path``."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def check_output_file(path: str | Path, what: str = "output file", overwrite: bool = False) -> Path:
+    """Refuse, before any work, an output ``path`` that cannot be written: one that names a directory, one that
+    exists (unless ``overwrite``), one under a file, or one whose folder (or nearest existing ancestor, which
+    the writer will create the rest under) does not accept new files. Writability is probed by creating and
+    removing a temporary file there (permission bits do not tell for root or read-only mounts); nothing is
+    left behind. Returns ``path``. Raises FileExistsError / IsADirectoryError / NotADirectoryError /
+    PermissionError with one line naming the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"{what} {path} cannot be written: {ancestor} is not a directory")
+    probe = ancestor / f".{path.name}.probe-{secrets.token_hex(6)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        raise PermissionError(f"{what} {path} cannot be written: {ancestor} does not accept new files "
+                              f"({error.strerror or error})") from None
+    os.close(fd)
+    probe.unlink(missing_ok=True)
+    return path

@@ -25,7 +25,7 @@ that need the same MAML start share it.
 
 Runs are :func:`afr.experiments.dalora.run_method` runs (validated per epoch on the validation packs, test packs
 scored once at the end) with the ablation's adapter and warm start; the MAML starts are :func:`afr.meta.meta_train`
-over LoRA on the layers DA-LoRA adapts (:func:`afr.experiments.crossdomain.shared_targets`), so that a warm-started
+over LoRA on the layers DA-LoRA adapts (:func:`afr.adapters.dalora.experts.shared_targets`), so that a warm-started
 expert computes what the start computes. Records go to ``results/ablations/<tag>.json`` (starts too, with their
 meta-training history), rows to ``results/tables/ablations.csv`` with the columns ``group`` and ``cell``; a run
 whose record exists is reused unless ``overwrite``. Recommended defaults are derived from the validation metrics
@@ -45,11 +45,11 @@ from typing import Any, ClassVar
 import numpy as np
 from torch.utils.data import Dataset
 
-from afr.experiments.records import (append_rows, environment_info, final_validation_metrics, json_default,
-                                     metric_rows)
+from afr.experiments.records import (append_rows, environment_info, final_validation_metrics, grid_metric_values,
+                                     json_default, metric_rows, write_record)
 from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, setting
 from afr.io import atomic_write_text
-from afr.paths import results_root
+from afr.paths import MissingResourceError, results_root
 
 __all__ = ["COMPONENTS", "EXPERT_SCHEMES", "GROUPS", "SWEEPS", "AblationData", "AblationSettings", "Cell",
            "ExpertView", "adapter_settings", "compare_with_committed", "expert_names", "grid_cells", "grid_runs",
@@ -103,7 +103,7 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings):
 
     experiment: ClassVar[str] = "ablations"
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        *ExperimentSettings.EXECUTION_FIELDS, "groups", "components", "seeds", *SWEEPS.values())
+        *ExperimentSettings.EXECUTION_FIELDS, "groups", "components", "seeds", *SWEEPS.values(), "rebuild_starts")
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "rank", "experts", "lambda_contrastive", "lambda_domain", "maml_start", "inner_steps", "meta_steps", "epochs",
         "lr")
@@ -159,9 +159,13 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings):
     output_dir: str | None = setting(None, "runs folder (default runs/)")
     resume: bool = setting(False, "continue unfinished runs from their last checkpoint")
     overwrite: bool = setting(False, "retrain runs whose record exists instead of reusing it")
+    rebuild_starts: bool = setting(False, "meta-train again a recorded MAML start whose adapter is not on this machine "
+                                   "(a fresh clone has records, not runs/); its record is kept, the rebuilt start's "
+                                   "history goes to <start run folder>/rebuilt.json")
     progress: bool = setting(True, "progress bars")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), resume vs overwrite, batch shape
         self.groups = tuple(self.groups)
         self.components = tuple(self.components)
         self.seeds = tuple(int(seed) for seed in self.seeds)
@@ -183,13 +187,6 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings):
             raise ValueError(f"method must be lora or dalora-classifier, got {self.method!r}")
         if self.maml_start and self.method == "lora":
             raise ValueError("the MAML start warm-starts DA-LoRA experts: maml_start needs method dalora-classifier")
-        if min((*self.ranks, self.rank)) < 1 or min((*self.inner_steps_values, self.inner_steps)) < 1:
-            raise ValueError("ranks and MAML inner steps must be at least 1")
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other: continue the runs, or start them again")
-        if self.batch_size % self.images_per_identity:
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of images_per_identity "
-                             f"{self.images_per_identity}")
 
     # -------------------------------------------------------------------------------------- naming
     def irrelevant_fields(self) -> tuple[str, ...]:
@@ -289,10 +286,11 @@ class AblationData:
 
 
 def load_data(settings: AblationSettings) -> AblationData:
-    from afr.experiments import dalora, maml
+    from afr.experiments import dalora
+    from afr.meta.data import load_training_chips
 
     baseline = dalora.load_data(settings)
-    chips = maml.load_data(maml.MamlExperimentSettings(embedded_root=settings.embedded_root))
+    chips = load_training_chips(settings.embedded_root, "thermal_und")  # its target pack is not used here
     if len(chips.labels) != len(baseline.train) or not np.array_equal(chips.labels, baseline.train.labels):
         raise ValueError("the training chips and the training pack disagree: rebuild the embedded benchmark")
     return AblationData(baseline, chips)
@@ -361,44 +359,63 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
     meta-trained with first-order MAML on episodes of all five training collections. A start whose adapter and
     record exist is reused unless ``retrain``; its record (meta-training history, seconds per step) goes to
     ``results/ablations/<start tag>.json``. Not scored: it is an initialisation, not a result."""
-    from afr.adapters.lora import LoraSettings, apply_lora, save_adapter
+    from afr.adapters.dalora.experts import shared_targets
     from afr.data.collections import COLLECTIONS
-    from afr.experiments.crossdomain import fast_layout, shared_targets
-    from afr.experiments.maml import task_batches
     from afr.experiments.training import evaluation_device
-    from afr.meta import MetaConfig, meta_train
+    from afr.meta import MetaConfig
     from afr.meta.episodes import EpisodeSampler
-    from afr.models import create_backbone
-    from afr.train import seed_everything
+    from afr.meta.start import meta_learned_start
 
     tag, run_dir = settings.start_tag, settings.start_dir
     adapter, path = run_dir / "adapter", _record_path(settings.start_tag)
     if adapter.is_dir() and path.is_file() and not retrain:
         return adapter
+    rebuild = path.is_file() and not retrain  # recorded, but its adapter is not on this machine
+    if rebuild and not settings.rebuild_starts:
+        raise MissingResourceError(
+            f"the recorded MAML start {tag} ({path}) has no adapter on this machine ({adapter}) and the run "
+            f"{settings.tag} needs it: pass --rebuild-starts (rebuild_starts=True) to meta-train it again into "
+            f"{run_dir} (its record is kept), or run where runs/ holds it")
     started = time.time()
-    seed_everything(settings.seed)
-    backbone = create_backbone(settings.backbone, settings.weights)
-    backbone = apply_lora(backbone, LoraSettings(r=settings.rank, alpha=float(settings.rank),
-                                                 target_modules=tuple(shared_targets(backbone))))
     device = evaluation_device(settings)
-    fast_layout(backbone).to(device)
     sampler = EpisodeSampler(data.chips.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
                              allowed=COLLECTIONS, seed=settings.seed)
     config = MetaConfig(inner_steps=settings.inner_steps, inner_lr=settings.inner_lr, first_order=True,
                         meta_lr=settings.meta_lr, meta_steps=settings.meta_steps, tasks_per_step=settings.tasks_per_step,
                         seed=settings.seed)
-    result = meta_train(backbone, lambda step: task_batches(data.chips, sampler, config.tasks_per_step, step), config,
-                        run_dir, resume=settings.resume, progress=settings.progress,
-                        overwrite=not settings.resume)  # an unfinished or unrecorded start, or told to retrain
-    save_adapter(backbone, adapter)
+    result = meta_learned_start(settings.backbone, settings.weights, settings.rank, data.chips, sampler, config,
+                                run_dir, seed=settings.seed, device=device, targets=shared_targets, channels_last=True,
+                                resume=settings.resume, progress=settings.progress,
+                                overwrite=not settings.resume,  # an unfinished or unrecorded start, or told to retrain
+                                ).result
+    if rebuild:
+        atomic_write_text(run_dir / "rebuilt.json", json.dumps(
+            {"rebuilt": True, "meta_training": {"steps": result.steps, "history": result.history}},
+            indent=1, default=json_default) + "\n")
+        return adapter
     record = {"experiment": settings.experiment, "tag": tag, "method": "maml-start", "seed": settings.seed,
               "settings": {name: getattr(settings, name) for name in START_FIELDS}, "collections": list(COLLECTIONS),
               "meta_training": {"steps": result.steps, "history": result.history, "first_order": True,
                                 "seconds_per_step": result.seconds_per_step},
               "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=1, default=json_default) + "\n")
+    write_record(path, record, settings.experiment, overwrite=True)  # only reached unrecorded or told to retrain
     return adapter
+
+
+def check_starts(runs: Sequence[AblationSettings]) -> None:
+    """Refuse, before any work, runs still to train whose MAML start is recorded but has no adapter on this machine
+    (unless ``rebuild_starts`` or ``overwrite``): the error names every such start and the flag."""
+    from afr.experiments import dalora
+
+    missing = [f"{run.start_tag} ({run.start_dir / 'adapter'})" for run in runs
+               if run.maml_start and not (run.rebuild_starts or run.overwrite)
+               and not dalora.record_path(run).is_file() and _record_path(run.start_tag).is_file()
+               and not (run.start_dir / "adapter").is_dir()]
+    if missing:
+        raise MissingResourceError(
+            f"recorded MAML start(s) without their adapter on this machine: {', '.join(dict.fromkeys(missing))}; "
+            "runs still to train need them. Pass --rebuild-starts (rebuild_starts=True) to meta-train them again into "
+            "their run folders (their records are kept), or run where runs/ holds them")
 
 
 def _run(settings: AblationSettings, data: AblationData, retrained_starts: set[str]):
@@ -439,6 +456,7 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
     by_tag: dict[str, list[Cell]] = {}
     for cell in cells:
         by_tag.setdefault(cell.settings.tag, []).append(cell)
+    check_starts([served[0].settings for served in by_tag.values()])
     outcomes, retrained = {}, set()
     for tag, served in tqdm(by_tag.items(), desc="ablation runs", disable=not progress):
         outcomes[tag] = _run(served[0].settings, data, retrained)
@@ -456,11 +474,10 @@ def grid_table(cells: Sequence[Cell], outcomes: Mapping[str, Any]):
         record = outcomes[cell.settings.tag].record
         for split, packs in (("test", record["test"] or {}), ("val", final_validation_metrics(record["train"]["history"]))):
             for domain, metrics in packs.items():
-                for metric, key in (("accuracy", "accuracy_mean"), ("auc", "auc"), ("eer", "eer")):
-                    if key in metrics:
-                        rows.append({"group": cell.group, "cell": cell.value, "method": cell.method,
-                                     "seed": cell.settings.seed, "split": split, "domain": domain, "metric": metric,
-                                     "value": metrics[key], "tag": cell.settings.tag})
+                for metric, value in grid_metric_values(metrics):
+                    rows.append({"group": cell.group, "cell": cell.value, "method": cell.method,
+                                 "seed": cell.settings.seed, "split": split, "domain": domain, "metric": metric,
+                                 "value": value, "tag": cell.settings.tag})
     return pd.DataFrame(rows)
 
 
@@ -481,7 +498,7 @@ def paired_tests(table, settings: AblationSettings, metric: str = "auc"):
     (component rows; each sweep's other values), per test pack: mean difference and p-value."""
     import pandas as pd
 
-    from afr.experiments.dalora import paired_tests as paired
+    from afr.stats import paired_tests as paired
 
     frames = []
     test = table[table["split"] == "test"]
@@ -490,7 +507,8 @@ def paired_tests(table, settings: AblationSettings, metric: str = "auc"):
         default = _default_cell(settings, group)
         if default not in set(part["cell"]):
             continue
-        frame = paired(part.assign(method=part["cell"].astype(str)), against=str(default), metric=metric)
+        frame = paired(part.assign(method=part["cell"].astype(str)), str(default), metric, by=("domain",),
+                       exclude=("zero-shot",), sort=False)
         if frame.empty:  # the group has only the full model's cell
             continue
         frames.append(frame.assign(group=group, comparison=frame["comparison"].str.replace(

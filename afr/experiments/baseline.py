@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,13 @@ from torch import nn
 
 from afr.adapters.lora import apply_lora, merge_lora, save_adapter, trainable_parameters
 from afr.data.augment import FaceAugment
-from afr.data.full_profile import balanced_pack, load_named_packs, open_casia
+from afr.data.full_profile import FULL_BENCHMARKS, balanced_pack, load_named_packs, open_casia
 from afr.data.subsets import dataset_labels, holdout_identities, identity_subset
 from afr.data.verification import VerificationPack, load_pack
-from afr.eval.extract import extract_unique_embeddings
-from afr.eval.verification import evaluate
-from afr.experiments.records import (append_rows, check_result_free, environment_info, final_validation_metrics,
-                                     metric_rows, save_result)
+# scoring on packs (evaluate_on_packs, pack_evaluators) lives in afr.eval.packs; importable from here too
+from afr.eval.packs import evaluate_on_packs, pack_evaluators
+from afr.experiments.records import (ResultExistsError, check_result_free, environment_info,
+                                     final_validation_metrics, metric_rows, result_path, write_record)
 from afr.experiments.settings import BaselineSettings
 from afr.models import FaceRecognitionModel, create_backbone
 from afr.paths import runs_root
@@ -63,7 +63,6 @@ __all__ = [
     "train_lora",
 ]
 
-FULL_BENCHMARKS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 #: full profile: at most this many images of each held-out identity enter the validation pack
 VAL_IMAGES_PER_IDENTITY = 10
 VAL_MAX_PAIRS = 600
@@ -88,10 +87,15 @@ def run_dir(settings: BaselineSettings) -> Path:
 def claim_run(settings: BaselineSettings) -> Path:
     """Check, before any work, that this run replaces nothing it was not told to; returns the run folder.
 
-    A result already recorded under the run's tag, or checkpoints of an earlier run in its folder,
-    make it refuse unless ``overwrite`` (or ``resume``, which continues the unfinished run).
+    A result already recorded under the run's tag makes it refuse unless ``overwrite`` (``resume`` continues an
+    unfinished run and never replaces a finished one); checkpoints of an earlier run in its folder make it refuse
+    unless ``resume`` or ``overwrite``.
     """
-    check_result_free(settings.tag, settings.overwrite or settings.resume)
+    if settings.resume and not settings.overwrite and result_path(settings.tag).exists():
+        raise ResultExistsError(
+            f"the run {settings.tag} is finished: {result_path(settings.tag)} holds its record; --resume continues "
+            "only an unfinished run (pass --overwrite to train it again, or change a setting)")
+    check_result_free(settings.tag, settings.overwrite)
     folder = run_dir(settings)
     if not (settings.overwrite or settings.resume) and any((folder / "checkpoints").glob("checkpoint-*.pt")):
         from afr.train import RunExistsError
@@ -154,35 +158,6 @@ def _holdout_pack(dataset, labels: np.ndarray, identities: np.ndarray, seed: int
 
 def _full_test_packs(settings: BaselineSettings) -> dict[str, VerificationPack]:
     return load_named_packs(settings.bins_dir, settings.benchmarks or FULL_BENCHMARKS, "bins_dir")
-
-
-# ------------------------------------------------------------------------------------------ evaluation
-def evaluate_on_packs(
-    backbone: nn.Module, packs: Mapping[str, VerificationPack], device: str | torch.device = "cpu",
-    batch_size: int = 64, progress: bool = False,
-) -> dict[str, dict[str, Any]]:
-    """InsightFace's protocol (flip test, 10 folds) on every pack: ``{pack: metrics dict}``."""
-    results = {}
-    for name, pack in packs.items():
-        embeddings = extract_unique_embeddings(backbone, pack.images, batch_size=batch_size, device=device,
-                                               progress=progress)
-        results[name] = {**evaluate(embeddings, pack.issame).to_dict(), "sha256": pack.sha256}
-    return results
-
-
-def pack_evaluators(packs: Mapping[str, VerificationPack], batch_size: int = 64) -> dict[str, Callable]:
-    """Per-epoch validation for the :class:`~afr.train.Trainer`: accuracy and AUC on each validation pack."""
-
-    def make(pack: VerificationPack) -> Callable[[nn.Module], dict[str, float]]:
-        def evaluate_pack(model: nn.Module) -> dict[str, float]:
-            device = next(model.parameters()).device
-            embeddings = extract_unique_embeddings(model.backbone, pack.images, batch_size=batch_size, device=device)
-            result = evaluate(embeddings, pack.issame)
-            return {"accuracy": result.accuracy_mean, "auc": result.auc}
-
-        return evaluate_pack
-
-    return {f"val/{name}": make(pack) for name, pack in packs.items()}
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -255,10 +230,7 @@ def record_result(settings: BaselineSettings, result: Mapping[str, Any]) -> Path
                             {"split": "test", **columns})
     rows += metric_rows(settings.experiment, settings.tag, "lora", settings.seed,
                         final_validation_metrics(result["train"]["history"]), {"split": "val", **columns})
-    path = save_result(result, settings.tag, overwrite=settings.overwrite or settings.resume)
-    if rows:
-        append_rows(settings.experiment, rows)
-    return path
+    return write_record(result_path(settings.tag), result, settings.experiment, rows, overwrite=settings.overwrite)
 
 
 def run_baseline(settings: BaselineSettings, write: bool = True) -> dict[str, Any]:

@@ -80,38 +80,39 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from afr.adapters.dalora import (DaLoraLayer, DaLoraSettings, apply_dalora, default_router_input, merge_dalora,
-                                 set_domains)
-from afr.adapters.dalora.router import resolve_module
-from afr.adapters.lora import LoraSettings, apply_lora, load_adapter, merge_lora, resolve_targets, save_adapter
+from afr.adapters.dalora import DaLoraSettings, apply_dalora, merge_dalora, set_domains
+from afr.adapters.dalora.experts import expert_blocks, load_parameters, shared_targets, with_expert_blocks
+from afr.adapters.lora import load_adapter, merge_lora
 from afr.data.augment import FaceAugment
 from afr.data.collections import collection_pack
 from afr.data.embedded import load_embedded
+from afr.data.full_profile import FULL_BENCHMARKS
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
-from afr.experiments.baseline import FULL_BENCHMARKS
-from afr.experiments.maml import MamlData, MamlExperimentSettings, task_batches
-from afr.experiments.maml import load_data as load_training_chips
-from afr.experiments.maml import paired_tests as paired_tests_per_point
-from afr.experiments.records import append_rows, environment_info, json_default, metric_rows, read_table
-from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, setting
+from afr.experiments.records import (append_rows_unlocked, environment_info, grid_metric_values, json_default,
+                                     metric_rows, read_table, reuse_record, table_lock, write_record)
+from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
 from afr.experiments.training import evaluation_device
 from afr.io import atomic_write_text
 from afr.losses.contrastive import supervised_info_nce
 from afr.losses.margin import CosFaceMargin
-from afr.meta import MetaConfig, adaptation_step, adapter_parameters, meta_train
+from afr.meta import MetaConfig, adaptation_step, adapter_parameters
+from afr.meta.data import MamlData, load_training_chips
 from afr.meta.episodes import EpisodeSampler, few_shot_support
+from afr.meta.start import meta_learned_start
 from afr.models import create_backbone
-from afr.paths import results_root
+from afr.models.layout import fast_layout
+from afr.paths import MissingResourceError, results_root
+from afr.stats import paired_tests as paired
 from afr.train import seed_everything
 
 __all__ = ["ALL_SHOTS", "DIRECTIONS", "Direction", "EXPERTS", "METHODS", "STARTS", "CrossDomainData",
            "CrossDomainSettings", "ThermalSplit", "adapt", "compare_with_committed", "dalora_from_start",
-           "data_summary", "expert_blocks", "fast_layout", "figure_name", "forgetting_table", "grid_table",
-           "load_data", "load_full_data", "paired_tests", "plot_results", "run_experiment", "run_grid", "run_method", "run_start",
-           "run_zero_shot", "score_dalora", "score_packs", "shared_targets", "shots_label", "skipped_rows",
-           "summary_table", "support_batch", "thermal_split", "view_contrastive_loss", "with_expert_blocks"]
+           "data_summary", "figure_name", "forgetting_table", "grid_table", "load_data", "load_full_data",
+           "paired_tests", "plot_results", "run_experiment", "run_grid", "run_method", "run_start", "run_zero_shot",
+           "score_dalora", "score_packs", "shots_label", "skipped_rows", "stage1_sampler", "summary_table",
+           "support_batch", "thermal_split", "view_contrastive_loss"]
 
 METHODS = ("zero-shot", "lora", "dalora", "dalora+maml", "dalora+maml+contrastive", "dalora+maml+contrastive+semi")
 #: the stage-1 starts: start -> inner SGD steps from the settings? (always first order)
@@ -168,7 +169,8 @@ def _parse_shots(value: Any) -> int:
         return ALL_SHOTS
     shots = int(value)
     if shots < 1 and shots != ALL_SHOTS:  # ALL_SHOTS: already parsed (dataclasses.replace parses again)
-        raise ValueError(f"shots must be at least 1 labelled image per identity or 'all', got {value!r}")
+        raise SettingsError(f"--shots (setting shots) must be at least 1 labelled image per identity or 'all', "
+                            f"got {value!r}", "shots")
     return shots
 
 
@@ -189,11 +191,14 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
     """Notebook 05 / ``python -m afr crossdomain``: every field is a notebook parameter and a CLI option."""
 
     experiment: ClassVar[str] = "crossdomain"
-    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (*ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds")
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (*ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds",
+                                                   "rebuild_starts")
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "backbone", "rank", "meta_steps", "inner_steps", "adapt_steps", "adapt_lr", "contrastive_weight",
         "unlabelled_weight")
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction", *FULL_PROFILE_FIELDS, "adapt_batch")
+    #: shots may be "all": checked when parsed (_parse_shots)
+    RULES: ClassVar[dict[str, Any]] = {"shots": None}
 
     backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded)")
     weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
@@ -240,9 +245,13 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
     output_dir: str | None = setting(None, "runs folder (default runs/)")
     resume: bool = setting(False, "continue an unfinished stage-1 meta-training from its last checkpoint")
     overwrite: bool = setting(False, "run again when the record exists (deletes a start's run folder first)")
+    rebuild_starts: bool = setting(False, "meta-train again a recorded start whose adapter is not on this machine (a "
+                                   "fresh clone has records, not runs/); its record is kept, the rebuilt start's "
+                                   "scores go to <start run folder>/rebuilt.json and into the new runs' records")
     progress: bool = setting(True, "progress bars")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), choices, resume vs overwrite
         self.methods = tuple(self.methods)
         self.seeds = tuple(int(seed) for seed in self.seeds)
         self.shots = tuple(sorted((_parse_shots(k) for k in self.shots), key=lambda k: (k == ALL_SHOTS, k)))
@@ -260,15 +269,9 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
         stems = [Path(path).stem for path in self.target_bins]
         if len(set(stems)) < len(stems) or set(stems) & {"thermal", *FULL_BENCHMARKS}:
             raise ValueError(f"target_bins must have distinct file names other than thermal and the benchmarks': {stems}")
-        if self.adapt_batch is not None and self.adapt_batch < 2:
-            raise ValueError(f"adapt_batch must be at least 2 images (or None: the whole support), got {self.adapt_batch}")
         if not self.shots:
-            raise ValueError("shots must name at least one k (a number of labelled images per identity, or all)")
-        if self.adapt_steps < 1 or self.unlabelled_batch < 2:
-            raise ValueError(f"adapt_steps must be >= 1 and unlabelled_batch >= 2, got {self.adapt_steps}, "
-                             f"{self.unlabelled_batch}")
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other: continue the runs, or start them again")
+            raise SettingsError("--shots (setting shots) must name at least one k (a number of labelled images per "
+                                "identity, or all)", "shots")
 
     def for_run(self, method: str, seed: int) -> CrossDomainSettings:
         """The settings of one run; zero-shot has no seed (it is always seed 0)."""
@@ -365,7 +368,7 @@ def load_data(settings: CrossDomainSettings) -> CrossDomainData:
     profile, :func:`load_full_data`."""
     if settings.data_profile == "full":
         return load_full_data(settings)
-    train = load_training_chips(MamlExperimentSettings(embedded_root=settings.embedded_root, target="thermal_und"))
+    train = load_training_chips(settings.embedded_root, "thermal_und")
     benchmark = load_embedded(settings.embedded_root)
     identities = np.empty(len(train.labels), dtype=object)
     for row in benchmark.manifest():
@@ -459,59 +462,10 @@ def data_summary(data: CrossDomainData, settings: CrossDomainSettings) -> str:
 
 
 # ------------------------------------------------------------------------------------------ models
-def shared_targets(backbone: nn.Module) -> list[str]:
-    """The backbone's LoRA targets that DA-LoRA also adapts: all but those inside its router input (the dlib
-    stem), which must stay frozen. A LoRA start on these is reproduced exactly by a warm-started DA-LoRA."""
-    router_input = resolve_module(backbone, default_router_input(backbone))
-    return [name for name in resolve_targets(backbone, backbone.default_lora_targets)
-            if name != router_input and not name.startswith(router_input + ".")]
-
-
-def fast_layout(backbone: nn.Module) -> nn.Module:
-    """``backbone`` (in place) with its conv weights in the channels-last layout: the same function, about a fifth
-    less CPU time for the dlib ResNet's convolutions with oneDNN, forward and backward."""
-    return backbone.to(memory_format=torch.channels_last)
-
-
 def dalora_from_start(settings: CrossDomainSettings, adapter: Path) -> nn.Module:
     """A fresh backbone with the two DA-LoRA experts, both warm-started from the LoRA adapter of a start."""
     return fast_layout(apply_dalora(create_backbone(settings.backbone, settings.weights), settings.dalora_settings(),
                                     warm_start=adapter).to(evaluation_device(settings)))
-
-
-def _dalora_layers(backbone: nn.Module) -> list[tuple[str, DaLoraLayer]]:
-    return [(name, module) for name, module in backbone.named_modules() if isinstance(module, DaLoraLayer)]
-
-
-def expert_blocks(backbone: nn.Module, expert: str) -> dict[str, Tensor]:
-    """Copies of ``expert``'s rows of every stacked DA-LoRA ``A`` and its columns of every stacked ``B``, under
-    the names of the stacked parameters: the only tensors the adaptation of that expert changes."""
-    index = backbone.dalora_settings.expert_index(expert)
-    blocks = {}
-    for name, layer in _dalora_layers(backbone):
-        rows = slice(index * layer.r, (index + 1) * layer.r)
-        blocks[f"{name}.lora_A.weight"] = layer.lora_A.weight[rows].detach().clone()
-        blocks[f"{name}.lora_B.weight"] = layer.lora_B.weight[:, rows].detach().clone()
-    return blocks
-
-
-def with_expert_blocks(backbone: nn.Module, blocks: Mapping[str, Tensor], expert: str) -> dict[str, Tensor]:
-    """The stacked A/B tensors of the backbone with ``expert``'s blocks replaced by ``blocks`` (differentiable in
-    ``blocks`` only: the other experts' blocks are detached)."""
-    index = backbone.dalora_settings.expert_index(expert)
-    full = {}
-    for name, layer in _dalora_layers(backbone):
-        start, end = index * layer.r, (index + 1) * layer.r
-        a, b = layer.lora_A.weight.detach(), layer.lora_B.weight.detach()
-        full[f"{name}.lora_A.weight"] = torch.cat([a[:start], blocks[f"{name}.lora_A.weight"], a[end:]], dim=0)
-        full[f"{name}.lora_B.weight"] = torch.cat([b[:, :start], blocks[f"{name}.lora_B.weight"], b[:, end:]], dim=1)
-    return full
-
-
-def _load_parameters(backbone: nn.Module, tensors: Mapping[str, Tensor]) -> None:
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            backbone.get_parameter(name).copy_(tensor)
 
 
 # ------------------------------------------------------------------------------------------ adaptation
@@ -602,7 +556,7 @@ def adapt(backbone: nn.Module, params: dict[str, Tensor], to_parameters: ToParam
 # ------------------------------------------------------------------------------------------ scoring
 def score_packs(backbone: nn.Module, packs: Mapping[str, VerificationPack], device: torch.device | str = "cpu",
                 ) -> dict[str, dict[str, Any]]:
-    """:func:`~afr.experiments.baseline.evaluate_on_packs`' protocol (flip test, 10 folds) with the distinct chips
+    """:func:`~afr.eval.packs.evaluate_on_packs`' protocol (flip test, 10 folds) with the distinct chips
     of all ``packs`` embedded once: the mixed thermal pack repeats the chips of the two thermal collections. The
     backbone's conv weights are put in the channels-last layout (:func:`fast_layout`)."""
     images = [image for pack in packs.values() for image in pack.images]
@@ -638,12 +592,8 @@ def _record_path(tag: str) -> Path:
     return results_root() / CrossDomainSettings.experiment / f"{tag}.json"
 
 
-def _write_record(record: Mapping[str, Any], rows: list[dict[str, Any]]) -> None:
-    path = _record_path(record["tag"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=1, default=json_default) + "\n")
-    if rows:
-        append_rows(CrossDomainSettings.experiment, rows)
+def _write_record(record: Mapping[str, Any], rows: list[dict[str, Any]], overwrite: bool = False) -> None:
+    write_record(_record_path(record["tag"]), record, CrossDomainSettings.experiment, rows, overwrite=overwrite)
 
 
 def _tests_by_shots(record: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
@@ -680,47 +630,111 @@ def run_zero_shot(settings: CrossDomainSettings, data: CrossDomainData) -> dict[
         record = {"experiment": settings.experiment, "tag": settings.tag, "method": "zero-shot", "seed": 0,
                   "shots": 0, "settings": {name: getattr(settings, name) for name in ZERO_SHOT_FIELDS}, "test": test,
                   "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
-        _write_record(record, [])
-    else:
-        record = json.loads(path.read_text())
-    table = read_table(settings.experiment)
-    written = set(table.loc[table["run"] == record["tag"], "seed"].astype(int)) if len(table) else set()
-    if fresh or not set(settings.seeds) <= written:
-        append_rows(settings.experiment, _rows(record, settings, sorted(written | set(settings.seeds))))
+        _write_record(record, _rows(record, settings, sorted(_seeds_written(settings.tag) | set(settings.seeds))),
+                      overwrite=settings.overwrite)
+        return record
+    record = json.loads(path.read_text())
+    with table_lock(settings.experiment):  # a record without the rows of this grid's seeds gets them
+        written = _seeds_written(record["tag"])
+        if not set(settings.seeds) <= written:
+            append_rows_unlocked(settings.experiment, _rows(record, settings, sorted(written | set(settings.seeds))))
     return record
+
+
+def _seeds_written(run: str) -> set[int]:
+    table = read_table(CrossDomainSettings.experiment)
+    return set(table.loc[table["run"] == run, "seed"].astype(int)) if len(table) else set()
+
+
+def stage1_sampler(settings: CrossDomainSettings, data: CrossDomainData) -> EpisodeSampler:
+    """The stage-1 episodes of ``settings.seed``: drawn from the direction's source collections only (never a
+    target collection) with the run's seed."""
+    return EpisodeSampler(data.train.labels, data.train.collections, settings.n_way, settings.k_shot,
+                          settings.q_query, allowed=settings.shift.source, seed=settings.seed)
+
+
+class MissingStartError(MissingResourceError):
+    """A run needs a recorded start's adapter, which is not on this machine."""
+
+
+def missing_start_adapters(settings: CrossDomainSettings) -> list[str]:
+    """The starts the grid's unrecorded adaptation runs need whose record exists but whose adapter does not (a fresh
+    clone has ``results/``, not ``runs/``): ``["<start tag> (<adapter folder>)", ...]``."""
+    missing = []
+    for seed in settings.seeds:
+        for method in settings.adapted_methods():
+            run = settings.for_run(method, seed)
+            if not any(not run.not_applicable(method, shots) for shots in run.shots):
+                continue
+            if _record_path(run.tag).is_file() and not run.overwrite:
+                continue
+            start = START_OF[method]
+            adapter = run.start_dir(start) / "adapter"
+            if _record_path(run.start_tag(start)).is_file() and not adapter.is_dir():
+                missing.append(f"{run.start_tag(start)} ({adapter})")
+    return list(dict.fromkeys(missing))
+
+
+def check_starts(settings: CrossDomainSettings) -> None:
+    """Refuse, before any work, a grid that would need a recorded start's missing adapter, unless
+    ``rebuild_starts`` (or ``overwrite``, which retrains the starts anyway)."""
+    missing = [] if settings.rebuild_starts or settings.overwrite else missing_start_adapters(settings)
+    if missing:
+        raise _missing_starts(missing)
+
+
+def _missing_starts(missing: Sequence[str]) -> MissingStartError:
+    return MissingStartError(
+            f"recorded start(s) without their adapter on this machine: {', '.join(missing)}; the adaptation runs "
+            "need them. Pass --rebuild-starts (rebuild_starts=True) to meta-train them again into their run folders "
+            "(their records are kept; the rebuilt starts' scores go to rebuilt.json there and into the new runs' "
+            "records), or run where runs/ holds them")
+
+
+def _train_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, overwrite_folder: bool):
+    """Meta-train a start into its run folder (:func:`afr.meta.start.meta_learned_start`: LoRA on the layers DA-LoRA
+    adapts, channels-last) and score it: ``(adapter, test scores, MetaTrainResult, config)``."""
+    device = evaluation_device(settings)
+    config = settings.meta_config(start)
+    meta = meta_learned_start(settings.backbone, settings.weights, settings.rank, data.train,
+                              stage1_sampler(settings, data), config, settings.start_dir(start), seed=settings.seed,
+                              device=device, targets=shared_targets, channels_last=True, resume=settings.resume,
+                              progress=settings.progress, overwrite=overwrite_folder)
+    test = score_packs(merge_dalora(dalora_from_start(settings, meta.adapter), settings.shift.experts[0]),
+                       data.test_packs, device)
+    return meta.adapter, test, meta.result, config
 
 
 def run_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, need_adapter: bool = True,
               ) -> dict[str, Any]:
     """Stage 1 for ``settings.seed``: meta-train LoRA on the visible collections, save its adapter under
-    ``<start dir>/adapter``, score it on every pack, record. A recorded start is reused unless ``overwrite``, or
-    when ``need_adapter`` and its adapter is gone (then it is meta-trained again)."""
+    ``<start dir>/adapter``, score it on every pack, record. A recorded start is reused unless ``overwrite``.
+    When ``need_adapter`` and a recorded start's adapter is gone, it is meta-trained again only with
+    ``rebuild_starts`` (:class:`MissingStartError` otherwise): its record stays as it is, the rebuilt start's
+    scores go to ``<start dir>/rebuilt.json``, and the returned record carries them (``rebuilt: true``)."""
     tag, run_dir = settings.start_tag(start), settings.start_dir(start)
     path = _record_path(tag)
-    if path.is_file() and not settings.overwrite and (not need_adapter or (run_dir / "adapter").is_dir()):
-        return json.loads(path.read_text())
+    if path.is_file() and not settings.overwrite:
+        record = reuse_record(path, settings.experiment, lambda found: _rows(found, settings, [found["seed"]]))
+        if not need_adapter or (run_dir / "adapter").is_dir():
+            rebuilt = run_dir / "rebuilt.json"
+            return {**record, **json.loads(rebuilt.read_text())} if rebuilt.is_file() else record
+        if not settings.rebuild_starts:
+            raise _missing_starts([f"{tag} ({run_dir / 'adapter'})"])
+        _, test, result, _ = _train_start(settings, data, start, overwrite_folder=not settings.resume)
+        rebuilt = {"rebuilt": True, "test": test, "rebuilt_steps": result.steps}
+        atomic_write_text(run_dir / "rebuilt.json", json.dumps(rebuilt, indent=1, default=json_default) + "\n")
+        return {**record, **rebuilt}
     started = time.time()
-    device = evaluation_device(settings)
-    seed_everything(settings.seed)
-    backbone = create_backbone(settings.backbone, settings.weights)
-    backbone = apply_lora(backbone, LoraSettings(r=settings.rank, alpha=float(settings.rank),
-                                                 target_modules=tuple(shared_targets(backbone))))
-    fast_layout(backbone).to(device)
-    sampler = EpisodeSampler(data.train.labels, data.train.collections, settings.n_way, settings.k_shot,
-                             settings.q_query, allowed=settings.shift.source, seed=settings.seed)
-    config = settings.meta_config(start)
-    result = meta_train(backbone, lambda step: task_batches(data.train, sampler, config.tasks_per_step, step), config,
-                        run_dir, resume=settings.resume, progress=settings.progress, overwrite=settings.overwrite)
-    adapter = save_adapter(backbone, run_dir / "adapter")
-    test = score_packs(merge_dalora(dalora_from_start(settings, adapter), settings.shift.experts[0]), data.test_packs,
-                       device)
+    adapter, test, result, config = _train_start(settings, data, start, overwrite_folder=settings.overwrite)
     record = {"experiment": settings.experiment, "tag": tag, "method": f"{start}-start", "seed": settings.seed,
               "shots": 0, "source": list(settings.shift.source),
               "settings": {name: getattr(settings, name) for name in settings.start_fields(start)},
               "meta_training": {"steps": result.steps, "history": result.history, "first_order": True,
                                 "inner_steps": config.inner_steps, "seconds_per_step": result.seconds_per_step},
-              "test": test, "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
-    _write_record(record, _rows(record, settings, [settings.seed]))
+              "test": test, "environment": environment_info(evaluation_device(settings)),
+              "wall_seconds": round(time.time() - started, 1)}
+    _write_record(record, _rows(record, settings, [settings.seed]), overwrite=settings.overwrite)
     return record
 
 
@@ -740,19 +754,22 @@ def _adapted_model(settings: CrossDomainSettings, adapter: Path) -> tuple[nn.Mod
 def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str, Any]:
     """Adapt the method's start to thermal for every k and score it (zero-shot: :func:`run_zero_shot`); a k the
     method does not apply to is recorded under ``skipped`` with the reason. Reused when recorded, unless
-    overwrite; the start is meta-trained first if its adapter is missing."""
+    overwrite. The start is meta-trained first if it is not recorded; a recorded start whose adapter is missing is
+    rebuilt only with ``rebuild_starts`` (:func:`run_start`)."""
     if settings.method == "zero-shot":
         return run_zero_shot(settings, data)
     path = _record_path(settings.tag)
     if path.is_file() and not settings.overwrite:
-        return json.loads(path.read_text())
+        return reuse_record(path, settings.experiment, lambda record: _rows(record, settings, [record["seed"]]))
     started = time.time()
     start = START_OF[settings.method]
     skipped = {shots_label(shots): settings.not_applicable(settings.method, shots) for shots in settings.shots}
     skipped = {shots: reason for shots, reason in skipped.items() if reason}
     applicable = [shots for shots in settings.shots if shots_label(shots) not in skipped]
+    start_record = {}
     if applicable:
-        start_scores = run_start(dataclasses.replace(settings, overwrite=False), data, start, need_adapter=True)["test"]
+        start_record = run_start(dataclasses.replace(settings, overwrite=False), data, start, need_adapter=True)
+        start_scores = start_record["test"]
     adapter = settings.start_dir(start) / "adapter"
     device = evaluation_device(settings)
     test, adaptation = {}, {}
@@ -761,7 +778,7 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
         backbone, params, to_parameters = _adapted_model(settings, adapter)
         start_visible = None if settings.method == "lora" else expert_blocks(backbone, settings.shift.experts[0])
         params, losses = adapt(backbone, params, to_parameters, data, split, settings)
-        _load_parameters(backbone, to_parameters(params))
+        load_parameters(backbone, to_parameters(params))
         key = f"k{shots_label(shots)}"
         test[key] = (score_packs(merge_lora(backbone), data.test_packs, device) if start_visible is None
                      else score_dalora(backbone, start_visible, start_scores, data, device, settings.shift))
@@ -770,16 +787,17 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
                            "unlabelled_images": len(split.unlabelled), "losses": losses}
     record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
               "seed": settings.seed, "shots": list(settings.shots), "direction": settings.direction,
-              "start": settings.start_tag(start),
+              "start": settings.start_tag(start), **({"start_rebuilt": True} if start_record.get("rebuilt") else {}),
               "settings": dataclasses.asdict(settings), "adaptation": adaptation, "test": test, "skipped": skipped,
               "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
-    _write_record(record, _rows(record, settings, [settings.seed]))
+    _write_record(record, _rows(record, settings, [settings.seed]), overwrite=settings.overwrite)
     return record
 
 
 def run_grid(settings: CrossDomainSettings, data: CrossDomainData) -> dict[tuple[str, int], dict[str, Any]]:
     """Every (method, seed) record, plus ``(<start>-start, seed)`` for the starts the methods use (both starts when
     the direction has no target training images) and ``(zero-shot, seed)`` (the same record for every seed) for forgetting against zero-shot."""
+    check_starts(settings)
     zero = run_zero_shot(settings, data)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in settings.seeds:
@@ -806,9 +824,9 @@ def grid_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
     for (method, seed), record in records.items():
         for shots, packs in _tests_by_shots(record).items():
             for domain, metrics in packs.items():
-                for metric, key in (("accuracy", "accuracy_mean"), ("auc", "auc"), ("eer", "eer")):
+                for metric, value in grid_metric_values(metrics):
                     rows.append({"method": method, "seed": seed, "shots": shots, "domain": domain, "metric": metric,
-                                 "value": metrics[key]})
+                                 "value": value})
     return pd.DataFrame(rows)
 
 
@@ -852,8 +870,9 @@ PAIRS = (("dalora+maml", "lora"), ("dalora+maml+contrastive+semi", "dalora+maml+
 
 
 def paired_tests(table, settings: CrossDomainSettings, metric: str = "auc"):
-    """Paired t-tests over seeds (scipy ``ttest_rel``) of ``dalora+maml`` vs ``lora`` and of the semi-supervised
-    row vs its supervised twin, per k and test pack (notebook 04's test at the one adaptation step count)."""
+    """Paired t-tests over seeds (scipy ``ttest_rel``, :func:`afr.stats.paired_tests`) of ``dalora+maml`` vs
+    ``lora`` and of the semi-supervised row vs its supervised twin, per k and test pack (``settings``: kept for the
+    callers; every run of the table has its one adaptation step count)."""
     import pandas as pd
 
     frames = []
@@ -861,8 +880,7 @@ def paired_tests(table, settings: CrossDomainSettings, metric: str = "auc"):
         pair = table[table["method"].isin((first, second)) & (table["shots"] != 0)]
         for domain, part in pair.groupby("domain", sort=False):
             if set(part["method"]) == {first, second}:
-                tests = paired_tests_per_point(part.assign(steps=settings.adapt_steps), against=first, metric=metric)
-                frames.append(tests.assign(domain=domain).drop(columns="steps"))
+                frames.append(paired(part, first, metric, by=("shots",)).assign(domain=domain))
     columns = ["comparison", "shots", "domain", "metric", "seeds", "mean_difference", "p_value"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 

@@ -36,16 +36,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from afr.adapters.dalora import (DaLoraSettings, apply_dalora, gate_statistics, merge_dalora, save_dalora, set_domains,
-                                 set_gating)
-from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, save_adapter, trainable_parameters
+from afr.adapters import save_adapter
+from afr.adapters.dalora import DaLoraSettings, apply_dalora, gate_statistics, merge_dalora, set_domains, set_gating
+from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, trainable_parameters
 from afr.data.augment import FaceAugment
 from afr.data.verification import VerificationPack
 from afr.eval.extract import chips_to_tensor
-from afr.experiments.baseline import BaselineData, evaluate_on_packs, pack_evaluators
-from afr.experiments.records import (append_rows, environment_info, final_validation_metrics, json_default,
-                                     metric_rows)
-from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, setting
+from afr.eval.packs import evaluate_on_packs, pack_evaluators
+from afr.experiments.baseline import BaselineData
+from afr.experiments.records import (ResultExistsError, append_rows, environment_info, final_validation_metrics,
+                                     grid_metric_values, metric_rows, reuse_record, write_record)
+from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
 from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
 from afr.io import atomic_write_bytes, atomic_write_text
 from afr.models import create_backbone
@@ -111,17 +112,13 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings):
                                      "committed grid; replaces the adapters published before)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), resume vs overwrite, batch shape
         self.methods = tuple(self.methods)
         self.seeds = tuple(int(seed) for seed in self.seeds)
         self.search_lrs = tuple(float(lr) for lr in self.search_lrs)
         unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other: continue the runs, or start them again")
-        if self.batch_size % self.images_per_identity:
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of images_per_identity "
-                             f"{self.images_per_identity}")
+            raise SettingsError(f"--methods: unknown method(s) {unknown}; choose from {METHODS}", "methods")
 
 
 def load_data(settings: DaLoraExperimentSettings) -> BaselineData:
@@ -149,7 +146,7 @@ def adapt(backbone: nn.Module, settings: DaLoraExperimentSettings, train_dataset
     domains, codes = expert_domains(train_dataset)
     if settings.method.startswith("lora"):
         rank = settings.rank * (len(domains) if settings.method == "lora-matched" else 1)
-        return apply_lora(backbone, LoraSettings(r=rank, alpha=float(rank)))
+        return apply_lora(backbone, LoraSettings.square(rank))
     gating = settings.method.split("-", 1)[1]
     adapter = adapter or DaLoraSettings(
         r=settings.rank, alpha=float(settings.rank), domains=domains, domain_codes=codes, gating=gating,
@@ -170,10 +167,6 @@ def parameter_groups(model: nn.Module, settings: DaLoraExperimentSettings) -> li
     groups[0]["params"] = [p for p in groups[0]["params"] if id(p) not in router_ids]
     return [*groups, {"params": list(router.parameters()), "lr": settings.router_lr,
                       "weight_decay": settings.weight_decay}]
-
-
-def save_any_adapter(backbone: nn.Module, directory: Path) -> Path:
-    return save_dalora(backbone, directory) if hasattr(backbone, "dalora_settings") else save_adapter(backbone, directory)
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -279,11 +272,12 @@ def run_method(settings: DaLoraExperimentSettings, data: BaselineData, adapter: 
     ``adapter`` and ``warm_start``: see :func:`adapt` (the run's tag must tell them apart: the ablations' does).
     ``gate_statistics=False`` skips the classifier router's per-epoch gate statistics and the test gate table: each
     is one more pass over every image of every pack (pairs not deduplicated), more than a training epoch here.
-    ``channels_last`` keeps the conv weights channels-last (:func:`afr.experiments.crossdomain.fast_layout`): the same
+    ``channels_last`` keeps the conv weights channels-last (:func:`afr.models.layout.fast_layout`): the same
     function up to rounding, about a fifth less CPU time for the dlib ResNet's convolutions."""
     path = record_path(settings)
     if path.is_file() and not settings.overwrite:
-        return RunOutcome(json.loads(path.read_text()), reused=True)
+        return RunOutcome(reuse_record(path, settings.experiment, lambda record: run_rows(settings, record)),
+                          reused=True)
     started = time.time()
     seed_everything(settings.seed)
     backbone = create_backbone(settings.backbone, settings.weights)
@@ -304,7 +298,7 @@ def run_method(settings: DaLoraExperimentSettings, data: BaselineData, adapter: 
     trainer = Trainer(model, data.train, config, augment=FaceAugment() if settings.augment else None,
                       evaluators=evaluators, param_groups=parameter_groups(model, settings))
     result = trainer.fit(resume=settings.resume)
-    save_any_adapter(backbone, result.output_dir / "adapter")
+    save_adapter(backbone, result.output_dir / "adapter")  # LoRA or DA-LoRA (afr.adapters registry), with its type
     test = None
     if settings.score_test:
         test = evaluate_adapted(backbone, settings.method, data.test_packs, evaluation_device(settings))
@@ -318,14 +312,18 @@ def run_method(settings: DaLoraExperimentSettings, data: BaselineData, adapter: 
     }
     if settings.method == "dalora-classifier" and test is not None and gate_statistics:
         record["gates"] = gate_table(backbone, data.test_packs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=1, default=json_default) + "\n")
-    rows = metric_rows(settings.experiment, settings.tag, settings.method, settings.seed, test or {},
-                       {"split": "test", **settings.table_columns()})
-    rows += metric_rows(settings.experiment, settings.tag, settings.method, settings.seed,
-                        final_validation_metrics(result.history), {"split": "val", **settings.table_columns()})
-    append_rows(settings.experiment, rows)
+    write_record(path, record, settings.experiment, run_rows(settings, record), overwrite=settings.overwrite)
     return RunOutcome(record, backbone)
+
+
+def run_rows(settings: DaLoraExperimentSettings, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Tidy rows of a run's record: its test metrics (split ``test``) and last epoch's validation metrics (``val``)."""
+    columns = settings.table_columns()
+    rows = metric_rows(settings.experiment, record["tag"], record["method"], record["seed"], record["test"] or {},
+                       {"split": "test", **columns})
+    rows += metric_rows(settings.experiment, record["tag"], record["method"], record["seed"],
+                        final_validation_metrics(record["train"]["history"]), {"split": "val", **columns})
+    return rows
 
 
 
@@ -347,36 +345,25 @@ def grid_table(outcomes: Mapping[tuple[str, int], RunOutcome], zero: Mapping[str
     rows = []
     for (method, seed), outcome in outcomes.items():
         for domain, metrics in (outcome.record["test"] or {}).items():
-            for metric, key in (("accuracy", "accuracy_mean"), ("auc", "auc"), ("eer", "eer")):
-                rows.append({"method": method, "seed": seed, "domain": domain, "metric": metric, "value": metrics[key]})
+            for metric, value in grid_metric_values(metrics):
+                rows.append({"method": method, "seed": seed, "domain": domain, "metric": metric, "value": value})
     for seed in sorted({seed for _, seed in outcomes}):
         for domain, metrics in (zero or {}).items():
-            for metric, key in (("accuracy", "accuracy_mean"), ("auc", "auc"), ("eer", "eer")):
+            for metric, value in grid_metric_values(metrics):
                 rows.append({"method": "zero-shot", "seed": seed, "domain": domain, "metric": metric,
-                             "value": metrics[key]})
+                             "value": value})
     return pd.DataFrame(rows)
 
 
 def paired_tests(table, against: str = "dalora-classifier", metric: str = "auc"):
-    """Paired t-test over seeds (scipy) of ``against`` vs every other trained method, per domain.
+    """Paired t-test over seeds (scipy) of ``against`` vs every other trained method, per domain
+    (:func:`afr.stats.paired_tests`).
 
     With n seeds the test has n - 1 degrees of freedom: three seeds can only flag large, consistent gaps.
     """
-    import pandas as pd
-    from scipy.stats import ttest_rel
+    from afr.stats import paired_tests as paired
 
-    rows = []
-    chosen = table[table["metric"] == metric]
-    for method in [m for m in chosen["method"].unique() if m not in (against, "zero-shot")]:
-        for domain in chosen["domain"].unique():
-            a = chosen[(chosen["method"] == against) & (chosen["domain"] == domain)].set_index("seed")["value"]
-            b = chosen[(chosen["method"] == method) & (chosen["domain"] == domain)].set_index("seed")["value"]
-            seeds = sorted(set(a.index) & set(b.index))
-            difference = float((a[seeds] - b[seeds]).mean()) if seeds else float("nan")
-            p_value = float(ttest_rel(a[seeds], b[seeds]).pvalue) if len(seeds) >= 2 else float("nan")
-            rows.append({"comparison": f"{against} - {method}", "domain": domain, "metric": metric,
-                         "seeds": len(seeds), "mean_difference": difference, "p_value": p_value})
-    return pd.DataFrame(rows)
+    return paired(table, against, metric, by=("domain",), exclude=("zero-shot",), sort=False)
 
 
 # ------------------------------------------------------------------------------------------ search, zero-shot rows
@@ -427,7 +414,7 @@ def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:
     record_zero_shot(settings, zero)
     outcomes = run_grid(settings, data, learning_rates)
     if settings.publish_adapters:
-        export_adapters(outcomes)
+        export_adapters(outcomes, overwrite=settings.overwrite)
     table = grid_table(outcomes, zero)
     summary = table.groupby(["method", "domain", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
     return {"experiment": settings.experiment, "learning_rates": learning_rates,
@@ -435,15 +422,27 @@ def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:
             "summary": summary.to_dict(orient="records")}
 
 
-def export_adapters(outcomes: Mapping[tuple[str, int], RunOutcome]) -> list[Path]:
+def export_adapters(outcomes: Mapping[tuple[str, int], RunOutcome], overwrite: bool = False) -> list[Path]:
     """Copy each run's adapter to ``results/adapters/<method>_seed<k>/`` (atomically, file by file), with
-    ``source.json`` naming the run whose record (``results/dalora/<tag>.json``) holds its settings and test metrics."""
-    published = []
+    ``source.json`` naming the run whose record (``results/dalora/<tag>.json``) holds its settings and test metrics.
+
+    An adapter published there by another run (another tag in its ``source.json``) is replaced only with
+    ``overwrite``; otherwise :class:`ResultExistsError` is raised before anything is copied."""
+    chosen = {}
     for (method, seed), outcome in outcomes.items():
         source = Path(outcome.record["train"]["run_dir"]) / "adapter"
         if not source.is_dir():
             continue  # a reused record whose run folder is not on this machine: its committed copy stays
-        target = results_root() / "adapters" / f"{method}_seed{seed}"
+        chosen[method, seed] = (outcome, source, results_root() / "adapters" / f"{method}_seed{seed}")
+    taken = [f"{target} (run {json.loads((target / 'source.json').read_text())['tag']})"
+             for outcome, _, target in chosen.values()
+             if (target / "source.json").is_file()
+             and json.loads((target / "source.json").read_text())["tag"] != outcome.record["tag"]]
+    if taken and not overwrite:
+        raise ResultExistsError(f"{', '.join(taken)} already holds the adapter another run published; pass "
+                                "--overwrite (overwrite=True) to replace it")
+    published = []
+    for (method, seed), (outcome, source, target) in chosen.items():
         target.mkdir(parents=True, exist_ok=True)
         for file in sorted(source.iterdir()):
             atomic_write_bytes(target / file.name, file.read_bytes())

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,25 +33,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from afr.adapters.lora import LoraSettings, apply_lora, save_adapter, trainable_parameters
-from afr.data.collections import collection_pack, training_collections
-from afr.data.embedded import EmbeddedBenchmark, load_embedded
-from afr.data.verification import VerificationPack
-from afr.eval.extract import chips_to_tensor
-from afr.experiments.baseline import evaluate_on_packs
-from afr.experiments.records import append_rows, environment_info, json_default, metric_rows
-from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, setting
+from afr.adapters.lora import trainable_parameters
+from afr.eval.packs import evaluate_on_packs
+from afr.experiments.records import (environment_info, grid_metric_values, metric_rows, reuse_record,
+                                     write_record)
+from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
 from afr.experiments.training import evaluation_device
-from afr.io import atomic_write_text
 from afr.losses.margin import CosFaceMargin
-from afr.meta import MetaConfig, TaskBatch, adapter_parameters, inner_adapt, meta_train
+from afr.meta import MetaConfig, adapter_parameters, inner_adapt
+# MamlData and task_batches live in afr.meta.data; importable from here too
+from afr.meta.data import MamlData, load_training_chips, task_batches  # noqa: F401
 from afr.meta.episodes import EpisodeSampler, few_shot_support
-from afr.models import create_backbone
+from afr.meta.start import meta_learned_start
 from afr.paths import results_root
-from afr.train import seed_everything
 
-__all__ = ["METHODS", "MamlData", "MamlExperimentSettings", "adaptation_curves", "curve_table", "load_data",
-           "run_method", "run_grid"]
+__all__ = ["METHODS", "MamlData", "MamlExperimentSettings", "adaptation_curves", "curve_table", "episode_sampler",
+           "load_data", "run_method", "run_grid"]
 
 METHODS = ("maml", "fomaml", "pooled-lora", "random")
 #: how each method meta-trains: (inner steps from the settings?, first order)
@@ -64,7 +60,8 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings):
     """Notebook 04 / ``python -m afr maml``: every field is a notebook parameter and a CLI option."""
 
     experiment: ClassVar[str] = "maml"
-    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (*ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds")
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
+        *ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds", "checkpoint_every")
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "backbone", "rank", "target", "meta_steps", "inner_steps", "inner_lr", "meta_lr")
 
@@ -97,8 +94,12 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings):
     resume: bool = setting(False, "continue an unfinished meta-training from its last checkpoint")
     overwrite: bool = setting(False, "run again when the record exists (deletes that run's folder first)")
     progress: bool = setting(True, "progress bars")
+    checkpoint_every: int = setting(5, "checkpoint the meta-training every this many outer steps (and at the end): "
+                                    "a killed run continues from there with --resume (5 steps: well under a minute "
+                                    "of CPU work lost)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), resume vs overwrite
         self.methods = tuple(self.methods)
         self.seeds = tuple(int(seed) for seed in self.seeds)
         self.sources = tuple(self.sources)
@@ -106,77 +107,51 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings):
         self.steps = tuple(sorted(int(step) for step in self.steps))
         unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
+            raise SettingsError(f"--methods: unknown method(s) {unknown}; choose from {METHODS}", "methods")
         if self.target in self.sources:
-            raise ValueError(f"the target collection {self.target!r} cannot also be a source")
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other: continue the runs, or start them again")
+            raise SettingsError(f"the target collection {self.target!r} (--target) cannot also be a source (--sources)",
+                                "target", "sources")
 
     def meta_config(self) -> MetaConfig:
         """The outer/inner loop settings of this run's method (``random`` has none)."""
         uses_inner, first_order = META_VARIANTS[self.method]
         return MetaConfig(inner_steps=self.inner_steps if uses_inner else 0, inner_lr=self.inner_lr,
                           first_order=first_order, meta_lr=self.meta_lr, meta_steps=self.meta_steps,
-                          tasks_per_step=self.tasks_per_step, seed=self.seed)
+                          tasks_per_step=self.tasks_per_step, checkpoint_every=self.checkpoint_every,
+                          seed=self.seed)
 
 
 # ------------------------------------------------------------------------------------------ data
-@dataclass
-class MamlData:
-    """Training chips in memory with identity labels and collections, and the target's test pack."""
-
-    chips: list[np.ndarray]
-    labels: np.ndarray
-    collections: np.ndarray
-    target_pack: VerificationPack
-    image_size: int
-
-    def images(self, indices) -> torch.Tensor:
-        return chips_to_tensor([self.chips[i] for i in indices], self.image_size)
-
-
 def load_data(settings: MamlExperimentSettings) -> MamlData:
-    benchmark: EmbeddedBenchmark = load_embedded(settings.embedded_root)
-    dataset = benchmark.train_dataset()
-    chips, labels = [], []
-    for index in range(len(dataset)):
-        image, label, _ = dataset[index]
-        chips.append(image)
-        labels.append(label)
-    return MamlData(chips, np.asarray(labels), training_collections(benchmark),
-                    collection_pack(benchmark, settings.target, "test"), benchmark.config.image_size)
+    """The training chips in memory and the target collection's test pack
+    (:func:`afr.meta.data.load_training_chips`)."""
+    return load_training_chips(settings.embedded_root, settings.target)
 
 
-def task_batches(data: MamlData, sampler: EpisodeSampler, count: int, step: int) -> list[TaskBatch]:
-    """The ``count`` episodes of outer step ``step`` (deterministic in the step, so a resumed run draws the same)."""
-    batches = []
-    for index in range(step * count, (step + 1) * count):
-        episode = sampler.episode(index)
-        batches.append(TaskBatch(
-            support_images=data.images(episode.support), support_labels=torch.as_tensor(episode.support_labels()),
-            query_images=data.images(episode.query), query_labels=torch.as_tensor(episode.query_labels()),
-            n_classes=len(episode.identities), domain=episode.collection))
-    return batches
+def episode_sampler(settings: MamlExperimentSettings, data: MamlData) -> EpisodeSampler:
+    """The run's meta-training episodes: drawn from ``settings.sources`` only (never the held-out target) with the
+    run's seed."""
+    return EpisodeSampler(data.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
+                          allowed=settings.sources, seed=settings.seed)
 
 
 # ------------------------------------------------------------------------------------------ one run
 def initialisation(settings: MamlExperimentSettings, data: MamlData) -> tuple[nn.Module, dict[str, Any]]:
-    """The backbone with LoRA, its LoRA tensors meta-trained as the method says; and the meta-training summary."""
-    seed_everything(settings.seed)
-    backbone = apply_lora(create_backbone(settings.backbone, settings.weights),
-                          LoraSettings(r=settings.rank, alpha=float(settings.rank)))
-    backbone.to(evaluation_device(settings))
-    if settings.method == "random":
-        return backbone, {"steps": 0}
-    sampler = EpisodeSampler(data.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
-                             allowed=settings.sources, seed=settings.seed)
-    config = settings.meta_config()
-    result = meta_train(backbone, lambda step: task_batches(data, sampler, config.tasks_per_step, step), config,
-                        settings.run_dir, resume=settings.resume, progress=settings.progress,
-                        overwrite=settings.overwrite)
-    return backbone, {"steps": result.steps, "history": result.history,
-                      "seconds_per_step": result.seconds_per_step, "first_order": config.first_order,
-                      "inner_steps": config.inner_steps}
+    """The backbone with LoRA, its LoRA tensors meta-trained as the method says
+    (:func:`afr.meta.start.meta_learned_start`, adapter saved under ``<run dir>/adapter``); and the meta-training
+    summary."""
+    meta = settings.method != "random"
+    config = settings.meta_config() if meta else None
+    start = meta_learned_start(settings.backbone, settings.weights, settings.rank, data,
+                               episode_sampler(settings, data) if meta else None, config, settings.run_dir,
+                               seed=settings.seed, device=evaluation_device(settings), resume=settings.resume,
+                               progress=settings.progress, overwrite=settings.overwrite)
+    if start.result is None:
+        return start.backbone, {"steps": 0}
+    result = start.result
+    return start.backbone, {"steps": result.steps, "history": result.history,
+                            "seconds_per_step": result.seconds_per_step, "first_order": config.first_order,
+                            "inner_steps": config.inner_steps}
 
 
 def adaptation_curves(backbone: nn.Module, data: MamlData, settings: MamlExperimentSettings,
@@ -219,11 +194,9 @@ def run_method(settings: MamlExperimentSettings, data: MamlData) -> dict[str, An
     """Meta-train (or not), adapt to the target for every k, record; a recorded run is reused unless overwrite."""
     path = record_path(settings)
     if path.is_file() and not settings.overwrite:
-        return json.loads(path.read_text())
+        return reuse_record(path, settings.experiment, lambda record: curve_rows(record, settings))
     started = time.time()
     backbone, meta = initialisation(settings, data)
-    if settings.method != "random":
-        save_adapter(backbone, settings.run_dir / "adapter")
     trainable, total = trainable_parameters(backbone)
     curves = adaptation_curves(backbone, data, settings)
     record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
@@ -231,9 +204,7 @@ def run_method(settings: MamlExperimentSettings, data: MamlData) -> dict[str, An
               "meta_training": {**meta, "adapter_parameters": trainable, "backbone_parameters": total - trainable},
               "curves": curves, "environment": environment_info(evaluation_device(settings)),
               "wall_seconds": round(time.time() - started, 1)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=1, default=json_default) + "\n")
-    append_rows(settings.experiment, curve_rows(record, settings))
+    write_record(path, record, settings.experiment, curve_rows(record, settings), overwrite=settings.overwrite)
     return record
 
 
@@ -265,9 +236,9 @@ def curve_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
     for (method, seed), record in records.items():
         for shots, curve in record["curves"].items():
             for steps, metrics in curve.items():
-                for metric, key in (("accuracy", "accuracy_mean"), ("auc", "auc"), ("eer", "eer")):
+                for metric, value in grid_metric_values(metrics):
                     rows.append({"method": method, "seed": seed, "shots": int(shots), "steps": int(steps),
-                                 "metric": metric, "value": metrics[key]})
+                                 "metric": metric, "value": value})
     return pd.DataFrame(rows)
 
 
@@ -301,22 +272,11 @@ def support_summary(data: MamlData, settings: MamlExperimentSettings) -> str:
 
 
 def paired_tests(table, against: str = "maml", metric: str = "auc"):
-    """Paired t-test over seeds (scipy) of ``against`` vs every other method, per (shots, steps)."""
-    import pandas as pd
-    from scipy.stats import ttest_rel
+    """Paired t-test over seeds (scipy) of ``against`` vs every other method, per (shots, steps)
+    (:func:`afr.stats.paired_tests`)."""
+    from afr.stats import paired_tests as paired
 
-    chosen = table[table["metric"] == metric]
-    rows = []
-    for method in [m for m in chosen["method"].unique() if m != against]:
-        for (shots, steps), group in chosen.groupby(["shots", "steps"]):
-            a = group[group["method"] == against].set_index("seed")["value"]
-            b = group[group["method"] == method].set_index("seed")["value"]
-            seeds = sorted(set(a.index) & set(b.index))
-            rows.append({"comparison": f"{against} - {method}", "shots": shots, "steps": steps, "metric": metric,
-                         "seeds": len(seeds),
-                         "mean_difference": float((a[seeds] - b[seeds]).mean()) if seeds else float("nan"),
-                         "p_value": float(ttest_rel(a[seeds], b[seeds]).pvalue) if len(seeds) >= 2 else float("nan")})
-    return pd.DataFrame(rows)
+    return paired(table, against, metric, by=("shots", "steps"))
 
 
 def _as_test_record(record: Mapping[str, Any]) -> dict[str, Any]:

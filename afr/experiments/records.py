@@ -6,25 +6,33 @@
   columns :data:`TABLE_COLUMNS` plus the settings that differ from the defaults, so summaries,
   significance tests, figures and the paper all read one table with pandas. Re-recording a run
   replaces that run's rows and nothing else.
+
+Nothing is lost: a record and its rows are written together under the table's lock
+(:func:`write_record`; if the rows cannot be written the record is taken back), a reused record gets
+its rows back if a run was killed between the two writes (:func:`reuse_record`), and concurrent
+writers of one table wait for each other (:func:`table_lock`), so every row of each is kept.
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import platform
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from afr.io import atomic_write_text
+from afr.io import atomic_write_bytes, atomic_write_text
 from afr.paths import results_root, tables_root
 
-__all__ = ["TABLE_COLUMNS", "ResultExistsError", "append_rows", "environment_info", "final_validation_metrics", "json_default",
-           "metric_rows",
-           "read_table", "result_path", "save_result"]
+__all__ = ["GRID_METRICS", "TABLE_COLUMNS", "ResultExistsError", "append_rows", "append_rows_unlocked",
+           "environment_info", "file_lock", "final_validation_metrics", "grid_metric_values", "has_rows",
+           "json_default", "metric_rows", "read_table", "result_path", "reuse_record", "save_result", "table_lock",
+           "table_path", "write_record"]
 
 #: the columns every tidy table starts with
 TABLE_COLUMNS = ("experiment", "run", "method", "domain", "metric", "seed", "value")
@@ -76,11 +84,86 @@ def check_result_free(tag: str, overwrite: bool) -> Path:
 
 
 def save_result(result: Mapping[str, Any], tag: str, overwrite: bool = False) -> Path:
-    """Write ``results/<tag>.json`` atomically and return its path."""
+    """Write ``results/<tag>.json`` atomically (no table rows: see :func:`write_record`) and return its path."""
     path = check_result_free(tag, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(result, indent=1, default=json_default) + "\n")
+    atomic_write_text(path, _record_text(result))
     return path
+
+
+def _record_text(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, indent=1, default=json_default) + "\n"
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if absent) for the ``with`` block; other processes wait.
+    The lock goes with the process: a writer killed mid-way never leaves the table locked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def table_path(experiment: str) -> Path:
+    """``results/tables/<experiment>.csv``."""
+    return tables_root() / f"{experiment}.csv"
+
+
+def table_lock(experiment: str):
+    """The lock every writer of ``experiment``'s table (and of its records, see :func:`write_record`) holds."""
+    return file_lock(tables_root() / f".{experiment}.lock")
+
+
+def write_record(path: str | Path, record: Mapping[str, Any], experiment: str,
+                 rows: Iterable[Mapping[str, Any]] = (), overwrite: bool = False) -> Path:
+    """Write a run's JSON record at ``path`` and its ``rows`` into the experiment's table, together.
+
+    Both happen under :func:`table_lock`: an existing record is replaced only with ``overwrite`` (checked under the
+    lock, so two identical runs cannot both record), and if the rows cannot be written (a full disk, say) the
+    record is taken back (deleted, or the earlier one put back) before the error propagates. A process killed
+    between the two writes leaves a record without rows, which :func:`reuse_record` repairs."""
+    path, rows = Path(path), [dict(row) for row in rows]
+    with table_lock(experiment):
+        if path.exists() and not overwrite:
+            raise ResultExistsError(f"{path} already holds the result of a run with these settings; pass --overwrite "
+                                    "(overwrite=True in Python) to replace it, or change a setting")
+        previous = path.read_bytes() if path.exists() else None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, _record_text(record))
+        try:
+            if rows:
+                append_rows_unlocked(experiment, rows)
+        except BaseException:
+            if previous is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(path, previous)
+            raise
+    return path
+
+
+def has_rows(experiment: str, run: str) -> bool:
+    """Whether the experiment's table holds a row of ``run``."""
+    table = read_table(experiment)
+    return bool(len(table)) and bool((table["run"] == run).any())
+
+
+def reuse_record(path: str | Path, experiment: str,
+                 rows_of: Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """A finished run's record, read back; if the table holds none of its rows (a run killed between writing the
+    record and its rows), ``rows_of(record)`` are written now, so a rerun repairs the table instead of skipping it."""
+    record = json.loads(Path(path).read_text())
+    with table_lock(experiment):
+        if not has_rows(experiment, record["tag"]):
+            rows = list(rows_of(record))
+            if rows:
+                append_rows_unlocked(experiment, rows)
+    return record
 
 
 def metric_rows(experiment: str, run: str, method: str, seed: int, metrics_by_domain: Mapping[str, Mapping],
@@ -110,14 +193,22 @@ def read_table(experiment: str):
     """``results/tables/<experiment>.csv`` as a pandas DataFrame (empty with the common columns if absent)."""
     import pandas as pd
 
-    path = tables_root() / f"{experiment}.csv"
+    path = table_path(experiment)
     if not path.is_file():
         return pd.DataFrame(columns=list(TABLE_COLUMNS))
     return pd.read_csv(path)
 
 
 def append_rows(experiment: str, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Add ``rows`` to the experiment's table, replacing earlier rows of the same runs; atomic."""
+    """Add ``rows`` to the experiment's table, replacing earlier rows of the same runs; atomic, and under
+    :func:`table_lock` (concurrent writers keep every row)."""
+    rows = [dict(row) for row in rows]
+    with table_lock(experiment):
+        return append_rows_unlocked(experiment, rows)
+
+
+def append_rows_unlocked(experiment: str, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """:func:`append_rows` for a caller that holds :func:`table_lock` already (a read-check-write of its own)."""
     import pandas as pd
 
     new = pd.DataFrame([dict(row) for row in rows])
@@ -130,7 +221,7 @@ def append_rows(experiment: str, rows: Iterable[Mapping[str, Any]]) -> Path:
     ordered = list(TABLE_COLUMNS) + [column for column in table.columns if column not in TABLE_COLUMNS]
     buffer = io.StringIO()
     table[ordered].to_csv(buffer, index=False)
-    path = tables_root() / f"{experiment}.csv"
+    path = table_path(experiment)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, buffer.getvalue())
     return path
@@ -145,3 +236,17 @@ def json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+#: the metrics of the notebooks' long tables (``grid_table``, ``curve_table``), by column name
+GRID_METRICS = ("accuracy", "auc", "eer")
+
+
+def grid_metric_values(metrics: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """``(metric, value)`` for accuracy, AUC and EER (:data:`GRID_METRICS`, read under their
+    :data:`TABLE_METRICS` keys) of one pack's metrics (``VerificationResult.to_dict()``); a metric it lacks is
+    left out. One loop for every notebook's long table."""
+    for metric in GRID_METRICS:
+        key = TABLE_METRICS[metric]
+        if key in metrics:
+            yield metric, metrics[key]

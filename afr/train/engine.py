@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from afr.io import atomic_write_text
+from afr.io import atomic_write_text, claim_folder
 from afr.train import distributed
 from afr.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -399,6 +399,11 @@ class Trainer:
         """
         if self._fit_called and not resume:
             raise RuntimeError("this Trainer has already trained; build a new Trainer for a fresh run")
+        # rank 0 holds the folder while it trains: another process training into it is refused at once
+        with claim_folder(self.output_dir) if self.dist.is_main else nullcontext():
+            return self._fit(resume)
+
+    def _fit(self, resume: bool | str | Path) -> TrainResult:
         if not resume:
             self._refuse_to_replace_a_run()
         self._fit_called = True
@@ -643,8 +648,9 @@ class Trainer:
         found = self.dist.is_main and _holds_run(self.output_dir)
         if distributed.any_rank(found, self.device):
             raise RunExistsError(
-                f"{self.output_dir} already holds a training run (checkpoints or metrics.jsonl): pass "
-                "fit(resume=True) to continue it, or TrainConfig(overwrite=True) to delete it and start again"
+                f"{self.output_dir} already holds a training run (checkpoints or metrics.jsonl): pass --resume "
+                "(fit(resume=True) in Python) to continue it, or --overwrite (TrainConfig(overwrite=True)) to delete "
+                "it and start again"
             )
 
     def _start_fresh(self) -> None:

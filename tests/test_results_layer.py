@@ -1,0 +1,201 @@
+"""The results layer loses nothing: locked table appends, a record and its rows together, repaired rows on reuse,
+``--resume`` never over a finished record, no committed record retrained over on a fresh clone (no runs/)."""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import multiprocessing
+import shutil
+
+import pandas as pd
+import pytest
+
+from afr.experiments import records
+from afr.experiments.records import (ResultExistsError, append_rows, read_table, reuse_record, table_path,
+                                     write_record)
+from afr.io import FolderInUseError, claim_folder
+from afr.paths import PROJECT_ROOT
+
+COMMITTED = PROJECT_ROOT / "results"
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """Empty results and runs folders (a fresh clone's runs/, a results/ we may write)."""
+    monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("AFR_RUNS", str(tmp_path / "runs"))
+    return tmp_path
+
+
+def _row(run: str, value: float = 0.5) -> dict:
+    return {"experiment": "demo", "run": run, "method": "lora", "domain": "orl", "metric": "auc", "seed": 0,
+            "value": value}
+
+
+def _append_many(results: str, writer: int, count: int) -> None:
+    import os
+
+    os.environ["AFR_RESULTS"] = results
+    for index in range(count):
+        append_rows("demo", [_row(f"w{writer}-{index}")])
+
+
+def test_concurrent_appends_keep_every_row(scratch):
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_append_many, args=(str(scratch / "results"), writer, 40)) for writer in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    table = read_table("demo")
+    assert sorted(table["run"]) == sorted(f"w{w}-{i}" for w in (0, 1) for i in range(40))
+
+
+def test_a_record_and_its_rows_land_together_or_not_at_all(scratch, monkeypatch):
+    path = scratch / "results" / "demo" / "run-a.json"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(records, "append_rows_unlocked", disk_full)
+        with pytest.raises(OSError):
+            write_record(path, {"tag": "run-a", "value": 1}, "demo", [_row("run-a")])
+    assert not path.exists()  # the record was taken back with its rows
+    write_record(path, {"tag": "run-a", "value": 1}, "demo", [_row("run-a", 0.5)])
+    with monkeypatch.context() as patch:  # a replacement that fails puts the earlier record back
+        patch.setattr(records, "append_rows_unlocked", disk_full)
+        with pytest.raises(OSError):
+            write_record(path, {"tag": "run-a", "value": 2}, "demo", [_row("run-a", 0.9)], overwrite=True)
+    assert json.loads(path.read_text())["value"] == 1
+    assert read_table("demo")["value"].tolist() == [0.5]
+    with pytest.raises(ResultExistsError, match="--overwrite"):
+        write_record(path, {"tag": "run-a", "value": 3}, "demo", [_row("run-a")])
+    assert json.loads(path.read_text())["value"] == 1
+
+
+def test_reusing_a_record_without_rows_repairs_the_table(scratch):
+    path = scratch / "results" / "demo" / "run-b.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"tag": "run-b", "value": 0.7}))  # a run killed between record and rows
+    record = reuse_record(path, "demo", lambda found: [_row(found["tag"], found["value"])])
+    assert record["value"] == 0.7
+    assert read_table("demo")[["run", "value"]].values.tolist() == [["run-b", 0.7]]
+    reuse_record(path, "demo", lambda found: pytest.fail("rows present: nothing to repair"))
+
+
+def _committed_settings(settings_class, record_path):
+    record = json.loads(record_path.read_text())
+    names = {f.name for f in dataclasses.fields(settings_class)}
+    settings = settings_class(**{k: v for k, v in record["settings"].items() if k in names})
+    assert settings.tag == record["tag"]
+    return settings, record
+
+
+def test_a_reused_maml_record_gets_its_committed_rows_back(scratch):
+    from afr.experiments import maml
+
+    source = sorted((COMMITTED / "maml").glob("maml_maml_seed1_*.json"))[0]
+    settings, record = _committed_settings(maml.MamlExperimentSettings, source)
+    target = maml.record_path(settings)
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(source, target)
+    assert maml.run_method(settings, data=None)["tag"] == record["tag"]  # reused: no data needed
+    committed = pd.read_csv(COMMITTED / "tables" / "maml.csv")
+    key = ["run", "method", "domain", "metric", "seed", "shots", "steps"]
+    expected = committed[committed["run"] == record["tag"]].sort_values(key).reset_index(drop=True)
+    repaired = read_table("maml").sort_values(key).reset_index(drop=True)
+    assert len(repaired) == len(expected) > 0
+    pd.testing.assert_frame_equal(repaired[key + ["value"]], expected[key + ["value"]], check_dtype=False)
+
+
+def test_resume_never_replaces_a_finished_baseline_record(scratch):
+    from afr.experiments.baseline import claim_run
+    from afr.experiments.settings import BaselineSettings
+
+    settings = BaselineSettings(resume=True)
+    path = records.result_path(settings.tag)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"finished": true}\n')
+    with pytest.raises(ResultExistsError, match="--resume continues only an unfinished run"):
+        claim_run(settings)
+    assert claim_run(dataclasses.replace(settings, resume=False, overwrite=True))  # told to: allowed
+    assert path.read_text() == '{"finished": true}\n'
+
+
+def test_a_fresh_clone_never_retrains_over_a_committed_start(scratch):
+    """runs/ empty, results/ with a committed start record: an adaptation with new settings needs the start's
+    adapter; it is refused before any work, naming the flag, and the committed record stays byte for byte."""
+    from afr.experiments import crossdomain
+
+    source = sorted((COMMITTED / "crossdomain").glob("crossdomain_pooled-start_seed0_*.json"))[0]
+    committed = json.loads(source.read_text())
+    settings = crossdomain.CrossDomainSettings(methods=("lora",), seeds=(0,), shots=(3,), adapt_steps=1,
+                                               progress=False)
+    assert settings.for_run("lora", 0).start_tag("pooled") == committed["tag"]
+    target = crossdomain.results_root() / "crossdomain" / source.name
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(source, target)
+    with pytest.raises(crossdomain.MissingStartError, match="--rebuild-starts"):
+        crossdomain.run_grid(settings, data=None)  # refused before the data is touched
+    with pytest.raises(crossdomain.MissingStartError, match="--rebuild-starts"):
+        crossdomain.run_method(settings.for_run("lora", 0), data=None)
+    assert target.read_bytes() == source.read_bytes()
+    crossdomain.check_starts(dataclasses.replace(settings, rebuild_starts=True))  # the flag lets it through
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path):
+    folder = tmp_path / "runs" / "tag"
+    with claim_folder(folder):
+        with pytest.raises(FolderInUseError, match="in use by another process"):
+            with claim_folder(folder):
+                pass
+    with claim_folder(folder):  # released with the first holder
+        pass
+
+
+def test_two_trainers_never_train_in_one_folder(tmp_path):
+    from afr.train import TrainConfig, Trainer
+    from afr.train.smoke import SyntheticFaces, TinyClassifier
+
+    config = TrainConfig(epochs=1, batch_size=8, output_dir=str(tmp_path / "run"), progress=False, tensorboard=False,
+                         device="cpu")
+    with claim_folder(tmp_path / "run"):  # another process's run holds the folder
+        with pytest.raises(FolderInUseError):
+            Trainer(TinyClassifier(), SyntheticFaces(8), config).fit()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_publishing_never_replaces_another_runs_adapter(scratch):
+    from afr.experiments import dalora
+
+    run_dir = scratch / "runs" / "new"
+    (run_dir / "adapter").mkdir(parents=True)
+    (run_dir / "adapter" / "weights.bin").write_bytes(b"new")
+    published = dalora.results_root() / "adapters" / "lora_seed0"
+    published.mkdir(parents=True)
+    (published / "weights.bin").write_bytes(b"committed")
+    (published / "source.json").write_text(json.dumps({"tag": "dalora_lora_seed0_old"}))
+    outcome = dalora.RunOutcome({"tag": "dalora_lora_seed0_new", "experiment": "dalora",
+                                 "train": {"run_dir": str(run_dir)}})
+    with pytest.raises(ResultExistsError, match="dalora_lora_seed0_old"):
+        dalora.export_adapters({("lora", 0): outcome})
+    assert (published / "weights.bin").read_bytes() == b"committed"
+    dalora.export_adapters({("lora", 0): outcome}, overwrite=True)
+    assert (published / "weights.bin").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("experiment", ["dalora", "maml", "crossdomain", "ablations", "baseline"])
+def test_every_committed_record_has_its_rows_so_a_rerun_repairs_nothing(experiment):
+    """Reusing a committed record writes rows only when its table has none of them: on the committed results this
+    must never happen (a fresh clone's rerun changes no committed table). Records without rows by design: the
+    ablations' MAML starts (not scored) and runs whose every k was skipped (no test metrics)."""
+    table = pd.read_csv(COMMITTED / "tables" / f"{experiment}.csv")
+    folder = COMMITTED if experiment == "baseline" else COMMITTED / experiment
+    found = [json.loads(path.read_text()) for path in folder.glob(f"{experiment}_*.json")]
+    assert found
+    without = [record["tag"] for record in found if record["tag"] not in set(table["run"])
+               and record.get("method") != "maml-start" and record.get("test") not in ({},)]
+    assert without == []
