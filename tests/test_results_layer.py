@@ -199,3 +199,57 @@ def test_every_committed_record_has_its_rows_so_a_rerun_repairs_nothing(experime
     without = [record["tag"] for record in found if record["tag"] not in set(table["run"])
                and record.get("method") != "maml-start" and record.get("test") not in ({},)]
     assert without == []
+
+
+def _with_grid(table: pd.DataFrame, name: str) -> set[str]:
+    cells = table["grid"].fillna("").astype(str).str.split(";")
+    return set(table.loc[cells.apply(lambda names: name in names), "run"])
+
+
+def test_the_grid_column_selects_exactly_the_runs_the_paper_reports():
+    """Without the package: rows whose grid cell names a grid are that grid's runs, as the paper finds them by tag."""
+    from afr.paper.sources import load_sources
+
+    sources = load_sources(COMMITTED)
+    tables = {name: pd.read_csv(COMMITTED / "tables" / f"{name}.csv") for name in
+              ("baseline", "dalora", "maml", "crossdomain", "ablations")}
+    assert _with_grid(tables["baseline"], "baseline") == {sources.baseline_tag}
+    assert _with_grid(tables["baseline"], "baseline-search") == set(sources.baseline_search()["run"])
+    assert _with_grid(tables["maml"], "maml") == set(sources.maml_test()["run"]) == set(sources.maml_tags().values())
+    dalora = _with_grid(tables["dalora"], "dalora")
+    assert set(sources.dalora_test()["run"]) <= dalora
+    assert dalora - set(sources.dalora_test()["run"]) == {
+        sources.grids.dalora.for_run(method, 0, lr=lr, score_test=False).tag
+        for lr in sources.grids.dalora.search_lrs for method in ("lora", "dalora-classifier")}  # the lr search
+    for name in sources.grids.crossdomain_grids:
+        assert _with_grid(tables["crossdomain"], f"crossdomain-{name}") == set(sources.crossdomain_test(name)["run"])
+    assert _with_grid(tables["ablations"], "ablations") == set(sources.ablations_test()["run"])
+    assert len(_with_grid(tables["ablations"], "ablations")) == 66
+
+
+def test_rows_keep_their_grids_when_a_run_is_rewritten_or_reused(scratch):
+    append_rows("demo", [_row("run-c")], grid="crossdomain-thermal")
+    append_rows("demo", [_row("run-d")])
+    append_rows("demo", [_row("run-c", 0.6)], grid="crossdomain-thermal_kall")  # rewritten by a second grid
+    table = read_table("demo").set_index("run")
+    assert table.loc["run-c", "grid"] == "crossdomain-thermal;crossdomain-thermal_kall"
+    assert pd.isna(table.loc["run-d", "grid"])  # a demo run: empty
+    path = scratch / "results" / "demo" / "run-d.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"tag": "run-d"}))
+    reuse_record(path, "demo", lambda record: pytest.fail("rows present"), grid="ablations")
+    assert read_table("demo").set_index("run").loc["run-d", "grid"] == "ablations"
+    before = table_path("demo").read_bytes()
+    records.label_runs("demo", {"run-d": "ablations"})  # already named: the file is not rewritten
+    assert table_path("demo").read_bytes() == before
+
+
+def test_the_committed_grid_column_is_what_the_grids_give():
+    from afr.experiments.grids import CommittedGrids, grid_labels
+
+    tables = {name: pd.read_csv(COMMITTED / "tables" / f"{name}.csv") for name in
+              ("baseline", "dalora", "maml", "crossdomain", "ablations")}
+    labels = grid_labels(CommittedGrids(), tables)
+    for name, table in tables.items():
+        written = dict(zip(table["run"], table["grid"].fillna("")))
+        assert written == {run: labels[name].get(run, "") for run in written}, name

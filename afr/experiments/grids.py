@@ -8,7 +8,10 @@ paper reports these grids' runs (:mod:`afr.paper.sources`) and the analysis keep
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from afr.experiments.ablations import AblationSettings
 from afr.experiments.crossdomain import CrossDomainSettings
@@ -16,7 +19,7 @@ from afr.experiments.dalora import DaLoraExperimentSettings
 from afr.experiments.maml import MamlExperimentSettings
 from afr.experiments.settings import BaselineSettings
 
-__all__ = ["CommittedGrids", "SEEDS"]
+__all__ = ["GRID_NAMES", "CommittedGrids", "SEEDS", "grid_labels"]
 
 #: the seeds of every committed grid
 SEEDS = (0, 1, 2)
@@ -58,3 +61,114 @@ class CommittedGrids:
         """Notebook 05's grids under the Makefile's names (``CROSSDOMAIN_GRIDS``)."""
         return {"thermal": self.crossdomain, "thermal_kall": self.crossdomain_kall,
                 "lowquality": self.crossdomain_lowquality, "outdoor": self.crossdomain_outdoor}
+
+    # ------------------------------------------------------------------------------------------ which runs
+    def dalora_learning_rates(self, dalora_table) -> dict[str, float]:
+        """Notebook 03's choice of the learning rate per adapter family: the highest mean validation AUC (last
+        epoch, over the validation packs) of the family's representative run at each searched rate, first seed,
+        read from the ``val`` rows of ``dalora_table``; the grid's ``lr`` when nothing was searched or recorded."""
+        from afr.experiments.dalora import FAMILY_REPRESENTATIVE
+
+        grid, best = self.dalora, {name: self.dalora.lr for name in FAMILY_REPRESENTATIVE}
+        scores: dict[str, dict[float, float]] = {}
+        for lr in grid.search_lrs:
+            for name, method in FAMILY_REPRESENTATIVE.items():
+                tag = grid.for_run(method, grid.seeds[0], lr=lr, score_test=False).tag
+                rows = dalora_table[(dalora_table["run"] == tag) & (dalora_table["split"] == "val")
+                                    & (dalora_table["metric"] == "auc")]
+                if len(rows):
+                    scores.setdefault(name, {})[lr] = float(rows["value"].mean())
+        for name, by_lr in scores.items():
+            best[name] = max(by_lr, key=lambda lr: (by_lr[lr], -list(by_lr).index(lr)))  # the first of equals
+        return best
+
+    def dalora_tags(self, dalora_table) -> dict[tuple[str, int], str]:
+        """Every (method, seed) run of notebook 03's grid, at the learning rates chosen on validation."""
+        from afr.experiments.dalora import family
+
+        grid, rates = self.dalora, self.dalora_learning_rates(dalora_table)
+        return {(method, seed): grid.for_run(method, seed, lr=rates[family(method)]).tag
+                for method in grid.methods for seed in grid.seeds}
+
+    def dalora_zero_shot_tag(self) -> str:
+        return f"{self.dalora.experiment}_zero-shot_{self.dalora.for_run('lora', 0).digest()}"
+
+    def baseline_search_tags(self) -> dict[str, tuple[str, float]]:
+        """``{tag: (head_init, lr)}`` of notebook 02's validation search runs (test packs not scored)."""
+        return {dataclasses.replace(self.baseline, head_init=init, lr=lr, seed=seed, score_test=False).tag: (init, lr)
+                for init, lr in self.baseline_search for seed in self.baseline_search_seeds}
+
+    def maml_tags(self) -> dict[tuple[str, int], str]:
+        grid = self.maml
+        return {(method, seed): grid.for_run(method, seed).tag for method in grid.methods for seed in grid.seeds}
+
+    def crossdomain_tags(self, name: str = "thermal") -> dict[tuple[str, int], str]:
+        """Every run of notebook 05's grid ``name`` (a key of :attr:`crossdomain_grids`): the adapted methods, the
+        zero-shot run and the stage-1 starts, as :func:`afr.experiments.crossdomain.run_grid` runs them."""
+        settings = self.crossdomain_grids[name]
+        tags = {}
+        for seed in settings.seeds:
+            tags[("zero-shot", seed)] = settings.for_run("zero-shot", seed).tag
+            for start in settings.grid_starts():
+                tags[(f"{start}-start", seed)] = settings.for_run("lora", seed).start_tag(start)
+            for method in settings.adapted_methods():
+                tags[(method, seed)] = settings.for_run(method, seed).tag
+        return tags
+
+    def runs_by_grid(self, tables: Mapping[str, Any]) -> dict[str, dict[str, set[str]]]:
+        """``{experiment: {grid name: run tags}}`` of every committed grid; ``tables`` maps an experiment to its
+        long table (notebook 03's grid depends on the learning rates its search chose, read from the table). The
+        names are those of :data:`GRID_NAMES`, written in the tables' ``grid`` column."""
+        from afr.experiments.ablations import grid_runs
+        from afr.experiments.dalora import FAMILY_REPRESENTATIVE
+
+        dalora_table = tables["dalora"]
+        dalora_search = {self.dalora.for_run(method, self.dalora.seeds[0], lr=lr, score_test=False).tag
+                         for lr in self.dalora.search_lrs for method in FAMILY_REPRESENTATIVE.values()}
+        return {
+            "baseline": {"baseline": {self.baseline.tag}, "baseline-search": set(self.baseline_search_tags())},
+            "dalora": {"dalora": {*self.dalora_tags(dalora_table).values(), self.dalora_zero_shot_tag(),
+                                  *dalora_search}},
+            "maml": {"maml": set(self.maml_tags().values())},
+            "crossdomain": {f"crossdomain-{name}": set(self.crossdomain_tags(name).values())
+                            for name in self.crossdomain_grids},
+            "ablations": {"ablations": grid_runs(self.ablations)},
+        }
+
+
+#: the values of the tables' ``grid`` column (a run shared by grids names each, joined by ``;``); demo and search
+#: runs outside these grids have an empty cell
+GRID_NAMES = ("baseline", "baseline-search", "dalora", "maml", "crossdomain-thermal", "crossdomain-thermal_kall",
+              "crossdomain-lowquality", "crossdomain-outdoor", "ablations")
+
+
+def grid_labels(grids: CommittedGrids, tables: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """``{experiment: {run tag: "grid;grid"}}``: the ``grid`` cell of each committed grid's runs."""
+    labels: dict[str, dict[str, list[str]]] = {}
+    for experiment, by_grid in grids.runs_by_grid(tables).items():
+        for name in GRID_NAMES:
+            for tag in sorted(by_grid.get(name, ())):
+                labels.setdefault(experiment, {}).setdefault(tag, []).append(name)
+    return {experiment: {tag: ";".join(names) for tag, names in runs.items()} for experiment, runs in labels.items()}
+
+
+def label_committed_tables(grids: CommittedGrids | None = None) -> dict[str, int]:
+    """Write every committed grid's name into the ``grid`` column of its runs' rows in ``results/tables/``
+    (:func:`afr.experiments.records.label_runs`: names already there are kept, nothing else changes); returns the
+    number of labelled runs per table. Run by ``python -m afr.experiments.grids``."""
+    from afr.experiments.records import label_runs, read_table
+
+    grids = grids or CommittedGrids()
+    names = ("baseline", "dalora", "maml", "crossdomain", "ablations")
+    tables = {name: read_table(name) for name in names}
+    labelled = {}
+    for experiment, labels in grid_labels(grids, tables).items():
+        present = set(tables[experiment]["run"]) if len(tables[experiment]) else set()
+        label_runs(experiment, {run: label for run, label in labels.items() if run in present})
+        labelled[experiment] = len(present & set(labels))
+    return labelled
+
+
+if __name__ == "__main__":
+    for table, count in label_committed_tables().items():
+        print(f"results/tables/{table}.csv: {count} runs of committed grids labelled")

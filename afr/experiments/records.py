@@ -29,13 +29,16 @@ import numpy as np
 from afr.io import atomic_write_bytes, atomic_write_text
 from afr.paths import results_root, tables_root
 
-__all__ = ["GRID_METRICS", "TABLE_COLUMNS", "ResultExistsError", "append_rows", "append_rows_unlocked",
+__all__ = ["GRID_COLUMN", "GRID_METRICS", "TABLE_COLUMNS", "label_runs", "ResultExistsError", "append_rows", "append_rows_unlocked",
            "environment_info", "file_lock", "final_validation_metrics", "grid_metric_values", "has_rows",
            "json_default", "metric_rows", "read_table", "result_path", "reuse_record", "save_result", "table_lock",
            "table_path", "write_record"]
 
 #: the columns every tidy table starts with
 TABLE_COLUMNS = ("experiment", "run", "method", "domain", "metric", "seed", "value")
+#: the column after them: the committed grid(s) a run belongs to (:data:`afr.experiments.grids.GRID_NAMES`, joined
+#: by ``;``), empty for demo and search runs outside them, so the paper's rows can be selected without the package
+GRID_COLUMN = "grid"
 #: metrics of :meth:`afr.eval.verification.VerificationResult.to_dict` that go to the tables, by column name
 TABLE_METRICS = {"accuracy": "accuracy_mean", "accuracy_std": "accuracy_std", "auc": "auc", "eer": "eer"}
 
@@ -120,13 +123,14 @@ def table_lock(experiment: str):
 
 
 def write_record(path: str | Path, record: Mapping[str, Any], experiment: str,
-                 rows: Iterable[Mapping[str, Any]] = (), overwrite: bool = False) -> Path:
+                 rows: Iterable[Mapping[str, Any]] = (), overwrite: bool = False, grid: str | None = None) -> Path:
     """Write a run's JSON record at ``path`` and its ``rows`` into the experiment's table, together.
 
     Both happen under :func:`table_lock`: an existing record is replaced only with ``overwrite`` (checked under the
     lock, so two identical runs cannot both record), and if the rows cannot be written (a full disk, say) the
     record is taken back (deleted, or the earlier one put back) before the error propagates. A process killed
-    between the two writes leaves a record without rows, which :func:`reuse_record` repairs."""
+    between the two writes leaves a record without rows, which :func:`reuse_record` repairs. ``grid``: the committed
+    grid the run belongs to (:data:`GRID_COLUMN`)."""
     path, rows = Path(path), [dict(row) for row in rows]
     with table_lock(experiment):
         if path.exists() and not overwrite:
@@ -137,7 +141,7 @@ def write_record(path: str | Path, record: Mapping[str, Any], experiment: str,
         atomic_write_text(path, _record_text(record))
         try:
             if rows:
-                append_rows_unlocked(experiment, rows)
+                append_rows_unlocked(experiment, rows, grid=grid)
         except BaseException:
             if previous is None:
                 path.unlink(missing_ok=True)
@@ -154,16 +158,47 @@ def has_rows(experiment: str, run: str) -> bool:
 
 
 def reuse_record(path: str | Path, experiment: str,
-                 rows_of: Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+                 rows_of: Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]],
+                 grid: str | None = None) -> dict[str, Any]:
     """A finished run's record, read back; if the table holds none of its rows (a run killed between writing the
-    record and its rows), ``rows_of(record)`` are written now, so a rerun repairs the table instead of skipping it."""
+    record and its rows), ``rows_of(record)`` are written now, so a rerun repairs the table instead of skipping it.
+    A run reused by the committed grid ``grid`` gets that name in its rows' :data:`GRID_COLUMN` (if not there)."""
     record = json.loads(Path(path).read_text())
     with table_lock(experiment):
         if not has_rows(experiment, record["tag"]):
             rows = list(rows_of(record))
             if rows:
-                append_rows_unlocked(experiment, rows)
+                append_rows_unlocked(experiment, rows, grid=grid)
+        elif grid:
+            label_runs_unlocked(experiment, {record["tag"]: grid})
     return record
+
+
+def _grid_names(cell: Any) -> list[str]:
+    return [name for name in str(cell).split(";") if name] if isinstance(cell, str) else []
+
+
+def _joined(*cells: Any) -> str:
+    return ";".join(dict.fromkeys(name for cell in cells for name in _grid_names(cell)))
+
+
+def label_runs(experiment: str, labels: Mapping[str, str]) -> Path | None:
+    """Add the grid names ``labels[run]`` (``;``-joined) to the :data:`GRID_COLUMN` of every row of each run,
+    keeping the names already there; under :func:`table_lock`. Returns the table's path (None: no table)."""
+    with table_lock(experiment):
+        return label_runs_unlocked(experiment, labels)
+
+
+def label_runs_unlocked(experiment: str, labels: Mapping[str, str]) -> Path | None:
+    table = read_table(experiment)
+    if not len(table):
+        return None
+    old = table[GRID_COLUMN] if GRID_COLUMN in table else [None] * len(table)
+    new = [_joined(cell, labels.get(run)) for cell, run in zip(old, table["run"])]
+    if GRID_COLUMN in table and [_joined(cell) for cell in old] == new:
+        return table_path(experiment)  # nothing to add: the file stays as it is
+    table[GRID_COLUMN] = new
+    return _write_table(experiment, table)
 
 
 def metric_rows(experiment: str, run: str, method: str, seed: int, metrics_by_domain: Mapping[str, Mapping],
@@ -199,15 +234,16 @@ def read_table(experiment: str):
     return pd.read_csv(path)
 
 
-def append_rows(experiment: str, rows: Iterable[Mapping[str, Any]]) -> Path:
+def append_rows(experiment: str, rows: Iterable[Mapping[str, Any]], grid: str | None = None) -> Path:
     """Add ``rows`` to the experiment's table, replacing earlier rows of the same runs; atomic, and under
-    :func:`table_lock` (concurrent writers keep every row)."""
+    :func:`table_lock` (concurrent writers keep every row). Each row's :data:`GRID_COLUMN` names ``grid`` and the
+    grids the run's earlier rows named."""
     rows = [dict(row) for row in rows]
     with table_lock(experiment):
-        return append_rows_unlocked(experiment, rows)
+        return append_rows_unlocked(experiment, rows, grid=grid)
 
 
-def append_rows_unlocked(experiment: str, rows: Sequence[Mapping[str, Any]]) -> Path:
+def append_rows_unlocked(experiment: str, rows: Sequence[Mapping[str, Any]], grid: str | None = None) -> Path:
     """:func:`append_rows` for a caller that holds :func:`table_lock` already (a read-check-write of its own)."""
     import pandas as pd
 
@@ -216,9 +252,22 @@ def append_rows_unlocked(experiment: str, rows: Sequence[Mapping[str, Any]]) -> 
     if new.empty or missing:
         raise ValueError(f"rows for {experiment} need the columns {TABLE_COLUMNS} (missing {missing})")
     old = read_table(experiment)
+    earlier = {}  # the grids that a replaced run's rows named
+    if len(old) and GRID_COLUMN in old:
+        for run, cell in zip(old["run"], old[GRID_COLUMN]):
+            earlier[run] = _joined(earlier.get(run), cell)
+    new[GRID_COLUMN] = [_joined(earlier.get(run), new_cell, grid)
+                        for run, new_cell in zip(new["run"], new[GRID_COLUMN] if GRID_COLUMN in new else [None] * len(new))]
     kept = old[~old["run"].isin(set(new["run"]))] if len(old) else old
     table = pd.concat([frame for frame in (kept, new) if len(frame)], ignore_index=True)
-    ordered = list(TABLE_COLUMNS) + [column for column in table.columns if column not in TABLE_COLUMNS]
+    return _write_table(experiment, table)
+
+
+def _write_table(experiment: str, table) -> Path:
+    if GRID_COLUMN in table:
+        table[GRID_COLUMN] = table[GRID_COLUMN].map(_joined)
+    leading = [*TABLE_COLUMNS, GRID_COLUMN] if GRID_COLUMN in table else list(TABLE_COLUMNS)
+    ordered = leading + [column for column in table.columns if column not in leading]
     buffer = io.StringIO()
     table[ordered].to_csv(buffer, index=False)
     path = table_path(experiment)

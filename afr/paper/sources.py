@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from afr.experiments.ablations import grid_runs
-from afr.experiments.dalora import FAMILY_REPRESENTATIVE, family
+from afr.experiments.dalora import FAMILY_REPRESENTATIVE
 from afr.experiments.grids import CommittedGrids
 from afr.paths import MissingResourceError
 
@@ -87,10 +87,7 @@ class PaperSources:
 
     def baseline_search(self):
         """Validation AUC of the last epoch per (head_init, lr, seed, domain): the search runs' ``val`` rows."""
-        import dataclasses
-
-        tags = {dataclasses.replace(self.grids.baseline, head_init=init, lr=lr, seed=seed, score_test=False).tag:
-                (init, lr) for init, lr in self.grids.baseline_search for seed in self.grids.baseline_search_seeds}
+        tags = self.grids.baseline_search_tags()
         rows = self._rows("baseline", tags, split="val")
         rows = rows[rows["metric"] == "auc"]
         rows["candidate"] = rows["run"].map(tags)
@@ -116,24 +113,16 @@ class PaperSources:
 
     def dalora_learning_rates(self) -> dict[str, float]:
         """``{family: lr}`` with the highest mean validation AUC (the grid's ``lr`` when nothing was searched)."""
-        search = self.dalora_search()
-        chosen = {name: self.grids.dalora.lr for name in FAMILY_REPRESENTATIVE}
-        if len(search):
-            best = search.loc[search.groupby("family")["val_auc_mean"].idxmax()]
-            chosen.update(dict(zip(best["family"], best["lr"].astype(float))))
-        return chosen
+        return self.grids.dalora_learning_rates(self.tables["dalora"])
 
     def dalora_tags(self) -> dict[tuple[str, int], str]:
-        grid, rates = self.grids.dalora, self.dalora_learning_rates()
-        return {(method, seed): grid.for_run(method, seed, lr=rates[family(method)]).tag
-                for method in grid.methods for seed in grid.seeds}
+        return self.grids.dalora_tags(self.tables["dalora"])
 
     def dalora_test(self):
         """Test rows of the grid (every method x seed) and of the zero-shot backbone (one row per seed)."""
         import pandas as pd
 
-        grid = self.grids.dalora
-        zero_tag = f"{grid.experiment}_zero-shot_{grid.for_run('lora', 0).digest()}"
+        zero_tag = self.grids.dalora_zero_shot_tag()
         trained = self._rows("dalora", self.dalora_tags().values())
         zero = self._rows("dalora", [zero_tag])
         zero = zero[zero["method"] == "zero-shot"]
@@ -145,8 +134,7 @@ class PaperSources:
 
     # ------------------------------------------------------------------------------------------ MAML (04)
     def maml_tags(self) -> dict[tuple[str, int], str]:
-        grid = self.grids.maml
-        return {(method, seed): grid.for_run(method, seed).tag for method in grid.methods for seed in grid.seeds}
+        return self.grids.maml_tags()
 
     def maml_test(self):
         """Curve rows (columns ``shots``, ``steps``) of every (start, seed) of the grid, ``zero-shot`` included."""
@@ -158,19 +146,8 @@ class PaperSources:
 
     # ------------------------------------------------------------------------------------------ cross-domain (05)
     def crossdomain_tags(self, grid: str = "thermal") -> dict[tuple[str, int], str]:
-        """Every run of the grid named ``grid`` (a key of
-        :attr:`~afr.experiments.grids.CommittedGrids.crossdomain_grids`): the adapted methods, the zero-shot run and
-        the stage-1 starts, as :func:`afr.experiments.crossdomain.run_grid` runs them (the settings'
-        ``adapted_methods`` and ``grid_starts``)."""
-        settings = self.grids.crossdomain_grids[grid]
-        tags = {}
-        for seed in settings.seeds:
-            tags[("zero-shot", seed)] = settings.for_run("zero-shot", seed).tag
-            for start in settings.grid_starts():
-                tags[(f"{start}-start", seed)] = settings.for_run("lora", seed).start_tag(start)
-            for method in settings.adapted_methods():
-                tags[(method, seed)] = settings.for_run(method, seed).tag
-        return tags
+        """Every run of the grid named ``grid`` (:meth:`~afr.experiments.grids.CommittedGrids.crossdomain_tags`)."""
+        return self.grids.crossdomain_tags(grid)
 
     def crossdomain_test(self, *grids: str):
         """Test rows of the runs of ``grids`` (default: ``thermal``), a run shared by two grids once: ``shots`` 0 for
