@@ -117,3 +117,24 @@ def check_output_file(path: str | Path, what: str = "output file", overwrite: bo
     os.close(fd)
     probe.unlink(missing_ok=True)
     return path
+
+
+def check_writable_folder(folder: str | Path, what: str = "output folder") -> Path:
+    """Refuse, before any work, a ``folder`` that cannot take new files (or the nearest existing ancestor it
+    would be created under): probed by creating and removing a temporary file, as :func:`check_output_file`.
+    Raises NotADirectoryError / PermissionError with one line naming the folder."""
+    folder = Path(folder)
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"{what} {folder} cannot be created: {ancestor} is not a directory")
+    probe = ancestor / f".probe-{secrets.token_hex(6)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        raise PermissionError(f"{what} {folder} cannot be written: {ancestor} does not accept new files "
+                              f"({error.strerror or error})") from None
+    os.close(fd)
+    probe.unlink(missing_ok=True)
+    return folder

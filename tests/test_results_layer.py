@@ -253,3 +253,27 @@ def test_the_committed_grid_column_is_what_the_grids_give():
     for name, table in tables.items():
         written = dict(zip(table["run"], table["grid"].fillna("")))
         assert written == {run: labels[name].get(run, "") for run in written}, name
+
+
+@pytest.mark.parametrize("experiment", ["dalora", "maml", "crossdomain", "baseline"])
+def test_an_unwritable_results_folder_is_refused_before_any_work(tmp_path, monkeypatch, experiment):
+    """(As root, permission bits do not stop writes: a results folder under a file stands for one that cannot be
+    written.) The refusal comes from the first step of each recipe, before any data is read."""
+    import importlib
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "file" / "results"))
+    monkeypatch.setenv("AFR_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("AFR_DATA", str(tmp_path / "no-data"))  # reading data would fail differently
+    recipe = importlib.import_module(f"afr.experiments.{experiment}")
+    if experiment == "baseline":
+        from afr.experiments.settings import BaselineSettings
+
+        with pytest.raises(NotADirectoryError, match="results folder"):
+            recipe.claim_run(BaselineSettings())
+        return
+    settings_class = {"dalora": "DaLoraExperimentSettings", "maml": "MamlExperimentSettings",
+                      "crossdomain": "CrossDomainSettings"}[experiment]
+    with pytest.raises(NotADirectoryError, match="results folder"):
+        recipe.load_data(getattr(recipe, settings_class)())
+    assert not (tmp_path / "runs").exists()

@@ -37,7 +37,7 @@ from afr.data.subsets import dataset_labels, holdout_identities, identity_subset
 from afr.data.verification import VerificationPack, load_pack
 # scoring on packs (evaluate_on_packs, pack_evaluators) lives in afr.eval.packs; importable from here too
 from afr.eval.packs import evaluate_on_packs, pack_evaluators
-from afr.experiments.records import (ResultExistsError, check_result_free, environment_info,
+from afr.experiments.records import (ResultExistsError, check_outputs_writable, check_result_free, environment_info,
                                      final_validation_metrics, metric_rows, result_path, write_record)
 from afr.experiments.settings import BaselineSettings
 from afr.models import FaceRecognitionModel, create_backbone
@@ -96,6 +96,7 @@ def claim_run(settings: BaselineSettings) -> Path:
             f"the run {settings.tag} is finished: {result_path(settings.tag)} holds its record; --resume continues "
             "only an unfinished run (pass --overwrite to train it again, or change a setting)")
     check_result_free(settings.tag, settings.overwrite)
+    check_outputs_writable(settings.experiment, run_dir(settings).parent, records_folder=result_path(settings.tag).parent)
     folder = run_dir(settings)
     if not (settings.overwrite or settings.resume) and any((folder / "checkpoints").glob("checkpoint-*.pt")):
         from afr.train import RunExistsError

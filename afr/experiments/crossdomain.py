@@ -90,8 +90,8 @@ from afr.data.full_profile import FULL_BENCHMARKS
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
-from afr.experiments.records import (append_rows_unlocked, environment_info, grid_metric_values, json_default,
-                                     metric_rows, read_table, reuse_record, table_lock, write_record)
+from afr.experiments.records import (append_rows_unlocked, check_outputs_writable, environment_info, grid_metric_values,
+                                     json_default, metric_rows, read_table, reuse_record, table_lock, write_record)
 from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
 from afr.experiments.training import evaluation_device
 from afr.io import atomic_write_text
@@ -365,7 +365,9 @@ class CrossDomainData:
 
 def load_data(settings: CrossDomainSettings) -> CrossDomainData:
     """Training chips (as notebook 04 holds them), training identity names and the six test packs; for the full
-    profile, :func:`load_full_data`."""
+    profile, :func:`load_full_data`. First, before any work: the results, tables and runs folders must accept files
+    (:func:`~afr.experiments.records.check_outputs_writable`)."""
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     if settings.data_profile == "full":
         return load_full_data(settings)
     train = load_training_chips(settings.embedded_root, "thermal_und")
@@ -894,74 +896,12 @@ def compare_with_committed(records: Mapping[Any, Mapping[str, Any]]) -> str:
     return compare_grid_with_committed({tag: SimpleNamespace(record=record) for tag, record in unique.items()})
 
 
-def _plot_starts(table, settings: CrossDomainSettings):
-    """A direction without target training images: test AUC of zero-shot and the two starts on its target and
-    source packs (bars, error bars: sd over seeds)."""
-    import matplotlib.pyplot as plt
-
-    packs = [*settings.shift.target_packs, *settings.shift.source_packs]
-    rows = ["zero-shot", *(f"{start}-start" for start in STARTS)]
-    auc = table[(table["metric"] == "auc") & table["domain"].isin(packs) & table["method"].isin(rows)]
-    stats = auc.groupby(["method", "domain"])["value"].agg(["mean", "std"])
-    fig, axis = plt.subplots(figsize=(6, 4))
-    width = 0.8 / len(rows)
-    for position, method in enumerate(row for row in rows if row in stats.index.get_level_values(0)):
-        points = stats.loc[method].reindex(packs)
-        axis.bar(np.arange(len(packs)) + (position - (len(rows) - 1) / 2) * width, points["mean"], width,
-                 yerr=points["std"].fillna(0), capsize=3, label=method)
-    axis.set_xticks(range(len(packs)), [f"{pack}\n({'target' if pack in settings.shift.target_packs else 'source'})"
-                                        for pack in packs])
-    low = float(auc["value"].min()) if len(auc) else 0.0
-    axis.set_ylim(max(0.0, low - 0.05), 1.0)
-    axis.set_ylabel("test AUC")
-    axis.set_title(f"{settings.direction}: stage 1 on {'+'.join(settings.shift.source)} only", fontsize=9)
-    axis.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 def plot_results(table, forgetting, settings: CrossDomainSettings):
-    """Left: mixed-thermal-pack AUC against k, each line from its start at k = 0 (zero-shot: a point); ``dalora``
-    dashed, as it lies on ``lora`` by construction. Right: source-pack accuracy change against the start, mean over
-    the source packs (the forgetting; 0 by construction for the DA-LoRA rows). Error bars: sd over seeds."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
+    """Notebook 05's figure, drawn by :func:`afr.figures.crossdomain.crossdomain_figure` (this name stays for the
+    notebook's import)."""
+    from afr.figures.crossdomain import crossdomain_figure
 
-    if not settings.shift.target:
-        return _plot_starts(table, settings)
-    colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    pack = settings.shift.target_packs[-1]
-    auc = table[(table["metric"] == "auc") & (table["domain"] == pack)]
-    mean = auc.groupby(["method", "shots"])["value"].agg(["mean", "std"])
-    position = {shots: index for index, shots in enumerate((0, *settings.shots))}  # k = all at the right end
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for method in [m for m in METHODS if m in mean.index.get_level_values(0)]:
-        points = mean.loc[method]
-        if method in START_OF:
-            points = pd.concat([mean.loc[f"{START_OF[method]}-start"], points])
-        left.errorbar(points.index.map(position).to_numpy(), points["mean"], yerr=points["std"].fillna(0), marker="o", capsize=3,
-                      color=colours[method], linestyle="--" if method == "dalora" else "-", label=method)
-    left.set_xticks(list(position.values()), [shots_label(shots) for shots in position])
-    left.set_xlabel("k labelled target images per identity (0: before adaptation)")
-    left.set_ylabel(f"{pack} test AUC")
-    left.legend(fontsize=7)
-    change = forgetting[forgetting["shots"] != 0].groupby(["method", "shots", "seed"])["change_vs_start"].mean()
-    change = change.groupby(["method", "shots"]).agg(["mean", "std"])
-    methods = [m for m in METHODS if m in change.index.get_level_values(0)]
-    width = 0.8 / max(len(methods), 1)
-    for position, method in enumerate(methods):
-        points = change.loc[method]
-        x = np.array([settings.shots.index(k) for k in points.index]) + (position - (len(methods) - 1) / 2) * width
-        right.bar(x, points["mean"], width, yerr=points["std"].fillna(0), capsize=2, color=colours[method],
-                  label=method)
-        right.scatter(x, points["mean"], color=colours[method], marker="_", s=80)  # a visible mark for a 0 bar
-    right.axhline(0, color="black", linewidth=0.8)
-    right.set_xticks(range(len(settings.shots)), [f"k = {shots_label(k)}" for k in settings.shots])
-    right.set_ylabel("source accuracy change vs the start")
-    right.set_title(f"forgetting (mean over {', '.join(settings.shift.source_packs)})", fontsize=9)
-    right.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return crossdomain_figure(table, forgetting, settings)
 
 
 def figure_name(settings: CrossDomainSettings) -> str:

@@ -44,8 +44,9 @@ from afr.data.verification import VerificationPack
 from afr.eval.extract import chips_to_tensor
 from afr.eval.packs import evaluate_on_packs, pack_evaluators
 from afr.experiments.baseline import BaselineData
-from afr.experiments.records import (ResultExistsError, append_rows, environment_info, final_validation_metrics,
-                                     grid_metric_values, metric_rows, reuse_record, write_record)
+from afr.experiments.records import (ResultExistsError, append_rows, check_outputs_writable, environment_info,
+                                     final_validation_metrics, grid_metric_values, metric_rows, reuse_record,
+                                     write_record)
 from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
 from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
 from afr.io import atomic_write_bytes, atomic_write_text
@@ -122,7 +123,9 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings):
 
 
 def load_data(settings: DaLoraExperimentSettings) -> BaselineData:
-    """The embedded benchmark: training pack with domains, validation packs, test packs."""
+    """The embedded benchmark: training pack with domains, validation packs, test packs. First, before any work:
+    the results, tables and runs folders must accept files (:func:`~afr.experiments.records.check_outputs_writable`)."""
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     from afr.experiments.baseline import BaselineSettings
     from afr.experiments.baseline import load_data as load_baseline_data
 

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from afr.adapters.lora import trainable_parameters
 from afr.eval.packs import evaluate_on_packs
-from afr.experiments.records import (environment_info, grid_metric_values, metric_rows, reuse_record,
-                                     write_record)
+from afr.experiments.records import (check_outputs_writable, environment_info, grid_metric_values, metric_rows,
+                                     reuse_record, write_record)
 from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
 from afr.experiments.training import evaluation_device
 from afr.losses.margin import CosFaceMargin
@@ -124,7 +124,9 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings):
 # ------------------------------------------------------------------------------------------ data
 def load_data(settings: MamlExperimentSettings) -> MamlData:
     """The training chips in memory and the target collection's test pack
-    (:func:`afr.meta.data.load_training_chips`)."""
+    (:func:`afr.meta.data.load_training_chips`). First, before any work: the results, tables and runs folders must
+    accept files (:func:`~afr.experiments.records.check_outputs_writable`)."""
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     return load_training_chips(settings.embedded_root, settings.target)
 
 

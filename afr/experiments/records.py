@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from afr.io import atomic_write_bytes, atomic_write_text
+from afr.io import atomic_write_bytes, atomic_write_text, check_writable_folder
 from afr.paths import results_root, tables_root
 
-__all__ = ["GRID_COLUMN", "GRID_METRICS", "TABLE_COLUMNS", "label_runs", "ResultExistsError", "append_rows", "append_rows_unlocked",
+__all__ = ["GRID_COLUMN", "GRID_METRICS", "TABLE_COLUMNS", "label_runs", "ResultExistsError", "append_rows", "append_rows_unlocked", "check_outputs_writable",
            "environment_info", "file_lock", "final_validation_metrics", "grid_metric_values", "has_rows",
            "json_default", "metric_rows", "read_table", "result_path", "reuse_record", "save_result", "table_lock",
            "table_path", "write_record"]
@@ -110,6 +110,17 @@ def file_lock(path: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def check_outputs_writable(experiment: str, runs_folder: str | Path | None = None, records_folder: str | Path | None = None,
+                           ) -> None:
+    """Before any work: the experiment's records folder (``results/<experiment>/``, or ``records_folder``), its
+    table's folder and the runs folder accept new files (one error naming the folder otherwise)."""
+    from afr.paths import runs_root
+
+    check_writable_folder(records_folder or results_root() / experiment, "results folder")
+    check_writable_folder(tables_root(), "tables folder")
+    check_writable_folder(runs_folder or runs_root(), "runs folder")
 
 
 def table_path(experiment: str) -> Path:
