@@ -277,3 +277,24 @@ def test_an_unwritable_results_folder_is_refused_before_any_work(tmp_path, monke
     with pytest.raises(NotADirectoryError, match="results folder"):
         recipe.load_data(getattr(recipe, settings_class)())
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_grid_with_an_interrupted_run_is_refused_before_any_work(scratch):
+    """The third run of a grid was killed: the grid is refused at once (data not even read), naming its folder and
+    both flags, instead of training the first two runs and failing at the third."""
+    from afr.experiments import dalora, maml
+
+    settings = maml.MamlExperimentSettings(seeds=(0, 1), progress=False)
+    interrupted = settings.for_run(settings.methods[0], 1).run_dir / "checkpoints"
+    interrupted.mkdir(parents=True)
+    (interrupted / "last.pt").write_bytes(b"")
+    with pytest.raises(records.UnfinishedRunError, match=r"--resume.*--overwrite") as refused:
+        maml.run_grid(settings, data=None)
+    assert str(interrupted.parent) in str(refused.value)
+    grid = dalora.DaLoraExperimentSettings(seeds=(0,), progress=False)
+    killed = grid.for_run("dalora-oracle", 0, lr=grid.lr).run_dir / "checkpoints"
+    killed.mkdir(parents=True)
+    (killed / "checkpoint-00000010.pt").write_bytes(b"")
+    with pytest.raises(records.UnfinishedRunError, match="dalora-oracle"):
+        dalora.run_grid(grid, data=None)
+    assert not (scratch / "results" / "tables").exists()

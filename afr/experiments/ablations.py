@@ -45,8 +45,8 @@ from typing import Any, ClassVar
 import numpy as np
 from torch.utils.data import Dataset
 
-from afr.experiments.records import (append_rows, environment_info, final_validation_metrics, grid_metric_values,
-                                     json_default, metric_rows, write_record)
+from afr.experiments.records import (append_rows, check_unfinished_runs, environment_info, final_validation_metrics,
+                                     grid_metric_values, json_default, metric_rows, write_record)
 from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, setting
 from afr.io import atomic_write_text
 from afr.paths import MissingResourceError, results_root
@@ -452,11 +452,17 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
     (for all its cells) as soon as it is done, so an interrupted grid leaves a consistent table."""
     from tqdm.auto import tqdm
 
+    from afr.experiments import dalora
+
     cells = grid_cells(settings)
     by_tag: dict[str, list[Cell]] = {}
     for cell in cells:
         by_tag.setdefault(cell.settings.tag, []).append(cell)
-    check_starts([served[0].settings for served in by_tag.values()])
+    runs = [served[0].settings for served in by_tag.values()]
+    check_starts(runs)
+    check_unfinished_runs([(dalora.record_path(run), run.run_dir) for run in runs]
+                          + [(_record_path(run.start_tag), run.start_dir) for run in runs if run.maml_start],
+                          settings.resume, settings.overwrite)
     outcomes, retrained = {}, set()
     for tag, served in tqdm(by_tag.items(), desc="ablation runs", disable=not progress):
         outcomes[tag] = _run(served[0].settings, data, retrained)
@@ -549,52 +555,11 @@ def compare_with_committed(outcomes: Mapping[str, Any], deterministic_only: bool
 
 # ------------------------------------------------------------------------------------------ figure
 def plot_results(table, settings: AblationSettings, domains: Sequence[str] = ("thermal", "lowquality", "controlled")):
-    """Left: the component rows' test AUC per pack (bars, sd over seeds). Then one panel per sweep: test AUC of
-    ``domains`` (solid) and the mean validation AUC (dashed, what :func:`recommended_defaults` reads) against the
-    swept value; the full model's value marked."""
-    import matplotlib.pyplot as plt
+    """Notebook 06's figure, drawn by :func:`afr.figures.ablations.ablations_figure` (this name stays for the
+    notebook's import)."""
+    from afr.figures.ablations import ablations_figure
 
-    groups = [group for group in GROUPS if group in set(table["group"])]
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 1.5, 3.6), squeeze=False)
-    colours = dict(zip(domains, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    auc = table[table["metric"] == "auc"]
-    for axis, group in zip(axes[0], groups):
-        part = auc[auc["group"] == group]
-        if group == "component":
-            cells = [name for name in COMPONENTS if name in set(part["cell"])]
-            width = 0.8 / len(domains)
-            for index, domain in enumerate(domains):
-                values = part[(part["split"] == "test") & (part["domain"] == domain)].groupby("cell")["value"]
-                means, errors = values.mean().reindex(cells), values.std().reindex(cells).fillna(0)
-                axis.bar(np.arange(len(cells)) + (index - (len(domains) - 1) / 2) * width, means, width, yerr=errors,
-                         capsize=2, color=colours[domain], label=f"test {domain}")
-            axis.set_xticks(np.arange(len(cells)), [COMPONENTS[c][0] for c in cells], rotation=35, ha="right",
-                            fontsize=7)
-            axis.set_ylim(0.85, 1.005)
-            axis.set_title("components", fontsize=9)
-            axis.legend(fontsize=6)
-            continue
-        for domain in domains:
-            values = part[(part["split"] == "test") & (part["domain"] == domain)].groupby("cell")["value"]
-            stats = values.agg(["mean", "std"]).sort_index()
-            axis.errorbar(stats.index.astype(float), stats["mean"], yerr=stats["std"].fillna(0), marker="o",
-                          capsize=2, color=colours[domain], label=f"test {domain}")
-        val = part[part["split"] == "val"].groupby(["cell", "seed"])["value"].mean().groupby("cell")
-        stats = val.agg(["mean", "std"]).sort_index()
-        axis.errorbar(stats.index.astype(float), stats["mean"], yerr=stats["std"].fillna(0), marker="s", capsize=2,
-                      color="black", linestyle="--", label="validation (mean)")
-        axis.axvline(float(getattr(settings, group)), color="grey", linewidth=0.8, linestyle=":")
-        if group.startswith("lambda") or group == "rank":
-            axis.set_xscale("log")
-        ticks = sorted(float(value) for value in set(part["cell"]))
-        axis.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
-        axis.minorticks_off()
-        axis.set_xlabel(group)
-        axis.set_title(f"sensitivity: {group}", fontsize=9)
-    axes[0][0].set_ylabel("AUC (mean ± sd over seeds)")
-    axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
-    return fig
+    return ablations_figure(table, settings, domains)
 
 
 def run_experiment(settings: AblationSettings) -> dict[str, Any]:

@@ -90,8 +90,9 @@ from afr.data.full_profile import FULL_BENCHMARKS
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
-from afr.experiments.records import (append_rows_unlocked, check_outputs_writable, environment_info, grid_metric_values,
-                                     json_default, metric_rows, read_table, reuse_record, table_lock, write_record)
+from afr.experiments.records import (append_rows_unlocked, check_outputs_writable, check_unfinished_runs,
+                                     environment_info, grid_metric_values, json_default, metric_rows, read_table,
+                                     reuse_record, table_lock, write_record)
 from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
 from afr.experiments.training import evaluation_device
 from afr.io import atomic_write_text
@@ -800,6 +801,11 @@ def run_grid(settings: CrossDomainSettings, data: CrossDomainData) -> dict[tuple
     """Every (method, seed) record, plus ``(<start>-start, seed)`` for the starts the methods use (both starts when
     the direction has no target training images) and ``(zero-shot, seed)`` (the same record for every seed) for forgetting against zero-shot."""
     check_starts(settings)
+    starts = {(start, seed) for seed in settings.seeds for start in settings.grid_starts()}
+    starts |= {(START_OF[method], seed) for seed in settings.seeds for method in settings.adapted_methods()}
+    check_unfinished_runs([(_record_path(settings.for_run("lora", seed).start_tag(start)),
+                            settings.for_run("lora", seed).start_dir(start)) for start, seed in sorted(starts)],
+                          settings.resume, settings.overwrite)
     zero = run_zero_shot(settings, data)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in settings.seeds:

@@ -44,9 +44,9 @@ from afr.data.verification import VerificationPack
 from afr.eval.extract import chips_to_tensor
 from afr.eval.packs import evaluate_on_packs, pack_evaluators
 from afr.experiments.baseline import BaselineData
-from afr.experiments.records import (ResultExistsError, append_rows, check_outputs_writable, environment_info,
-                                     final_validation_metrics, grid_metric_values, metric_rows, reuse_record,
-                                     write_record)
+from afr.experiments.records import (ResultExistsError, append_rows, check_outputs_writable, check_unfinished_runs,
+                                     environment_info, final_validation_metrics, grid_metric_values, metric_rows,
+                                     reuse_record, write_record)
 from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
 from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
 from afr.io import atomic_write_bytes, atomic_write_text
@@ -332,13 +332,13 @@ def run_rows(settings: DaLoraExperimentSettings, record: Mapping[str, Any]) -> l
 
 def run_grid(settings: DaLoraExperimentSettings, data: BaselineData,
              learning_rates: Mapping[str, float] | None = None) -> dict[tuple[str, int], RunOutcome]:
-    """Every (method, seed) run of the grid, each family (LoRA, DA-LoRA) at its learning rate."""
-    outcomes = {}
-    for seed in settings.seeds:
-        for method in settings.methods:
-            lr = (learning_rates or {}).get(family(method), settings.lr)
-            outcomes[method, seed] = run_method(settings.for_run(method, seed, lr=lr), data)
-    return outcomes
+    """Every (method, seed) run of the grid, each family (LoRA, DA-LoRA) at its learning rate. Interrupted runs of
+    the grid are refused before any work unless ``resume`` or ``overwrite`` (:func:`check_unfinished_runs`)."""
+    runs = {(method, seed): settings.for_run(method, seed, lr=(learning_rates or {}).get(family(method), settings.lr))
+            for seed in settings.seeds for method in settings.methods}
+    check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()], settings.resume,
+                          settings.overwrite)
+    return {key: run_method(run, data) for key, run in runs.items()}
 
 
 def grid_table(outcomes: Mapping[tuple[str, int], RunOutcome], zero: Mapping[str, Mapping] | None = None):

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from afr.adapters.lora import trainable_parameters
 from afr.eval.packs import evaluate_on_packs
-from afr.experiments.records import (check_outputs_writable, environment_info, grid_metric_values, metric_rows,
-                                     reuse_record, write_record)
+from afr.experiments.records import (check_outputs_writable, check_unfinished_runs, environment_info,
+                                     grid_metric_values, metric_rows, reuse_record, write_record)
 from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
 from afr.experiments.training import evaluation_device
 from afr.losses.margin import CosFaceMargin
@@ -226,8 +226,12 @@ def curve_rows(record: Mapping[str, Any], settings: MamlExperimentSettings) -> l
 
 
 def run_grid(settings: MamlExperimentSettings, data: MamlData) -> dict[tuple[str, int], dict[str, Any]]:
-    return {(method, seed): run_method(settings.for_run(method, seed), data)
-            for seed in settings.seeds for method in settings.methods}
+    """Every (method, seed) run; interrupted meta-trainings of the grid are refused before any work unless
+    ``resume`` or ``overwrite`` (:func:`~afr.experiments.records.check_unfinished_runs`)."""
+    runs = {(method, seed): settings.for_run(method, seed) for seed in settings.seeds for method in settings.methods}
+    check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()], settings.resume,
+                          settings.overwrite)
+    return {key: run_method(run, data) for key, run in runs.items()}
 
 
 def curve_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):

@@ -29,10 +29,10 @@ import numpy as np
 from afr.io import atomic_write_bytes, atomic_write_text, check_writable_folder
 from afr.paths import results_root, tables_root
 
-__all__ = ["GRID_COLUMN", "GRID_METRICS", "TABLE_COLUMNS", "label_runs", "ResultExistsError", "append_rows", "append_rows_unlocked", "check_outputs_writable",
-           "environment_info", "file_lock", "final_validation_metrics", "grid_metric_values", "has_rows",
-           "json_default", "metric_rows", "read_table", "result_path", "reuse_record", "save_result", "table_lock",
-           "table_path", "write_record"]
+__all__ = ["GRID_COLUMN", "GRID_METRICS", "ResultExistsError", "TABLE_COLUMNS", "UnfinishedRunError", "append_rows",
+           "append_rows_unlocked", "check_outputs_writable", "check_unfinished_runs", "environment_info", "file_lock",
+           "final_validation_metrics", "grid_metric_values", "has_rows", "json_default", "label_runs", "metric_rows",
+           "read_table", "result_path", "reuse_record", "save_result", "table_lock", "table_path", "write_record"]
 
 #: the columns every tidy table starts with
 TABLE_COLUMNS = ("experiment", "run", "method", "domain", "metric", "seed", "value")
@@ -121,6 +121,25 @@ def check_outputs_writable(experiment: str, runs_folder: str | Path | None = Non
     check_writable_folder(records_folder or results_root() / experiment, "results folder")
     check_writable_folder(tables_root(), "tables folder")
     check_writable_folder(runs_folder or runs_root(), "runs folder")
+
+
+class UnfinishedRunError(FileExistsError):
+    """Runs a grid still has to do hold an unfinished run's checkpoints; the message names them and the flags."""
+
+
+def check_unfinished_runs(runs: Iterable[tuple[str | Path, str | Path]], resume: bool, overwrite: bool) -> None:
+    """Before any work: ``runs`` are a grid's ``(record path, run folder)`` pairs; those without a record whose folder
+    holds checkpoints (an interrupted run: the training engine's ``checkpoint-*.pt``, meta-training's ``last.pt``)
+    would be refused one by one when the grid reaches them, after the work before them. Refuse them all at once,
+    named, unless ``resume`` (continue them) or ``overwrite`` (start them again)."""
+    if resume or overwrite:
+        return
+    unfinished = [str(folder) for record, folder in runs
+                  if not Path(record).is_file() and any((Path(folder) / "checkpoints").glob("*.pt"))]
+    if unfinished:
+        raise UnfinishedRunError(
+            f"unfinished run(s) in {', '.join(dict.fromkeys(unfinished))}: pass --resume to continue them or "
+            "--overwrite to start them again (resume=True / overwrite=True in Python)")
 
 
 def table_path(experiment: str) -> Path:
