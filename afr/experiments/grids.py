@@ -4,17 +4,17 @@
 ``make maml-results``, ``make crossdomain-results`` and ``make ablations-results`` (its ``BASELINE_SEARCH`` and
 ``*_RESULTS`` / ``CROSSDOMAIN_<name>`` variables); a test (``tests/test_paper.py``) checks that they agree. The
 paper reports these grids' runs (:mod:`afr.paper.sources`) and the analysis keeps the ablation grid's runs only
-(:mod:`afr.analysis.report`); both read them from here.
+(:mod:`afr.analysis.report`); both read them from here. Torch-free: it imports settings modules only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from afr.experiments.ablations import AblationSettings
-from afr.experiments.crossdomain import CrossDomainSettings
-from afr.experiments.dalora import DaLoraExperimentSettings
-from afr.experiments.maml import MamlExperimentSettings
-from afr.experiments.settings import BaselineSettings
+from afr.experiments.settings.ablations import AblationSettings
+from afr.experiments.settings.baseline import BaselineSettings
+from afr.experiments.settings.crossdomain import CrossDomainSettings
+from afr.experiments.settings.dalora import DaLoraExperimentSettings
+from afr.experiments.settings.maml import MamlExperimentSettings
 
 __all__ = ["CommittedGrids", "SEEDS"]
 
