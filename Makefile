@@ -66,21 +66,22 @@ SEARCH_SEEDS := 0 1
 baseline-search: $(STAMP)
 	@for seed in $(SEARCH_SEEDS); do for candidate in $(BASELINE_SEARCH); do init=$${candidate%,*}; lr=$${candidate#*,}; \
 	  echo "== head_init $$init lr $$lr seed $$seed (an existing result is kept)"; \
-	  $(PY) -m afr baseline --head-init $$init --lr $$lr --seed $$seed --no-score-test --no-progress > /dev/null || true; \
+	  $(PY) -m afr baseline --head-init $$init --lr $$lr --seed $$seed --no-score-test --no-progress --grid baseline-search > /dev/null || true; \
 	done; done
 	$(PY) -m afr.experiments.search baseline
 
 # Notebook 03's committed grid: 3 seeds, 4 epochs, the learning rate chosen on validation among the same two
 # candidates for LoRA and DA-LoRA; the runs' adapters are published to results/adapters/. Runs already recorded
 # are reused (not retrained), so an interrupted grid resumes; the executed notebook shows the search and tables.
-DALORA_RESULTS := {seeds: [0, 1, 2], epochs: 4, search_lrs: [0.0001, 0.0003], publish_adapters: true, progress: false}
+DALORA_RESULTS := {seeds: [0, 1, 2], epochs: 4, search_lrs: [0.0001, 0.0003], publish_adapters: true, progress: false, \
+  grid: dalora}
 dalora-results: $(STAMP)
 	@mkdir -p $(RUN_DIR)
 	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(DALORA_RESULTS)' notebooks/03_dalora.ipynb \
 	  $(RUN_DIR)/03_dalora_results.ipynb
 
 # Notebook 04's committed grid: 3 seeds, 60 outer steps, curves to 25 adaptation steps (records reused, resumable).
-MAML_RESULTS := {seeds: [0, 1, 2], meta_steps: 60, steps: [0, 1, 3, 5, 10, 25], progress: false}
+MAML_RESULTS := {seeds: [0, 1, 2], meta_steps: 60, steps: [0, 1, 3, 5, 10, 25], progress: false, grid: maml}
 maml-results: $(STAMP)
 	@mkdir -p $(RUN_DIR)
 	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(MAML_RESULTS)' notebooks/04_maml.ipynb \
@@ -92,11 +93,12 @@ maml-results: $(STAMP)
 # (no target training identities: the two starts trained on ORL + Yale, scored on the wild photos).
 CROSSDOMAIN_GRID := seeds: [0, 1, 2], meta_steps: 60, progress: false
 CROSSDOMAIN_GRIDS := thermal thermal_kall lowquality outdoor
-CROSSDOMAIN_thermal := {$(CROSSDOMAIN_GRID), shots: [1, 2, 4]}
-CROSSDOMAIN_thermal_kall := {$(CROSSDOMAIN_GRID), shots: [all]}
+CROSSDOMAIN_thermal := {$(CROSSDOMAIN_GRID), shots: [1, 2, 4], grid: crossdomain-thermal}
+CROSSDOMAIN_thermal_kall := {$(CROSSDOMAIN_GRID), shots: [all], grid: crossdomain-thermal_kall}
 CROSSDOMAIN_lowquality := {$(CROSSDOMAIN_GRID), direction: visible->lowquality, shots: [1, 4], \
-  methods: [zero-shot, lora, dalora, dalora+maml]}
-CROSSDOMAIN_outdoor := {$(CROSSDOMAIN_GRID), direction: indoor->outdoor, methods: [zero-shot]}
+  methods: [zero-shot, lora, dalora, dalora+maml], grid: crossdomain-lowquality}
+CROSSDOMAIN_outdoor := {$(CROSSDOMAIN_GRID), direction: indoor->outdoor, methods: [zero-shot], \
+  grid: crossdomain-outdoor}
 crossdomain-results: $(STAMP)
 	@mkdir -p $(RUN_DIR)
 	$(foreach name,$(CROSSDOMAIN_GRIDS),$(VENV)/bin/papermill --cwd notebooks --log-level WARNING \
@@ -146,7 +148,7 @@ full: $(STAMP)
 ABLATIONS_RESULTS := {seeds: [0, 1, 2], components: [lora, lora+router, dalora, dalora+maml, dalora+contrastive, full], \
   ranks: [2, 4, 8, 16, 32], expert_counts: [2, 3, 4, 5], \
   lambda_contrastive_values: [0.01, 0.05, 0.1, 0.5], lambda_domain_values: [0.01, 0.05, 0.1, 0.5], \
-  inner_steps_values: [1, 3, 5, 10], meta_steps: 20, progress: false}
+  inner_steps_values: [1, 3, 5, 10], meta_steps: 20, progress: false, grid: ablations}
 ablations-results: $(STAMP)
 	@mkdir -p $(RUN_DIR)
 	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(ABLATIONS_RESULTS)' notebooks/06_ablations.ipynb \

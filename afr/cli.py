@@ -273,10 +273,12 @@ def _add_baseline(commands: argparse._SubParsersAction) -> None:
 
 
 def baseline_command(args: argparse.Namespace) -> dict[str, Any]:
-    from afr.experiments.baseline import run_baseline
     from afr.experiments.settings import BaselineSettings, settings_from_arguments
 
-    return run_baseline(settings_from_arguments(args, BaselineSettings))
+    settings = settings_from_arguments(args, BaselineSettings)  # checked before the recipe (and torch) is imported
+    from afr.experiments.baseline import run_baseline
+
+    return run_baseline(settings)
 
 
 # --------------------------------------------------------------------------------------------- embed / export
@@ -398,7 +400,9 @@ def export_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- grid experiments
-#: command -> (experiment module, its settings class, its notebook, help); each module has ``run_experiment``
+#: command -> (experiment module, its settings class, its notebook, help); each module has ``run_experiment``; the
+#: settings class lives in the torch-free ``afr.experiments.settings.<command>`` (the parser is built from it, the
+#: recipe is imported only to run)
 GRID_EXPERIMENTS = {
     "dalora": ("afr.experiments.dalora", "DaLoraExperimentSettings", "03_dalora",
                "LoRA vs parameter-matched LoRA vs DA-LoRA (classifier/oracle/uniform) on the embedded benchmark"),
@@ -418,11 +422,11 @@ def _add_grid_experiment(commands: argparse._SubParsersAction, name: str) -> Non
 
     from afr.experiments.settings import add_arguments
 
-    module, settings_name, notebook, summary = GRID_EXPERIMENTS[name]
+    _, settings_name, notebook, summary = GRID_EXPERIMENTS[name]
     command = commands.add_parser(
         name, help=f"{summary} (prints a JSON summary)",
         description=f"The recipe of notebooks/{notebook}.ipynb; the options are its settings, with the same defaults.")
-    add_arguments(command, getattr(importlib.import_module(module), settings_name))
+    add_arguments(command, getattr(importlib.import_module(f"afr.experiments.settings.{name}"), settings_name))
     _add_debug(command)
     command.set_defaults(handler=grid_experiment_command)
 
@@ -433,8 +437,9 @@ def grid_experiment_command(args: argparse.Namespace) -> dict[str, Any]:
     from afr.experiments.settings import settings_from_arguments
 
     module, settings_name, _, _ = GRID_EXPERIMENTS[args.command]
-    experiment = importlib.import_module(module)
-    return experiment.run_experiment(settings_from_arguments(args, getattr(experiment, settings_name)))
+    settings_class = getattr(importlib.import_module(f"afr.experiments.settings.{args.command}"), settings_name)
+    settings = settings_from_arguments(args, settings_class)  # checked before the recipe (and torch) is imported
+    return importlib.import_module(module).run_experiment(settings)
 
 
 # --------------------------------------------------------------------------------------------- main

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from afr.cli import build_parser
+from afr.cli import GRID_EXPERIMENTS, build_parser
 from afr.experiments.ablations import AblationSettings
 from afr.experiments.crossdomain import CrossDomainSettings
 from afr.experiments.dalora import DaLoraExperimentSettings
@@ -24,13 +24,19 @@ def _parameters_cell(notebook: str) -> dict[str, object]:
     return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
 
 
-@pytest.mark.parametrize("notebook, settings_class", [("02_baseline.ipynb", BaselineSettings),
-                                                      ("03_dalora.ipynb", DaLoraExperimentSettings),
-                                                      ("04_maml.ipynb", MamlExperimentSettings),
-                                                      ("05_crossdomain.ipynb", CrossDomainSettings),
-                                                      ("06_ablations.ipynb", AblationSettings)])
-def test_notebook_parameters_are_exactly_the_settings_fields_with_their_defaults(notebook, settings_class):
-    cell = _parameters_cell(notebook)
+#: every experiment's notebook and settings class: notebook 02's and those the CLI registers (GRID_EXPERIMENTS), so a
+#: new experiment is checked without an edit here
+NOTEBOOK_SETTINGS = [("02_baseline", "baseline", "BaselineSettings"),
+                     *((notebook, command, settings_name)
+                       for command, (_, settings_name, notebook, _) in GRID_EXPERIMENTS.items())]
+
+
+@pytest.mark.parametrize("notebook, command, settings_name", NOTEBOOK_SETTINGS)
+def test_notebook_parameters_are_exactly_the_settings_fields_with_their_defaults(notebook, command, settings_name):
+    import importlib
+
+    settings_class = getattr(importlib.import_module(f"afr.experiments.settings.{command}"), settings_name)
+    cell = _parameters_cell(f"{notebook}.ipynb")
     defaults = dataclasses.asdict(settings_class())
     assert list(cell) == list(defaults)  # same names, same order
     assert settings_class.from_mapping(cell) == settings_class()  # same values once normalised
@@ -97,3 +103,123 @@ def test_search_ranks_candidates_by_last_epoch_validation_auc_over_domains_and_s
     assert list(table[["head_init", "lr"]].itertuples(index=False, name=None))[0] == ("random", 3e-4)
     assert table.iloc[0]["val_auc_mean"] == pytest.approx(0.97) and table.iloc[0]["seeds"] == "0,1"
     assert table.set_index(["head_init", "lr"]).loc[("class-mean", 1e-4), "seeds"] == "0"
+
+
+# ------------------------------------------------------------------------------------------ composition, torch-free
+_SETTINGS_CLASSES = (BaselineSettings, DaLoraExperimentSettings, MamlExperimentSettings, CrossDomainSettings,
+                     AblationSettings)
+_RECORD_FOLDERS = {"": BaselineSettings, "dalora": DaLoraExperimentSettings, "maml": MamlExperimentSettings,
+                   "crossdomain": CrossDomainSettings, "ablations": AblationSettings}
+
+
+def test_settings_modules_grids_paper_and_cli_help_do_not_import_torch():
+    """The settings are torch-free modules: the grids, the paper and every ``--help`` import in well under a second."""
+    import subprocess
+    import sys
+
+    script = """
+import contextlib, io, sys
+import afr.paper, afr.paper.generate, afr.paper.sources, afr.experiments.grids, afr.experiments.settings
+import afr.experiments.settings.ablations, afr.experiments.settings.crossdomain, afr.experiments.settings.dalora
+import afr.experiments.settings.maml, afr.experiments.settings.baseline
+from afr.cli import GRID_EXPERIMENTS, build_parser
+from afr.experiments.grids import CommittedGrids
+from afr.experiments.settings.ablations import grid_runs
+grid_runs(CommittedGrids().ablations)
+for command in ("baseline", *GRID_EXPERIMENTS):
+    build_parser().parse_args([command])
+    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
+        build_parser().parse_args([command, "--help"])
+with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
+    build_parser().parse_args(["--help"])
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torchvision", "cv2", "matplotlib"))
+print(heavy)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_recipes_re_export_their_settings():
+    from afr.experiments import ablations, baseline, crossdomain, dalora, maml, settings
+
+    assert dalora.DaLoraExperimentSettings is DaLoraExperimentSettings and maml.MamlExperimentSettings is \
+        MamlExperimentSettings and crossdomain.CrossDomainSettings is CrossDomainSettings and \
+        ablations.AblationSettings is AblationSettings and baseline.BaselineSettings is BaselineSettings is \
+        settings.BaselineSettings
+    assert dalora.FAMILY_REPRESENTATIVE and ablations.grid_runs and crossdomain.START_FIELDS and maml.METHODS
+
+
+@pytest.mark.parametrize("settings_class", _SETTINGS_CLASSES)
+def test_grid_is_an_execution_field_of_every_experiment(settings_class):
+    """``grid`` says which committed grid a run belongs to: it never changes a tag."""
+    base = settings_class()
+    assert base.grid is None and "grid" in settings_class.EXECUTION_FIELDS
+    assert dataclasses.replace(base, grid="dalora-results").tag == base.tag
+
+
+#: settings an experiment declares itself although a group it does not use has the name: the meaning differs
+_OWN_MEANING = {BaselineSettings: {"seed"},  # the seed of the one run (no grid)
+                CrossDomainSettings: {"temperature"}}  # of both InfoNCE terms of the adaptation, not DA-LoRA training's
+
+
+def test_field_groups_declare_each_shared_setting_once():
+    """A setting used by several experiments comes from one field group (its help written once); an experiment
+    redeclares it only to change its default or narrow its help."""
+    from afr.experiments.settings import fields as groups
+
+    group_classes = [getattr(groups, name) for name in groups.__all__]
+    declared = {}
+    for group in group_classes:
+        for spec in dataclasses.fields(group):
+            assert spec.name not in declared, (spec.name, group, declared.get(spec.name))
+            declared[spec.name] = group
+    for settings_class in _SETTINGS_CLASSES:
+        names = set(settings_class.field_names())
+        used = [group for group in group_classes if issubclass(settings_class, group)]
+        assert used and all({f.name for f in dataclasses.fields(group)} <= names for group in used)
+        # a field of a group the class does not use is declared by the class only where its meaning differs
+        copied = {name for name, group in declared.items() if group not in used} & names
+        assert copied <= _OWN_MEANING.get(settings_class, set()), (settings_class.__name__, copied)
+
+
+def test_ablation_settings_are_a_dalora_run():
+    """``dalora.run_method`` is handed an :class:`AblationSettings` (so that its runs keep their names, records and
+    table columns): both classes give every attribute the :class:`DaLoraRun` protocol lists."""
+    import typing
+
+    from afr.experiments.settings.dalora import DaLoraRun
+
+    members = [name for name in typing.get_type_hints(DaLoraRun) if name != "experiment"] + ["table_columns"]
+    for settings in (AblationSettings(), AblationSettings(method="lora", maml_start=False), DaLoraExperimentSettings()):
+        missing = [name for name in members if not hasattr(settings, name)]
+        assert not missing, (type(settings).__name__, missing)
+
+
+def _recomputed_tag(settings_class, record):
+    """The tag a committed record's settings give today (starts and zero-shot: their own tags)."""
+    names = set(settings_class.field_names())
+    settings = settings_class(**{name: value for name, value in record["settings"].items() if name in names})
+    method = record.get("method")
+    if settings_class is CrossDomainSettings and method == "zero-shot":
+        return {settings.for_run("zero-shot", 0).tag}
+    if settings_class is CrossDomainSettings and method.endswith("-start"):  # a start's record omits the direction
+        return {dataclasses.replace(settings, direction=direction).start_tag(method.split("-")[0])
+                for direction in ("visible->thermal", "visible->lowquality")}
+    if settings_class is AblationSettings and method == "maml-start":
+        return {settings.start_tag}
+    return {settings.tag}
+
+
+def test_every_committed_record_keeps_its_tag():
+    """Every committed record (runs, zero-shot rows, meta-trained starts) names the tag its settings give today."""
+    count = 0
+    for folder, settings_class in _RECORD_FOLDERS.items():
+        for path in sorted((PROJECT_ROOT / "results" / folder).glob("*.json")):
+            record = json.loads(path.read_text())
+            if not record.get("settings"):
+                continue  # not a run record (embedded_stats.json)
+            assert record["tag"] in _recomputed_tag(settings_class, record), path.name
+            assert path.stem == record["tag"]
+            count += 1
+    assert count > 190

@@ -298,3 +298,14 @@ def test_a_grid_with_an_interrupted_run_is_refused_before_any_work(scratch):
     with pytest.raises(records.UnfinishedRunError, match="dalora-oracle"):
         dalora.run_grid(grid, data=None)
     assert not (scratch / "results" / "tables").exists()
+
+
+def test_each_committed_grid_writes_the_name_its_runs_are_labelled_with():
+    from afr.experiments.grids import GRID_NAMES, CommittedGrids
+
+    grids = CommittedGrids()
+    tables = {name: pd.read_csv(COMMITTED / "tables" / f"{name}.csv") for name in
+              ("baseline", "dalora", "maml", "crossdomain", "ablations")}
+    by_grid = grids.runs_by_grid(tables)
+    for settings in (grids.dalora, grids.maml, *grids.crossdomain_grids.values(), grids.ablations):
+        assert settings.grid in GRID_NAMES and settings.grid in by_grid[settings.experiment], settings.grid

@@ -187,8 +187,8 @@ class FigureReport:
     def sensitivity(self):
         """The committed ablation grid's runs only (:class:`~afr.experiments.grids.CommittedGrids`): the table
         also holds the demo's runs, whose shorter MAML starts are not further seeds of the grid's cells."""
-        from afr.experiments.ablations import grid_runs
         from afr.experiments.grids import CommittedGrids
+        from afr.experiments.settings.ablations import grid_runs
 
         table = read_table(self.results_dir, "ablations")
         if table is not None:

@@ -23,13 +23,12 @@ from afr.data.folder import ImageFolderDataset
 from afr.data.pairs import balanced_pairs
 from afr.data.subsets import RelabelledSubset, dataset_labels, identity_subset
 from afr.data.verification import VerificationPack, load_pack
+from afr.data.benchmarks import FULL_BENCHMARKS  # the visible benchmarks (bins_dir); defined torch-free there
 from afr.paths import MissingResourceError
 
 __all__ = ["FULL_BENCHMARKS", "FullCrossDomainData", "LazyChips", "TARGET_TEST_PAIRS", "balanced_pack",
            "folder_split", "load_full_cross_domain", "load_named_packs", "open_casia"]
 
-#: the five InsightFace verification packs of the full profile (``bins_dir``): the visible benchmarks
-FULL_BENCHMARKS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 #: at most this many pairs (half same identity) in the target folder's test pack (LFW's size)
 TARGET_TEST_PAIRS = 6000
 #: the seed of the target folder's identity split and test pairs: fixed, so all runs share one test pack

@@ -34,20 +34,22 @@ only (:func:`recommended_defaults`); the test packs are reported, never used for
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from afr.experiments.records import (append_rows, check_unfinished_runs, environment_info, final_validation_metrics,
                                      grid_metric_values, json_default, metric_rows, write_record)
-from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, setting
+# the settings, the grid's constants and cells live in the torch-free settings module; importable here too
+from afr.experiments.settings.ablations import (  # noqa: F401
+    COMPONENTS, EXPERT_SCHEMES, GROUPS, MAML_FIELDS, NATIVE_SCHEMES, ROUTER_FIELDS, SINGLE_EXPERT, START_FIELDS, SWEEPS,
+    AblationSettings, Cell, grid_cells, grid_runs)
 from afr.io import atomic_write_text
 from afr.paths import MissingResourceError, results_root
 
@@ -55,221 +57,6 @@ __all__ = ["COMPONENTS", "EXPERT_SCHEMES", "GROUPS", "SWEEPS", "AblationData", "
            "ExpertView", "adapter_settings", "compare_with_committed", "expert_names", "grid_cells", "grid_runs",
            "grid_table", "load_data", "paired_tests", "plot_results", "recommended_defaults", "run_experiment", "run_grid",
            "run_start", "summary_table", "training_view"]
-
-#: component row -> (label in the paper's table, its settings' changes from the full model)
-COMPONENTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "lora": ("standard LoRA", {"method": "lora", "maml_start": False, "lambda_contrastive": 0.0,
-                               "lambda_domain": 0.0}),
-    "lora+router": ("+ domain classifier only", {"experts": 1, "maml_start": False, "lambda_contrastive": 0.0}),
-    "dalora": ("+ domain experts", {"maml_start": False, "lambda_contrastive": 0.0}),
-    "dalora+maml": ("+ MAML initialisation", {"lambda_contrastive": 0.0}),
-    "dalora+contrastive": ("+ contrastive loss", {"maml_start": False}),
-    "full": ("full DA-LoRA", {}),
-}
-#: sweep group (= the swept setting) -> the settings field listing its values
-SWEEPS = {"rank": "ranks", "experts": "expert_counts", "lambda_contrastive": "lambda_contrastive_values",
-          "lambda_domain": "lambda_domain_values", "inner_steps": "inner_steps_values"}
-#: the groups in the order the grid runs them (the cheaper sweeps first: K and the large ranks cost most)
-GROUPS = ("component", "lambda_contrastive", "lambda_domain", "inner_steps", "experts", "rank")
-#: K -> the expert of each training collection (K = 1: one expert, its router classifies the three domains)
-EXPERT_SCHEMES: dict[int, dict[str, str]] = {
-    1: {"orl": "controlled", "yale": "controlled", "lowquality": "lowquality", "thermal_und": "thermal",
-        "thermal_puj": "thermal"},
-    2: {"orl": "visible", "yale": "visible", "lowquality": "visible", "thermal_und": "thermal",
-        "thermal_puj": "thermal"},
-    3: {"orl": "controlled", "yale": "controlled", "lowquality": "lowquality", "thermal_und": "thermal",
-        "thermal_puj": "thermal"},
-    4: {"orl": "orl", "yale": "yale", "lowquality": "lowquality", "thermal_und": "thermal", "thermal_puj": "thermal"},
-    5: {"orl": "orl", "yale": "yale", "lowquality": "lowquality", "thermal_und": "thermal_und",
-        "thermal_puj": "thermal_puj"},
-}
-#: the K whose experts are the training pack's own domain codes (no relabelling: the pack is used as it is)
-NATIVE_SCHEMES = (1, 3)
-#: the name of the single expert of K = 1
-SINGLE_EXPERT = "all"
-#: settings only a run with a MAML start depends on / only a DA-LoRA run depends on (left out of other tags)
-MAML_FIELDS = ("inner_steps", "inner_lr", "meta_steps", "tasks_per_step", "meta_lr", "n_way", "k_shot", "q_query")
-ROUTER_FIELDS = ("experts", "lambda_domain", "router_lr", "router_hidden", "maml_start")
-#: what a MAML start depends on (its tag's digest)
-START_FIELDS = ("backbone", "weights", "embedded_root", "rank", *MAML_FIELDS, "seed")
-
-
-@dataclass
-class AblationSettings(MethodSeedGrid, ExperimentSettings):
-    """Notebook 06 / ``python -m afr ablations``: every field is a notebook parameter and a CLI option.
-
-    The single-run fields are the full model's; :func:`grid_cells` derives every cell's settings from them.
-    """
-
-    experiment: ClassVar[str] = "ablations"
-    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        *ExperimentSettings.EXECUTION_FIELDS, "groups", "components", "seeds", *SWEEPS.values(), "rebuild_starts")
-    TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
-        "rank", "experts", "lambda_contrastive", "lambda_domain", "maml_start", "inner_steps", "meta_steps", "epochs",
-        "lr")
-
-    backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded)")
-    weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
-    embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
-    groups: tuple[str, ...] = setting(GROUPS, "what to run: component (the component table) and the sweeps "
-                                      + ", ".join(SWEEPS))
-    components: tuple[str, ...] = setting(("lora", "lora+router", "dalora", "full"), "component rows to run (of "
-                                          + ", ".join(COMPONENTS) + "; the committed grid: all six)")
-    seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
-    ranks: tuple[int, ...] = setting((8,), "rank sweep (the committed grid: 2 4 8 16 32)")
-    expert_counts: tuple[int, ...] = setting((3,), "K sweep, each of " + ", ".join(map(str, EXPERT_SCHEMES))
-                                             + " (the committed grid: 2 3 4 5)")
-    lambda_contrastive_values: tuple[float, ...] = setting((0.1,), "λ1 sweep (the committed grid: 0.01 0.05 0.1 0.5)")
-    lambda_domain_values: tuple[float, ...] = setting((0.01,), "λ2 sweep (the committed grid: 0.01 0.05 0.1 0.5)")
-    inner_steps_values: tuple[int, ...] = setting((3,), "MAML inner-step sweep (the committed grid: 1 3 5 10)")
-    seed: int = setting(0, "seed of a single run (the grid sets it per run)")
-    method: str = setting("dalora-classifier", "adapter of a single run: lora or dalora-classifier (DA-LoRA, router "
-                          "softmax gating)", choices=("lora", "dalora-classifier"))
-    experts: int = setting(3, "K: 1 (one expert, router trained on the 3 domains), 2 visible|thermal, 3 the domains, "
-                           "4 orl|yale|lowquality|thermal, 5 the collections", choices=tuple(EXPERT_SCHEMES))
-    rank: int = setting(8, "rank r of LoRA and of each DA-LoRA expert")
-    lambda_contrastive: float = setting(0.1, "λ1: weight of the supervised InfoNCE term")
-    lambda_domain: float = setting(0.01, "λ2: weight of the router's domain cross-entropy")
-    maml_start: bool = setting(True, "warm-start every expert from a first-order MAML start on the training "
-                               "collections")
-    inner_steps: int = setting(3, "first-order inner SGD steps of the MAML start")
-    inner_lr: float = setting(1e-3, "inner SGD learning rate of the MAML start")
-    meta_steps: int = setting(5, "outer steps of the MAML start (5: the demo budget; the committed grid runs 20)")
-    tasks_per_step: int = setting(1, "episodes per outer step of the MAML start")
-    meta_lr: float = setting(1e-3, "AdamW learning rate of the MAML start's outer loop")
-    n_way: int = setting(5, "identities per MAML episode")
-    k_shot: int = setting(2, "support images per identity in a MAML episode")
-    q_query: int = setting(2, "query images per identity in a MAML episode")
-    router_hidden: int = setting(64, "DA-LoRA router MLP width")
-    temperature: float = setting(0.1, "InfoNCE temperature")
-    images_per_identity: int = setting(4, "M of the P identities x M images batches")
-    margin: str = setting("cosface", "margin loss", choices=("cosface", "arcface"))
-    head_init: str = setting("random", "class centres: random or class-mean", choices=("random", "class-mean"))
-    epochs: int = setting(1, "training epochs of every run (1: the CPU budget of a 66-run grid)")
-    batch_size: int = setting(32, "images per optimizer step (a multiple of images_per_identity)")
-    lr: float = setting(3e-4, "AdamW learning rate of the adapters (chosen on validation in notebook 02)")
-    head_lr: float = setting(1e-2, "AdamW learning rate of the class centres")
-    router_lr: float = setting(1e-2, "AdamW learning rate of the DA-LoRA router (trained by the domain loss only)")
-    weight_decay: float = setting(0.05, "AdamW weight decay")
-    warmup_epochs: float = setting(0.5, "linear warm-up length in epochs")
-    augment: bool = setting(True, "flip + per-image RandAugment(4, 16) during training")
-    score_test: bool = setting(True, "score the test packs at the end of each run (reported, never used to choose)")
-    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
-    num_workers: int = setting(0, "DataLoader worker processes decoding the training pack")
-    output_dir: str | None = setting(None, "runs folder (default runs/)")
-    resume: bool = setting(False, "continue unfinished runs from their last checkpoint")
-    overwrite: bool = setting(False, "retrain runs whose record exists instead of reusing it")
-    rebuild_starts: bool = setting(False, "meta-train again a recorded MAML start whose adapter is not on this machine "
-                                   "(a fresh clone has records, not runs/); its record is kept, the rebuilt start's "
-                                   "history goes to <start run folder>/rebuilt.json")
-    progress: bool = setting(True, "progress bars")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), resume vs overwrite, batch shape
-        self.groups = tuple(self.groups)
-        self.components = tuple(self.components)
-        self.seeds = tuple(int(seed) for seed in self.seeds)
-        self.ranks = tuple(int(rank) for rank in self.ranks)
-        self.expert_counts = tuple(int(k) for k in self.expert_counts)
-        self.lambda_contrastive_values = tuple(float(value) for value in self.lambda_contrastive_values)
-        self.lambda_domain_values = tuple(float(value) for value in self.lambda_domain_values)
-        self.inner_steps_values = tuple(int(steps) for steps in self.inner_steps_values)
-        unknown = [group for group in self.groups if group not in GROUPS]
-        if unknown:
-            raise ValueError(f"unknown group(s) {unknown}; choose from {GROUPS}")
-        unknown = [name for name in self.components if name not in COMPONENTS]
-        if unknown:
-            raise ValueError(f"unknown component(s) {unknown}; choose from {tuple(COMPONENTS)}")
-        schemes = [k for k in (*self.expert_counts, self.experts) if k not in EXPERT_SCHEMES]
-        if schemes:
-            raise ValueError(f"no expert scheme for K = {schemes}; K is one of {tuple(EXPERT_SCHEMES)}")
-        if self.method not in ("lora", "dalora-classifier"):
-            raise ValueError(f"method must be lora or dalora-classifier, got {self.method!r}")
-        if self.maml_start and self.method == "lora":
-            raise ValueError("the MAML start warm-starts DA-LoRA experts: maml_start needs method dalora-classifier")
-
-    # -------------------------------------------------------------------------------------- naming
-    def irrelevant_fields(self) -> tuple[str, ...]:
-        """Settings this run does not depend on: the MAML start's without one, the router's for LoRA. They are left
-        out of the tag, so that runs computing the same thing share it whatever those fields hold."""
-        fields = () if self.maml_start else MAML_FIELDS
-        return fields + (ROUTER_FIELDS if self.method == "lora" else ())
-
-    def digest(self) -> str:
-        skipped = set(self.EXECUTION_FIELDS) | set(self.irrelevant_fields())
-        values = {name: value for name, value in dataclasses.asdict(self).items() if name not in skipped}
-        text = json.dumps(values, sort_keys=True, default=str)
-        return hashlib.sha256(f"{self.experiment}:{text}".encode()).hexdigest()[:8]
-
-    @property
-    def run_name(self) -> str:
-        """Readable part of the tag, e.g. ``dalora-k3-r8+maml+contrastive``."""
-        if self.method == "lora":
-            return f"lora-r{self.rank}" + ("+contrastive" if self.lambda_contrastive > 0 else "")
-        return (f"dalora-k{self.experts}-r{self.rank}" + ("+maml" if self.maml_start else "")
-                + ("+contrastive" if self.lambda_contrastive > 0 else ""))
-
-    @property
-    def tag(self) -> str:
-        return f"{self.experiment}_{self.run_name}_seed{self.seed}_{self.digest()}"
-
-    def start_digest(self) -> str:
-        values = {name: getattr(self, name) for name in START_FIELDS}
-        return hashlib.sha256(f"{self.experiment}/start:{json.dumps(values, sort_keys=True, default=str)}".encode()
-                              ).hexdigest()[:8]
-
-    @property
-    def start_tag(self) -> str:
-        """The MAML start this run's experts start from: it depends on :data:`START_FIELDS` only."""
-        return f"{self.experiment}_maml-start-r{self.rank}-inner{self.inner_steps}_seed{self.seed}_{self.start_digest()}"
-
-    @property
-    def start_dir(self) -> Path:
-        return self.runs_folder / self.start_tag
-
-    def full_model(self, seed: int) -> AblationSettings:
-        """The full model's settings for ``seed``: these settings' single-run fields."""
-        return dataclasses.replace(self, seed=seed, method="dalora-classifier", maml_start=True)
-
-
-# ------------------------------------------------------------------------------------------ the grid
-@dataclass(frozen=True)
-class Cell:
-    """One cell of the ablation: its group, its value (a component name or the swept setting's value), the
-    method column of its rows, and the settings of its run (cells with equal settings share the run)."""
-
-    group: str
-    value: Any
-    method: str
-    settings: AblationSettings
-
-    @property
-    def label(self) -> str:
-        return COMPONENTS[self.value][0] if self.group == "component" else f"{self.group} = {self.value}"
-
-
-def grid_cells(settings: AblationSettings) -> list[Cell]:
-    """Every cell of the grid, group by group (:data:`GROUPS` order), each group seed by seed: the component rows,
-    then each sweep's values (the full model with the swept setting changed; its default value is the full model
-    itself). Group-major order, so that a grid stopped early leaves whole groups with every seed."""
-    cells = []
-    for group in [group for group in GROUPS if group in settings.groups]:
-        for seed in settings.seeds:
-            full = settings.full_model(seed)
-            if group == "component":
-                cells += [Cell(group, name, name, dataclasses.replace(full, **changes))
-                          for name, (_, changes) in COMPONENTS.items() if name in settings.components]
-            else:
-                cells += [Cell(group, value, "full", dataclasses.replace(full, **{group: value}))
-                          for value in getattr(settings, SWEEPS[group])]
-    return cells
-
-
-def grid_runs(settings: AblationSettings) -> set[str]:
-    """The run tags of the grid's cells: a table holds other runs too (the demo's shorter MAML starts), which must
-    not be counted as further seeds of a committed cell."""
-    return {cell.settings.tag for cell in grid_cells(settings)}
-
 
 # ------------------------------------------------------------------------------------------ data
 @dataclass
@@ -466,7 +253,7 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
     outcomes, retrained = {}, set()
     for tag, served in tqdm(by_tag.items(), desc="ablation runs", disable=not progress):
         outcomes[tag] = _run(served[0].settings, data, retrained)
-        append_rows(settings.experiment, _rows(served, outcomes[tag].record))
+        append_rows(settings.experiment, _rows(served, outcomes[tag].record), grid=settings.grid)
     return outcomes
 
 

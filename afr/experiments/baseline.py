@@ -39,7 +39,8 @@ from afr.data.verification import VerificationPack, load_pack
 from afr.eval.packs import evaluate_on_packs, pack_evaluators
 from afr.experiments.records import (ResultExistsError, check_outputs_writable, check_result_free, environment_info,
                                      final_validation_metrics, metric_rows, result_path, write_record)
-from afr.experiments.settings import BaselineSettings
+# the settings and the published reference rows live in the torch-free settings module; importable here too
+from afr.experiments.settings.baseline import PUBLISHED_FROUNDATION, BaselineSettings
 from afr.models import FaceRecognitionModel, create_backbone
 from afr.paths import runs_root
 from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
@@ -67,15 +68,6 @@ __all__ = [
 VAL_IMAGES_PER_IDENTITY = 10
 VAL_MAX_PAIRS = 600
 
-#: Published FRoundation numbers (Chettaoui et al., arXiv:2410.23831, abstract), reference rows only:
-#: verification accuracy in %, averaged over LFW, CALFW, CPLFW, CFP-FP and AgeDB-30.
-PUBLISHED_FROUNDATION = [
-    {"model": "DINOv2 ViT-S/14", "setting": "no fine-tuning (zero-shot)", "training_data": "none", "average": 64.70},
-    {"model": "DINOv2 ViT-S/14", "setting": "LoRA + CosFace", "training_data": "CASIA-WebFace 1K ids", "average": 87.10},
-    {"model": "ViT-S", "setting": "trained from scratch", "training_data": "CASIA-WebFace 1K ids", "average": 69.96},
-    {"model": "DINOv2 ViT-L", "setting": "LoRA + CosFace", "training_data": "large-scale", "average": 96.03},
-    {"model": "CLIP ViT-L", "setting": "LoRA + CosFace", "training_data": "large-scale", "average": 95.59},
-]
 
 
 # ------------------------------------------------------------------------------------------ run folder
@@ -231,7 +223,8 @@ def record_result(settings: BaselineSettings, result: Mapping[str, Any]) -> Path
                             {"split": "test", **columns})
     rows += metric_rows(settings.experiment, settings.tag, "lora", settings.seed,
                         final_validation_metrics(result["train"]["history"]), {"split": "val", **columns})
-    return write_record(result_path(settings.tag), result, settings.experiment, rows, overwrite=settings.overwrite)
+    return write_record(result_path(settings.tag), result, settings.experiment, rows, overwrite=settings.overwrite,
+                        grid=settings.grid)
 
 
 def run_baseline(settings: BaselineSettings, write: bool = True) -> dict[str, Any]:

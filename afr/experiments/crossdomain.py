@@ -65,14 +65,13 @@ is missing.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,25 +79,29 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from afr.adapters.dalora import DaLoraSettings, apply_dalora, merge_dalora, set_domains
+from afr.adapters.dalora import apply_dalora, merge_dalora, set_domains
 from afr.adapters.dalora.experts import expert_blocks, load_parameters, shared_targets, with_expert_blocks
 from afr.adapters.lora import load_adapter, merge_lora
 from afr.data.augment import FaceAugment
 from afr.data.collections import collection_pack
 from afr.data.embedded import load_embedded
-from afr.data.full_profile import FULL_BENCHMARKS
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
 from afr.experiments.records import (append_rows_unlocked, check_outputs_writable, check_unfinished_runs,
                                      environment_info, grid_metric_values, json_default, metric_rows, read_table,
-                                     reuse_record, table_lock, write_record)
-from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
+                                     label_runs_unlocked, reuse_record, table_lock, write_record)
+# the settings, methods, starts, directions and forgetting_table live in the torch-free settings module;
+# importable here too
+from afr.experiments.settings.crossdomain import (  # noqa: F401
+    ALL_SHOTS, DATA_PROFILES, DIRECTIONS, EXPERTS, EXTRA_TERMS, FULL_PROFILE_FIELDS, MAML_START_FIELDS, METHODS,
+    START_FIELDS, START_OF, STARTS, THERMAL_COLLECTIONS, THERMAL_PACKS, VISIBLE_COLLECTIONS, VISIBLE_PACKS,
+    ZERO_SHOT_FIELDS, CrossDomainSettings, Direction, _parse_shots, forgetting_table, shots_label)
 from afr.experiments.training import evaluation_device
 from afr.io import atomic_write_text
 from afr.losses.contrastive import supervised_info_nce
 from afr.losses.margin import CosFaceMargin
-from afr.meta import MetaConfig, adaptation_step, adapter_parameters
+from afr.meta import adaptation_step, adapter_parameters
 from afr.meta.data import MamlData, load_training_chips
 from afr.meta.episodes import EpisodeSampler, few_shot_support
 from afr.meta.start import meta_learned_start
@@ -115,240 +118,8 @@ __all__ = ["ALL_SHOTS", "DIRECTIONS", "Direction", "EXPERTS", "METHODS", "STARTS
            "score_dalora", "score_packs", "shots_label", "skipped_rows", "stage1_sampler", "summary_table",
            "support_batch", "thermal_split", "view_contrastive_loss"]
 
-METHODS = ("zero-shot", "lora", "dalora", "dalora+maml", "dalora+maml+contrastive", "dalora+maml+contrastive+semi")
-#: the stage-1 starts: start -> inner SGD steps from the settings? (always first order)
-STARTS = {"pooled": False, "maml": True}
-#: the start each adapted method begins from
-START_OF = {"lora": "pooled", "dalora": "pooled", "dalora+maml": "maml", "dalora+maml+contrastive": "maml",
-            "dalora+maml+contrastive+semi": "maml"}
-#: the adaptation loss terms of each method besides CosFace: (supervised InfoNCE, unlabelled two-view InfoNCE)
-EXTRA_TERMS = {"dalora+maml+contrastive": (True, False), "dalora+maml+contrastive+semi": (True, True)}
-VISIBLE_COLLECTIONS = ("orl", "yale", "lowquality")
-THERMAL_COLLECTIONS = ("thermal_und", "thermal_puj")
-THERMAL_PACKS = ("thermal_und", "thermal_puj", "thermal")
-VISIBLE_PACKS = ("controlled", "wild", "lowquality")
-DATA_PROFILES = ("embedded", "full")
-#: ``k`` meaning every labelled training image of each target identity (``shots: [all]`` in the settings)
-ALL_SHOTS = -1
-
-
-@dataclass(frozen=True)
-class Direction:
-    """A domain shift: stage 1 on the ``source`` collections, stage 2 on ``k`` labelled images per identity of
-    the ``target`` collections (none: the target has no training identities, only the starts are compared),
-    scored on the ``target_packs`` and, for forgetting, the ``source_packs``. DA-LoRA's two ``experts`` are named
-    after the two sides; they are also the domain names set_domains / merge_dalora are given."""
-
-    source: tuple[str, ...]
-    target: tuple[str, ...]
-    target_packs: tuple[str, ...]
-    source_packs: tuple[str, ...]
-    experts: tuple[str, str]
-
-
-#: the shifts notebook 05 studies; the first is the default (its runs' tags do not name it)
-DIRECTIONS = {
-    "visible->thermal": Direction(VISIBLE_COLLECTIONS, THERMAL_COLLECTIONS, THERMAL_PACKS, VISIBLE_PACKS,
-                                  ("visible", "thermal")),
-    # the low-quality chips are degraded copies of ORL/Yale identities' images: the same people, a new camera
-    "visible->lowquality": Direction(("orl", "yale"), ("lowquality",), ("lowquality",), ("controlled", "wild"),
-                                     ("visible", "lowquality")),
-    # the wild photos have no training identities: a start trained on the controlled (indoor) collections only
-    "indoor->outdoor": Direction(("orl", "yale"), (), ("wild",), ("controlled",), ("indoor", "outdoor")),
-}
-#: the DA-LoRA experts of the default direction
-EXPERTS = DIRECTIONS["visible->thermal"].experts
-
-
-def shots_label(shots: int) -> str:
-    """``"all"`` for :data:`ALL_SHOTS`, the number otherwise (tables, records' ``k<label>`` keys, plots)."""
-    return "all" if shots == ALL_SHOTS else str(shots)
-
-
-def _parse_shots(value: Any) -> int:
-    if str(value).strip().lower() == "all":
-        return ALL_SHOTS
-    shots = int(value)
-    if shots < 1 and shots != ALL_SHOTS:  # ALL_SHOTS: already parsed (dataclasses.replace parses again)
-        raise SettingsError(f"--shots (setting shots) must be at least 1 labelled image per identity or 'all', "
-                            f"got {value!r}", "shots")
-    return shots
-
-
-#: the full profile's data settings (every kind of run depends on them: they choose the collections and the packs)
-FULL_PROFILE_FIELDS = ("data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "target_dir",
-                       "target_test_identities", "target_bins")
-#: settings each kind of run depends on (its tag's digest); adapted methods depend on every setting
-ZERO_SHOT_FIELDS = ("backbone", "weights", "embedded_root", *FULL_PROFILE_FIELDS)
-START_FIELDS = (*ZERO_SHOT_FIELDS, "rank", "n_way", "k_shot", "q_query", "meta_steps", "tasks_per_step", "meta_lr",
-                "seed")
-MAML_START_FIELDS = (*START_FIELDS, "inner_steps", "inner_lr")
 #: how the tensors an adaptation trains become backbone parameters (by name)
 ToParameters = Callable[[dict[str, Tensor]], dict[str, Tensor]]
-
-
-@dataclass
-class CrossDomainSettings(MethodSeedGrid, ExperimentSettings):
-    """Notebook 05 / ``python -m afr crossdomain``: every field is a notebook parameter and a CLI option."""
-
-    experiment: ClassVar[str] = "crossdomain"
-    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (*ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds",
-                                                   "rebuild_starts")
-    TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
-        "backbone", "rank", "meta_steps", "inner_steps", "adapt_steps", "adapt_lr", "contrastive_weight",
-        "unlabelled_weight")
-    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction", *FULL_PROFILE_FIELDS, "adapt_batch")
-    #: shots may be "all": checked when parsed (_parse_shots)
-    RULES: ClassVar[dict[str, Any]] = {"shots": None}
-
-    backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded)")
-    weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
-    embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
-    direction: str = setting("visible->thermal", "domain shift: stage-1 source collections -> target collections",
-                             choices=tuple(DIRECTIONS))
-    data_profile: str = setting("embedded", "embedded: the CPU benchmark's collections (notebook 01); full: stage 1 "
-                                "on a CASIA-WebFace identity subset, stage 2 on a folder of target face crops",
-                                choices=DATA_PROFILES)
-    train_rec: str | None = setting(None, "full profile: CASIA-WebFace folder (train.rec/.idx/property), the source")
-    num_identities: int | None = setting(None, "full profile: seeded CASIA identity subset of stage 1 (drawn with "
-                                         "seed 0 for every run); default all")
-    bins_dir: str | None = setting(None, "full profile: folder with the visible packs lfw.bin cfp_fp.bin agedb_30.bin "
-                                   "calfw.bin cplfw.bin (forgetting)")
-    benchmarks: tuple[str, ...] = setting((), "full profile: visible packs to score (default: all five)")
-    target_dir: str | None = setting(None, "full profile: target (e.g. thermal) face crops, <dir>/<identity>/<image>; "
-                                     "its identities are split (seed 0) into training and test identities")
-    target_test_identities: int | None = setting(None, "full profile: target identities held out as the test pack's "
-                                                 "(default: half)")
-    target_bins: tuple[str, ...] = setting((), "full profile: further target-domain verification packs (.bin files)")
-    methods: tuple[str, ...] = setting(METHODS, "rows to run (subset of " + ", ".join(METHODS) + ")")
-    seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
-    seed: int = setting(0, "seed of a single run (the grid sets it per run)")
-    method: str = setting("dalora+maml", "method of a single run (the grid sets it per run)", choices=METHODS)
-    rank: int = setting(8, "LoRA rank r (and of each DA-LoRA expert)")
-    n_way: int = setting(5, "identities per stage-1 episode")
-    k_shot: int = setting(2, "support images per identity in a stage-1 episode")
-    q_query: int = setting(2, "query images per identity in a stage-1 episode")
-    inner_steps: int = setting(3, "first-order inner SGD steps of the maml start")
-    inner_lr: float = setting(1e-3, "inner SGD learning rate of the maml start")
-    meta_steps: int = setting(10, "stage-1 outer steps (10: the demo budget; make results runs 60)")
-    tasks_per_step: int = setting(2, "stage-1 episodes per outer step")
-    meta_lr: float = setting(1e-3, "AdamW learning rate of the stage-1 outer loop")
-    shots: tuple[str, ...] = setting((1, 4), "k: labelled target images per target training identity (or all)")
-    adapt_steps: int = setting(10, "SGD steps of the adaptation to thermal")
-    adapt_lr: float = setting(1e-3, "SGD learning rate of the adaptation to thermal")
-    adapt_batch: int | None = setting(None, "images per adaptation step, identity-balanced draws from the support "
-                                      "(default: the whole support every step; the full profile needs a bound)")
-    contrastive_weight: float = setting(0.1, "weight of the supervised InfoNCE over the support (contrastive rows)")
-    unlabelled_weight: float = setting(0.1, "weight of the two-view InfoNCE over unlabelled thermal images (semi row)")
-    temperature: float = setting(0.1, "temperature of both InfoNCE terms")
-    unlabelled_batch: int = setting(32, "unlabelled thermal images per adaptation step (semi row)")
-    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
-    output_dir: str | None = setting(None, "runs folder (default runs/)")
-    resume: bool = setting(False, "continue an unfinished stage-1 meta-training from its last checkpoint")
-    overwrite: bool = setting(False, "run again when the record exists (deletes a start's run folder first)")
-    rebuild_starts: bool = setting(False, "meta-train again a recorded start whose adapter is not on this machine (a "
-                                   "fresh clone has records, not runs/); its record is kept, the rebuilt start's "
-                                   "scores go to <start run folder>/rebuilt.json and into the new runs' records")
-    progress: bool = setting(True, "progress bars")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), choices, resume vs overwrite
-        self.methods = tuple(self.methods)
-        self.seeds = tuple(int(seed) for seed in self.seeds)
-        self.shots = tuple(sorted((_parse_shots(k) for k in self.shots), key=lambda k: (k == ALL_SHOTS, k)))
-        unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"unknown direction {self.direction!r}; choose from {tuple(DIRECTIONS)}")
-        if self.data_profile not in DATA_PROFILES:
-            raise ValueError(f"data_profile must be one of {DATA_PROFILES}, got {self.data_profile!r}")
-        if self.data_profile == "full" and self.direction != "visible->thermal":
-            raise ValueError(f"the full profile has one direction, CASIA-WebFace -> target_dir; got {self.direction!r}")
-        self.benchmarks = tuple(self.benchmarks or ())
-        self.target_bins = tuple(self.target_bins or ())
-        stems = [Path(path).stem for path in self.target_bins]
-        if len(set(stems)) < len(stems) or set(stems) & {"thermal", *FULL_BENCHMARKS}:
-            raise ValueError(f"target_bins must have distinct file names other than thermal and the benchmarks': {stems}")
-        if not self.shots:
-            raise SettingsError("--shots (setting shots) must name at least one k (a number of labelled images per "
-                                "identity, or all)", "shots")
-
-    def for_run(self, method: str, seed: int) -> CrossDomainSettings:
-        """The settings of one run; zero-shot has no seed (it is always seed 0)."""
-        return dataclasses.replace(self, method=method, seed=0 if method == "zero-shot" else seed)
-
-    @property
-    def shift(self) -> Direction:
-        """The direction's collections and packs; the full profile's: CASIA-WebFace -> the target folder."""
-        if self.data_profile == "full":
-            return Direction(source=("casia",), target=("thermal",),
-                             target_packs=(*(Path(path).stem for path in self.target_bins), "thermal"),
-                             source_packs=self.benchmarks or FULL_BENCHMARKS, experts=("visible", "thermal"))
-        return DIRECTIONS[self.direction]
-
-    def _digest(self, kind: str, names: Sequence[str]) -> str:
-        values = self.digest_values(names)
-        text = json.dumps(values, sort_keys=True, default=str)
-        return hashlib.sha256(f"{self.experiment}/{kind}:{text}".encode()).hexdigest()[:8]
-
-    @property
-    def tag(self) -> str:
-        if self.method == "zero-shot":
-            return f"{self.experiment}_zero-shot_{self._digest('zero-shot', ZERO_SHOT_FIELDS)}"
-        return f"{self.experiment}_{self.method}_seed{self.seed}_{self.digest()}"
-
-    def adapted_methods(self) -> tuple[str, ...]:
-        """The grid's methods that adapt a start (none when the direction has no target training images)."""
-        return tuple(method for method in self.methods if method in START_OF) if self.shift.target else ()
-
-    def grid_starts(self) -> tuple[str, ...]:
-        """The stage-1 starts the grid runs: those its adapted methods begin from; both when the direction has no
-        target training images (the starts are then what is compared)."""
-        if not self.shift.target:
-            return tuple(STARTS)
-        return tuple(dict.fromkeys(START_OF[method] for method in self.adapted_methods()))
-
-    def start_fields(self, start: str) -> tuple[str, ...]:
-        """What a start depends on: its stage-1 settings and, when not the default's, its source collections
-        (``source`` is not a field: the directions with the same sources share their starts)."""
-        return MAML_START_FIELDS if STARTS[start] else START_FIELDS
-
-    def start_tag(self, start: str) -> str:
-        """The tag of this seed's stage-1 run ``start``: it depends on the stage-1 settings only (and on the source
-        collections where they are not the default direction's)."""
-        digest = self._digest(start, self.start_fields(start))
-        if self.shift.source != DIRECTIONS["visible->thermal"].source:
-            digest = hashlib.sha256(f"{digest}:{'+'.join(self.shift.source)}".encode()).hexdigest()[:8]
-        return f"{self.experiment}_{start}-start_seed{self.seed}_{digest}"
-
-    def start_dir(self, start: str) -> Path:
-        return self.runs_folder / self.start_tag(start)
-
-    def meta_config(self, start: str) -> MetaConfig:
-        return MetaConfig(inner_steps=self.inner_steps if STARTS[start] else 0, inner_lr=self.inner_lr,
-                          first_order=True, meta_lr=self.meta_lr, meta_steps=self.meta_steps,
-                          tasks_per_step=self.tasks_per_step, seed=self.seed)
-
-    def dalora_settings(self) -> DaLoraSettings:
-        """Two experts named by the experts' own names (the domain codes are those names, not the embedded
-        benchmark's ``controlled/wild/thermal/lowquality`` codes), oracle gating, alpha = r as the LoRA start."""
-        experts = self.shift.experts
-        return DaLoraSettings(r=self.rank, alpha=float(self.rank), domains=experts, domain_codes=experts,
-                              gating="oracle")
-
-    def not_applicable(self, method: str, shots: int) -> str | None:
-        """Why ``method`` has no row at ``shots`` labelled images per identity, or None when it has one."""
-        if not self.shift.target:
-            return (f"{self.direction} has no labelled target images (no training identity of the target domain); "
-                    "only the starts are compared")
-        if method in EXTRA_TERMS and shots == 1:
-            return (f"{method} at k = {shots}: one labelled image per identity gives the supervised contrastive "
-                    "term no positive pair; not applicable")
-        if EXTRA_TERMS.get(method, (False, False))[1] and shots == ALL_SHOTS:
-            return (f"{method} at k = all: every target training image is labelled, none is left for the "
-                    "unlabelled term; not applicable")
-        return None
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -595,8 +366,10 @@ def _record_path(tag: str) -> Path:
     return results_root() / CrossDomainSettings.experiment / f"{tag}.json"
 
 
-def _write_record(record: Mapping[str, Any], rows: list[dict[str, Any]], overwrite: bool = False) -> None:
-    write_record(_record_path(record["tag"]), record, CrossDomainSettings.experiment, rows, overwrite=overwrite)
+def _write_record(record: Mapping[str, Any], rows: list[dict[str, Any]], overwrite: bool = False,
+                  grid: str | None = None) -> None:
+    write_record(_record_path(record["tag"]), record, CrossDomainSettings.experiment, rows, overwrite=overwrite,
+                 grid=grid)
 
 
 def _tests_by_shots(record: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
@@ -634,13 +407,16 @@ def run_zero_shot(settings: CrossDomainSettings, data: CrossDomainData) -> dict[
                   "shots": 0, "settings": {name: getattr(settings, name) for name in ZERO_SHOT_FIELDS}, "test": test,
                   "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
         _write_record(record, _rows(record, settings, sorted(_seeds_written(settings.tag) | set(settings.seeds))),
-                      overwrite=settings.overwrite)
+                      overwrite=settings.overwrite, grid=settings.grid)
         return record
     record = json.loads(path.read_text())
     with table_lock(settings.experiment):  # a record without the rows of this grid's seeds gets them
         written = _seeds_written(record["tag"])
         if not set(settings.seeds) <= written:
-            append_rows_unlocked(settings.experiment, _rows(record, settings, sorted(written | set(settings.seeds))))
+            append_rows_unlocked(settings.experiment, _rows(record, settings, sorted(written | set(settings.seeds))),
+                                 grid=settings.grid)
+        elif settings.grid:
+            label_runs_unlocked(settings.experiment, {record["tag"]: settings.grid})
     return record
 
 
@@ -718,7 +494,8 @@ def run_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, 
     tag, run_dir = settings.start_tag(start), settings.start_dir(start)
     path = _record_path(tag)
     if path.is_file() and not settings.overwrite:
-        record = reuse_record(path, settings.experiment, lambda found: _rows(found, settings, [found["seed"]]))
+        record = reuse_record(path, settings.experiment, lambda found: _rows(found, settings, [found["seed"]]),
+                              grid=settings.grid)
         if not need_adapter or (run_dir / "adapter").is_dir():
             rebuilt = run_dir / "rebuilt.json"
             return {**record, **json.loads(rebuilt.read_text())} if rebuilt.is_file() else record
@@ -737,7 +514,7 @@ def run_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, 
                                 "inner_steps": config.inner_steps, "seconds_per_step": result.seconds_per_step},
               "test": test, "environment": environment_info(evaluation_device(settings)),
               "wall_seconds": round(time.time() - started, 1)}
-    _write_record(record, _rows(record, settings, [settings.seed]), overwrite=settings.overwrite)
+    _write_record(record, _rows(record, settings, [settings.seed]), overwrite=settings.overwrite, grid=settings.grid)
     return record
 
 
@@ -763,7 +540,8 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
         return run_zero_shot(settings, data)
     path = _record_path(settings.tag)
     if path.is_file() and not settings.overwrite:
-        return reuse_record(path, settings.experiment, lambda record: _rows(record, settings, [record["seed"]]))
+        return reuse_record(path, settings.experiment, lambda record: _rows(record, settings, [record["seed"]]),
+                            grid=settings.grid)
     started = time.time()
     start = START_OF[settings.method]
     skipped = {shots_label(shots): settings.not_applicable(settings.method, shots) for shots in settings.shots}
@@ -793,7 +571,7 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
               "start": settings.start_tag(start), **({"start_rebuilt": True} if start_record.get("rebuilt") else {}),
               "settings": dataclasses.asdict(settings), "adaptation": adaptation, "test": test, "skipped": skipped,
               "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
-    _write_record(record, _rows(record, settings, [settings.seed]), overwrite=settings.overwrite)
+    _write_record(record, _rows(record, settings, [settings.seed]), overwrite=settings.overwrite, grid=settings.grid)
     return record
 
 
@@ -856,22 +634,6 @@ def summary_table(table, metric: str = "auc", settings: CrossDomainSettings | No
     wide = wide.sort_index(key=lambda index: index.map(order.index) if index.name == "method"
                            else index.map(_shots_order))
     return wide.rename(index=shots_label, level="shots").rename_axis(index={"shots": "k"})
-
-
-def forgetting_table(table, settings: CrossDomainSettings | None = None):
-    """Per (method, seed, shots, source pack): accuracy after adaptation minus the method's start's
-    (``change_vs_start``; zero-shot is its own start) and minus zero-shot's (``change_vs_zero_shot``)."""
-    source_packs = (settings or CrossDomainSettings()).shift.source_packs
-    accuracy = table[(table["metric"] == "accuracy") & table["domain"].isin(source_packs)]
-    before = accuracy[accuracy["shots"] == 0].set_index(["method", "seed", "domain"])["value"]
-    after = accuracy[accuracy["method"].isin(METHODS)].drop(columns="metric").rename(columns={"value": "accuracy"})
-    start_of = {method: f"{START_OF[method]}-start" for method in START_OF} | {"zero-shot": "zero-shot"}
-    after = after.assign(start=after["method"].map(start_of))
-    after = after.join(before.rename("start_accuracy"), on=["start", "seed", "domain"])
-    after = after.join(before.xs("zero-shot").rename("zero_shot_accuracy"), on=["seed", "domain"])
-    return after.assign(change_vs_start=after["accuracy"] - after["start_accuracy"],
-                        change_vs_zero_shot=after["accuracy"] - after["zero_shot_accuracy"],
-                        ).drop(columns=["start", "start_accuracy", "zero_shot_accuracy"]).reset_index(drop=True)
 
 
 PAIRS = (("dalora+maml", "lora"), ("dalora+maml+contrastive+semi", "dalora+maml+contrastive"))

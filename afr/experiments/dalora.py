@@ -27,10 +27,10 @@ import copy
 import dataclasses
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +47,9 @@ from afr.experiments.baseline import BaselineData
 from afr.experiments.records import (ResultExistsError, append_rows, check_outputs_writable, check_unfinished_runs,
                                      environment_info, final_validation_metrics, grid_metric_values, metric_rows,
                                      reuse_record, write_record)
-from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
+# the settings, the methods and the learning-rate families live in the torch-free settings module; importable here too
+from afr.experiments.settings.dalora import (FAMILY_REPRESENTATIVE, METHODS, DaLoraExperimentSettings,  # noqa: F401
+                                             DaLoraRun, family)
 from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
 from afr.io import atomic_write_bytes, atomic_write_text
 from afr.models import create_backbone
@@ -59,70 +61,11 @@ __all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcom
            "expert_domains", "gate_table", "grid_table", "load_data", "paired_tests", "export_adapters",
            "record_zero_shot", "run_experiment", "run_grid", "run_method", "zero_shot"]
 
-METHODS = ("lora", "lora-matched", "dalora-classifier", "dalora-oracle", "dalora-uniform")
 #: test domain -> the expert oracle gating routes it to (a domain with its own expert goes to it)
 ORACLE_EXPERT_OF = {"wild": "controlled"}
 
 
-@dataclass
-class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings):
-    """Notebook 03 / ``python -m afr dalora``: every field is a notebook parameter and a CLI option."""
-
-    experiment: ClassVar[str] = "dalora"
-    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        *ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds", "search_lrs", "publish_adapters")
-    TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
-        "backbone", "rank", "epochs", "batch_size", "lr", "router_lr", "lambda_contrastive", "lambda_domain",
-        "score_test")
-
-    backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded; dinov2-vits14 / clip-vitb16 with "
-                            "weights)")
-    weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
-    embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
-    methods: tuple[str, ...] = setting(METHODS, "rows to train (subset of " + ", ".join(METHODS) + ")")
-    seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
-    search_lrs: tuple[float, ...] = setting((), "LoRA learning rates tried on the validation packs, the same for "
-                                            "LoRA and DA-LoRA (empty: use lr)")
-    seed: int = setting(0, "seed of a single run (the grid sets it per run)")
-    method: str = setting("lora", "method of a single run (the grid sets it per run)", choices=METHODS)
-    rank: int = setting(8, "rank r of LoRA and of each DA-LoRA expert (lora-matched: K·r)")
-    shared_expert: bool = setting(False, "DA-LoRA: add an always-on shared expert")
-    router_hidden: int = setting(64, "DA-LoRA router MLP width")
-    lambda_contrastive: float = setting(0.1, "λ1: weight of the supervised InfoNCE term")
-    lambda_domain: float = setting(0.01, "λ2: weight of the router's domain cross-entropy")
-    temperature: float = setting(0.1, "InfoNCE temperature")
-    images_per_identity: int = setting(4, "M of the P identities x M images batches")
-    margin: str = setting("cosface", "margin loss", choices=("cosface", "arcface"))
-    head_init: str = setting("random", "class centres: random or class-mean", choices=("random", "class-mean"))
-    epochs: int = setting(2, "training epochs (2: the demo budget; make results trains 4)")
-    batch_size: int = setting(32, "images per optimizer step (a multiple of images_per_identity)")
-    lr: float = setting(3e-4, "AdamW learning rate of the adapters (chosen on validation in notebook 02)")
-    head_lr: float = setting(1e-2, "AdamW learning rate of the class centres")
-    router_lr: float = setting(1e-2, "AdamW learning rate of the DA-LoRA router (trained by the domain loss only)")
-    weight_decay: float = setting(0.05, "AdamW weight decay")
-    warmup_epochs: float = setting(0.5, "linear warm-up length in epochs")
-    augment: bool = setting(True, "flip + per-image RandAugment(4, 16) during training")
-    score_test: bool = setting(True, "score the test packs at the end (off for runs that only choose settings)")
-    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
-    num_workers: int = setting(0, "DataLoader worker processes decoding the training pack")
-    output_dir: str | None = setting(None, "runs folder (default runs/)")
-    resume: bool = setting(False, "continue unfinished runs from their last checkpoint")
-    overwrite: bool = setting(False, "retrain runs whose record exists instead of reusing it")
-    progress: bool = setting(True, "progress bars")
-    publish_adapters: bool = setting(False, "copy each run's adapter to results/adapters/<method>_seed<k>/ (the "
-                                     "committed grid; replaces the adapters published before)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), resume vs overwrite, batch shape
-        self.methods = tuple(self.methods)
-        self.seeds = tuple(int(seed) for seed in self.seeds)
-        self.search_lrs = tuple(float(lr) for lr in self.search_lrs)
-        unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
-        if unknown:
-            raise SettingsError(f"--methods: unknown method(s) {unknown}; choose from {METHODS}", "methods")
-
-
-def load_data(settings: DaLoraExperimentSettings) -> BaselineData:
+def load_data(settings: DaLoraRun) -> BaselineData:
     """The embedded benchmark: training pack with domains, validation packs, test packs. First, before any work:
     the results, tables and runs folders must accept files (:func:`~afr.experiments.records.check_outputs_writable`)."""
     check_outputs_writable(settings.experiment, settings.runs_folder)
@@ -140,7 +83,7 @@ def expert_domains(train_dataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(names[code] for code in present), names
 
 
-def adapt(backbone: nn.Module, settings: DaLoraExperimentSettings, train_dataset,
+def adapt(backbone: nn.Module, settings: DaLoraRun, train_dataset,
           adapter: DaLoraSettings | None = None, warm_start: Path | None = None) -> nn.Module:
     """Inject the method's adapter (LoRA r, LoRA K·r, or DA-LoRA with the method's gating) in place.
 
@@ -157,7 +100,7 @@ def adapt(backbone: nn.Module, settings: DaLoraExperimentSettings, train_dataset
     return apply_dalora(backbone, adapter, warm_start=warm_start)
 
 
-def parameter_groups(model: nn.Module, settings: DaLoraExperimentSettings) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, settings: DaLoraRun) -> list[dict[str, Any]]:
     """Adapters at ``lr``, class centres at ``head_lr``, the router (if any) at ``router_lr``.
 
     The router learns from the domain cross-entropy alone (its gates are detached from the recognition
@@ -263,11 +206,11 @@ class RunOutcome:
     reused: bool = False
 
 
-def record_path(settings: DaLoraExperimentSettings) -> Path:
+def record_path(settings: DaLoraRun) -> Path:
     return results_root() / settings.experiment / f"{settings.tag}.json"
 
 
-def run_method(settings: DaLoraExperimentSettings, data: BaselineData, adapter: DaLoraSettings | None = None,
+def run_method(settings: DaLoraRun, data: BaselineData, adapter: DaLoraSettings | None = None,
                warm_start: Path | None = None, gate_statistics: bool = True, channels_last: bool = False,
                ) -> RunOutcome:
     """Train one (method, seed) run, validate it per epoch, score the test packs once; reuse a recorded run.
@@ -279,7 +222,8 @@ def run_method(settings: DaLoraExperimentSettings, data: BaselineData, adapter: 
     function up to rounding, about a fifth less CPU time for the dlib ResNet's convolutions."""
     path = record_path(settings)
     if path.is_file() and not settings.overwrite:
-        return RunOutcome(reuse_record(path, settings.experiment, lambda record: run_rows(settings, record)),
+        return RunOutcome(reuse_record(path, settings.experiment, lambda record: run_rows(settings, record),
+                                       grid=settings.grid),
                           reused=True)
     started = time.time()
     seed_everything(settings.seed)
@@ -315,11 +259,12 @@ def run_method(settings: DaLoraExperimentSettings, data: BaselineData, adapter: 
     }
     if settings.method == "dalora-classifier" and test is not None and gate_statistics:
         record["gates"] = gate_table(backbone, data.test_packs)
-    write_record(path, record, settings.experiment, run_rows(settings, record), overwrite=settings.overwrite)
+    write_record(path, record, settings.experiment, run_rows(settings, record), overwrite=settings.overwrite,
+                 grid=settings.grid)
     return RunOutcome(record, backbone)
 
 
-def run_rows(settings: DaLoraExperimentSettings, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+def run_rows(settings: DaLoraRun, record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Tidy rows of a run's record: its test metrics (split ``test``) and last epoch's validation metrics (``val``)."""
     columns = settings.table_columns()
     rows = metric_rows(settings.experiment, record["tag"], record["method"], record["seed"], record["test"] or {},
@@ -370,14 +315,6 @@ def paired_tests(table, against: str = "dalora-classifier", metric: str = "auc")
 
 
 # ------------------------------------------------------------------------------------------ search, zero-shot rows
-#: the run whose validation result picks the learning rate of each adapter family
-FAMILY_REPRESENTATIVE = {"lora": "lora", "dalora": "dalora-classifier"}
-
-
-def family(method: str) -> str:
-    return "dalora" if method.startswith("dalora") else "lora"
-
-
 def choose_learning_rates(settings: DaLoraExperimentSettings, data: BaselineData):
     """Try ``search_lrs`` for LoRA and DA-LoRA alike (first seed, test packs never scored) and pick, per family,
     the lr with the highest mean validation AUC of the last epoch. Returns ``({family: lr}, search table)``;
@@ -406,7 +343,7 @@ def record_zero_shot(settings: DaLoraExperimentSettings, metrics: Mapping[str, M
     for seed in settings.seeds:
         rows += metric_rows(settings.experiment, run, "zero-shot", seed, metrics,
                             {"split": "test", **settings.table_columns()})
-    append_rows(settings.experiment, rows)
+    append_rows(settings.experiment, rows, grid=settings.grid)
 
 
 def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:

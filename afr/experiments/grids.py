@@ -4,7 +4,7 @@
 ``make maml-results``, ``make crossdomain-results`` and ``make ablations-results`` (its ``BASELINE_SEARCH`` and
 ``*_RESULTS`` / ``CROSSDOMAIN_<name>`` variables); a test (``tests/test_paper.py``) checks that they agree. The
 paper reports these grids' runs (:mod:`afr.paper.sources`) and the analysis keeps the ablation grid's runs only
-(:mod:`afr.analysis.report`); both read them from here.
+(:mod:`afr.analysis.report`); both read them from here. Torch-free: it imports settings modules only.
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from afr.experiments.ablations import AblationSettings
-from afr.experiments.crossdomain import CrossDomainSettings
-from afr.experiments.dalora import DaLoraExperimentSettings
-from afr.experiments.maml import MamlExperimentSettings
-from afr.experiments.settings import BaselineSettings
+from afr.experiments.settings.ablations import AblationSettings, grid_runs
+from afr.experiments.settings.baseline import BaselineSettings
+from afr.experiments.settings.crossdomain import CrossDomainSettings
+from afr.experiments.settings.dalora import FAMILY_REPRESENTATIVE, DaLoraExperimentSettings, family
+from afr.experiments.settings.maml import MamlExperimentSettings
 
 __all__ = ["GRID_NAMES", "CommittedGrids", "SEEDS", "grid_labels"]
 
@@ -36,25 +36,27 @@ class CommittedGrids:
                                                       ("class-mean", 3e-4))
     baseline_search_seeds: tuple[int, ...] = (0, 1)
     dalora: DaLoraExperimentSettings = field(default_factory=lambda: DaLoraExperimentSettings(
-        seeds=SEEDS, epochs=4, search_lrs=(1e-4, 3e-4), publish_adapters=True, progress=False))
+        seeds=SEEDS, epochs=4, search_lrs=(1e-4, 3e-4), publish_adapters=True, progress=False, grid="dalora"))
     maml: MamlExperimentSettings = field(default_factory=lambda: MamlExperimentSettings(
-        seeds=SEEDS, meta_steps=60, steps=(0, 1, 3, 5, 10, 25), progress=False))
+        seeds=SEEDS, meta_steps=60, steps=(0, 1, 3, 5, 10, 25), progress=False, grid="maml"))
     #: notebook 05's four grids (``CROSSDOMAIN_<name>``); they share the zero-shot run, the two thermal grids share
     #: their starts, and so do low quality and outdoor (both start from ORL + Yale only)
     crossdomain: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
-        seeds=SEEDS, meta_steps=60, shots=(1, 2, 4), progress=False))
+        seeds=SEEDS, meta_steps=60, shots=(1, 2, 4), progress=False, grid="crossdomain-thermal"))
     crossdomain_kall: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
-        seeds=SEEDS, meta_steps=60, shots=("all",), progress=False))
+        seeds=SEEDS, meta_steps=60, shots=("all",), progress=False, grid="crossdomain-thermal_kall"))
     crossdomain_lowquality: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
         seeds=SEEDS, meta_steps=60, direction="visible->lowquality", shots=(1, 4),
-        methods=("zero-shot", "lora", "dalora", "dalora+maml"), progress=False))
+        methods=("zero-shot", "lora", "dalora", "dalora+maml"), progress=False,
+        grid="crossdomain-lowquality"))
     crossdomain_outdoor: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
-        seeds=SEEDS, meta_steps=60, direction="indoor->outdoor", methods=("zero-shot",), progress=False))
+        seeds=SEEDS, meta_steps=60, direction="indoor->outdoor", methods=("zero-shot",), progress=False,
+        grid="crossdomain-outdoor"))
     ablations: AblationSettings = field(default_factory=lambda: AblationSettings(
         seeds=SEEDS, components=("lora", "lora+router", "dalora", "dalora+maml", "dalora+contrastive", "full"),
         ranks=(2, 4, 8, 16, 32), expert_counts=(2, 3, 4, 5), lambda_contrastive_values=(0.01, 0.05, 0.1, 0.5),
         lambda_domain_values=(0.01, 0.05, 0.1, 0.5), inner_steps_values=(1, 3, 5, 10), meta_steps=20,
-        progress=False))
+        progress=False, grid="ablations"))
 
     @property
     def crossdomain_grids(self) -> dict[str, CrossDomainSettings]:
@@ -67,8 +69,6 @@ class CommittedGrids:
         """Notebook 03's choice of the learning rate per adapter family: the highest mean validation AUC (last
         epoch, over the validation packs) of the family's representative run at each searched rate, first seed,
         read from the ``val`` rows of ``dalora_table``; the grid's ``lr`` when nothing was searched or recorded."""
-        from afr.experiments.dalora import FAMILY_REPRESENTATIVE
-
         grid, best = self.dalora, {name: self.dalora.lr for name in FAMILY_REPRESENTATIVE}
         scores: dict[str, dict[float, float]] = {}
         for lr in grid.search_lrs:
@@ -84,8 +84,6 @@ class CommittedGrids:
 
     def dalora_tags(self, dalora_table) -> dict[tuple[str, int], str]:
         """Every (method, seed) run of notebook 03's grid, at the learning rates chosen on validation."""
-        from afr.experiments.dalora import family
-
         grid, rates = self.dalora, self.dalora_learning_rates(dalora_table)
         return {(method, seed): grid.for_run(method, seed, lr=rates[family(method)]).tag
                 for method in grid.methods for seed in grid.seeds}
@@ -119,9 +117,6 @@ class CommittedGrids:
         """``{experiment: {grid name: run tags}}`` of every committed grid; ``tables`` maps an experiment to its
         long table (notebook 03's grid depends on the learning rates its search chose, read from the table). The
         names are those of :data:`GRID_NAMES`, written in the tables' ``grid`` column."""
-        from afr.experiments.ablations import grid_runs
-        from afr.experiments.dalora import FAMILY_REPRESENTATIVE
-
         dalora_table = tables["dalora"]
         dalora_search = {self.dalora.for_run(method, self.dalora.seeds[0], lr=lr, score_test=False).tag
                          for lr in self.dalora.search_lrs for method in FAMILY_REPRESENTATIVE.values()}

@@ -24,9 +24,8 @@ import copy
 import dataclasses
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +36,11 @@ from afr.adapters.lora import trainable_parameters
 from afr.eval.packs import evaluate_on_packs
 from afr.experiments.records import (check_outputs_writable, check_unfinished_runs, environment_info,
                                      grid_metric_values, metric_rows, reuse_record, write_record)
-from afr.experiments.settings import ExperimentSettings, MethodSeedGrid, SettingsError, setting
+# the settings and the methods live in the torch-free settings module; importable here too
+from afr.experiments.settings.maml import META_VARIANTS, METHODS, MamlExperimentSettings  # noqa: F401
 from afr.experiments.training import evaluation_device
 from afr.losses.margin import CosFaceMargin
-from afr.meta import MetaConfig, adapter_parameters, inner_adapt
+from afr.meta import adapter_parameters, inner_adapt
 # MamlData and task_batches live in afr.meta.data; importable from here too
 from afr.meta.data import MamlData, load_training_chips, task_batches  # noqa: F401
 from afr.meta.episodes import EpisodeSampler, few_shot_support
@@ -50,75 +50,6 @@ from afr.paths import results_root
 __all__ = ["METHODS", "MamlData", "MamlExperimentSettings", "adaptation_curves", "curve_table", "episode_sampler",
            "load_data", "run_method", "run_grid"]
 
-METHODS = ("maml", "fomaml", "pooled-lora", "random")
-#: how each method meta-trains: (inner steps from the settings?, first order)
-META_VARIANTS = {"maml": (True, False), "fomaml": (True, True), "pooled-lora": (False, True)}
-
-
-@dataclass
-class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings):
-    """Notebook 04 / ``python -m afr maml``: every field is a notebook parameter and a CLI option."""
-
-    experiment: ClassVar[str] = "maml"
-    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        *ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds", "checkpoint_every")
-    TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
-        "backbone", "rank", "target", "meta_steps", "inner_steps", "inner_lr", "meta_lr")
-
-    backbone: str = setting("dlib-resnet29", "backbone (dlib-resnet29 embedded; dinov2-vits14 / clip-vitb16 with "
-                            "weights)")
-    weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
-    embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
-    methods: tuple[str, ...] = setting(METHODS, "rows to run (subset of " + ", ".join(METHODS) + ")")
-    seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
-    seed: int = setting(0, "seed of a single run (the grid sets it per run)")
-    method: str = setting("maml", "method of a single run (the grid sets it per run)", choices=METHODS)
-    target: str = setting("thermal_und", "held-out target collection (a centre-cropped thermal collection)")
-    sources: tuple[str, ...] = setting(("orl", "yale", "lowquality", "thermal_puj"),
-                                       "meta-training collections (the tasks' domains)")
-    rank: int = setting(8, "LoRA rank r")
-    n_way: int = setting(5, "identities per meta-training episode")
-    k_shot: int = setting(2, "support images per identity in a meta-training episode")
-    q_query: int = setting(2, "query images per identity in a meta-training episode")
-    inner_steps: int = setting(3, "SGD steps of the inner loop (meta-training)")
-    inner_lr: float = setting(1e-3, "SGD learning rate of the inner loop and of the adaptation to the target (1e-2 collapses "
-                             "the dlib embeddings on the source tasks)")
-    meta_steps: int = setting(10, "outer steps (10: the demo budget; make results runs 60)")
-    tasks_per_step: int = setting(2, "episodes per outer step")
-    meta_lr: float = setting(1e-3, "AdamW learning rate of the outer loop")
-    shots: tuple[int, ...] = setting((1, 2, 4), "k: labelled target images per training identity")
-    steps: tuple[int, ...] = setting((0, 1, 3, 5), "adaptation steps at which the target is scored (make results: "
-                                     "0 1 3 5 10 25)")
-    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
-    output_dir: str | None = setting(None, "runs folder (default runs/)")
-    resume: bool = setting(False, "continue an unfinished meta-training from its last checkpoint")
-    overwrite: bool = setting(False, "run again when the record exists (deletes that run's folder first)")
-    progress: bool = setting(True, "progress bars")
-    checkpoint_every: int = setting(5, "checkpoint the meta-training every this many outer steps (and at the end): "
-                                    "a killed run continues from there with --resume (5 steps: well under a minute "
-                                    "of CPU work lost)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), resume vs overwrite
-        self.methods = tuple(self.methods)
-        self.seeds = tuple(int(seed) for seed in self.seeds)
-        self.sources = tuple(self.sources)
-        self.shots = tuple(int(k) for k in self.shots)
-        self.steps = tuple(sorted(int(step) for step in self.steps))
-        unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
-        if unknown:
-            raise SettingsError(f"--methods: unknown method(s) {unknown}; choose from {METHODS}", "methods")
-        if self.target in self.sources:
-            raise SettingsError(f"the target collection {self.target!r} (--target) cannot also be a source (--sources)",
-                                "target", "sources")
-
-    def meta_config(self) -> MetaConfig:
-        """The outer/inner loop settings of this run's method (``random`` has none)."""
-        uses_inner, first_order = META_VARIANTS[self.method]
-        return MetaConfig(inner_steps=self.inner_steps if uses_inner else 0, inner_lr=self.inner_lr,
-                          first_order=first_order, meta_lr=self.meta_lr, meta_steps=self.meta_steps,
-                          tasks_per_step=self.tasks_per_step, checkpoint_every=self.checkpoint_every,
-                          seed=self.seed)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -196,7 +127,7 @@ def run_method(settings: MamlExperimentSettings, data: MamlData) -> dict[str, An
     """Meta-train (or not), adapt to the target for every k, record; a recorded run is reused unless overwrite."""
     path = record_path(settings)
     if path.is_file() and not settings.overwrite:
-        return reuse_record(path, settings.experiment, lambda record: curve_rows(record, settings))
+        return reuse_record(path, settings.experiment, lambda record: curve_rows(record, settings), grid=settings.grid)
     started = time.time()
     backbone, meta = initialisation(settings, data)
     trainable, total = trainable_parameters(backbone)
@@ -206,7 +137,8 @@ def run_method(settings: MamlExperimentSettings, data: MamlData) -> dict[str, An
               "meta_training": {**meta, "adapter_parameters": trainable, "backbone_parameters": total - trainable},
               "curves": curves, "environment": environment_info(evaluation_device(settings)),
               "wall_seconds": round(time.time() - started, 1)}
-    write_record(path, record, settings.experiment, curve_rows(record, settings), overwrite=settings.overwrite)
+    write_record(path, record, settings.experiment, curve_rows(record, settings), overwrite=settings.overwrite,
+                 grid=settings.grid)
     return record
 
 

@@ -20,8 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from afr.experiments.ablations import grid_runs
-from afr.experiments.dalora import FAMILY_REPRESENTATIVE
+from afr.experiments.settings.ablations import grid_runs
+from afr.experiments.settings.dalora import FAMILY_REPRESENTATIVE
 from afr.experiments.grids import CommittedGrids
 from afr.paths import MissingResourceError
 

@@ -16,8 +16,8 @@ comparisons the text makes; zero-shot, which has no seed, enters a paired test w
 """
 from __future__ import annotations
 
-from afr.experiments.crossdomain import (ALL_SHOTS, METHODS, START_OF, THERMAL_PACKS, VISIBLE_PACKS,
-                                         CrossDomainSettings, forgetting_table, shots_label)
+from afr.experiments.settings.crossdomain import (ALL_SHOTS, METHODS, START_OF, THERMAL_PACKS, VISIBLE_PACKS,
+                                                  CrossDomainSettings, forgetting_table, shots_label)
 from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook
 from afr.paper.parts.common import PartOutput, key, label, stats_cell, unseeded

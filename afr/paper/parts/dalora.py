@@ -1,7 +1,7 @@
 """Notebook 03: the DA-LoRA grid (mean ± sd over seeds per method and test domain), paired t-tests, router gates."""
 from __future__ import annotations
 
-from afr.experiments.dalora import METHODS
+from afr.experiments.settings.dalora import METHODS
 from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook
 from afr.paper.parts.common import unseeded, KIND_OF_METRIC, PartOutput, key, label, stats_cell

@@ -1,7 +1,7 @@
 """Notebook 04: target AUC against adaptation steps per start and k, paired t-tests, meta-training cost."""
 from __future__ import annotations
 
-from afr.experiments.maml import METHODS
+from afr.experiments.settings.maml import METHODS
 from afr.paper.latex import Table, escape
 from afr.paper.numbers import NumberBook
 from afr.paper.parts.common import unseeded, PartOutput, key, label, stats_cell

@@ -5,7 +5,8 @@ arXiv:2410.23831), the same constant notebook 02 shows as reference rows.
 """
 from __future__ import annotations
 
-from afr.experiments.baseline import FULL_BENCHMARKS, PUBLISHED_FROUNDATION
+from afr.data.benchmarks import FULL_BENCHMARKS
+from afr.experiments.settings.baseline import PUBLISHED_FROUNDATION
 from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook
 from afr.paper.parts.common import PartOutput, key

@@ -1,4 +1,8 @@
-"""Experiment settings: one dataclass per experiment is the single list of its parameters.
+"""Experiment settings' base: :class:`ExperimentSettings` (checks, digest, tag), the rule table, the command line.
+
+One dataclass per experiment is the single list of its parameters, composed of the field groups of
+:mod:`afr.experiments.settings.fields` and its own fields (:mod:`afr.experiments.settings.baseline`, ``.dalora``,
+``.maml``, ``.crossdomain``, ``.ablations``).
 
 The command line builds its options from the dataclass (:func:`add_arguments`), the notebook's
 papermill ``parameters`` cell mirrors its fields and defaults (a test checks they agree), and both
@@ -25,7 +29,7 @@ from typing import Any, ClassVar
 
 from afr.validation import Rule, SettingsError, check_choices, flag_of
 
-__all__ = ["FIELD_RULES", "BaselineSettings", "ExperimentSettings", "MethodSeedGrid", "SettingsError", "add_arguments",
+__all__ = ["FIELD_RULES", "ExperimentSettings", "MethodSeedGrid", "SettingsError", "add_arguments", "setting",
            "settings_from_arguments"]
 
 
@@ -86,7 +90,7 @@ class ExperimentSettings:
     experiment: ClassVar[str] = "experiment"
     #: fields that say how a run executes, not what it computes: left out of the tag's digest
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        "device", "num_workers", "output_dir", "progress", "resume", "overwrite")
+        "device", "num_workers", "output_dir", "progress", "resume", "overwrite", "grid")
     #: settings written as columns of every tidy-table row (the ones runs of this experiment differ by)
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ()
     #: settings added after results were recorded: they enter the digest only when they differ from their default,
@@ -181,76 +185,6 @@ class MethodSeedGrid:
     @property
     def run_dir(self) -> Path:
         return self.runs_folder / self.tag
-
-
-@dataclass
-class BaselineSettings(ExperimentSettings):
-    """One baseline run (notebook 02, ``python -m afr baseline``): zero-shot vs LoRA + margin loss."""
-
-    experiment: ClassVar[str] = "baseline"
-    TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
-        "data_profile", "backbone", "rank", "margin", "head_init", "epochs", "batch_size", "lr", "head_lr",
-        "score_test")
-
-    backbone: str = setting("dlib-resnet29", "backbone: dlib-resnet29 (embedded), dinov2-vits14, clip-vitb16 (full)")
-    weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
-    data_profile: str = setting("embedded", "embedded: the CPU benchmark of notebook 01; full: CASIA-WebFace + "
-                                "the five InsightFace packs", choices=("embedded", "full"))
-    embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
-    train_rec: str | None = setting(None, "full profile: CASIA-WebFace folder (train.rec/.idx/property)")
-    bins_dir: str | None = setting(None, "full profile: folder with lfw.bin cfp_fp.bin agedb_30.bin calfw.bin "
-                                   "cplfw.bin")
-    num_identities: int | None = setting(None, "full profile: seeded training-identity subset (FRoundation: "
-                                         "1000, 10000); default all")
-    val_identities: int = setting(100, "full profile: identities held out of the training pack (never trained "
-                                  "on) whose pairs are the validation pack")
-    benchmarks: tuple[str, ...] = setting((), "test packs to score (default: all of the profile)")
-    rank: int = setting(8, "LoRA rank r (FRoundation: 16)")
-    alpha: float | None = setting(None, "LoRA alpha (default: = rank)")
-    lora_dropout: float = setting(0.0, "dropout on the LoRA branch")
-    use_rslora: bool = setting(False, "rank-stabilised scaling alpha/sqrt(r)")
-    lora_targets: tuple[str, ...] | None = setting(None, "module names to adapt (default: the backbone's: "
-                                                   "ResNet convolutions, ViT q/v projections)")
-    margin: str = setting("cosface", "margin loss", choices=("cosface", "arcface"))
-    s: float = setting(64.0, "logit scale")
-    m: float | None = setting(None, "margin (default CosFace 0.35, ArcFace 0.5)")
-    head_init: str = setting("random", "class centres: random N(0, 0.01) (InsightFace), or class-mean: the mean "
-                             "unit embedding of each training identity under the frozen backbone",
-                             choices=("random", "class-mean"))
-    epochs: int = setting(4, "training epochs")
-    batch_size: int = setting(32, "images per optimizer step")
-    lr: float = setting(3e-4, "AdamW learning rate of the LoRA matrices (warm-up + cosine; chosen on validation, README)")
-    head_lr: float = setting(1e-2, "AdamW learning rate of the class centres")
-    weight_decay: float = setting(0.05, "AdamW weight decay")
-    warmup_epochs: float = setting(0.5, "linear warm-up length in epochs")
-    augment: bool = setting(True, "flip + per-image RandAugment(4, 16) during training")
-    eval_every_epoch: bool = setting(True, "score the validation packs after every epoch")
-    score_test: bool = setting(True, "score the test packs at the end (off for runs that only choose settings)")
-    seed: int = setting(0, "seed of LoRA init, class centres, batch order and augmentation")
-    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
-    num_workers: int = setting(0, "DataLoader worker processes decoding the training pack")
-    output_dir: str | None = setting(None, "run folder (TensorBoard, checkpoints, adapter); default runs/<tag>")
-    resume: bool = setting(False, "continue the run folder's unfinished run from its last checkpoint")
-    overwrite: bool = setting(False, "replace an earlier run with the same tag (its checkpoints, adapter, result)")
-    progress: bool = setting(True, "progress bars")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # ranges, choices (data_profile, head_init, margin), resume vs overwrite
-        self.benchmarks = tuple(self.benchmarks or ())
-        if self.lora_targets is not None:
-            self.lora_targets = tuple(self.lora_targets)
-
-    @property
-    def tag(self) -> str:
-        """A file-name-safe run name, e.g. ``baseline_embedded_dlib-resnet29_r8_seed0_1a2b3c4d``."""
-        return f"{self.experiment}_{self.data_profile}_{self.backbone}_r{self.rank}_seed{self.seed}_{self.digest()}"
-
-    def lora_settings(self):
-        """The :class:`~afr.adapters.lora.LoraSettings` of this run."""
-        from afr.adapters.lora import LoraSettings
-
-        return LoraSettings(r=self.rank, alpha=float(self.alpha or self.rank), dropout=self.lora_dropout,
-                            use_rslora=self.use_rslora, target_modules=self.lora_targets)
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -1,0 +1,128 @@
+"""The settings' field groups: each setting shared by several experiments is declared once, here, with its help.
+
+An experiment's settings class is :class:`~afr.experiments.settings.base.ExperimentSettings` plus the groups it uses
+plus its own fields (:mod:`afr.experiments.settings.baseline`, ``.dalora``, ``.maml``, ``.crossdomain``,
+``.ablations``). Where an experiment gives a shared name another default or a narrower meaning it redeclares the
+field in its own class (a redeclared field keeps its place and takes the new default and help), so every difference
+between the experiments is written where it applies.
+
+Field order: a dataclass lists the fields of its bases in reverse method-resolution order, so the group named last
+among an experiment's bases comes first in its notebook's ``parameters`` cell and in ``--help``; its own fields
+follow the groups'. Module cheap to import (no torch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from afr.experiments.settings.base import setting
+
+__all__ = ["BackboneFields", "DaLoraFields", "FullProfileFields", "GridFields", "MetaStartFields",
+           "RecordedStartFields", "RunFields", "TrainingFields"]
+
+MARGINS = ("cosface", "arcface")
+HEAD_INITS = ("random", "class-mean")
+DATA_PROFILES = ("embedded", "full")
+
+
+@dataclass
+class BackboneFields:
+    """The pretrained backbone, the embedded benchmark it reads and the rank of its adapters (every experiment)."""
+
+    backbone: str = setting("dlib-resnet29", "backbone: dlib-resnet29 (embedded); dinov2-vits14, clip-vitb16 with "
+                            "weights (full profile)")
+    weights: str | None = setting(None, "backbone weights directory (default: the shared dlib weights)")
+    embedded_root: str | None = setting(None, "embedded benchmark folder (default data/processed/embedded)")
+    rank: int = setting(8, "rank r of LoRA and of each DA-LoRA expert")
+
+
+@dataclass
+class FullProfileFields:
+    """The full profile's data (a GPU box): CASIA-WebFace for training, the InsightFace packs (notebooks 02, 05)."""
+
+    data_profile: str = setting("embedded", "embedded: the CPU benchmark of notebook 01; full: CASIA-WebFace + "
+                                "the five InsightFace packs", choices=DATA_PROFILES)
+    train_rec: str | None = setting(None, "full profile: CASIA-WebFace folder (train.rec/.idx/property)")
+    num_identities: int | None = setting(None, "full profile: seeded CASIA-WebFace identity subset (FRoundation: "
+                                         "1000, 10000); default all")
+    bins_dir: str | None = setting(None, "full profile: folder with lfw.bin cfp_fp.bin agedb_30.bin calfw.bin "
+                                   "cplfw.bin")
+    benchmarks: tuple[str, ...] = setting((), "test packs to score (default: all of the profile)")
+
+
+@dataclass
+class GridFields:
+    """The seeds of a (method, seed) grid and the seed of one of its runs (notebooks 03-06)."""
+
+    seeds: tuple[int, ...] = setting((0,), "seeds of the grid (the committed results use 0 1 2)")
+    seed: int = setting(0, "seed of a single run (the grid sets it per run)")
+
+
+@dataclass
+class TrainingFields:
+    """Supervised training of adapters with a margin loss over class centres (notebooks 02, 03, 06)."""
+
+    margin: str = setting("cosface", "margin loss", choices=MARGINS)
+    head_init: str = setting("random", "class centres: random N(0, 0.01) (InsightFace), or class-mean: the mean "
+                             "unit embedding of each training identity under the frozen backbone", choices=HEAD_INITS)
+    epochs: int = setting(4, "training epochs")
+    batch_size: int = setting(32, "images per optimizer step (with identity batches: a multiple of "
+                              "images_per_identity)")
+    lr: float = setting(3e-4, "AdamW learning rate of the adapters (warm-up + cosine; chosen on validation in "
+                        "notebook 02, README)")
+    head_lr: float = setting(1e-2, "AdamW learning rate of the class centres")
+    weight_decay: float = setting(0.05, "AdamW weight decay")
+    warmup_epochs: float = setting(0.5, "linear warm-up length in epochs")
+    augment: bool = setting(True, "flip + per-image RandAugment(4, 16) during training")
+    score_test: bool = setting(True, "score the test packs at the end (reported, never used to choose; off for "
+                               "runs that only choose settings)")
+    num_workers: int = setting(0, "DataLoader worker processes decoding the training pack")
+
+
+@dataclass
+class DaLoraFields:
+    """DA-LoRA's router and the losses of its training: L_margin + λ1·L_contrastive + λ2·L_domain (notebooks 03, 06)."""
+
+    router_hidden: int = setting(64, "DA-LoRA router MLP width")
+    router_lr: float = setting(1e-2, "AdamW learning rate of the DA-LoRA router (trained by the domain loss only)")
+    lambda_contrastive: float = setting(0.1, "λ1: weight of the supervised InfoNCE term")
+    lambda_domain: float = setting(0.01, "λ2: weight of the router's domain cross-entropy")
+    temperature: float = setting(0.1, "InfoNCE temperature")
+    images_per_identity: int = setting(4, "M of the P identities x M images batches")
+
+
+@dataclass
+class MetaStartFields:
+    """Meta-training of LoRA tensors over episodes (:func:`afr.meta.meta_train`): the MAML experiment's starts,
+    the cross-domain stage 1 and the ablations' MAML start (notebooks 04, 05, 06)."""
+
+    n_way: int = setting(5, "identities per meta-training episode")
+    k_shot: int = setting(2, "support images per identity in a meta-training episode")
+    q_query: int = setting(2, "query images per identity in a meta-training episode")
+    inner_steps: int = setting(3, "SGD steps of the inner loop per episode")
+    inner_lr: float = setting(1e-3, "SGD learning rate of the inner loop")
+    meta_steps: int = setting(10, "outer steps (10: the demo budget; make results runs 60)")
+    tasks_per_step: int = setting(2, "episodes per outer step")
+    meta_lr: float = setting(1e-3, "AdamW learning rate of the outer loop")
+
+
+@dataclass
+class RecordedStartFields:
+    """Experiments whose runs start from recorded meta-trained starts (notebooks 05, 06)."""
+
+    rebuild_starts: bool = setting(False, "meta-train again a recorded start whose adapter is not on this machine (a "
+                                   "fresh clone has records, not runs/); its record is kept, the rebuilt start's "
+                                   "history and scores go to <start run folder>/rebuilt.json")
+
+
+@dataclass
+class RunFields:
+    """How a run executes, not what it computes (every experiment): all are execution fields, out of the tags."""
+
+    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    output_dir: str | None = setting(None, "runs folder (default runs/)")
+    resume: bool = setting(False, "continue unfinished runs from their last checkpoint")
+    overwrite: bool = setting(False, "run again when a run's record exists instead of reusing it (its run folder "
+                              "is started again)")
+    progress: bool = setting(True, "progress bars")
+    grid: str | None = setting(None, "the committed grid this run belongs to (set by the Makefile's results "
+                               "targets); written in the rows' grid column")
