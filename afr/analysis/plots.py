@@ -1,4 +1,6 @@
-"""Notebook 07's figures: one function per figure, each returning a matplotlib Figure, and their saving.
+"""Notebook 07's figures: one function per figure, each returning a matplotlib Figure, and their saving
+(notebooks 01-06's are in :mod:`afr.figures`; the gate heatmaps here and notebook 03's are drawn by the same
+:func:`afr.figures.common.heatmap`).
 
 Figures are written as ``fig_<name>.pdf`` (for the paper) and ``fig_<name>.png`` (for the README) by
 :func:`save_figure`, atomically and without a creation date in the PDF (a re-run with the same inputs gives
@@ -18,6 +20,7 @@ from matplotlib.figure import Figure
 from afr.analysis.errors import FALSE_ACCEPT, PairError
 from afr.analysis.roc import RocCurve
 from afr.analysis.tsne import EmbeddedPoints, IdentityCosines
+from afr.figures.common import heatmap
 from afr.io import atomic_write_bytes
 
 __all__ = ["FIGURE_NAMES", "confusion_figure", "curves_figure", "errors_figure", "figure_paths", "gates_figure",
@@ -44,21 +47,6 @@ def save_figure(fig: Figure, name: str, root: str | Path, dpi: int = 110) -> tup
         fig.savefig(buffer, bbox_inches="tight", **options)
         atomic_write_bytes(path, buffer.getvalue())
     return paths
-
-
-def _heatmap(ax, mean: pd.DataFrame, sd: pd.DataFrame | None, title: str, xlabel: str, ylabel: str) -> None:
-    image = ax.imshow(mean.to_numpy(), vmin=0.0, vmax=1.0, cmap="viridis")
-    ax.set_xticks(range(mean.shape[1]), mean.columns, rotation=30, ha="right")
-    ax.set_yticks(range(mean.shape[0]), mean.index)
-    for i in range(mean.shape[0]):
-        for j in range(mean.shape[1]):
-            value = mean.iat[i, j]
-            text = f"{value:.2f}" + (f"\n± {sd.iat[i, j]:.2f}" if sd is not None else "")
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if value < 0.6 else "black")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.figure.colorbar(image, ax=ax, fraction=0.046)
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -91,7 +79,7 @@ def tsne_figure(panels: Sequence[tuple[str, EmbeddedPoints, np.ndarray, Identity
 def gates_figure(mean: pd.DataFrame, sd: pd.DataFrame, method: str, seeds: int) -> Figure:
     """Mean DA-LoRA gate of each expert on each test pack (mean ± sd over seeds)."""
     fig, ax = plt.subplots(figsize=(5.2, 4))
-    _heatmap(ax, mean, sd, f"{method}: mean gate per expert ({seeds} seeds)", "expert", "test pack")
+    heatmap(ax, mean, sd, f"{method}: mean gate per expert ({seeds} seeds)", "expert", "test pack")
     fig.tight_layout()
     return fig
 
@@ -99,7 +87,7 @@ def gates_figure(mean: pd.DataFrame, sd: pd.DataFrame, method: str, seeds: int) 
 def confusion_figure(mean: pd.DataFrame, sd: pd.DataFrame, method: str, seeds: int) -> Figure:
     """The router's confusion matrix: share of each pack's images whose largest gate is each expert."""
     fig, ax = plt.subplots(figsize=(5.2, 4))
-    _heatmap(ax, mean, sd, f"{method}: router argmax ({seeds} seeds)", "expert with the largest gate", "test pack")
+    heatmap(ax, mean, sd, f"{method}: router argmax ({seeds} seeds)", "expert with the largest gate", "test pack")
     fig.tight_layout()
     return fig
 

@@ -35,15 +35,16 @@ def _arrow(ax, start, end, text=None, style="-|>", colour="black", dashed=False)
 
 
 def draw_architecture():
-    """The figure (a matplotlib Figure); nothing is read from disk."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """The figure (a matplotlib Figure on an Agg canvas, outside pyplot: the caller's backend is left as it is,
+    and nothing has to close it); nothing is read from disk."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.patches import FancyArrowPatch, Rectangle
 
     layer_names = (r"$\ell$", r"$\ell+1$")
-    fig, ax = plt.subplots(figsize=(10, 4.6))
+    fig = Figure(figsize=(10, 4.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.set_xlim(0, 20)
     ax.set_ylim(0, 9.2)
     ax.axis("off")
@@ -96,18 +97,13 @@ def draw_architecture():
 
 def save_architecture(folder: Path) -> list[Path]:
     """Write ``architecture.pdf`` and ``architecture.png`` into ``folder`` (atomically); their paths."""
-    import matplotlib.pyplot as plt
-
     folder.mkdir(parents=True, exist_ok=True)
     fig = draw_architecture()
     written = []
-    try:
-        for suffix, options in ((".pdf", {"metadata": {"CreationDate": None}}), (".png", {"dpi": 200})):
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format=suffix[1:], bbox_inches="tight", **options)
-            path = folder / f"architecture{suffix}"
-            atomic_write_bytes(path, buffer.getvalue())
-            written.append(path)
-    finally:
-        plt.close(fig)
+    for suffix, options in ((".pdf", {"metadata": {"CreationDate": None}}), (".png", {"dpi": 200})):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=suffix[1:], bbox_inches="tight", **options)
+        path = folder / f"architecture{suffix}"
+        atomic_write_bytes(path, buffer.getvalue())
+        written.append(path)
     return written
