@@ -404,9 +404,9 @@ def export_command(args: argparse.Namespace) -> dict[str, Any]:
 #: settings class lives in the torch-free ``afr.experiments.settings.<command>`` (the parser is built from it, the
 #: recipe is imported only to run)
 GRID_EXPERIMENTS = {
-    "dalora": ("afr.experiments.dalora", "DaLoraExperimentSettings", "03_dalora",
+    "dalora": ("afr.experiments.dalora_vs_lora", "DaLoraExperimentSettings", "03_dalora",
                "LoRA vs parameter-matched LoRA vs DA-LoRA (classifier/oracle/uniform) on the embedded benchmark"),
-    "maml": ("afr.experiments.maml", "MamlExperimentSettings", "04_maml",
+    "maml": ("afr.experiments.maml_init", "MamlExperimentSettings", "04_maml",
              "MAML / first-order MAML / pooled-LoRA / random LoRA initialisations adapted to a held-out collection"),
     "crossdomain": ("afr.experiments.crossdomain", "CrossDomainSettings", "05_crossdomain",
                     "visible -> thermal with k labelled thermal images: LoRA / DA-LoRA / MAML starts, contrastive and "

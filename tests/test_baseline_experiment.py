@@ -17,7 +17,7 @@ from afr.data.verification import load_pack
 from afr.eval.extract import extract_embeddings, extract_unique_embeddings
 from afr.experiments.baseline import (BaselineSettings, _full_test_packs, load_data, pack_evaluators, run_baseline,
                                       run_dir, train_lora)
-from afr.experiments.training import class_mean_embeddings
+from afr.experiments.training_setup import class_mean_embeddings
 from afr.experiments.records import ResultExistsError, append_rows, metric_rows, read_table
 from afr.models import FaceRecognitionModel, create_backbone
 from afr.models.factory import architecture_config

@@ -136,7 +136,7 @@ def test_a_batched_adaptation_step_is_inner_adapt_on_that_batch():
     rng = np.random.default_rng(0)
     chips = [rng.integers(0, 256, (28, 28, 3), dtype=np.uint8) for _ in range(24)]
     from afr.experiments.crossdomain import CrossDomainData
-    from afr.experiments.maml import MamlData
+    from afr.experiments.maml_init import MamlData
 
     data = CrossDomainData(MamlData(chips, np.repeat(np.arange(4), 6), np.array(["thermal"] * 24), None, 28),
                            np.array(["x"] * 24, dtype=object), {})

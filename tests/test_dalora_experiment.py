@@ -9,7 +9,7 @@ import torch
 from afr.adapters.dalora import DaLoraSettings, apply_dalora, dalora_state
 from afr.adapters.lora import LoraSettings, apply_lora
 from afr.data.verification import load_pack
-from afr.experiments.dalora import (DaLoraExperimentSettings, RunOutcome, grid_table, paired_tests, parameter_groups,
+from afr.experiments.dalora_vs_lora import (DaLoraExperimentSettings, RunOutcome, grid_table, paired_tests, parameter_groups,
                                     validation_evaluators)
 from afr.models import create_backbone
 from afr.models.domain_aware import DomainAwareRecognitionModel

@@ -10,8 +10,8 @@ import pytest
 from afr.cli import GRID_EXPERIMENTS, build_parser
 from afr.experiments.ablations import AblationSettings
 from afr.experiments.crossdomain import CrossDomainSettings
-from afr.experiments.dalora import DaLoraExperimentSettings
-from afr.experiments.maml import MamlExperimentSettings
+from afr.experiments.dalora_vs_lora import DaLoraExperimentSettings
+from afr.experiments.maml_init import MamlExperimentSettings
 from afr.experiments.settings import BaselineSettings
 from afr.paths import PROJECT_ROOT
 
@@ -141,7 +141,9 @@ print(heavy)
 
 
 def test_recipes_re_export_their_settings():
-    from afr.experiments import ablations, baseline, crossdomain, dalora, maml, settings
+    from afr.experiments import ablations, baseline, crossdomain, settings
+    from afr.experiments import dalora_vs_lora as dalora
+    from afr.experiments import maml_init as maml
 
     assert dalora.DaLoraExperimentSettings is DaLoraExperimentSettings and maml.MamlExperimentSettings is \
         MamlExperimentSettings and crossdomain.CrossDomainSettings is CrossDomainSettings and \

@@ -9,7 +9,7 @@ import torch
 
 from afr.adapters.lora import LoraSettings, apply_lora
 from afr.cli import build_parser
-from afr.experiments.maml import MamlExperimentSettings
+from afr.experiments.maml_init import MamlExperimentSettings
 from afr.meta import CHECKPOINT_NAME, MetaConfig, TaskBatch, adapter_parameters, meta_train
 from afr.models.factory import create_backbone
 

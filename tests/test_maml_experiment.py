@@ -9,7 +9,7 @@ from scipy.stats import ttest_rel
 
 from afr.adapters.lora import LoraSettings, apply_lora
 from afr.experiments.baseline import evaluate_on_packs
-from afr.experiments.maml import (MamlExperimentSettings, adaptation_curves, curve_rows, load_data, paired_tests)
+from afr.experiments.maml_init import (MamlExperimentSettings, adaptation_curves, curve_rows, load_data, paired_tests)
 from afr.models import create_backbone
 
 

@@ -265,9 +265,9 @@ def test_the_paper_grids_are_the_makefiles():
 
     from afr.experiments.ablations import AblationSettings
     from afr.experiments.crossdomain import CrossDomainSettings
-    from afr.experiments.dalora import DaLoraExperimentSettings
+    from afr.experiments.dalora_vs_lora import DaLoraExperimentSettings
     from afr.experiments.grids import CommittedGrids
-    from afr.experiments.maml import MamlExperimentSettings
+    from afr.experiments.maml_init import MamlExperimentSettings
 
     text = (PROJECT_ROOT / "Makefile").read_text().replace("\\\n", " ")
     variables = dict(re.findall(r"^(\w+) := (.*)$", text, flags=re.M))

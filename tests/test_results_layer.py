@@ -95,7 +95,7 @@ def _committed_settings(settings_class, record_path):
 
 
 def test_a_reused_maml_record_gets_its_committed_rows_back(scratch):
-    from afr.experiments import maml
+    from afr.experiments import maml_init as maml
 
     source = sorted((COMMITTED / "maml").glob("maml_maml_seed1_*.json"))[0]
     settings, record = _committed_settings(maml.MamlExperimentSettings, source)
@@ -169,7 +169,7 @@ def test_two_trainers_never_train_in_one_folder(tmp_path):
 
 
 def test_publishing_never_replaces_another_runs_adapter(scratch):
-    from afr.experiments import dalora
+    from afr.experiments import dalora_vs_lora as dalora
 
     run_dir = scratch / "runs" / "new"
     (run_dir / "adapter").mkdir(parents=True)
@@ -265,7 +265,8 @@ def test_an_unwritable_results_folder_is_refused_before_any_work(tmp_path, monke
     monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "file" / "results"))
     monkeypatch.setenv("AFR_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("AFR_DATA", str(tmp_path / "no-data"))  # reading data would fail differently
-    recipe = importlib.import_module(f"afr.experiments.{experiment}")
+    recipe = importlib.import_module("afr.experiments." + {"dalora": "dalora_vs_lora", "maml": "maml_init"}.get(
+        experiment, experiment))
     if experiment == "baseline":
         from afr.experiments.settings import BaselineSettings
 
@@ -282,7 +283,7 @@ def test_an_unwritable_results_folder_is_refused_before_any_work(tmp_path, monke
 def test_a_grid_with_an_interrupted_run_is_refused_before_any_work(scratch):
     """The third run of a grid was killed: the grid is refused at once (data not even read), naming its folder and
     both flags, instead of training the first two runs and failing at the third."""
-    from afr.experiments import dalora, maml
+    from afr.experiments import dalora_vs_lora as dalora, maml_init as maml
 
     settings = maml.MamlExperimentSettings(seeds=(0, 1), progress=False)
     interrupted = settings.for_run(settings.methods[0], 1).run_dir / "checkpoints"

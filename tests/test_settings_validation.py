@@ -10,8 +10,8 @@ from afr.cli import main
 from afr.data.embedded import EmbeddedConfig
 from afr.experiments.ablations import AblationSettings
 from afr.experiments.crossdomain import CrossDomainSettings
-from afr.experiments.dalora import DaLoraExperimentSettings
-from afr.experiments.maml import MamlExperimentSettings
+from afr.experiments.dalora_vs_lora import DaLoraExperimentSettings
+from afr.experiments.maml_init import MamlExperimentSettings
 from afr.experiments.settings import FIELD_RULES, BaselineSettings, SettingsError, _argument_type
 from afr.validation import Rule
 

@@ -18,10 +18,10 @@ from afr.analysis.roc import roc_from_distances
 from afr.data.verification import VerificationPack
 from afr.eval.extract import extract_embeddings
 from afr.eval.verification import evaluate
-from afr.experiments import dalora
+from afr.experiments import dalora_vs_lora as dalora
 from afr.experiments.baseline import evaluate_on_packs
 from afr.experiments.crossdomain import DIRECTIONS, CrossDomainData, CrossDomainSettings, stage1_sampler
-from afr.experiments.maml import MamlData, MamlExperimentSettings, episode_sampler, task_batches
+from afr.experiments.maml_init import MamlData, MamlExperimentSettings, episode_sampler, task_batches
 from afr.losses.margin import CosFaceMargin
 from afr.meta import TaskBatch, meta_step, query_loss
 from afr.models.domain_aware import DomainAwareRecognitionModel

@@ -23,7 +23,7 @@ contrastive term's cross-domain positives and the batch sampler's domain mixing)
 inner steps. A sweep's default cell is the full model's run itself (the same settings, the same tag), and cells
 that need the same MAML start share it.
 
-Runs are :func:`afr.experiments.dalora.run_method` runs (validated per epoch on the validation packs, test packs
+Runs are :func:`afr.experiments.dalora_vs_lora.run_method` runs (validated per epoch on the validation packs, test packs
 scored once at the end) with the ablation's adapter and warm start; the MAML starts are :func:`afr.meta.meta_train`
 over LoRA on the layers DA-LoRA adapts (:func:`afr.adapters.dalora.experts.shared_targets`), so that a warm-started
 expert computes what the start computes. Records go to ``results/ablations/<tag>.json`` (starts too, with their
@@ -73,7 +73,7 @@ class AblationData:
 
 
 def load_data(settings: AblationSettings) -> AblationData:
-    from afr.experiments import dalora
+    from afr.experiments import dalora_vs_lora as dalora
     from afr.meta.data import load_training_chips
 
     baseline = dalora.load_data(settings)
@@ -124,7 +124,7 @@ def adapter_settings(settings: AblationSettings, train) -> Any:
     """The DA-LoRA settings of a run (None for LoRA): the training set's domains as experts, classifier gating; for
     K = 1 one expert and a router over the domains (:attr:`~afr.adapters.dalora.DaLoraSettings.router_domains`)."""
     from afr.adapters.dalora import DaLoraSettings
-    from afr.experiments.dalora import expert_domains
+    from afr.experiments.dalora_vs_lora import expert_domains
 
     if settings.method == "lora":
         return None
@@ -148,7 +148,7 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
     ``results/ablations/<start tag>.json``. Not scored: it is an initialisation, not a result."""
     from afr.adapters.dalora.experts import shared_targets
     from afr.data.collections import COLLECTIONS
-    from afr.experiments.training import evaluation_device
+    from afr.experiments.training_setup import evaluation_device
     from afr.meta import MetaConfig
     from afr.meta.episodes import EpisodeSampler
     from afr.meta.start import meta_learned_start
@@ -192,7 +192,7 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
 def check_starts(runs: Sequence[AblationSettings]) -> None:
     """Refuse, before any work, runs still to train whose MAML start is recorded but has no adapter on this machine
     (unless ``rebuild_starts`` or ``overwrite``): the error names every such start and the flag."""
-    from afr.experiments import dalora
+    from afr.experiments import dalora_vs_lora as dalora
 
     missing = [f"{run.start_tag} ({run.start_dir / 'adapter'})" for run in runs
                if run.maml_start and not (run.rebuild_starts or run.overwrite)
@@ -206,8 +206,8 @@ def check_starts(runs: Sequence[AblationSettings]) -> None:
 
 
 def _run(settings: AblationSettings, data: AblationData, retrained_starts: set[str]):
-    """One run (:func:`afr.experiments.dalora.run_method`), its MAML start first when it must be trained."""
-    from afr.experiments import dalora
+    """One run (:func:`afr.experiments.dalora_vs_lora.run_method`), its MAML start first when it must be trained."""
+    from afr.experiments import dalora_vs_lora as dalora
     from afr.experiments.baseline import BaselineData
 
     train = training_view(data, settings.experts)
@@ -239,7 +239,7 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
     (for all its cells) as soon as it is done, so an interrupted grid leaves a consistent table."""
     from tqdm.auto import tqdm
 
-    from afr.experiments import dalora
+    from afr.experiments import dalora_vs_lora as dalora
 
     cells = grid_cells(settings)
     by_tag: dict[str, list[Cell]] = {}

@@ -43,7 +43,7 @@ from afr.experiments.records import (ResultExistsError, check_outputs_writable, 
 from afr.experiments.settings.baseline import PUBLISHED_FROUNDATION, BaselineSettings
 from afr.models import FaceRecognitionModel, create_backbone
 from afr.paths import runs_root
-from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
+from afr.experiments.training_setup import evaluation_device, initialise_centres, optimizer_groups, train_config
 from afr.train import Trainer, seed_everything
 
 __all__ = [

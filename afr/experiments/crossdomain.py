@@ -97,7 +97,7 @@ from afr.experiments.settings.crossdomain import (  # noqa: F401
     ALL_SHOTS, DATA_PROFILES, DIRECTIONS, EXPERTS, EXTRA_TERMS, FULL_PROFILE_FIELDS, MAML_START_FIELDS, METHODS,
     START_FIELDS, START_OF, STARTS, THERMAL_COLLECTIONS, THERMAL_PACKS, VISIBLE_COLLECTIONS, VISIBLE_PACKS,
     ZERO_SHOT_FIELDS, CrossDomainSettings, Direction, _parse_shots, forgetting_table, shots_label)
-from afr.experiments.training import evaluation_device
+from afr.experiments.training_setup import evaluation_device
 from afr.io import atomic_write_text
 from afr.losses.contrastive import supervised_info_nce
 from afr.losses.margin import CosFaceMargin

@@ -8,7 +8,7 @@ their runs. Nothing here trains or scores anything; a run of a grid that is not 
 cells read "not run").
 
 DA-LoRA's learning rate is chosen per adapter family on the validation packs (notebook 03's rule,
-:func:`afr.experiments.dalora.choose_learning_rates`): :func:`dalora_learning_rates` applies the same rule to the
+:func:`afr.experiments.dalora_vs_lora.choose_learning_rates`): :func:`dalora_learning_rates` applies the same rule to the
 validation rows of the search runs in the table.
 """
 from __future__ import annotations

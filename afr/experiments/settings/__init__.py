@@ -7,7 +7,7 @@
   profile, grid, training, DA-LoRA, meta-start), each shared setting declared once with its help;
 * one module per experiment, each with its settings class and the constants its settings, the grids and the paper
   read: :mod:`.baseline` (notebook 02), :mod:`.dalora` (03), :mod:`.maml` (04), :mod:`.crossdomain` (05),
-  :mod:`.ablations` (06). The recipes (:mod:`afr.experiments.dalora`, ...) import torch and re-export their
+  :mod:`.ablations` (06). The recipes (:mod:`afr.experiments.dalora_vs_lora`, ...) import torch and re-export their
   experiment's settings.
 
 Nothing here imports torch, so the CLI's ``--help``, :mod:`afr.experiments.grids` and :mod:`afr.paper` import

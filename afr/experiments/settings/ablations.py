@@ -4,13 +4,11 @@ these (the paper and the analysis use them). No torch."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, setting
+from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, digest_of, setting
 from afr.experiments.settings.fields import (BackboneFields, DaLoraFields, GridFields, MetaStartFields,
                                              RecordedStartFields, RunFields, TrainingFields)
 
@@ -65,7 +63,7 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     :class:`BackboneFields`, :class:`GridFields`, :class:`MetaStartFields` (the MAML start), :class:`DaLoraFields`,
     :class:`TrainingFields`, :class:`RecordedStartFields`, :class:`RunFields`, then its own (what the grid runs, the
     sweeps' values, the adapter and its parts). Each run is a DA-LoRA training run
-    (:func:`afr.experiments.dalora.run_method` is handed these settings: they satisfy
+    (:func:`afr.experiments.dalora_vs_lora.run_method` is handed these settings: they satisfy
     :class:`~afr.experiments.settings.dalora.DaLoraRun`) named and recorded as an ablation run.
     """
 
@@ -134,8 +132,7 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     def digest(self) -> str:
         skipped = set(self.EXECUTION_FIELDS) | set(self.irrelevant_fields())
         values = {name: value for name, value in dataclasses.asdict(self).items() if name not in skipped}
-        text = json.dumps(values, sort_keys=True, default=str)
-        return hashlib.sha256(f"{self.experiment}:{text}".encode()).hexdigest()[:8]
+        return digest_of(self.experiment, values)
 
     @property
     def run_name(self) -> str:
@@ -150,9 +147,7 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
         return f"{self.experiment}_{self.run_name}_seed{self.seed}_{self.digest()}"
 
     def start_digest(self) -> str:
-        values = {name: getattr(self, name) for name in START_FIELDS}
-        return hashlib.sha256(f"{self.experiment}/start:{json.dumps(values, sort_keys=True, default=str)}".encode()
-                              ).hexdigest()[:8]
+        return digest_of(f"{self.experiment}/start", {name: getattr(self, name) for name in START_FIELDS})
 
     @property
     def start_tag(self) -> str:

@@ -82,6 +82,17 @@ def _float_fields(settings_class: type) -> tuple[str, ...]:
                  if _argument_type(hints[spec.name])[0] is float)
 
 
+def sha8(text: str) -> str:
+    """The first 8 hex digits of the SHA-256 of ``text``."""
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def digest_of(prefix: str, values: Mapping[str, Any]) -> str:
+    """The one digest of run tags: :func:`sha8` of ``<prefix>:<values as sorted JSON>`` (``prefix``: the experiment,
+    or ``<experiment>/<kind>`` for runs of another kind, e.g. a stage-1 start)."""
+    return sha8(f"{prefix}:{json.dumps(values, sort_keys=True, default=str)}")
+
+
 @dataclass
 class ExperimentSettings:
     """Base of the experiments' settings: run bookkeeping shared by every experiment."""
@@ -139,9 +150,7 @@ class ExperimentSettings:
 
     def digest(self) -> str:
         """8 hex digits identifying every result-relevant setting."""
-        values = self.digest_values()
-        text = json.dumps(values, sort_keys=True, default=str)
-        return hashlib.sha256(f"{self.experiment}:{text}".encode()).hexdigest()[:8]
+        return digest_of(self.experiment, self.digest_values())
 
     @classmethod
     def field_names(cls) -> list[str]:

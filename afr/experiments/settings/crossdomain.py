@@ -4,15 +4,13 @@ of run depends on; and :func:`forgetting_table`, which reads only these (the pap
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from afr.data.benchmarks import FULL_BENCHMARKS
-from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, SettingsError, setting
+from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, SettingsError, digest_of, setting, sha8
 from afr.experiments.settings.fields import (DATA_PROFILES, BackboneFields, FullProfileFields, GridFields,
                                              MetaStartFields, RecordedStartFields, RunFields)
 
@@ -175,9 +173,7 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
         return DIRECTIONS[self.direction]
 
     def _digest(self, kind: str, names: Sequence[str]) -> str:
-        values = self.digest_values(names)
-        text = json.dumps(values, sort_keys=True, default=str)
-        return hashlib.sha256(f"{self.experiment}/{kind}:{text}".encode()).hexdigest()[:8]
+        return digest_of(f"{self.experiment}/{kind}", self.digest_values(names))
 
     @property
     def tag(self) -> str:
@@ -206,7 +202,7 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
         collections where they are not the default direction's)."""
         digest = self._digest(start, self.start_fields(start))
         if self.shift.source != DIRECTIONS["visible->thermal"].source:
-            digest = hashlib.sha256(f"{digest}:{'+'.join(self.shift.source)}".encode()).hexdigest()[:8]
+            digest = sha8(f"{digest}:{'+'.join(self.shift.source)}")
         return f"{self.experiment}_{start}-start_seed{self.seed}_{digest}"
 
     def start_dir(self, start: str) -> Path:

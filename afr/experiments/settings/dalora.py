@@ -56,7 +56,7 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
 
 
 class DaLoraRun(Protocol):
-    """What one DA-LoRA training run (:func:`afr.experiments.dalora.run_method`, ``load_data``) reads of its
+    """What one DA-LoRA training run (:func:`afr.experiments.dalora_vs_lora.run_method`, ``load_data``) reads of its
     settings. :class:`DaLoraExperimentSettings` is one; the ablations' :class:`AblationSettings` is another: its runs
     are named, recorded and tabled as ablation runs (``results/ablations/<tag>.json``, its own tag and table
     columns), so it is handed to ``run_method`` itself rather than converted. ``shared_expert`` is read only when

@@ -50,7 +50,7 @@ from afr.experiments.records import (ResultExistsError, append_rows, check_outpu
 # the settings, the methods and the learning-rate families live in the torch-free settings module; importable here too
 from afr.experiments.settings.dalora import (FAMILY_REPRESENTATIVE, METHODS, DaLoraExperimentSettings,  # noqa: F401
                                              DaLoraRun, family)
-from afr.experiments.training import evaluation_device, initialise_centres, optimizer_groups, train_config
+from afr.experiments.training_setup import evaluation_device, initialise_centres, optimizer_groups, train_config
 from afr.io import atomic_write_bytes, atomic_write_text
 from afr.models import create_backbone
 from afr.models.domain_aware import DomainAwareRecognitionModel

@@ -38,7 +38,7 @@ from afr.experiments.records import (check_outputs_writable, check_unfinished_ru
                                      grid_metric_values, metric_rows, reuse_record, write_record)
 # the settings and the methods live in the torch-free settings module; importable here too
 from afr.experiments.settings.maml import META_VARIANTS, METHODS, MamlExperimentSettings  # noqa: F401
-from afr.experiments.training import evaluation_device
+from afr.experiments.training_setup import evaluation_device
 from afr.losses.margin import CosFaceMargin
 from afr.meta import adapter_parameters, inner_adapt
 # MamlData and task_batches live in afr.meta.data; importable from here too
