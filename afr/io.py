@@ -103,19 +103,7 @@ def check_output_file(path: str | Path, what: str = "output file", overwrite: bo
         raise IsADirectoryError(f"{what} {path} is a directory; give a file name")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise NotADirectoryError(f"{what} {path} cannot be written: {ancestor} is not a directory")
-    probe = ancestor / f".{path.name}.probe-{secrets.token_hex(6)}"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as error:
-        raise PermissionError(f"{what} {path} cannot be written: {ancestor} does not accept new files "
-                              f"({error.strerror or error})") from None
-    os.close(fd)
-    probe.unlink(missing_ok=True)
+    _probe_writable(path.parent, f"{what} {path}", "cannot be written")
     return path
 
 
@@ -124,17 +112,24 @@ def check_writable_folder(folder: str | Path, what: str = "output folder") -> Pa
     would be created under): probed by creating and removing a temporary file, as :func:`check_output_file`.
     Raises NotADirectoryError / PermissionError with one line naming the folder."""
     folder = Path(folder)
+    _probe_writable(folder, f"{what} {folder}", "cannot be created")
+    return folder
+
+
+def _probe_writable(folder: Path, label: str, verb: str) -> None:
+    """Create and remove a temporary file in ``folder`` or the nearest existing ancestor it would be created under
+    (permission bits do not tell for root or read-only mounts); nothing is left behind. ``label`` names what is
+    refused in the one-line NotADirectoryError / PermissionError."""
     ancestor = folder
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise NotADirectoryError(f"{what} {folder} cannot be created: {ancestor} is not a directory")
+        raise NotADirectoryError(f"{label} {verb}: {ancestor} is not a directory")
     probe = ancestor / f".probe-{secrets.token_hex(6)}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as error:
-        raise PermissionError(f"{what} {folder} cannot be written: {ancestor} does not accept new files "
+        raise PermissionError(f"{label} cannot be written: {ancestor} does not accept new files "
                               f"({error.strerror or error})") from None
     os.close(fd)
     probe.unlink(missing_ok=True)
-    return folder
