@@ -310,3 +310,25 @@ def test_each_committed_grid_writes_the_name_its_runs_are_labelled_with():
     by_grid = grids.runs_by_grid(tables)
     for settings in (grids.dalora, grids.maml, *grids.crossdomain_grids.values(), grids.ablations):
         assert settings.grid in GRID_NAMES and settings.grid in by_grid[settings.experiment], settings.grid
+
+
+def test_a_regression_check_across_two_builds_of_the_benchmark_is_reported_not_compared(monkeypatch, tmp_path):
+    """Same packs, another result: a regression (raises). Other packs (SHA-256 differ): said in the line, not
+    compared (a comparison across two builds of the benchmark tests nothing)."""
+    from types import SimpleNamespace
+
+    from afr.experiments import reference
+
+    committed = {"tag": "dalora_lora_seed0_x", "experiment": "dalora",
+                 "test": {"thermal": {"auc": 0.93, "accuracy_mean": 0.81, "eer": 0.1, "sha256": "aa"}}}
+    folder = tmp_path / "results" / "dalora"
+    folder.mkdir(parents=True)
+    (folder / "dalora_lora_seed0_x.json").write_text(json.dumps(committed))
+    monkeypatch.setattr(reference, "PROJECT_ROOT", tmp_path)
+    moved = json.loads(json.dumps(committed))
+    moved["test"]["thermal"]["auc"] = 0.99
+    with pytest.raises(AssertionError, match="auc"):
+        reference.compare_grid_with_committed({0: SimpleNamespace(record=moved)})
+    moved["test"]["thermal"]["sha256"] = "bb"
+    line = reference.compare_grid_with_committed({0: SimpleNamespace(record=moved)})
+    assert "another build of the embedded benchmark" in line and "thermal" in line and line.startswith("0 run(s)")

@@ -66,15 +66,44 @@ def compare_grid_with_committed(outcomes: Mapping[Any, Any]) -> str:
     """:func:`compare_with_reference` for every run of a grid (``{key: outcome with .record}``) that has a
     committed record under ``results/<experiment>/``; one line saying how many runs were compared."""
     compared = missing = 0
+    other_build: list[str] = []
     for outcome in outcomes.values():
         record = outcome.record
         reference = committed_result(record["tag"], record["experiment"])
         if reference is None or record.get("test") is None:
             missing += 1
             continue
-        compare_with_reference(record, reference)
+        try:
+            compare_with_reference(record, reference)
+        except AssertionError:
+            packs = _packs_with_other_sha256(record, reference)
+            if not packs:
+                raise  # the same benchmark, another result: a regression
+            other_build.append(f"{record['tag']} (packs {', '.join(packs)})")
+            continue
         compared += 1
-    if not compared:
+    if not compared and not other_build:
         return "no committed runs with these settings: nothing to compare with"
-    return (f"{compared} run(s) agree with their committed records on every test metric ({_limits()})"
+    line = (f"{compared} run(s) agree with their committed records on every test metric ({_limits()})"
             + (f"; {missing} without a committed record" if missing else ""))
+    if other_build:  # said, never hidden: a comparison across two builds of the benchmark tests nothing
+        line += (f"; {len(other_build)} run(s) differ but were scored on another build of the embedded benchmark "
+                 f"than their committed records (test-pack SHA-256 differ), so they are not compared: "
+                 + "; ".join(other_build))
+    return line
+
+
+def _packs_with_other_sha256(record: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
+    """The test packs whose SHA-256 differs between a run's record and its committed record (flat or per k)."""
+    def shas(test: Mapping[str, Any]) -> dict[str, str]:
+        found = {}
+        for key, value in (test or {}).items():
+            if isinstance(value, Mapping) and "sha256" in value:
+                found[key] = value["sha256"]
+            elif isinstance(value, Mapping):
+                found.update({pack: metrics["sha256"] for pack, metrics in value.items()
+                              if isinstance(metrics, Mapping) and "sha256" in metrics})
+        return found
+
+    mine, theirs = shas(record.get("test")), shas(reference.get("test"))
+    return sorted(pack for pack in mine.keys() & theirs.keys() if mine[pack] != theirs[pack])
