@@ -12,11 +12,13 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: full venv demo test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results results
+.PHONY: full venv demo test test-full check bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results results
 
 help:
-	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU)"
-	@echo "make test   - create .venv if needed and run unit tests + nbval notebook tests"
+	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU) into build/demo/"
+	@echo "make test   - create .venv if needed; the quick tier: unit tests + every notebook with small parameters (<= 15 min)"
+	@echo "make test-full - the regression tier: slow tests + the notebooks as shipped under nbval"
+	@echo "make check - make test, make test-full and make browser-test (what .ci/run runs)"
 	@echo "make bench  - run the benchmarks in bench/ (prints ratios measured side by side)"
 	@echo "make results - the committed results that take long: notebook 02's validation search, notebooks 03-05's 3-seed grids"
 	@echo "make apt    - install the Debian packages in apt.txt (LaTeX for the paper) when root and apt-get exist"
@@ -32,31 +34,49 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -c "import torch, transformers, peft, kornia, afr; print('environment ready: torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
 	@touch $@
 
-# Each notebook runs with papermill (default parameters) into results/notebooks/, in numbered order, and
-# regenerates the committed results of its default settings in place (overwrite=True; git shows any change).
-# Runs with other settings have other tags and are never touched.
+# The demo: every notebook runs with papermill (its shipped parameters) into $(DEMO_OUT)/notebooks/, in numbered
+# order, and writes its results, figures and runs under $(DEMO_OUT)/ (git-ignored): the committed results/, figures/
+# and paper/ are never touched. A second `make demo` reuses the demo's earlier runs (each notebook says so);
+# `rm -rf $(DEMO_OUT)` first to train them again.
+DEMO_OUT := build/demo
+DEMO_ENV := AFR_RESULTS=$(abspath $(DEMO_OUT))/results AFR_FIGURES=$(abspath $(DEMO_OUT))/figures \
+  AFR_RUNS=$(abspath $(DEMO_OUT))/runs
 notebooks: $(STAMP)
-	@mkdir -p $(RUN_DIR)
+	@mkdir -p $(DEMO_OUT)/notebooks
 	@for nb in $(NOTEBOOKS); do \
-	  case $$nb in *01_data*) extra="";; *) extra="-p overwrite True";; esac; \
-	  echo "== papermill $$nb $$extra"; start=$$(date +%s); \
-	  $(VENV)/bin/papermill --cwd notebooks --log-level WARNING $$extra "$$nb" "$(RUN_DIR)/$$(basename $$nb)"; \
+	  echo "== papermill $$nb -> $(DEMO_OUT)/notebooks/"; start=$$(date +%s); \
+	  $(DEMO_ENV) $(VENV)/bin/papermill --cwd notebooks --log-level WARNING "$$nb" \
+	    "$(DEMO_OUT)/notebooks/$$(basename $$nb)"; \
 	  echo "   $$(basename $$nb): $$(( $$(date +%s) - start )) s"; \
 	done
 
-# The demo ends with the paper when LaTeX is installed (`make apt`), and says how to get it otherwise.
+# The demo ends with the paper when LaTeX is installed (`make apt`): it is built from the committed results (the
+# demo's one-seed runs are not the paper's 3-seed grids), which leaves paper/generated/ as it is.
 demo: notebooks
 	@if command -v latexmk >/dev/null; then $(MAKE) --no-print-directory paper; \
 	else echo "paper: LaTeX not installed; \`make apt\` (as root) then \`make paper\` builds paper/main.pdf"; fi
-	@echo "Done. Executed notebooks: $(RUN_DIR)/; metrics: results/*.json; figures: figures/; paper: paper/main.pdf"
+	@echo "Done. The demo's executed notebooks: $(DEMO_OUT)/notebooks/; its records and tables: $(DEMO_OUT)/results/;"
+	@echo "its figures: $(DEMO_OUT)/figures/; the paper (from the committed results): paper/main.pdf"
 
-# Tests write results, figures and runs into a scratch folder (never over the committed ones), so the work
-# tree stays as it was; the scratch folder is emptied first (it holds nothing but the previous test run).
+# Tests write results, figures and runs into a scratch folder (never over the committed ones), so the work tree
+# stays as it was; each tier's scratch folder is emptied first (it holds nothing but that tier's previous run).
+# `make test` is the quick tier (<= 15 min on 2 cores): the unit tests not marked slow, and every notebook run
+# top to bottom by papermill with its small parameter file (tests/notebook_parameters/). `make test-full` is the
+# regression tier: the slow tests, and the notebooks as shipped under nbval (their checked outputs compared with
+# the committed ones). `make check` runs both and the real-browser test; `.ci/run` runs `make check`.
 TEST_OUTPUT := build/test-output
+test_env = AFR_RESULTS=$(abspath $(TEST_OUTPUT))/$(1)/results AFR_FIGURES=$(abspath $(TEST_OUTPUT))/$(1)/figures \
+  AFR_RUNS=$(abspath $(TEST_OUTPUT))/$(1)/runs
 test: $(STAMP)
-	@rm -rf $(TEST_OUTPUT) && mkdir -p $(TEST_OUTPUT)
-	AFR_RESULTS=$(abspath $(TEST_OUTPUT))/results AFR_FIGURES=$(abspath $(TEST_OUTPUT))/figures \
-	  AFR_RUNS=$(abspath $(TEST_OUTPUT))/runs $(PY) -m pytest tests notebooks --nbval-lax --durations=15
+	@rm -rf $(TEST_OUTPUT)/quick && mkdir -p $(TEST_OUTPUT)/quick
+	$(call test_env,quick) $(PY) -m pytest tests -m "not slow" --basetemp=$(TEST_OUTPUT)/quick/tmp --durations=15
+
+test-full: $(STAMP)
+	@rm -rf $(TEST_OUTPUT)/full && mkdir -p $(TEST_OUTPUT)/full
+	$(call test_env,full) $(PY) -m pytest tests -m slow --basetemp=$(TEST_OUTPUT)/full/tmp --durations=5
+	$(call test_env,full) $(PY) -m pytest notebooks --nbval-lax --durations=7
+
+check: test test-full browser-test
 
 # Notebook 02's settings chosen on the validation packs (test packs not scored): class-centre start x LoRA lr,
 # seeds 0 and 1, 4 epochs each; choice rule (fixed before the runs): the highest mean validation AUC of the last
