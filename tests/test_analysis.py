@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,10 +16,13 @@ from afr.analysis.committed import crossdomain_curves, gate_matrices, published_
 from afr.analysis.decisions import at_threshold, protocol_decisions
 from afr.analysis.embeddings import PackEmbedder
 from afr.analysis.errors import FALSE_ACCEPT, FALSE_REJECT, error_analysis, image_attributes, worst_errors
-from afr.analysis.explorer import ThresholdExplorer, flipped_pairs, live_frontend, sweep
+from afr.analysis import explorer as explorer_module
+from afr.analysis.explorer import (ExplorerView, ThresholdExplorer, flipped_pairs, flips_caption, sweep,
+                                   threshold_step, widget_frontend)
 from afr.analysis.packs import PackMismatchError, labelled_test_pack
 from afr.analysis.plots import figure_paths, save_figure, sensitivity_figure
-from afr.analysis.report import AnalysisSettings, FigureReport, existing_outputs
+from afr.analysis import report as report_module
+from afr.analysis.report import AnalysisSettings, FigureReport, existing_outputs, shown
 from afr.analysis.saliency import grad_cam, vit_attention_maps
 from afr.analysis.tsne import EmbeddedPoints, collect_points, identity_cosines, tsne_coordinates
 from afr.data.embedded import EmbeddedBenchmark, load_embedded
@@ -174,7 +180,7 @@ def test_explorer_accuracy_at_the_protocol_equals_evaluate(embedder):
     flips = flipped_pairs(decisions, 0.0, embedder.packs["controlled"].rows)
     assert len(flips) == int(decisions.accept.sum())  # at threshold 0 every accepted pair flips to reject
     assert (flips["now"] == "reject").all() and set(flips.columns) >= {"file a", "file b"}
-    assert not live_frontend()  # no kernel here: widgets are never built in a batch run
+    assert not widget_frontend()  # no kernel here: the static summary is the output
 
 
 def test_at_threshold_uses_the_strict_rule():
@@ -242,15 +248,34 @@ def test_sensitivity_figure_says_when_ablations_are_missing():
     assert "ablations not run yet" in " ".join(text.get_text() for text in fig.axes[0].texts)
 
 
-def test_report_refuses_to_replace_outputs_without_overwrite(tmp_path, monkeypatch):
+def test_report_without_overwrite_writes_to_scratch_and_leaves_existing_outputs(tmp_path, monkeypatch):
+    """Run as shipped (overwrite=False) where the outputs exist (a clone's committed figures): the run writes to the
+    scratch folder and says so; the existing files are not touched. With overwrite it writes in place."""
     monkeypatch.setenv("AFR_FIGURES", str(tmp_path / "figures"))
     monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(report_module, "SCRATCH_DIR", tmp_path / "scratch")
     fig = sensitivity_figure(None)
     pdf, png = save_figure(fig, "sensitivity", tmp_path / "figures")
     assert (pdf, png) == figure_paths(tmp_path / "figures", "sensitivity") and pdf.read_bytes()[:4] == b"%PDF"
     assert existing_outputs() == [pdf, png]
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        FigureReport(AnalysisSettings(progress=False))
+    before = {path: path.read_bytes() for path in (pdf, png)}
+    report = FigureReport(AnalysisSettings(progress=False))
+    assert report.scratch and report.figures_dir == tmp_path / "scratch" / "figures"
+    assert report.numbers_file == tmp_path / "scratch" / "results" / "analysis" / "figures.json"
+    assert report.paper_dir == tmp_path / "scratch" / "paper_generated"
+    assert "kept as they are" in report.destination and "overwrite = True" in report.destination
+    assert report.save(sensitivity_figure(None), "sensitivity").endswith(f"written to {tmp_path / 'scratch' / 'figures'}/")
+    report.record({"example": 1})
+    assert before == {path: path.read_bytes() for path in (pdf, png)}
+    assert not (tmp_path / "results").exists()
+    in_place = FigureReport(AnalysisSettings(progress=False, overwrite=True))
+    assert not in_place.scratch and in_place.figures_dir == tmp_path / "figures" and in_place.paper_dir is None
+
+
+def test_paths_are_shown_relative_to_the_project_root(tmp_path):
+    assert shown(PROJECT_ROOT / "results") == "results"
+    assert shown(PROJECT_ROOT / "build" / "07_figures" / "figures") == "build/07_figures/figures"
+    assert shown(tmp_path) == str(tmp_path)  # outside the project: absolute
 
 
 def test_notebook_parameters_mirror_the_settings():
@@ -265,3 +290,92 @@ def test_notebook_parameters_mirror_the_settings():
     exec(cell.source, {}, values)
     fields = {field.name: field.default for field in dataclasses.fields(AnalysisSettings)}
     assert values == fields
+
+
+# ---------------------------------------------------------------------------------------------- explorer widgets
+def _dalora_thermal_like(seed: int = 0) -> np.ndarray:
+    """Squared L2 distances shaped like DA-LoRA's on the thermal pack (protocol threshold about 0.02): 300
+    same-identity pairs around 0.01, 300 different-identity pairs spread over 0.01-0.15, a few outliers."""
+    rng = np.random.default_rng(seed)
+    same = rng.gamma(2.0, 0.005, 300)
+    different = 0.012 + rng.gamma(1.5, 0.025, 300)
+    return np.concatenate([same, different, [0.6, 0.9]])
+
+
+def _most_flips_per_step(distances: np.ndarray, step: float) -> int:
+    """The most decisions ``distance < t`` that one slider step (t -> t + step) changes, over every position."""
+    top = distances.max() * 1.05
+    positions = np.arange(0.0, top + step, step)
+    counts = np.searchsorted(np.sort(distances), positions, side="left")
+    return int(np.max(np.diff(counts)))
+
+
+@pytest.mark.parametrize("source", ["dalora-thermal-like", "zero-shot controlled", "lora_seed0 wild"])
+def test_one_slider_step_flips_at_most_one_percent_of_the_pairs(source, embedder):
+    if source == "dalora-thermal-like":
+        distances = _dalora_thermal_like()
+        assert _most_flips_per_step(distances, 0.005) > 0.1 * len(distances)  # the old fixed step: >10 % per press
+    else:
+        model, domain = source.split()
+        distances = ThresholdExplorer(embedder, [model], [domain]).decisions(model, domain).distances
+    step = threshold_step(distances)
+    limit = max(1, int(0.01 * len(distances)))
+    assert _most_flips_per_step(distances, step) <= limit
+    assert distances.max() / step < 100_000  # still a usable slider
+    mantissa = step / 10 ** np.floor(np.log10(step))
+    assert min(abs(mantissa - m) for m in (1, 2, 5)) < 1e-9  # a round step
+
+
+def test_the_flips_table_says_first_15_of_n(embedder):
+    assert flips_caption(0) == "no pair flips against the protocol"
+    assert flips_caption(7) == "all 7 flipped pair(s)"
+    assert flips_caption(100) == "first 15 of 100 flipped pairs"
+    explorer = ThresholdExplorer(embedder, ["zero-shot"], ["controlled"])
+    decisions = explorer.decisions("zero-shot", "controlled")
+    n_accepted = int(decisions.accept.sum())
+    assert n_accepted > 15
+    text, table = explorer.rates_text("zero-shot", "controlled", 0.0)  # every accepted pair flips to reject
+    assert f"first 15 of {n_accepted} flipped pairs" in text and len(table) == 15
+
+
+def test_widgets_only_with_a_kernel_and_ipywidgets(monkeypatch):
+    import IPython
+
+    assert not widget_frontend()  # pytest: no IPython kernel -> the static table
+    monkeypatch.setattr(IPython, "get_ipython", lambda: SimpleNamespace(kernel=object()))
+    assert widget_frontend()  # a kernel (JupyterLab, Voila, nbconvert): widgets, whatever allow_stdin says
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # not installed
+    assert not widget_frontend()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: SimpleNamespace(kernel=SimpleNamespace(_allow_stdin=True)))
+    assert explorer_module.answers_input()  # progress bars when a frontend that answers input() runs the cell
+    monkeypatch.setattr(IPython, "get_ipython", lambda: SimpleNamespace(kernel=SimpleNamespace(_allow_stdin=False)))
+    assert not explorer_module.answers_input()
+
+
+def test_widgets_use_the_scaled_step_and_a_typed_threshold(embedder):
+    explorer = ThresholdExplorer(embedder, ["zero-shot", "lora_seed0"], ["controlled", "wild"])
+    view = explorer.widgets()
+    assert isinstance(view, ExplorerView)
+    bundle = view._repr_mimebundle_()
+    assert bundle["text/plain"] == ExplorerView.TEXT and "application/vnd.jupyter.widget-view+json" in bundle
+    slider, typed = view.box.children[2].children
+    assert slider.step == threshold_step(explorer.decisions("zero-shot", "controlled").distances)
+    typed.value = 0.123
+    assert slider.value == pytest.approx(0.123)
+
+
+def test_committed_notebook_07_is_clean():
+    """07 as committed: no papermill-injected cell, no machine paths, no frozen progress bars, readable inline
+    figures, the scratch default (a Run All changes no tracked file) and the widget check."""
+    import nbformat
+
+    text = (PROJECT_ROOT / "notebooks" / "07_figures.ipynb").read_text()
+    notebook = nbformat.reads(text, as_version=4)
+    assert not [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    for machine in ("/work/", "/root/", "/tmp/", "/home/", str(PROJECT_ROOT)):
+        assert machine not in text, machine
+    assert "embedding:" not in text and "it/s]" not in text and "batch/s]" not in text
+    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    dpi = float(re.search(r'rcParams\["figure.dpi"\]\s*=\s*([0-9.]+)', code).group(1))
+    assert dpi >= 90
+    assert "overwrite = False" in code and "widget_frontend()" in code and "live_frontend" not in code

@@ -189,11 +189,13 @@ def test_no_library_module_selects_a_matplotlib_backend():
 
 def test_importing_and_drawing_keep_the_callers_backend(tmp_path):
     """A process on the ``svg`` backend imports every figure module, draws and saves the architecture figure and
-    a notebook figure: its backend is still ``svg`` (``draw_architecture`` used to switch it to Agg)."""
+    a notebook figure, and regenerates the paper as notebook 07's last cell does: its backend is still ``svg``
+    (``draw_architecture`` used to switch it to Agg, and the kernel's inline figures vanished after 07's Run All)."""
     script = """
 import matplotlib
 assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
-import afr.figures, afr.analysis.plots, afr.paper.architecture
+import afr.figures, afr.analysis.plots, afr.analysis.report, afr.analysis.explorer, afr.paper.architecture
+import afr.paper.generate
 import sys
 from pathlib import Path
 
@@ -207,10 +209,15 @@ save_architecture(Path(sys.argv[1]))
 history = pd.DataFrame({"epoch": [0, 1], "val/thermal/auc": [0.6, 0.7]})
 test = {m: {"thermal": {"accuracy_mean": 0.8, "accuracy_std": 0.0}} for m in ("zero-shot", "lora")}
 afr.figures.save_png(afr.figures.baseline_figure(test, history, ["thermal"], "b", 8, "cosface"), "b.png", sys.argv[1])
+# notebook 07's last cell: the paper's files regenerated from the committed results (architecture figure included)
+scratch = Path(sys.argv[2])
+print(afr.paper.generate.regenerate_paper(afr.paths.PROJECT_ROOT / "results", scratch / "figures", scratch / "paper"))
+assert (scratch / "figures" / "architecture.png").is_file() and (scratch / "paper" / "numbers.tex").is_file()
 print(matplotlib.get_backend())
 """
     environment = {**os.environ, "MPLBACKEND": "svg"}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+    scratch = tmp_path.parent / f"{tmp_path.name}-paper"
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(scratch)], capture_output=True, text=True,
                           env=environment, cwd=PROJECT_ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "svg"

@@ -2,17 +2,25 @@
 
 :class:`ThresholdExplorer` holds, for every (model, domain), the pairs' distances and the protocol's
 decisions. Its static rendering (:meth:`ThresholdExplorer.summary` and :meth:`ThresholdExplorer.plot`: a table
-at the protocol thresholds and accuracy / FAR / FRR against one threshold for all pairs) is what a batch run
-(papermill, nbval) stores. :meth:`ThresholdExplorer.widgets` adds ipywidgets -- domain, model, a threshold slider
-showing the rates and the pairs whose decision flips against the protocol's, and two face pickers showing their
-similarity under every model -- and is built only when a live frontend can show them (:func:`live_frontend`).
+at the protocol thresholds and accuracy / FAR / FRR against one threshold for all pairs) is what every run
+shows. :meth:`ThresholdExplorer.widgets` adds ipywidgets -- domain, model, a threshold slider (with a typed
+threshold linked to it) showing the rates and the pairs whose decision flips against the protocol's, and two
+face pickers showing their similarity under every model.
 
-**How a live frontend is told from a batch run.** A widget needs a frontend that renders it; a batch executor
-has none, and an ipywidgets comm cannot be probed from the kernel. Every batch executor in use here runs cells
-with ``allow_stdin=False`` (nbclient, which papermill uses, sets it; nbval sends it with each cell), while
-Jupyter Lab, Notebook and VS Code send ``allow_stdin=True``, because they can answer ``input()``. The kernel
-keeps that flag of the running request, so :func:`live_frontend` reads it: no parameter needs to change
-between an interactive session and ``make test`` / ``make demo``, and outside a kernel it is False.
+**When the widgets are built.** :func:`widget_frontend` is a plain capability check: ipywidgets is importable
+and the code runs in an IPython kernel (``get_ipython().kernel``, whose comms carry the widgets). JupyterLab,
+Notebook, VS Code and Voila show them; a batch executor (papermill, nbconvert, nbval) builds them too and stores
+their state (a short text line stands for them where widgets cannot be rendered); outside a kernel (a script,
+pytest) the static table is the output.
+
+**The slider's step scales with the distances** (:func:`threshold_step`): squared L2 distances of one model on one
+pack can span 0-2 (zero-shot) or sit below 0.1 (DA-LoRA on thermal, protocol threshold ~0.02), so a fixed step
+flips a sixth of a pack per key press on one and is needlessly fine on the other. The step is the largest round
+value (1, 2 or 5 x 10^k) such that one step moves at most ``max_share`` (1 %) of the pairs' decisions.
+
+**Progress bars** (:func:`answers_input`): an interactive frontend sends each cell with ``allow_stdin=True``
+(it can answer ``input()``); batch executors send ``False``. ``progress=None`` in notebook 07 shows tqdm.auto bars
+only in the first case, so no frozen bar is ever stored in an executed notebook.
 """
 from __future__ import annotations
 
@@ -26,18 +34,73 @@ import pandas as pd
 from afr.analysis.decisions import OperatingPoint, ProtocolDecisions, at_threshold, protocol_decisions
 from afr.analysis.embeddings import PackEmbedder
 
-__all__ = ["ThresholdExplorer", "flipped_pairs", "live_frontend", "sweep"]
+__all__ = ["FLIPS_SHOWN", "ThresholdExplorer", "answers_input", "flipped_pairs", "flips_caption", "sweep",
+           "threshold_step", "widget_frontend"]
+
+#: how many flipped pairs the explorer's table lists
+FLIPS_SHOWN = 15
 
 
-def live_frontend() -> bool:
-    """Whether the code runs in a kernel whose current request came from an interactive frontend (see above)."""
+def _kernel():
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython ships with ipykernel
+        return None
+    return getattr(get_ipython(), "kernel", None)
+
+
+def widget_frontend() -> bool:
+    """Whether widgets can be shown: ipywidgets importable and the code running in an IPython kernel (whose comms
+    carry the widgets to the frontend: JupyterLab, Notebook, VS Code, Voila). False in a script or under pytest."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
         return False
-    shell = get_ipython()
-    kernel = getattr(shell, "kernel", None)
-    return bool(getattr(kernel, "_allow_stdin", False))
+    return _kernel() is not None
+
+
+def answers_input() -> bool:
+    """Whether the running cell came from a frontend that answers ``input()`` (``allow_stdin``: JupyterLab, Notebook,
+    VS Code) rather than a batch executor (papermill, nbconvert, nbval, Voila). Decides only whether progress bars are
+    drawn (``progress=None``), never whether the widgets are built."""
+    return bool(getattr(_kernel(), "_allow_stdin", False))
+
+
+def threshold_step(distances: np.ndarray, max_share: float = 0.01, max_steps: int = 100_000) -> float:
+    """A slider step for thresholds on ``distances``: the largest 1/2/5 x 10^k such that moving the threshold by one
+    step changes the decision ``distance < threshold`` of at most ``max_share`` of the pairs (at least one pair).
+
+    Any half-open interval ``[t, t + step)`` then holds at most ``k = max(1, floor(max_share * n))`` distances, because
+    ``step`` is at most the narrowest span of ``k + 1`` consecutive distinct distances. Tied distances flip together
+    whatever the step; ``max_steps`` keeps the slider usable (the step is at least ``max / max_steps``)."""
+    values = np.unique(np.asarray(distances, dtype=np.float64))
+    top = float(values[-1]) if len(values) else 1.0
+    k = max(1, int(np.floor(max_share * len(np.asarray(distances).ravel()))))
+    if len(values) > k:
+        span = float(np.min(values[k:] - values[:-k]))
+    else:
+        span = top
+    floor = max(top, 1e-12) / max_steps
+    span = max(span, floor)
+    exponent = np.floor(np.log10(span))
+    for mantissa in (5.0, 2.0, 1.0):
+        step = mantissa * 10.0 ** exponent
+        if step <= span:
+            return float(step)
+    return float(10.0 ** exponent)  # pragma: no cover - 1 x 10^floor(log10(span)) <= span always
+
+
+def _decimals(step: float) -> int:
+    return max(3, int(-np.floor(np.log10(step))) + 1)
+
+
+def flips_caption(n_flips: int, shown: int = FLIPS_SHOWN) -> str:
+    """The line above the flips table: how many of the flipped pairs it lists."""
+    if n_flips == 0:
+        return "no pair flips against the protocol"
+    if n_flips <= shown:
+        return f"all {n_flips} flipped pair(s)"
+    return f"first {shown} of {n_flips} flipped pairs"
 
 
 @dataclass
@@ -140,33 +203,53 @@ class ThresholdExplorer:
         return fig
 
     # ------------------------------------------------------------------ widgets
+    def rates_text(self, model: str, domain: str, threshold: float, shown: int = FLIPS_SHOWN
+                   ) -> tuple[str, pd.DataFrame]:
+        """What the threshold widget shows: the rates at ``threshold`` against the protocol's, how many pairs flip,
+        and the first ``shown`` flipped pairs (the text says "first 15 of N")."""
+        decisions = self.decisions(model, domain)
+        point = self.at(model, domain, threshold)
+        flips = flipped_pairs(decisions, threshold, self.embedder.packs[domain].rows)
+        digits = _decimals(threshold_step(decisions.distances))
+        text = (f"threshold {threshold:.{digits}f}: accuracy {point.accuracy:.4f}, FAR {point.far:.4f}, "
+                f"FRR {point.frr:.4f} (protocol: {decisions.point.accuracy:.4f}); "
+                f"{len(flips)} of {len(decisions.distances)} pair(s) flip against the protocol, "
+                f"{int(flips['now correct'].sum()) if len(flips) else 0} of them now correct\n"
+                f"{flips_caption(len(flips), shown)}")
+        return text, flips.head(shown)
+
     def widgets(self):
-        """The ipywidgets explorer (build it only when :func:`live_frontend` is True)."""
+        """The ipywidgets explorer (built when :func:`widget_frontend` is True)."""
         import ipywidgets as widgets
         from IPython.display import display
 
         domain = widgets.Dropdown(options=self.domains, description="domain")
         model = widgets.Dropdown(options=self.models, description="model")
-        threshold = widgets.FloatSlider(min=0.0, max=2.0, step=0.005, description="threshold", readout_format=".3f",
-                                        continuous_update=False)
+        threshold = widgets.FloatSlider(min=0.0, max=2.0, step=0.001, description="threshold", readout_format=".4f",
+                                        continuous_update=False, layout=widgets.Layout(width="60%"))
+        typed = widgets.BoundedFloatText(min=0.0, max=2.0, step=0.001, description="type it",
+                                         layout=widgets.Layout(width="220px"))
+        widgets.link((threshold, "value"), (typed, "value"))
+        widgets.link((threshold, "max"), (typed, "max"))
+        step_note = widgets.HTML()
         rates = widgets.Output()
 
         def reset(*_):
             decisions = self.decisions(model.value, domain.value)
-            threshold.max = float(max(decisions.distances.max() * 1.05, 0.01))
+            step = threshold_step(decisions.distances)
+            threshold.max = float(max(decisions.distances.max() * 1.05, 10 * step))
+            threshold.step = typed.step = step
+            threshold.readout_format = f".{_decimals(step)}f"
             threshold.value = float(np.median(decisions.fold_thresholds))
+            step_note.value = (f"<small>step {step:g}: one step changes at most 1% of the "
+                               f"{len(decisions.distances)} pairs' decisions; type any threshold beside it</small>")
 
         def show(*_):
-            decisions = self.decisions(model.value, domain.value)
-            point = self.at(model.value, domain.value, threshold.value)
-            flips = flipped_pairs(decisions, threshold.value, self.embedder.packs[domain.value].rows)
+            text, table = self.rates_text(model.value, domain.value, threshold.value)
             with rates:
                 rates.clear_output(wait=True)
-                print(f"threshold {threshold.value:.3f}: accuracy {point.accuracy:.4f}, FAR {point.far:.4f}, "
-                      f"FRR {point.frr:.4f} (protocol: {decisions.point.accuracy:.4f}); "
-                      f"{len(flips)} pair(s) flip against the protocol, "
-                      f"{int(flips['now correct'].sum()) if len(flips) else 0} of them now correct")
-                display(flips.head(15))
+                print(text)
+                display(table)
 
         for control in (domain, model):
             control.observe(reset, names="value")
@@ -198,5 +281,23 @@ class ThresholdExplorer:
         face_a.observe(compare, names="value")
         face_b.observe(compare, names="value")
         compare()
-        return widgets.VBox([widgets.HTML("<b>Threshold</b>"), widgets.HBox([domain, model]), threshold, rates,
-                             widgets.HTML("<b>Two faces</b>"), face_a, face_b, similarity])
+        return ExplorerView(widgets.VBox([widgets.HTML("<b>Threshold</b>"), widgets.HBox([domain, model]),
+                                          widgets.HBox([threshold, typed]), step_note, rates,
+                                          widgets.HTML("<b>Two faces</b>"), face_a, face_b, similarity]))
+
+
+class ExplorerView:
+    """The explorer's widgets; where widgets cannot be rendered (a stored notebook on GitHub) one line stands for
+    them instead of the widget tree's repr."""
+
+    TEXT = ("[threshold explorer: domain / model pickers, threshold slider and typed threshold, flipped pairs, two-face "
+            "similarity -- live widgets in JupyterLab, Notebook or Voila]")
+
+    def __init__(self, box) -> None:
+        self.box = box
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = self.box._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        data["text/plain"] = self.TEXT
+        return bundle

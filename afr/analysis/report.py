@@ -4,8 +4,14 @@
 ``results/``) and the embedded benchmark's test packs, embeds the packs once per model, and writes each figure
 to :func:`afr.paths.figures_root` and every number a figure states to
 ``results_root()/analysis/figures.json`` (a flat dict of numbers, written atomically after each figure, so the
-paper generator can turn each key into a LaTeX macro). It trains nothing. Outputs that already exist are
-replaced only with ``overwrite`` (checked before any work).
+paper generator can turn each key into a LaTeX macro). It trains nothing.
+
+**Where a run writes.** Outputs that already exist there (in a clone: the committed figures and figures.json) are
+replaced only with ``overwrite=True`` (``make demo``). Without it the run writes everything -- figures, figures.json
+and the regenerated paper files -- into the git-ignored scratch folder :data:`SCRATCH_DIR` (``build/07_figures/``)
+and says so, so that running notebook 07 as shipped leaves every tracked file unchanged; where nothing exists yet
+(``make test``'s scratch ``$AFR_FIGURES`` / ``$AFR_RESULTS``) it writes there. Paths are shown relative to the
+project root (:func:`shown`).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from afr.analysis.committed import (ablation_sensitivity, committed_results_dir,
 from afr.analysis.decisions import ProtocolDecisions
 from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder
 from afr.analysis.errors import FALSE_ACCEPT, common_traits, error_analysis, worst_errors
-from afr.analysis.explorer import ThresholdExplorer
+from afr.analysis.explorer import ThresholdExplorer, answers_input
 from afr.analysis.packs import labelled_test_packs
 from afr.analysis.plots import (FIGURE_NAMES, confusion_figure, curves_figure, errors_figure, figure_paths,
                                 gates_figure, roc_figure, saliency_figure, save_figure, sensitivity_figure,
@@ -35,9 +41,12 @@ from afr.analysis.tsne import collect_points, identity_cosines, tsne_coordinates
 from afr.data.embedded import load_embedded
 from afr.eval.extract import chips_to_tensor
 from afr.io import atomic_write_text
-from afr.paths import figures_root, results_root
+from afr.paths import PROJECT_ROOT, figures_root, results_root
 
-__all__ = ["AnalysisSettings", "FigureReport", "existing_outputs", "numbers_path"]
+__all__ = ["AnalysisSettings", "FigureReport", "SCRATCH_DIR", "existing_outputs", "numbers_path", "shown"]
+
+#: where a run without ``overwrite`` writes when the destination already holds outputs (git-ignored ``build/``)
+SCRATCH_DIR = PROJECT_ROOT / "build" / "07_figures"
 
 
 @dataclass
@@ -56,9 +65,9 @@ class AnalysisSettings:
     cam_layer: str = DEFAULT_CAM_LAYER
     vit_backbone: str = "dinov2-vits14"  # for attention maps, only when vit_weights is given
     vit_weights: str | None = None
-    interactive: bool = True  # build the widgets when a live frontend shows them (see afr.analysis.explorer)
-    overwrite: bool = False  # replace existing figures / figures.json
-    progress: bool = True
+    interactive: bool = True  # build the widgets where a frontend can show them (see afr.analysis.explorer)
+    overwrite: bool = False  # replace existing figures / figures.json (else: write to SCRATCH_DIR and say so)
+    progress: bool | None = None  # tqdm.auto bars; None: only when an interactive frontend runs the cells
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "AnalysisSettings":
@@ -78,15 +87,27 @@ class AnalysisSettings:
         return self.adapters[0]
 
 
-def numbers_path() -> Path:
-    """Where the figures' numbers go: ``results_root()/analysis/figures.json``."""
-    return results_root() / "analysis" / "figures.json"
+def numbers_path(results: Path | None = None) -> Path:
+    """Where the figures' numbers go: ``<results>/analysis/figures.json`` (default ``results_root()``)."""
+    return (results if results is not None else results_root()) / "analysis" / "figures.json"
 
 
-def existing_outputs() -> list[Path]:
-    """The figure files and figures.json that a run would replace."""
-    paths = [path for name in FIGURE_NAMES for path in figure_paths(figures_root(), name)] + [numbers_path()]
+def existing_outputs(figures: Path | None = None, results: Path | None = None) -> list[Path]:
+    """The figure files and figures.json that a run writing to ``figures`` / ``results`` would replace (default:
+    ``figures_root()`` / ``results_root()``)."""
+    figures = figures if figures is not None else figures_root()
+    paths = [path for name in FIGURE_NAMES for path in figure_paths(figures, name)] + [numbers_path(results)]
     return [path for path in paths if path.exists()]
+
+
+def shown(path: str | Path) -> str:
+    """``path`` as a notebook prints it: relative to the project root when inside it (no machine paths in
+    committed outputs), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(PROJECT_ROOT).as_posix() or "."
+    except ValueError:
+        return str(path)
 
 
 def _clean(value: float) -> float | None:
@@ -102,33 +123,45 @@ class FigureReport:
     numbers: dict[str, float | int | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        existing = existing_outputs()
-        if existing and not self.settings.overwrite:
-            raise FileExistsError(
-                f"{len(existing)} output(s) exist, e.g. {existing[0]}; pass overwrite=True "
-                "(papermill -p overwrite True) to replace them, or point AFR_FIGURES / AFR_RESULTS elsewhere")
+        self.figures_dir, self.results_out = figures_root(), results_root()
+        self.paper_dir: Path | None = None  # None: afr.paper.generate.regenerate_paper's own choice
+        existing = existing_outputs(self.figures_dir, self.results_out)
+        self.scratch = bool(existing) and not self.settings.overwrite
+        if self.scratch:
+            self.figures_dir, self.results_out = SCRATCH_DIR / "figures", SCRATCH_DIR / "results"
+            self.paper_dir = SCRATCH_DIR / "paper_generated"
+            self.destination = (f"{shown(existing[0].parent)}/ already holds {len(existing)} output(s) of this notebook "
+                                f"(e.g. {existing[0].name}): kept as they are; this run writes its figures, numbers "
+                                f"and paper files to the scratch folder {shown(SCRATCH_DIR)}/ "
+                                "(set overwrite = True to replace them)")
+        else:
+            self.destination = (f"figures to {shown(self.figures_dir)}/, numbers to "
+                                f"{shown(numbers_path(self.results_out))}"
+                                + (" (overwrite = True: existing outputs are replaced)" if existing else ""))
+        self.numbers_file = numbers_path(self.results_out)
+        progress = answers_input() if self.settings.progress is None else bool(self.settings.progress)
         self.results_dir = committed_results_dir(self.settings.results_dir)
         self.benchmark = load_embedded(self.settings.embedded_root)
         self.packs = labelled_test_packs(self.benchmark)
         self.embedder = PackEmbedder(self.packs, self.results_dir, self.settings.backbone, self.settings.weights,
-                                     progress=self.settings.progress)
+                                     progress=progress)
         for name in self.settings.adapters:
             self.embedder.choice(name)  # a missing adapter fails here, before any work
         self.explorer = ThresholdExplorer(self.embedder, self.settings.models)
-        if numbers_path().is_file() and self.settings.overwrite:
-            numbers_path().unlink()  # stale keys of an earlier run must not survive
+        if self.numbers_file.is_file() and (self.settings.overwrite or self.scratch):
+            self.numbers_file.unlink()  # stale keys of an earlier run must not survive
 
     # ------------------------------------------------------------------ bookkeeping
     def record(self, values: Mapping[str, float | int | None]) -> None:
         """Add numbers and rewrite figures.json (atomically, keys sorted)."""
         self.numbers.update({key: (None if value is None else _clean(value) if isinstance(value, float) else value)
                              for key, value in values.items()})
-        numbers_path().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(numbers_path(), json.dumps(dict(sorted(self.numbers.items())), indent=1) + "\n")
+        self.numbers_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.numbers_file, json.dumps(dict(sorted(self.numbers.items())), indent=1) + "\n")
 
     def save(self, fig, name: str) -> str:
-        pdf, png = save_figure(fig, name, figures_root())
-        return f"{pdf.name} and {png.name} written to {pdf.parent}"
+        pdf, png = save_figure(fig, name, self.figures_dir)
+        return f"{pdf.name} and {png.name} written to {shown(pdf.parent)}/"
 
     def decisions(self, model: str, domain: str) -> ProtocolDecisions:
         return self.explorer.decisions(model, domain)

@@ -24,7 +24,7 @@ from afr.paper.figures import figures_tex
 from afr.paper.numbers import NumberBook
 from afr.paper.parts import ablations, analysis, baseline, benchmark, crossdomain, dalora, maml, published
 from afr.paper.sources import load_sources
-from afr.paths import figures_root, results_root
+from afr.paths import PROJECT_ROOT, figures_root, results_root
 
 __all__ = ["GeneratedPaper", "PARTS", "build_generated", "default_output", "regenerate_paper", "write_generated"]
 
@@ -90,14 +90,25 @@ def write_generated(results: str | Path | None = None, figures: str | Path | Non
     return paper
 
 
-def regenerate_paper(read_results: str | Path, figures: str | Path | None = None) -> str:
+def regenerate_paper(read_results: str | Path, figures: str | Path | None = None, out: str | Path | None = None) -> str:
     """:func:`write_generated` for a notebook that read ``read_results`` (notebook 07); one line saying where.
 
-    A run that writes into the results it read (``make demo``: the project's own ``results/``) regenerates
-    ``paper/generated`` beside them; a run that writes elsewhere (``make test``: ``$AFR_RESULTS`` is a scratch
-    folder) sends the paper's files to ``results_root()/paper_generated``, so that the work tree is not touched.
+    ``out`` given (notebook 07 without ``overwrite``: its scratch folder) is where the files go. Otherwise a run that
+    writes into the results it read (``make demo``: the project's own ``results/``) regenerates ``paper/generated``
+    beside them; a run that writes elsewhere (``make test``: ``$AFR_RESULTS`` is a scratch folder) sends the paper's
+    files to ``results_root()/paper_generated``, so that the work tree is not touched. The line shows the folder
+    relative to the project root when it is inside it.
     """
     read_results = Path(read_results)
-    out = None if results_root().resolve() == read_results.resolve() else results_root() / "paper_generated"
+    if out is None and results_root().resolve() != read_results.resolve():
+        out = results_root() / "paper_generated"
     write_generated(read_results, figures, out)
-    return f"paper files regenerated into {out or default_output(read_results)}"
+    return f"paper files regenerated into {_shown(Path(out) if out is not None else default_output(read_results))}"
+
+
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    try:
+        return path.relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path)
