@@ -48,15 +48,15 @@ from torch.utils.data import Dataset
 
 from afr.experiments.benchmark_data import BenchmarkData, load_embedded_benchmark
 from afr.experiments.dalora_run import expert_domains, record_path, run_method
-from afr.experiments.records import (append_rows, check_outputs_writable, check_unfinished_runs, environment_info,
-                                     final_validation_metrics, grid_metric_values, json_default, metric_rows,
-                                     write_record)
+from afr.experiments.records import (append_rows, check_outputs_writable, check_start_adapters, check_unfinished_runs,
+                                     environment_info, final_validation_metrics, grid_metric_values, json_default,
+                                     metric_rows, missing_start_error, write_record)
 # the settings, the grid's constants and cells live in the torch-free settings module; importable here too
 from afr.experiments.settings.ablations import (  # noqa: F401
     COMPONENTS, EXPERT_SCHEMES, GROUPS, MAML_FIELDS, NATIVE_SCHEMES, ROUTER_FIELDS, SINGLE_EXPERT, START_FIELDS, SWEEPS,
     AblationSettings, Cell, grid_cells, grid_runs)
 from afr.io import atomic_write_text
-from afr.paths import MissingResourceError, results_root
+from afr.paths import results_root
 
 __all__ = ["COMPONENTS", "EXPERT_SCHEMES", "GROUPS", "SWEEPS", "AblationData", "AblationSettings", "Cell",
            "ExpertView", "adapter_settings", "compare_with_committed", "expert_names", "grid_cells", "grid_runs",
@@ -79,11 +79,8 @@ class AblationData:
 
 def load_data(settings: AblationSettings) -> AblationData:
     """The embedded benchmark (:func:`~afr.experiments.benchmark_data.load_embedded_benchmark`) and its training
-    chips with their collections (:func:`afr.meta.data.load_training_chips`). First, before any work: the results,
-    tables and runs folders must accept files (:func:`~afr.experiments.records.check_outputs_writable`)."""
+    chips with their collections (:func:`afr.meta.data.load_training_chips`)."""
     from afr.meta.data import load_training_chips
-
-    check_outputs_writable(settings.experiment, settings.runs_folder)
 
     baseline = load_embedded_benchmark(settings.embedded_root)
     chips = load_training_chips(settings.embedded_root, "thermal_und")  # its target pack is not used here
@@ -167,10 +164,7 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
         return adapter
     rebuild = path.is_file() and not retrain  # recorded, but its adapter is not on this machine
     if rebuild and not settings.rebuild_starts:
-        raise MissingResourceError(
-            f"the recorded MAML start {tag} ({path}) has no adapter on this machine ({adapter}) and the run "
-            f"{settings.tag} needs it: pass --rebuild-starts (rebuild_starts=True) to meta-train it again into "
-            f"{run_dir} (its record is kept), or run where runs/ holds it")
+        raise missing_start_error([f"{tag} ({adapter})"], f"the run {settings.tag}", _REBUILT)
     started = time.time()
     device = evaluation_device(settings)
     sampler = EpisodeSampler(data.chips.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
@@ -197,18 +191,17 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
     return adapter
 
 
+#: where a rebuilt MAML start's history goes (:func:`~afr.experiments.records.missing_start_error`)
+_REBUILT = "the rebuilt starts' meta-training history goes to rebuilt.json there"
+
+
 def check_starts(runs: Sequence[AblationSettings]) -> None:
     """Refuse, before any work, runs still to train whose MAML start is recorded but has no adapter on this machine
-    (unless ``rebuild_starts`` or ``overwrite``): the error names every such start and the flag."""
-    missing = [f"{run.start_tag} ({run.start_dir / 'adapter'})" for run in runs
-               if run.maml_start and not (run.rebuild_starts or run.overwrite)
-               and not record_path(run).is_file() and _record_path(run.start_tag).is_file()
-               and not (run.start_dir / "adapter").is_dir()]
-    if missing:
-        raise MissingResourceError(
-            f"recorded MAML start(s) without their adapter on this machine: {', '.join(dict.fromkeys(missing))}; "
-            "runs still to train need them. Pass --rebuild-starts (rebuild_starts=True) to meta-train them again into "
-            "their run folders (their records are kept), or run where runs/ holds them")
+    (unless ``rebuild_starts`` or ``overwrite``): :func:`afr.experiments.records.check_start_adapters`, the error
+    naming every such start and the flag."""
+    check_start_adapters([(run.start_tag, _record_path(run.start_tag), run.start_dir / "adapter") for run in runs
+                          if run.maml_start and not (run.rebuild_starts or run.overwrite)
+                          and not record_path(run).is_file()], "runs still to train", _REBUILT)
 
 
 def _run(settings: AblationSettings, data: AblationData, retrained_starts: set[str]):
@@ -240,9 +233,13 @@ def _rows(cells: Sequence[Cell], record: Mapping[str, Any]) -> list[dict[str, An
 
 def run_grid(settings: AblationSettings, data: AblationData, progress: bool = True) -> dict[str, Any]:
     """Every distinct run of the grid (``{tag: RunOutcome}``, in the cells' order); each run's rows are written
-    (for all its cells) as soon as it is done, so an interrupted grid leaves a consistent table."""
+    (for all its cells) as soon as it is done, so an interrupted grid leaves a consistent table. Before any work: the
+    results, tables and runs folders must accept files (:func:`~afr.experiments.records.check_outputs_writable`),
+    recorded MAML starts must have their adapters (:func:`check_starts`), interrupted runs and starts are refused
+    (:func:`~afr.experiments.records.check_unfinished_runs`)."""
     from tqdm.auto import tqdm
 
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     cells = grid_cells(settings)
     by_tag: dict[str, list[Cell]] = {}
     for cell in cells:

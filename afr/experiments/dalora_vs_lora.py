@@ -54,9 +54,7 @@ __all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcom
 
 
 def load_data(settings: DaLoraExperimentSettings) -> BenchmarkData:
-    """The embedded benchmark: training pack with domains, validation packs, test packs (all test domains). First,
-    before any work: the results, tables and runs folders must accept files (:func:`check_outputs_writable`)."""
-    check_outputs_writable(settings.experiment, settings.runs_folder)
+    """The embedded benchmark: training pack with domains, validation packs, test packs (all test domains)."""
     return load_embedded_benchmark(settings.embedded_root)
 
 
@@ -68,8 +66,10 @@ def zero_shot(settings: DaLoraExperimentSettings, packs: Mapping[str, Verificati
 
 def run_grid(settings: DaLoraExperimentSettings, data: BenchmarkData,
              learning_rates: Mapping[str, float] | None = None) -> dict[tuple[str, int], RunOutcome]:
-    """Every (method, seed) run of the grid, each family (LoRA, DA-LoRA) at its learning rate. Interrupted runs of
-    the grid are refused before any work unless ``resume`` or ``overwrite`` (:func:`check_unfinished_runs`)."""
+    """Every (method, seed) run of the grid, each family (LoRA, DA-LoRA) at its learning rate. Before any work: the
+    results, tables and runs folders must accept files (:func:`check_outputs_writable`), and interrupted runs of the
+    grid are refused unless ``resume`` or ``overwrite`` (:func:`check_unfinished_runs`)."""
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     runs = {(method, seed): settings.for_run(method, seed, lr=(learning_rates or {}).get(family(method), settings.lr))
             for seed in settings.seeds for method in settings.methods}
     check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()], settings.resume,
@@ -109,11 +109,13 @@ def paired_tests(table, against: str = "dalora-classifier", metric: str = "auc")
 def choose_learning_rates(settings: DaLoraExperimentSettings, data: BenchmarkData):
     """Try ``search_lrs`` for LoRA and DA-LoRA alike (first seed, test packs never scored) and pick, per family,
     the lr with the highest mean validation AUC of the last epoch. Returns ``({family: lr}, search table)``;
-    without ``search_lrs`` every family keeps ``settings.lr``."""
+    without ``search_lrs`` every family keeps ``settings.lr``. With them, before any work: the results, tables and
+    runs folders must accept files (:func:`check_outputs_writable`)."""
     import pandas as pd
 
     if not settings.search_lrs:
         return {name: settings.lr for name in FAMILY_REPRESENTATIVE}, pd.DataFrame()
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     rows = []
     for lr in settings.search_lrs:
         for name, method in FAMILY_REPRESENTATIVE.items():
