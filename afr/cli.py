@@ -434,11 +434,13 @@ def _add_grid_experiment(commands: argparse._SubParsersAction, name: str) -> Non
 def grid_experiment_command(args: argparse.Namespace) -> dict[str, Any]:
     import importlib
 
+    from afr.experiments.records import check_outputs_writable
     from afr.experiments.settings import settings_from_arguments
 
     module, settings_name, _, _ = GRID_EXPERIMENTS[args.command]
     settings_class = getattr(importlib.import_module(f"afr.experiments.settings.{args.command}"), settings_name)
     settings = settings_from_arguments(args, settings_class)  # checked before the recipe (and torch) is imported
+    check_outputs_writable(settings.experiment, settings.runs_folder)  # before any work (the recipe's run_grid too)
     return importlib.import_module(module).run_experiment(settings)
 
 

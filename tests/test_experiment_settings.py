@@ -185,17 +185,25 @@ def test_field_groups_declare_each_shared_setting_once():
         assert copied <= _OWN_MEANING.get(settings_class, set()), (settings_class.__name__, copied)
 
 
-def test_ablation_settings_are_a_dalora_run():
-    """``dalora.run_method`` is handed an :class:`AblationSettings` (so that its runs keep their names, records and
-    table columns): both classes give every attribute the :class:`DaLoraRun` protocol lists."""
-    import typing
+def test_each_experiment_builds_an_explicit_dalora_run():
+    """``dalora_run.run_method`` is handed a :class:`DaLoraRunSettings` built explicitly from notebook 03's or the
+    ablations' settings: every training field is the experiment's, the naming (tag, run folder, table columns) and the
+    recorded settings are the experiment's own, so no tag, record or row changes."""
+    from afr.experiments.settings.dalora import DaLoraRunSettings
 
-    from afr.experiments.settings.dalora import DaLoraRun
-
-    members = [name for name in typing.get_type_hints(DaLoraRun) if name != "experiment"] + ["table_columns"]
-    for settings in (AblationSettings(), AblationSettings(method="lora", maml_start=False), DaLoraExperimentSettings()):
-        missing = [name for name in members if not hasattr(settings, name)]
-        assert not missing, (type(settings).__name__, missing)
+    experiments = (AblationSettings(), AblationSettings(method="lora", maml_start=False, rank=4),
+                   AblationSettings(experts=5, lambda_domain=0.5), DaLoraExperimentSettings(),
+                   DaLoraExperimentSettings(shared_expert=True).for_run("dalora-oracle", 2, lr=1e-3))
+    for settings in experiments:
+        run = settings.run_settings()
+        assert isinstance(run, DaLoraRunSettings)
+        assert all(getattr(run, name) == getattr(settings, name) for name in DaLoraRunSettings.COPIED)
+        assert (run.experiment, run.tag, run.run_dir) == (settings.experiment, settings.tag, settings.run_dir)
+        assert run.table_columns() == settings.table_columns()
+        assert run.recorded == dataclasses.asdict(settings)
+        assert run.shared_expert == getattr(settings, "shared_expert", False)
+    assert set(DaLoraRunSettings.COPIED) <= set(AblationSettings.field_names()) & set(
+        DaLoraExperimentSettings.field_names())
 
 
 def _recomputed_tag(settings_class, record):

@@ -146,6 +146,27 @@ def test_a_fresh_clone_never_retrains_over_a_committed_start(scratch):
     crossdomain.check_starts(dataclasses.replace(settings, rebuild_starts=True))  # the flag lets it through
 
 
+def test_a_fresh_clone_never_retrains_over_a_committed_ablation_start(scratch):
+    """The ablations refuse, by the same check as the cross-domain grid's, a run still to train whose committed MAML
+    start has no adapter on this machine; ``--rebuild-starts`` lets it through."""
+    from afr.experiments import ablations
+
+    source = sorted((COMMITTED / "ablations").glob("ablations_maml-start-*.json"))[0]
+    committed = json.loads(source.read_text())
+    run = ablations.AblationSettings(**{name: committed["settings"][name] for name in ablations.START_FIELDS},
+                                     progress=False)
+    assert run.start_tag == committed["tag"]
+    target = ablations.results_root() / "ablations" / source.name
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(source, target)
+    with pytest.raises(records.MissingStartError, match=f"{committed['tag']}.*--rebuild-starts"):
+        ablations.check_starts([run])
+    with pytest.raises(records.MissingStartError, match="--rebuild-starts"):
+        ablations.run_start(run, data=None)
+    assert target.read_bytes() == source.read_bytes()
+    ablations.check_starts([dataclasses.replace(run, rebuild_starts=True)])  # the flag lets it through
+
+
 def test_a_run_folder_in_use_is_refused(tmp_path):
     folder = tmp_path / "runs" / "tag"
     with claim_folder(folder):
@@ -255,10 +276,11 @@ def test_the_committed_grid_column_is_what_the_grids_give():
         assert written == {run: labels[name].get(run, "") for run in written}, name
 
 
-@pytest.mark.parametrize("experiment", ["dalora", "maml", "crossdomain", "baseline"])
+@pytest.mark.parametrize("experiment", ["dalora", "maml", "crossdomain", "ablations", "baseline"])
 def test_an_unwritable_results_folder_is_refused_before_any_work(tmp_path, monkeypatch, experiment):
     """(As root, permission bits do not stop writes: a results folder under a file stands for one that cannot be
-    written.) The refusal comes from the first step of each recipe, before any data is read."""
+    written.) The refusal comes from the first step of each recipe's run (the grid's ``run_grid``, the baseline's
+    ``claim_run``), before any data is read (``data=None``), and from the CLI before the recipe is imported."""
     import importlib
 
     (tmp_path / "file").write_text("not a folder")
@@ -273,10 +295,13 @@ def test_an_unwritable_results_folder_is_refused_before_any_work(tmp_path, monke
         with pytest.raises(NotADirectoryError, match="results folder"):
             recipe.claim_run(BaselineSettings())
         return
-    settings_class = {"dalora": "DaLoraExperimentSettings", "maml": "MamlExperimentSettings",
-                      "crossdomain": "CrossDomainSettings"}[experiment]
+    from afr.cli import GRID_EXPERIMENTS, build_parser, grid_experiment_command
+
+    settings_class = GRID_EXPERIMENTS[experiment][1]
     with pytest.raises(NotADirectoryError, match="results folder"):
-        recipe.load_data(getattr(recipe, settings_class)())
+        recipe.run_grid(getattr(recipe, settings_class)(progress=False), data=None)
+    with pytest.raises(NotADirectoryError, match="results folder"):
+        grid_experiment_command(build_parser().parse_args([experiment]))
     assert not (tmp_path / "runs").exists()
 
 

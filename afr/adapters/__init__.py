@@ -8,44 +8,7 @@ each registered with :func:`register_adapter`, and the type-independent function
 
 Importing this package is cheap (no torch, no peft); the method folders are imported when a type is first needed.
 """
-from afr.adapters.registry import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    AdapterType,
-    adapter_files,
-    adapter_type,
-    adapter_type_of,
-    apply_adapter,
-    has_adapter,
-    load_adapter,
-    merge_adapter,
-    read_adapter,
-    read_adapter_config,
-    read_adapter_settings,
-    register_adapter,
-    registered_types,
-    save_adapter,
-    unregister_adapter,
-    write_adapter,
-)
+from afr.adapters import registry as _registry
+from afr.adapters.registry import *  # noqa: F401,F403 - the package's names are the registry's (its __all__)
 
-__all__ = [
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-    "AdapterType",
-    "adapter_files",
-    "adapter_type",
-    "adapter_type_of",
-    "apply_adapter",
-    "has_adapter",
-    "load_adapter",
-    "merge_adapter",
-    "read_adapter",
-    "read_adapter_config",
-    "read_adapter_settings",
-    "register_adapter",
-    "registered_types",
-    "save_adapter",
-    "unregister_adapter",
-    "write_adapter",
-]
+__all__ = list(_registry.__all__)

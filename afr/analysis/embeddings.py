@@ -7,7 +7,7 @@ so the numbers computed here can be checked against the committed records:
 
 * LoRA: merged into the backbone (equal to the unmerged model up to ~3e-7);
 * DA-LoRA ``oracle``: the expert of the pack's domain merged (the wild photos go to the ``controlled`` expert,
-  :data:`afr.experiments.dalora_vs_lora.ORACLE_EXPERT_OF`);
+  :data:`afr.experiments.dalora_run.ORACLE_EXPERT_OF`);
 * DA-LoRA ``classifier`` / ``uniform``: unmerged, with the adapter's own gating (per-image router gates).
 
 Embeddings are InsightFace's flip-test embeddings (:func:`afr.eval.extract.extract_embeddings`) of each
@@ -28,7 +28,7 @@ from afr.adapters import adapter_type_of, load_adapter, merge_adapter, read_adap
 from afr.analysis.packs import LabelledPack
 from afr.eval.extract import extract_embeddings
 from afr.eval.verification import pair_distances
-from afr.experiments.dalora_vs_lora import ORACLE_EXPERT_OF
+from afr.experiments.dalora_run import ORACLE_EXPERT_OF
 from afr.models import create_backbone
 from afr.paths import MissingResourceError
 

@@ -23,8 +23,11 @@ contrastive term's cross-domain positives and the batch sampler's domain mixing)
 inner steps. A sweep's default cell is the full model's run itself (the same settings, the same tag), and cells
 that need the same MAML start share it.
 
-Runs are :func:`afr.experiments.dalora_vs_lora.run_method` runs (validated per epoch on the validation packs, test packs
-scored once at the end) with the ablation's adapter and warm start; the MAML starts are :func:`afr.meta.meta_train`
+Runs are DA-LoRA training runs (:func:`afr.experiments.dalora_run.run_method`, the library piece notebook 03's recipe
+uses too; validated per epoch on the validation packs, test packs scored once at the end), handed the explicit
+:class:`~afr.experiments.settings.dalora.DaLoraRunSettings` of each run's settings
+(:meth:`~afr.experiments.settings.ablations.AblationSettings.run_settings`: its tag is the ablation's), with the
+ablation's adapter and warm start; the MAML starts are :func:`afr.meta.meta_train`
 over LoRA on the layers DA-LoRA adapts (:func:`afr.adapters.dalora.experts.shared_targets`), so that a warm-started
 expert computes what the start computes. Records go to ``results/ablations/<tag>.json`` (starts too, with their
 meta-training history), rows to ``results/tables/ablations.csv`` with the columns ``group`` and ``cell``; a run
@@ -33,7 +36,6 @@ only (:func:`recommended_defaults`); the test packs are reported, never used for
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -44,14 +46,17 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from afr.experiments.records import (append_rows, check_unfinished_runs, environment_info, final_validation_metrics,
-                                     grid_metric_values, json_default, metric_rows, write_record)
+from afr.experiments.benchmark_data import BenchmarkData, load_embedded_benchmark
+from afr.experiments.dalora_run import expert_domains, record_path, run_method
+from afr.experiments.records import (append_rows, check_outputs_writable, check_start_adapters, check_unfinished_runs,
+                                     environment_info, final_validation_metrics, grid_metric_values, json_default,
+                                     metric_rows, missing_start_error, write_record)
 # the settings, the grid's constants and cells live in the torch-free settings module; importable here too
 from afr.experiments.settings.ablations import (  # noqa: F401
     COMPONENTS, EXPERT_SCHEMES, GROUPS, MAML_FIELDS, NATIVE_SCHEMES, ROUTER_FIELDS, SINGLE_EXPERT, START_FIELDS, SWEEPS,
     AblationSettings, Cell, grid_cells, grid_runs)
 from afr.io import atomic_write_text
-from afr.paths import MissingResourceError, results_root
+from afr.paths import results_root
 
 __all__ = ["COMPONENTS", "EXPERT_SCHEMES", "GROUPS", "SWEEPS", "AblationData", "AblationSettings", "Cell",
            "ExpertView", "adapter_settings", "compare_with_committed", "expert_names", "grid_cells", "grid_runs",
@@ -61,10 +66,10 @@ __all__ = ["COMPONENTS", "EXPERT_SCHEMES", "GROUPS", "SWEEPS", "AblationData", "
 # ------------------------------------------------------------------------------------------ data
 @dataclass
 class AblationData:
-    """The DA-LoRA experiment's data (training pack, validation and test packs) and the training chips in memory
-    with their collections, which the MAML starts' episodes and the expert schemes read."""
+    """The embedded benchmark (training pack, validation and test packs: :class:`BenchmarkData`) and the training
+    chips in memory with their collections, which the MAML starts' episodes and the expert schemes read."""
 
-    baseline: Any
+    baseline: BenchmarkData
     chips: Any
 
     @property
@@ -73,10 +78,11 @@ class AblationData:
 
 
 def load_data(settings: AblationSettings) -> AblationData:
-    from afr.experiments import dalora_vs_lora as dalora
+    """The embedded benchmark (:func:`~afr.experiments.benchmark_data.load_embedded_benchmark`) and its training
+    chips with their collections (:func:`afr.meta.data.load_training_chips`)."""
     from afr.meta.data import load_training_chips
 
-    baseline = dalora.load_data(settings)
+    baseline = load_embedded_benchmark(settings.embedded_root)
     chips = load_training_chips(settings.embedded_root, "thermal_und")  # its target pack is not used here
     if len(chips.labels) != len(baseline.train) or not np.array_equal(chips.labels, baseline.train.labels):
         raise ValueError("the training chips and the training pack disagree: rebuild the embedded benchmark")
@@ -124,7 +130,6 @@ def adapter_settings(settings: AblationSettings, train) -> Any:
     """The DA-LoRA settings of a run (None for LoRA): the training set's domains as experts, classifier gating; for
     K = 1 one expert and a router over the domains (:attr:`~afr.adapters.dalora.DaLoraSettings.router_domains`)."""
     from afr.adapters.dalora import DaLoraSettings
-    from afr.experiments.dalora_vs_lora import expert_domains
 
     if settings.method == "lora":
         return None
@@ -159,10 +164,7 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
         return adapter
     rebuild = path.is_file() and not retrain  # recorded, but its adapter is not on this machine
     if rebuild and not settings.rebuild_starts:
-        raise MissingResourceError(
-            f"the recorded MAML start {tag} ({path}) has no adapter on this machine ({adapter}) and the run "
-            f"{settings.tag} needs it: pass --rebuild-starts (rebuild_starts=True) to meta-train it again into "
-            f"{run_dir} (its record is kept), or run where runs/ holds it")
+        raise missing_start_error([f"{tag} ({adapter})"], f"the run {settings.tag}", _REBUILT)
     started = time.time()
     device = evaluation_device(settings)
     sampler = EpisodeSampler(data.chips.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
@@ -189,36 +191,31 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
     return adapter
 
 
+#: where a rebuilt MAML start's history goes (:func:`~afr.experiments.records.missing_start_error`)
+_REBUILT = "the rebuilt starts' meta-training history goes to rebuilt.json there"
+
+
 def check_starts(runs: Sequence[AblationSettings]) -> None:
     """Refuse, before any work, runs still to train whose MAML start is recorded but has no adapter on this machine
-    (unless ``rebuild_starts`` or ``overwrite``): the error names every such start and the flag."""
-    from afr.experiments import dalora_vs_lora as dalora
-
-    missing = [f"{run.start_tag} ({run.start_dir / 'adapter'})" for run in runs
-               if run.maml_start and not (run.rebuild_starts or run.overwrite)
-               and not dalora.record_path(run).is_file() and _record_path(run.start_tag).is_file()
-               and not (run.start_dir / "adapter").is_dir()]
-    if missing:
-        raise MissingResourceError(
-            f"recorded MAML start(s) without their adapter on this machine: {', '.join(dict.fromkeys(missing))}; "
-            "runs still to train need them. Pass --rebuild-starts (rebuild_starts=True) to meta-train them again into "
-            "their run folders (their records are kept), or run where runs/ holds them")
+    (unless ``rebuild_starts`` or ``overwrite``): :func:`afr.experiments.records.check_start_adapters`, the error
+    naming every such start and the flag."""
+    check_start_adapters([(run.start_tag, _record_path(run.start_tag), run.start_dir / "adapter") for run in runs
+                          if run.maml_start and not (run.rebuild_starts or run.overwrite)
+                          and not record_path(run).is_file()], "runs still to train", _REBUILT)
 
 
 def _run(settings: AblationSettings, data: AblationData, retrained_starts: set[str]):
-    """One run (:func:`afr.experiments.dalora_vs_lora.run_method`), its MAML start first when it must be trained."""
-    from afr.experiments import dalora_vs_lora as dalora
-    from afr.experiments.baseline import BaselineData
-
+    """One run (:func:`afr.experiments.dalora_run.run_method` of :meth:`AblationSettings.run_settings`), its MAML
+    start first when it must be trained."""
     train = training_view(data, settings.experts)
     warm_start = None
-    if settings.maml_start and (settings.overwrite or not dalora.record_path(settings).is_file()):
+    if settings.maml_start and (settings.overwrite or not record_path(settings).is_file()):
         retrain = settings.overwrite and settings.start_tag not in retrained_starts
         warm_start = run_start(settings, data, retrain=retrain)
         retrained_starts.add(settings.start_tag)
-    run_data = BaselineData(train, data.baseline.val_packs, data.baseline.test_packs)
-    return dalora.run_method(settings, run_data, adapter_settings(settings, train), warm_start, gate_statistics=False,
-                             channels_last=True)
+    run_data = BenchmarkData(train, data.baseline.val_packs, data.baseline.test_packs)
+    return run_method(settings.run_settings(), run_data, adapter_settings(settings, train), warm_start,
+                      gate_statistics=False, channels_last=True)
 
 
 def _rows(cells: Sequence[Cell], record: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -236,18 +233,20 @@ def _rows(cells: Sequence[Cell], record: Mapping[str, Any]) -> list[dict[str, An
 
 def run_grid(settings: AblationSettings, data: AblationData, progress: bool = True) -> dict[str, Any]:
     """Every distinct run of the grid (``{tag: RunOutcome}``, in the cells' order); each run's rows are written
-    (for all its cells) as soon as it is done, so an interrupted grid leaves a consistent table."""
+    (for all its cells) as soon as it is done, so an interrupted grid leaves a consistent table. Before any work: the
+    results, tables and runs folders must accept files (:func:`~afr.experiments.records.check_outputs_writable`),
+    recorded MAML starts must have their adapters (:func:`check_starts`), interrupted runs and starts are refused
+    (:func:`~afr.experiments.records.check_unfinished_runs`)."""
     from tqdm.auto import tqdm
 
-    from afr.experiments import dalora_vs_lora as dalora
-
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     cells = grid_cells(settings)
     by_tag: dict[str, list[Cell]] = {}
     for cell in cells:
         by_tag.setdefault(cell.settings.tag, []).append(cell)
     runs = [served[0].settings for served in by_tag.values()]
     check_starts(runs)
-    check_unfinished_runs([(dalora.record_path(run), run.run_dir) for run in runs]
+    check_unfinished_runs([(record_path(run), run.run_dir) for run in runs]
                           + [(_record_path(run.start_tag), run.start_dir) for run in runs if run.maml_start],
                           settings.resume, settings.overwrite)
     outcomes, retrained = {}, set()

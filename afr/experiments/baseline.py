@@ -22,7 +22,6 @@ import copy
 import dataclasses
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,11 @@ from torch import nn
 
 from afr.adapters.lora import apply_lora, merge_lora, save_adapter, trainable_parameters
 from afr.data.augment import FaceAugment
-from afr.data.full_profile import FULL_BENCHMARKS, balanced_pack, load_named_packs, open_casia
-from afr.data.subsets import dataset_labels, holdout_identities, identity_subset
-from afr.data.verification import VerificationPack, load_pack
+from afr.data.subsets import dataset_labels
+from afr.data.verification import VerificationPack
+# the run's data (both profiles) is the library piece afr.experiments.benchmark_data; importable here too
+from afr.experiments.benchmark_data import FULL_BENCHMARKS, _full_test_packs, load_benchmark  # noqa: F401
+from afr.experiments.benchmark_data import BenchmarkData as BaselineData
 # scoring on packs (evaluate_on_packs, pack_evaluators) lives in afr.eval.packs; importable from here too
 from afr.eval.packs import evaluate_on_packs, pack_evaluators
 from afr.experiments.records import (ResultExistsError, check_outputs_writable, check_result_free, environment_info,
@@ -63,11 +64,6 @@ __all__ = [
     "score_test_packs",
     "train_lora",
 ]
-
-#: full profile: at most this many images of each held-out identity enter the validation pack
-VAL_IMAGES_PER_IDENTITY = 10
-VAL_MAX_PAIRS = 600
-
 
 
 # ------------------------------------------------------------------------------------------ run folder
@@ -99,58 +95,10 @@ def claim_run(settings: BaselineSettings) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ data
-@dataclass
-class BaselineData:
-    """A run's data: the training set, validation packs (per-epoch checks, choices), test packs (scored once)."""
-
-    train: Any
-    val_packs: dict[str, VerificationPack]
-    test_packs: dict[str, VerificationPack]
-
-    def summary(self) -> str:
-        lines = [f"training set: {len(self.train)} images of {self.train.num_classes} identities"]
-        for split, packs in (("validation", self.val_packs), ("test", self.test_packs)):
-            for name, pack in packs.items():
-                lines.append(f"{split:<10} {name:<11} pairs {len(pack):>5}  same {int(pack.issame.sum()):>5}")
-        return "\n".join(lines)
-
-
 def load_data(settings: BaselineSettings) -> BaselineData:
-    """The profile's training set, validation packs and test packs (SHA-256 recorded on each file pack)."""
-    if settings.data_profile == "embedded":
-        from afr.data.embedded import TEST_DOMAINS, load_embedded
-
-        benchmark = load_embedded(settings.embedded_root)
-        train = benchmark.train_dataset()
-        val_packs = {name: load_pack(path) for name, path in benchmark.val_bins.items()}
-        names = settings.benchmarks or TEST_DOMAINS
-        test_packs = {name: load_pack(benchmark.bin_path(name)) for name in names}
-        return BaselineData(train, val_packs, test_packs)
-    train, val_pack = _full_training_data(settings)
-    return BaselineData(train, {"holdout": val_pack}, _full_test_packs(settings))
-
-
-def _full_training_data(settings: BaselineSettings):
-    """CASIA-WebFace: ``val_identities`` held-out identities as a validation pack, a subset of the rest to train."""
-    dataset = open_casia(settings.train_rec)
-    labels = dataset_labels(dataset)
-    held_out = holdout_identities(labels, settings.val_identities, settings.seed)
-    train = identity_subset(dataset, settings.num_identities, settings.seed, exclude=held_out)
-    return train, _holdout_pack(dataset, labels, held_out, settings.seed)
-
-
-def _holdout_pack(dataset, labels: np.ndarray, identities: np.ndarray, seed: int) -> VerificationPack:
-    """Balanced, fold-ordered pairs over (up to 10) images of each held-out identity, decoded in memory."""
-    rng = np.random.default_rng([seed, 2])
-    chosen = []
-    for identity in identities:
-        members = np.flatnonzero(labels == identity)
-        chosen.extend(rng.permutation(members)[:VAL_IMAGES_PER_IDENTITY].tolist())
-    return balanced_pack(dataset, chosen, "holdout", max_pairs=VAL_MAX_PAIRS, seed=seed)
-
-
-def _full_test_packs(settings: BaselineSettings) -> dict[str, VerificationPack]:
-    return load_named_packs(settings.bins_dir, settings.benchmarks or FULL_BENCHMARKS, "bins_dir")
+    """The profile's training set, validation packs and test packs
+    (:func:`afr.experiments.benchmark_data.load_benchmark`)."""
+    return load_benchmark(settings)
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -88,9 +88,10 @@ from afr.data.embedded import load_embedded
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
-from afr.experiments.records import (append_rows_unlocked, check_outputs_writable, check_unfinished_runs,
-                                     environment_info, grid_metric_values, json_default, metric_rows, read_table,
-                                     label_runs_unlocked, reuse_record, table_lock, write_record)
+from afr.experiments.records import (  # noqa: F401 (MissingStartError: importable here)
+    MissingStartError, append_rows_unlocked, check_outputs_writable, check_start_adapters, check_unfinished_runs,
+    environment_info, grid_metric_values, json_default, label_runs_unlocked, metric_rows, missing_start_error,
+    read_table, reuse_record, table_lock, write_record)
 # the settings, methods, starts, directions and forgetting_table live in the torch-free settings module;
 # importable here too
 from afr.experiments.settings.crossdomain import (  # noqa: F401
@@ -107,7 +108,7 @@ from afr.meta.episodes import EpisodeSampler, few_shot_support
 from afr.meta.start import meta_learned_start
 from afr.models import create_backbone
 from afr.models.layout import fast_layout
-from afr.paths import MissingResourceError, results_root
+from afr.paths import results_root
 from afr.stats import paired_tests as paired
 from afr.train import seed_everything
 
@@ -137,9 +138,7 @@ class CrossDomainData:
 
 def load_data(settings: CrossDomainSettings) -> CrossDomainData:
     """Training chips (as notebook 04 holds them), training identity names and the six test packs; for the full
-    profile, :func:`load_full_data`. First, before any work: the results, tables and runs folders must accept files
-    (:func:`~afr.experiments.records.check_outputs_writable`)."""
-    check_outputs_writable(settings.experiment, settings.runs_folder)
+    profile, :func:`load_full_data`."""
     if settings.data_profile == "full":
         return load_full_data(settings)
     train = load_training_chips(settings.embedded_root, "thermal_und")
@@ -432,14 +431,15 @@ def stage1_sampler(settings: CrossDomainSettings, data: CrossDomainData) -> Epis
                           settings.q_query, allowed=settings.shift.source, seed=settings.seed)
 
 
-class MissingStartError(MissingResourceError):
-    """A run needs a recorded start's adapter, which is not on this machine."""
+#: what needs a start, and where a rebuilt start's scores go (:func:`~afr.experiments.records.missing_start_error`)
+_NEEDED_BY = "the adaptation runs"
+_REBUILT = "the rebuilt starts' scores go to rebuilt.json there and into the new runs' records"
 
 
-def missing_start_adapters(settings: CrossDomainSettings) -> list[str]:
-    """The starts the grid's unrecorded adaptation runs need whose record exists but whose adapter does not (a fresh
-    clone has ``results/``, not ``runs/``): ``["<start tag> (<adapter folder>)", ...]``."""
-    missing = []
+def start_adapters_needed(settings: CrossDomainSettings) -> list[tuple[str, Path, Path]]:
+    """``(start tag, record path, adapter folder)`` of the start each of the grid's unrecorded adaptation runs needs
+    (:func:`~afr.experiments.records.check_start_adapters`)."""
+    needed = []
     for seed in settings.seeds:
         for method in settings.adapted_methods():
             run = settings.for_run(method, seed)
@@ -448,26 +448,16 @@ def missing_start_adapters(settings: CrossDomainSettings) -> list[str]:
             if _record_path(run.tag).is_file() and not run.overwrite:
                 continue
             start = START_OF[method]
-            adapter = run.start_dir(start) / "adapter"
-            if _record_path(run.start_tag(start)).is_file() and not adapter.is_dir():
-                missing.append(f"{run.start_tag(start)} ({adapter})")
-    return list(dict.fromkeys(missing))
+            tag = run.start_tag(start)
+            needed.append((tag, _record_path(tag), run.start_dir(start) / "adapter"))
+    return needed
 
 
 def check_starts(settings: CrossDomainSettings) -> None:
     """Refuse, before any work, a grid that would need a recorded start's missing adapter, unless
     ``rebuild_starts`` (or ``overwrite``, which retrains the starts anyway)."""
-    missing = [] if settings.rebuild_starts or settings.overwrite else missing_start_adapters(settings)
-    if missing:
-        raise _missing_starts(missing)
-
-
-def _missing_starts(missing: Sequence[str]) -> MissingStartError:
-    return MissingStartError(
-            f"recorded start(s) without their adapter on this machine: {', '.join(missing)}; the adaptation runs "
-            "need them. Pass --rebuild-starts (rebuild_starts=True) to meta-train them again into their run folders "
-            "(their records are kept; the rebuilt starts' scores go to rebuilt.json there and into the new runs' "
-            "records), or run where runs/ holds them")
+    if not (settings.rebuild_starts or settings.overwrite):
+        check_start_adapters(start_adapters_needed(settings), _NEEDED_BY, _REBUILT)
 
 
 def _train_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, overwrite_folder: bool):
@@ -500,7 +490,7 @@ def run_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, 
             rebuilt = run_dir / "rebuilt.json"
             return {**record, **json.loads(rebuilt.read_text())} if rebuilt.is_file() else record
         if not settings.rebuild_starts:
-            raise _missing_starts([f"{tag} ({run_dir / 'adapter'})"])
+            raise missing_start_error([f"{tag} ({run_dir / 'adapter'})"], _NEEDED_BY, _REBUILT)
         _, test, result, _ = _train_start(settings, data, start, overwrite_folder=not settings.resume)
         rebuilt = {"rebuilt": True, "test": test, "rebuilt_steps": result.steps}
         atomic_write_text(run_dir / "rebuilt.json", json.dumps(rebuilt, indent=1, default=json_default) + "\n")
@@ -577,7 +567,12 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
 
 def run_grid(settings: CrossDomainSettings, data: CrossDomainData) -> dict[tuple[str, int], dict[str, Any]]:
     """Every (method, seed) record, plus ``(<start>-start, seed)`` for the starts the methods use (both starts when
-    the direction has no target training images) and ``(zero-shot, seed)`` (the same record for every seed) for forgetting against zero-shot."""
+    the direction has no target training images) and ``(zero-shot, seed)`` (the same record for every seed) for
+    forgetting against zero-shot. Before any work: the results, tables and runs folders must accept files
+    (:func:`~afr.experiments.records.check_outputs_writable`), recorded starts must have their adapters
+    (:func:`check_starts`) and interrupted starts are refused
+    (:func:`~afr.experiments.records.check_unfinished_runs`)."""
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     check_starts(settings)
     starts = {(start, seed) for seed in settings.seeds for start in settings.grid_starts()}
     starts |= {(START_OF[method], seed) for seed in settings.seeds for method in settings.adapted_methods()}

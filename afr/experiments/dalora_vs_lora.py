@@ -17,118 +17,45 @@ validation packs, then scored once on the test packs; its record goes to ``resul
 its adapter to ``runs/<tag>/adapter`` and its rows to ``results/tables/dalora.csv``. A run whose record
 exists is reused, not retrained, unless ``overwrite`` (so an interrupted grid resumes where it stopped).
 
-Oracle gating needs the domain of each test image: a test pack's domain names its expert; the wild photos
-(visible light, no training identities, so no expert) go to the ``controlled`` expert, as a deployment
-that knows its camera is visible-light would route them (:data:`ORACLE_EXPERT_OF`).
+One run is :func:`afr.experiments.dalora_run.run_method` (the library piece this recipe shares with the ablations),
+handed the run's :meth:`~afr.experiments.settings.dalora.DaLoraExperimentSettings.run_settings`; its adapters, the
+validation evaluators, the gate table and oracle routing (:data:`ORACLE_EXPERT_OF`) live there too and are importable
+from here.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from afr.adapters import save_adapter
-from afr.adapters.dalora import DaLoraSettings, apply_dalora, gate_statistics, merge_dalora, set_domains, set_gating
-from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, trainable_parameters
-from afr.data.augment import FaceAugment
 from afr.data.verification import VerificationPack
-from afr.eval.extract import chips_to_tensor
-from afr.eval.packs import evaluate_on_packs, pack_evaluators
-from afr.experiments.baseline import BaselineData
+from afr.eval.packs import evaluate_on_packs
+from afr.experiments.benchmark_data import BenchmarkData, load_embedded_benchmark
+# one (method, seed) run and its pieces live in the library module afr.experiments.dalora_run; importable here too
+from afr.experiments.dalora_run import (ORACLE_EXPERT_OF, RunOutcome, adapt, evaluate_adapted,  # noqa: F401
+                                        expert_domains, gate_evaluators, gate_table, parameter_groups, record_path,
+                                        run_method, run_rows, validation_evaluators)
 from afr.experiments.records import (ResultExistsError, append_rows, check_outputs_writable, check_unfinished_runs,
-                                     environment_info, final_validation_metrics, grid_metric_values, metric_rows,
-                                     reuse_record, write_record)
+                                     final_validation_metrics, grid_metric_values, metric_rows)
 # the settings, the methods and the learning-rate families live in the torch-free settings module; importable here too
 from afr.experiments.settings.dalora import (FAMILY_REPRESENTATIVE, METHODS, DaLoraExperimentSettings,  # noqa: F401
-                                             DaLoraRun, family)
-from afr.experiments.training_setup import evaluation_device, initialise_centres, optimizer_groups, train_config
+                                             DaLoraRunSettings, family)
+from afr.experiments.training_setup import evaluation_device
 from afr.io import atomic_write_bytes, atomic_write_text
 from afr.models import create_backbone
-from afr.models.domain_aware import DomainAwareRecognitionModel
 from afr.paths import results_root
-from afr.train import Trainer, seed_everything
 
 __all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcome", "choose_learning_rates",
            "expert_domains", "gate_table", "grid_table", "load_data", "paired_tests", "export_adapters",
            "record_zero_shot", "run_experiment", "run_grid", "run_method", "zero_shot"]
 
-#: test domain -> the expert oracle gating routes it to (a domain with its own expert goes to it)
-ORACLE_EXPERT_OF = {"wild": "controlled"}
 
-
-def load_data(settings: DaLoraRun) -> BaselineData:
-    """The embedded benchmark: training pack with domains, validation packs, test packs. First, before any work:
-    the results, tables and runs folders must accept files (:func:`~afr.experiments.records.check_outputs_writable`)."""
-    check_outputs_writable(settings.experiment, settings.runs_folder)
-    from afr.experiments.baseline import BaselineSettings
-    from afr.experiments.baseline import load_data as load_baseline_data
-
-    return load_baseline_data(BaselineSettings(embedded_root=settings.embedded_root))
-
-
-# ------------------------------------------------------------------------------------------ adapters
-def expert_domains(train_dataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``(expert domains, domain code names)`` of a training pack: one expert per domain it holds."""
-    names = tuple(train_dataset.domain_names)
-    present = sorted(set(np.asarray(train_dataset.domains).tolist()))
-    return tuple(names[code] for code in present), names
-
-
-def adapt(backbone: nn.Module, settings: DaLoraRun, train_dataset,
-          adapter: DaLoraSettings | None = None, warm_start: Path | None = None) -> nn.Module:
-    """Inject the method's adapter (LoRA r, LoRA K·r, or DA-LoRA with the method's gating) in place.
-
-    ``adapter`` replaces the DA-LoRA settings derived from the method and the training pack, and ``warm_start``
-    (a LoRA adapter of rank r) starts every expert from it: the ablations (notebook 06) use both."""
-    domains, codes = expert_domains(train_dataset)
-    if settings.method.startswith("lora"):
-        rank = settings.rank * (len(domains) if settings.method == "lora-matched" else 1)
-        return apply_lora(backbone, LoraSettings.square(rank))
-    gating = settings.method.split("-", 1)[1]
-    adapter = adapter or DaLoraSettings(
-        r=settings.rank, alpha=float(settings.rank), domains=domains, domain_codes=codes, gating=gating,
-        shared_expert=settings.shared_expert, router_hidden=settings.router_hidden)
-    return apply_dalora(backbone, adapter, warm_start=warm_start)
-
-
-def parameter_groups(model: nn.Module, settings: DaLoraRun) -> list[dict[str, Any]]:
-    """Adapters at ``lr``, class centres at ``head_lr``, the router (if any) at ``router_lr``.
-
-    The router learns from the domain cross-entropy alone (its gates are detached from the recognition
-    loss); AdamW's step does not grow with λ2, so it gets its own rate, like the class centres."""
-    router = getattr(model.backbone, "dalora_router", None)
-    groups = optimizer_groups(model, settings)
-    if router is None:
-        return groups
-    router_ids = {id(p) for p in router.parameters()}
-    groups[0]["params"] = [p for p in groups[0]["params"] if id(p) not in router_ids]
-    return [*groups, {"params": list(router.parameters()), "lr": settings.router_lr,
-                      "weight_decay": settings.weight_decay}]
-
-
-# ------------------------------------------------------------------------------------------ evaluation
-def evaluate_adapted(backbone: nn.Module, method: str, packs: Mapping[str, VerificationPack],
-                     device: torch.device) -> dict[str, dict[str, Any]]:
-    """Test metrics of an adapted backbone: LoRA merged; DA-LoRA oracle merged per pack domain's expert;
-    classifier and uniform gating unmerged (the gates vary per image or are shared by all experts)."""
-    if method.startswith("lora"):
-        return evaluate_on_packs(merge_lora(copy.deepcopy(backbone)), packs, device=device)
-    if method == "dalora-oracle":
-        results = {}
-        for name, pack in packs.items():
-            merged = merge_dalora(copy.deepcopy(backbone), ORACLE_EXPERT_OF.get(name, name))
-            results.update(evaluate_on_packs(merged, {name: pack}, device=device))
-        return results
-    return evaluate_on_packs(backbone, packs, device=device)
+def load_data(settings: DaLoraExperimentSettings) -> BenchmarkData:
+    """The embedded benchmark: training pack with domains, validation packs, test packs (all test domains)."""
+    return load_embedded_benchmark(settings.embedded_root)
 
 
 def zero_shot(settings: DaLoraExperimentSettings, packs: Mapping[str, VerificationPack]) -> dict[str, dict]:
@@ -137,153 +64,17 @@ def zero_shot(settings: DaLoraExperimentSettings, packs: Mapping[str, Verificati
                              device=evaluation_device(settings))
 
 
-def validation_evaluators(method: str, packs: Mapping[str, VerificationPack]) -> dict[str, Any]:
-    """Per-epoch validation of every pack; with oracle gating each pack's images go to its domain's expert."""
-    evaluators = pack_evaluators(packs)
-    if method != "dalora-oracle":
-        return evaluators
-
-    def routed(name: str, evaluate_pack):
-        def evaluate_routed(model: nn.Module) -> dict[str, float]:
-            set_domains(model.backbone, [ORACLE_EXPERT_OF.get(name, name)])
-            return evaluate_pack(model)
-
-        return evaluate_routed
-
-    return {key: routed(key.split("/", 1)[1], evaluate_pack) for key, evaluate_pack in evaluators.items()}
-
-
-def gate_evaluators(packs: Mapping[str, VerificationPack], batch_size: int = 64) -> dict[str, Any]:
-    """Per-epoch gate entropy and expert usage of the router on each validation pack (history ``gates/<pack>/...``)."""
-
-    def make(pack: VerificationPack):
-        @torch.no_grad()
-        def statistics(model: nn.Module) -> dict[str, float]:
-            backbone = model.backbone
-            device = next(backbone.parameters()).device
-            sums: dict[str, float] = {}
-            batches = range(0, len(pack.images), batch_size)
-            for start in batches:
-                backbone(chips_to_tensor(pack.images[start:start + batch_size], backbone.input_size).to(device))
-                for key, value in gate_statistics(backbone).items():
-                    sums[key] = sums.get(key, 0.0) + value / len(batches)
-            return sums
-
-        return statistics
-
-    return {f"gates/{name}": make(pack) for name, pack in packs.items()}
-
-
-@torch.no_grad()
-def gate_table(backbone: nn.Module, packs: Mapping[str, VerificationPack], gating: str = "classifier",
-               batch_size: int = 64) -> dict[str, dict[str, dict[str, float]]]:
-    """Per pack (true domain): the mean gate of every expert (``"mean"``) and the share of images whose largest
-    gate is each expert (``"argmax"``, the router's confusion matrix), under ``gating``."""
-    set_gating(backbone, gating)
-    backbone.eval()
-    device = next(backbone.parameters()).device
-    experts = list(backbone.dalora_settings.domains)
-    table: dict[str, dict[str, dict[str, float]]] = {"mean": {}, "argmax": {}}
-    for name, pack in packs.items():
-        gates = []
-        for start in range(0, len(pack.images), batch_size):
-            backbone(chips_to_tensor(pack.images[start:start + batch_size], backbone.input_size).to(device))
-            gates.append(backbone.dalora_router.state.gates.float().cpu())
-        gates = torch.cat(gates)
-        shares = torch.bincount(gates.argmax(1), minlength=len(experts)).float() / len(gates)
-        table["mean"][name] = dict(zip(experts, gates.mean(0).tolist()))
-        table["argmax"][name] = dict(zip(experts, shares.tolist()))
-    return table
-
-
-# ------------------------------------------------------------------------------------------ one run
-@dataclass
-class RunOutcome:
-    """One (method, seed) run: its record (as in ``results/dalora/<tag>.json``) and, when trained now, the model."""
-
-    record: dict[str, Any]
-    backbone: nn.Module | None = None
-    reused: bool = False
-
-
-def record_path(settings: DaLoraRun) -> Path:
-    return results_root() / settings.experiment / f"{settings.tag}.json"
-
-
-def run_method(settings: DaLoraRun, data: BaselineData, adapter: DaLoraSettings | None = None,
-               warm_start: Path | None = None, gate_statistics: bool = True, channels_last: bool = False,
-               ) -> RunOutcome:
-    """Train one (method, seed) run, validate it per epoch, score the test packs once; reuse a recorded run.
-
-    ``adapter`` and ``warm_start``: see :func:`adapt` (the run's tag must tell them apart: the ablations' does).
-    ``gate_statistics=False`` skips the classifier router's per-epoch gate statistics and the test gate table: each
-    is one more pass over every image of every pack (pairs not deduplicated), more than a training epoch here.
-    ``channels_last`` keeps the conv weights channels-last (:func:`afr.models.layout.fast_layout`): the same
-    function up to rounding, about a fifth less CPU time for the dlib ResNet's convolutions."""
-    path = record_path(settings)
-    if path.is_file() and not settings.overwrite:
-        return RunOutcome(reuse_record(path, settings.experiment, lambda record: run_rows(settings, record),
-                                       grid=settings.grid),
-                          reused=True)
-    started = time.time()
-    seed_everything(settings.seed)
-    backbone = create_backbone(settings.backbone, settings.weights)
-    model = DomainAwareRecognitionModel(
-        backbone, data.train.num_classes, margin=settings.margin, lambda_contrastive=settings.lambda_contrastive,
-        lambda_domain=settings.lambda_domain, temperature=settings.temperature)
-    initialise_centres(model, data.train, settings)
-    adapt(backbone, settings, data.train, adapter, warm_start)
-    if channels_last:
-        backbone.to(memory_format=torch.channels_last)
-    trainable, total = trainable_parameters(backbone)
-    notes = {"method": settings.method, "tag": settings.tag}
-    config = train_config(settings, str(settings.run_dir), notes, sampler="identity",
-                          images_per_identity=settings.images_per_identity)
-    evaluators = validation_evaluators(settings.method, data.val_packs)
-    if settings.method == "dalora-classifier" and gate_statistics:
-        evaluators.update(gate_evaluators(data.val_packs))
-    trainer = Trainer(model, data.train, config, augment=FaceAugment() if settings.augment else None,
-                      evaluators=evaluators, param_groups=parameter_groups(model, settings))
-    result = trainer.fit(resume=settings.resume)
-    save_adapter(backbone, result.output_dir / "adapter")  # LoRA or DA-LoRA (afr.adapters registry), with its type
-    test = None
-    if settings.score_test:
-        test = evaluate_adapted(backbone, settings.method, data.test_packs, evaluation_device(settings))
-    record = {
-        "experiment": settings.experiment, "tag": settings.tag, "method": settings.method, "seed": settings.seed,
-        "settings": dataclasses.asdict(settings),
-        "train": {"steps": result.step, "history": result.history, "adapter_parameters": trainable,
-                  "backbone_parameters": total - trainable, "run_dir": str(result.output_dir)},
-        "test": test, "environment": environment_info(evaluation_device(settings)),
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    if settings.method == "dalora-classifier" and test is not None and gate_statistics:
-        record["gates"] = gate_table(backbone, data.test_packs)
-    write_record(path, record, settings.experiment, run_rows(settings, record), overwrite=settings.overwrite,
-                 grid=settings.grid)
-    return RunOutcome(record, backbone)
-
-
-def run_rows(settings: DaLoraRun, record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Tidy rows of a run's record: its test metrics (split ``test``) and last epoch's validation metrics (``val``)."""
-    columns = settings.table_columns()
-    rows = metric_rows(settings.experiment, record["tag"], record["method"], record["seed"], record["test"] or {},
-                       {"split": "test", **columns})
-    rows += metric_rows(settings.experiment, record["tag"], record["method"], record["seed"],
-                        final_validation_metrics(record["train"]["history"]), {"split": "val", **columns})
-    return rows
-
-
-
-def run_grid(settings: DaLoraExperimentSettings, data: BaselineData,
+def run_grid(settings: DaLoraExperimentSettings, data: BenchmarkData,
              learning_rates: Mapping[str, float] | None = None) -> dict[tuple[str, int], RunOutcome]:
-    """Every (method, seed) run of the grid, each family (LoRA, DA-LoRA) at its learning rate. Interrupted runs of
-    the grid are refused before any work unless ``resume`` or ``overwrite`` (:func:`check_unfinished_runs`)."""
+    """Every (method, seed) run of the grid, each family (LoRA, DA-LoRA) at its learning rate. Before any work: the
+    results, tables and runs folders must accept files (:func:`check_outputs_writable`), and interrupted runs of the
+    grid are refused unless ``resume`` or ``overwrite`` (:func:`check_unfinished_runs`)."""
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     runs = {(method, seed): settings.for_run(method, seed, lr=(learning_rates or {}).get(family(method), settings.lr))
             for seed in settings.seeds for method in settings.methods}
     check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()], settings.resume,
                           settings.overwrite)
-    return {key: run_method(run, data) for key, run in runs.items()}
+    return {key: run_method(run.run_settings(), data) for key, run in runs.items()}
 
 
 def grid_table(outcomes: Mapping[tuple[str, int], RunOutcome], zero: Mapping[str, Mapping] | None = None):
@@ -315,18 +106,21 @@ def paired_tests(table, against: str = "dalora-classifier", metric: str = "auc")
 
 
 # ------------------------------------------------------------------------------------------ search, zero-shot rows
-def choose_learning_rates(settings: DaLoraExperimentSettings, data: BaselineData):
+def choose_learning_rates(settings: DaLoraExperimentSettings, data: BenchmarkData):
     """Try ``search_lrs`` for LoRA and DA-LoRA alike (first seed, test packs never scored) and pick, per family,
     the lr with the highest mean validation AUC of the last epoch. Returns ``({family: lr}, search table)``;
-    without ``search_lrs`` every family keeps ``settings.lr``."""
+    without ``search_lrs`` every family keeps ``settings.lr``. With them, before any work: the results, tables and
+    runs folders must accept files (:func:`check_outputs_writable`)."""
     import pandas as pd
 
     if not settings.search_lrs:
         return {name: settings.lr for name in FAMILY_REPRESENTATIVE}, pd.DataFrame()
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     rows = []
     for lr in settings.search_lrs:
         for name, method in FAMILY_REPRESENTATIVE.items():
-            outcome = run_method(settings.for_run(method, settings.seeds[0], lr=lr, score_test=False), data)
+            outcome = run_method(settings.for_run(method, settings.seeds[0], lr=lr, score_test=False).run_settings(),
+                                 data)
             aucs = {pack: metrics["auc"] for pack, metrics in final_validation_metrics(outcome.record["train"]["history"]).items()}
             rows.append({"family": name, "method": method, "lr": lr, **{f"val_auc_{k}": v for k, v in aucs.items()},
                          "val_auc_mean": float(np.mean(list(aucs.values())))})

@@ -55,9 +55,7 @@ __all__ = ["METHODS", "MamlData", "MamlExperimentSettings", "adaptation_curves",
 # ------------------------------------------------------------------------------------------ data
 def load_data(settings: MamlExperimentSettings) -> MamlData:
     """The training chips in memory and the target collection's test pack
-    (:func:`afr.meta.data.load_training_chips`). First, before any work: the results, tables and runs folders must
-    accept files (:func:`~afr.experiments.records.check_outputs_writable`)."""
-    check_outputs_writable(settings.experiment, settings.runs_folder)
+    (:func:`afr.meta.data.load_training_chips`)."""
     return load_training_chips(settings.embedded_root, settings.target)
 
 
@@ -158,8 +156,10 @@ def curve_rows(record: Mapping[str, Any], settings: MamlExperimentSettings) -> l
 
 
 def run_grid(settings: MamlExperimentSettings, data: MamlData) -> dict[tuple[str, int], dict[str, Any]]:
-    """Every (method, seed) run; interrupted meta-trainings of the grid are refused before any work unless
-    ``resume`` or ``overwrite`` (:func:`~afr.experiments.records.check_unfinished_runs`)."""
+    """Every (method, seed) run. Before any work: the results, tables and runs folders must accept files
+    (:func:`~afr.experiments.records.check_outputs_writable`), and interrupted meta-trainings of the grid are refused
+    unless ``resume`` or ``overwrite`` (:func:`~afr.experiments.records.check_unfinished_runs`)."""
+    check_outputs_writable(settings.experiment, settings.runs_folder)
     runs = {(method, seed): settings.for_run(method, seed) for seed in settings.seeds for method in settings.methods}
     check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()], settings.resume,
                           settings.overwrite)

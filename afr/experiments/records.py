@@ -27,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from afr.io import atomic_write_bytes, atomic_write_text, check_writable_folder
-from afr.paths import results_root, tables_root
+from afr.paths import MissingResourceError, results_root, tables_root
 
-__all__ = ["GRID_COLUMN", "GRID_METRICS", "ResultExistsError", "TABLE_COLUMNS", "UnfinishedRunError", "append_rows",
-           "append_rows_unlocked", "check_outputs_writable", "check_unfinished_runs", "environment_info", "file_lock",
+__all__ = ["GRID_COLUMN", "GRID_METRICS", "MissingStartError", "ResultExistsError", "TABLE_COLUMNS",
+           "UnfinishedRunError", "append_rows", "append_rows_unlocked", "check_outputs_writable",
+           "check_start_adapters", "check_unfinished_runs", "environment_info", "file_lock",
            "final_validation_metrics", "grid_metric_values", "has_rows", "json_default", "label_runs", "metric_rows",
-           "read_table", "result_path", "reuse_record", "save_result", "table_lock", "table_path", "write_record"]
+           "missing_start_error", "read_table", "result_path", "reuse_record", "save_result", "table_lock",
+           "table_path", "write_record"]
 
 #: the columns every tidy table starts with
 TABLE_COLUMNS = ("experiment", "run", "method", "domain", "metric", "seed", "value")
@@ -121,6 +123,31 @@ def check_outputs_writable(experiment: str, runs_folder: str | Path | None = Non
     check_writable_folder(records_folder or results_root() / experiment, "results folder")
     check_writable_folder(tables_root(), "tables folder")
     check_writable_folder(runs_folder or runs_root(), "runs folder")
+
+
+class MissingStartError(MissingResourceError):
+    """A run needs a recorded (meta-trained) start's adapter, which is not on this machine."""
+
+
+def missing_start_error(missing: Sequence[str], needed_by: str, rebuilt: str = "") -> MissingStartError:
+    """The one refusal of runs that need recorded starts without their adapters (``missing``: ``"<start tag>
+    (<adapter folder>)"`` each), naming them, what needs them (``needed_by``), and the one flag that rebuilds them
+    (``rebuilt``: where the rebuilt starts' results go, if anywhere)."""
+    return MissingStartError(
+        f"recorded start(s) without their adapter on this machine: {', '.join(dict.fromkeys(missing))}, needed by "
+        f"{needed_by}. Pass --rebuild-starts (rebuild_starts=True) to meta-train them again into their run folders "
+        f"(their records are kept{'; ' + rebuilt if rebuilt else ''}), or run where runs/ holds them")
+
+
+def check_start_adapters(starts: Iterable[tuple[str, str | Path, str | Path]], needed_by: str, rebuilt: str = ""
+                         ) -> None:
+    """Before any work: ``starts`` are the ``(start tag, record path, adapter folder)`` of the starts runs still to
+    train need; those recorded (a fresh clone has ``results/``, not ``runs/``) whose adapter is not on this machine
+    are refused all at once (:func:`missing_start_error`) instead of being meta-trained again over their record."""
+    missing = [f"{tag} ({adapter})" for tag, record, adapter in starts
+               if Path(record).is_file() and not Path(adapter).is_dir()]
+    if missing:
+        raise missing_start_error(missing, needed_by, rebuilt)
 
 
 class UnfinishedRunError(FileExistsError):

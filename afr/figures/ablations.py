@@ -19,7 +19,7 @@ def ablations_figure(table: pd.DataFrame, settings,
     :func:`afr.experiments.ablations.recommended_defaults` reads) against the swept value; the value of
     ``settings`` (the full model's, e.g. ``settings.rank``) marked. ``table``: the grid's tidy table (``group,
     cell, split, domain, metric, seed, value``)."""
-    from afr.experiments.ablations import COMPONENTS, GROUPS
+    from afr.experiments.settings.ablations import COMPONENTS, GROUPS
 
     groups = [group for group in GROUPS if group in set(table["group"])]
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 1.5, 3.6), squeeze=False)

@@ -14,7 +14,7 @@ def starts_figure(table: pd.DataFrame, settings) -> Figure:
     """A direction without target training images: test AUC of zero-shot and the two starts on its target and
     source packs (bars, error bars: sd over seeds). ``settings``: the run's cross-domain settings (its
     ``direction`` and ``shift``)."""
-    from afr.experiments.crossdomain import STARTS
+    from afr.experiments.settings.crossdomain import STARTS
 
     packs = [*settings.shift.target_packs, *settings.shift.source_packs]
     rows = ["zero-shot", *(f"{start}-start" for start in STARTS)]
@@ -43,7 +43,7 @@ def crossdomain_figure(table: pd.DataFrame, forgetting: pd.DataFrame, settings) 
     (``forgetting``: :func:`afr.experiments.crossdomain.forgetting_table`), mean over the source packs (0 by
     construction for the DA-LoRA rows). Error bars: sd over seeds. ``settings``: the run's cross-domain settings
     (``shots``, ``shift``); a direction without target training images gets :func:`starts_figure`."""
-    from afr.experiments.crossdomain import METHODS, START_OF, shots_label
+    from afr.experiments.settings.crossdomain import METHODS, START_OF, shots_label
 
     if not settings.shift.target:
         return starts_figure(table, settings)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, digest_of, setting
+from afr.experiments.settings.dalora import DaLoraRunSettings
 from afr.experiments.settings.fields import (BackboneFields, DaLoraFields, GridFields, MetaStartFields,
                                              RecordedStartFields, RunFields, TrainingFields)
 
@@ -63,8 +64,9 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     :class:`BackboneFields`, :class:`GridFields`, :class:`MetaStartFields` (the MAML start), :class:`DaLoraFields`,
     :class:`TrainingFields`, :class:`RecordedStartFields`, :class:`RunFields`, then its own (what the grid runs, the
     sweeps' values, the adapter and its parts). Each run is a DA-LoRA training run
-    (:func:`afr.experiments.dalora_vs_lora.run_method` is handed these settings: they satisfy
-    :class:`~afr.experiments.settings.dalora.DaLoraRun`) named and recorded as an ablation run.
+    (:func:`afr.experiments.dalora_run.run_method`) handed the explicit
+    :class:`~afr.experiments.settings.dalora.DaLoraRunSettings` of :meth:`run_settings`: named (tag from these
+    settings), recorded and tabled as an ablation run.
     """
 
     experiment: ClassVar[str] = "ablations"
@@ -157,6 +159,11 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     @property
     def start_dir(self) -> Path:
         return self.runs_folder / self.start_tag
+
+    def run_settings(self) -> DaLoraRunSettings:
+        """The DA-LoRA training run of these settings (:func:`afr.experiments.dalora_run.run_method`): its training
+        fields, and this run's ablation tag, run folder, table columns and recorded settings (no shared expert)."""
+        return DaLoraRunSettings.of(self)
 
     def full_model(self, seed: int) -> AblationSettings:
         """The full model's settings for ``seed``: these settings' single-run fields."""

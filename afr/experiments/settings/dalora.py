@@ -1,14 +1,16 @@
 """Notebook 03's settings (``python -m afr dalora``), its methods and learning-rate families. No torch."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, SettingsError, setting
 from afr.experiments.settings.fields import BackboneFields, DaLoraFields, GridFields, RunFields, TrainingFields
 
-__all__ = ["DaLoraExperimentSettings", "DaLoraRun", "FAMILY_REPRESENTATIVE", "METHODS", "family"]
+__all__ = ["DaLoraExperimentSettings", "DaLoraRunSettings", "FAMILY_REPRESENTATIVE", "METHODS", "family"]
 
 METHODS = ("lora", "lora-matched", "dalora-classifier", "dalora-oracle", "dalora-uniform")
 #: the run whose validation result picks the learning rate of each adapter family
@@ -54,20 +56,34 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
         if unknown:
             raise SettingsError(f"--methods: unknown method(s) {unknown}; choose from {METHODS}", "methods")
 
+    def run_settings(self) -> DaLoraRunSettings:
+        """The settings :func:`afr.experiments.dalora_run.run_method` trains this (method, seed) run with."""
+        return DaLoraRunSettings.of(self, shared_expert=self.shared_expert)
 
-class DaLoraRun(Protocol):
-    """What one DA-LoRA training run (:func:`afr.experiments.dalora_vs_lora.run_method`, ``load_data``) reads of its
-    settings. :class:`DaLoraExperimentSettings` is one; the ablations' :class:`AblationSettings` is another: its runs
-    are named, recorded and tabled as ablation runs (``results/ablations/<tag>.json``, its own tag and table
-    columns), so it is handed to ``run_method`` itself rather than converted. ``shared_expert`` is read only when
-    ``run_method`` is given no DA-LoRA adapter settings for a DA-LoRA method (the ablations always give them)."""
 
-    experiment: ClassVar[str]
-    # naming and bookkeeping: the record's path and tag, the run folder, the table's columns
+@dataclass(frozen=True)
+class DaLoraRunSettings:
+    """The settings of one DA-LoRA or LoRA training run (:func:`afr.experiments.dalora_run.run_method`): what it
+    trains and how (a subset of :class:`BackboneFields`, :class:`DaLoraFields`, :class:`TrainingFields` and
+    :class:`RunFields`), and how it is named and recorded.
+
+    Built explicitly from an experiment's settings by :meth:`of`: notebook 03's
+    (:meth:`DaLoraExperimentSettings.run_settings`) and the ablations'
+    (:meth:`~afr.experiments.settings.ablations.AblationSettings.run_settings`). The naming fields (``experiment``,
+    ``tag``, ``run_dir``, table ``columns``) and the settings written to the run's record (``recorded``) are the
+    experiment's own, computed by the experiment's settings: a run keeps the tag, record and rows it had when the
+    experiment's settings were handed to the run itself. ``shared_expert`` is read only when ``run_method`` is given
+    no DA-LoRA adapter settings for a DA-LoRA method (the ablations always give them)."""
+
+    # naming and bookkeeping: the record's path and tag, the run folder, the table's columns, the record's settings
+    experiment: str
     tag: str
     run_dir: Path
     method: str
     seed: int
+    grid: str | None
+    columns: Mapping[str, Any]
+    recorded: Mapping[str, Any]
     # BackboneFields
     backbone: str
     weights: str | None
@@ -97,5 +113,24 @@ class DaLoraRun(Protocol):
     resume: bool
     overwrite: bool
     progress: bool
+    # notebook 03's own
+    shared_expert: bool = False
 
-    def table_columns(self) -> dict[str, Any]: ...
+    #: the fields taken, by name, from the experiment's settings (the rest: naming, :meth:`of`)
+    COPIED: ClassVar[tuple[str, ...]] = (
+        "method", "seed", "grid", "backbone", "weights", "embedded_root", "rank", "router_hidden", "router_lr",
+        "lambda_contrastive", "lambda_domain", "temperature", "images_per_identity", "margin", "head_init", "epochs",
+        "batch_size", "lr", "head_lr", "weight_decay", "warmup_epochs", "augment", "score_test", "num_workers",
+        "device", "resume", "overwrite", "progress")
+
+    @classmethod
+    def of(cls, settings: ExperimentSettings, shared_expert: bool = False) -> DaLoraRunSettings:
+        """The run of ``settings`` (one (method, seed) run of notebook 03 or one ablation run): the fields
+        :data:`COPIED`, the experiment's naming (its tag, run folder, table columns) and its settings as recorded."""
+        return cls(experiment=settings.experiment, tag=settings.tag, run_dir=settings.run_dir,
+                   columns=settings.table_columns(), recorded=dataclasses.asdict(settings),
+                   shared_expert=shared_expert, **{name: getattr(settings, name) for name in cls.COPIED})
+
+    def table_columns(self) -> dict[str, Any]:
+        """The experiment's settings columns of this run's tidy rows."""
+        return dict(self.columns)

@@ -1,0 +1,87 @@
+"""A run's data: the training set, the validation packs (per-epoch checks, choices) and the test packs (scored once).
+
+Library piece shared by the recipes of notebooks 02, 03 and 06 (:mod:`afr.experiments.baseline`,
+:mod:`~afr.experiments.dalora_vs_lora`, :mod:`~afr.experiments.ablations`); not a recipe itself. Two data profiles:
+
+* ``embedded`` (CPU default): the embedded benchmark of notebook 01 (training pack of all training domains,
+  identity-disjoint validation packs in ``val/`` and test packs in ``test/``), :func:`load_embedded_benchmark`;
+* ``full`` (GPU): CASIA-WebFace ``train.rec`` with a seeded N-identity subset, ``val_identities`` further identities
+  held out as the validation pack, and the five InsightFace packs (``lfw.bin`` ...) as the test.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from afr.data.full_profile import FULL_BENCHMARKS, balanced_pack, load_named_packs, open_casia
+from afr.data.subsets import dataset_labels, holdout_identities, identity_subset
+from afr.data.verification import VerificationPack, load_pack
+
+__all__ = ["FULL_BENCHMARKS", "BenchmarkData", "load_benchmark", "load_embedded_benchmark"]
+
+#: full profile: at most this many images of each held-out identity enter the validation pack
+VAL_IMAGES_PER_IDENTITY = 10
+VAL_MAX_PAIRS = 600
+
+
+@dataclass
+class BenchmarkData:
+    """A run's data: the training set, validation packs (per-epoch checks, choices), test packs (scored once)."""
+
+    train: Any
+    val_packs: dict[str, VerificationPack]
+    test_packs: dict[str, VerificationPack]
+
+    def summary(self) -> str:
+        lines = [f"training set: {len(self.train)} images of {self.train.num_classes} identities"]
+        for split, packs in (("validation", self.val_packs), ("test", self.test_packs)):
+            for name, pack in packs.items():
+                lines.append(f"{split:<10} {name:<11} pairs {len(pack):>5}  same {int(pack.issame.sum()):>5}")
+        return "\n".join(lines)
+
+
+def load_embedded_benchmark(embedded_root: str | None = None, benchmarks: Sequence[str] = ()) -> BenchmarkData:
+    """The embedded benchmark: training pack with domains, validation packs, test packs (``benchmarks``, default all
+    test domains); SHA-256 recorded on each pack."""
+    from afr.data.embedded import TEST_DOMAINS, load_embedded
+
+    benchmark = load_embedded(embedded_root)
+    train = benchmark.train_dataset()
+    val_packs = {name: load_pack(path) for name, path in benchmark.val_bins.items()}
+    test_packs = {name: load_pack(benchmark.bin_path(name)) for name in benchmarks or TEST_DOMAINS}
+    return BenchmarkData(train, val_packs, test_packs)
+
+
+def load_benchmark(settings: Any) -> BenchmarkData:
+    """The profile's training set, validation packs and test packs (SHA-256 recorded on each file pack), by the
+    settings' ``data_profile`` and its fields (:class:`~afr.experiments.settings.fields.FullProfileFields`)."""
+    if settings.data_profile == "embedded":
+        return load_embedded_benchmark(settings.embedded_root, settings.benchmarks)
+    train, val_pack = _full_training_data(settings)
+    return BenchmarkData(train, {"holdout": val_pack}, _full_test_packs(settings))
+
+
+def _full_training_data(settings: Any):
+    """CASIA-WebFace: ``val_identities`` held-out identities as a validation pack, a subset of the rest to train."""
+    dataset = open_casia(settings.train_rec)
+    labels = dataset_labels(dataset)
+    held_out = holdout_identities(labels, settings.val_identities, settings.seed)
+    train = identity_subset(dataset, settings.num_identities, settings.seed, exclude=held_out)
+    return train, _holdout_pack(dataset, labels, held_out, settings.seed)
+
+
+def _holdout_pack(dataset, labels: np.ndarray, identities: np.ndarray, seed: int) -> VerificationPack:
+    """Balanced, fold-ordered pairs over (up to 10) images of each held-out identity, decoded in memory."""
+    rng = np.random.default_rng([seed, 2])
+    chosen = []
+    for identity in identities:
+        members = np.flatnonzero(labels == identity)
+        chosen.extend(rng.permutation(members)[:VAL_IMAGES_PER_IDENTITY].tolist())
+    return balanced_pack(dataset, chosen, "holdout", max_pairs=VAL_MAX_PAIRS, seed=seed)
+
+
+def _full_test_packs(settings: Any) -> dict[str, VerificationPack]:
+    return load_named_packs(settings.bins_dir, settings.benchmarks or FULL_BENCHMARKS, "bins_dir")
