@@ -18,9 +18,18 @@ Unlike facenet-pytorch, crops that leave the image are zero-padded (as the origi
 MTCNN does) instead of being clipped and stretched, and large photos are first shrunk so their longer
 side is at most ``max_image_side`` pixels; all coordinates are mapped back to the input image and
 reported 0-based (pixel ``(0, 0)`` is the top-left pixel centre).
+
+Detection runs on one torch thread by default (``num_threads=1``): with more threads oneDNN splits the
+float32 convolutions' sums differently, which moves boxes and landmarks by a last float32 bit (up to
+6e-5 px on the embedded benchmark: 38 of its 625 detected faces), enough to change a few chip pixels
+by 1 and so the JPEG bytes of the verification packs built from them. One thread makes the
+detections, chips and packs bit-identical whatever ``OMP_NUM_THREADS`` or ``torch.set_num_threads``
+the process runs with (it is also the faster choice for MTCNN's many tiny convolutions on few cores).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +41,7 @@ from torch import nn
 
 from afr.paths import MissingResourceError, weights_root
 
-__all__ = ["Detections", "MTCNN", "PNet", "RNet", "ONet", "nms", "load_mtcnn_nets"]
+__all__ = ["Detections", "MTCNN", "PNet", "RNet", "ONet", "nms", "load_mtcnn_nets", "torch_threads"]
 
 _NORM_MEAN = 127.5
 _NORM_SCALE = 0.0078125
@@ -170,6 +179,20 @@ def _default_weights_dir() -> Path:
         raise MissingResourceError(f"MTCNN weights folder not found: {error}") from None
 
 
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads, then restore the process's count (``None``: as is)."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------------
 # box utilities (numpy; boxes are x1, y1, x2, y2 with inclusive integer-pixel corners)
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +298,9 @@ class MTCNN:
             this size for detection; results are mapped back to the original pixels. ``None``
             disables it. 1024 keeps one photo under ~1 s on one CPU core.
         batch_size: crops per R-Net/O-Net forward pass.
+        num_threads: torch threads while detecting (restored after each call). 1, the default, makes
+            the results bit-identical whatever thread count the process has (see the module's notes);
+            ``None`` uses the process's count (results may then differ in the last float32 bit).
     """
 
     def __init__(
@@ -286,6 +312,7 @@ class MTCNN:
         factor: float = 0.709,
         max_image_side: int | None = 1024,
         batch_size: int = 512,
+        num_threads: int | None = 1,
     ) -> None:
         if min_face_size < _PNET_CELL:
             raise ValueError(f"min_face_size must be at least {_PNET_CELL}, got {min_face_size}")
@@ -299,13 +326,19 @@ class MTCNN:
         self.factor = factor
         self.max_image_side = max_image_side
         self.batch_size = batch_size
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be a positive count or None, got {num_threads}")
+        self.num_threads = num_threads
         self.pnet, self.rnet, self.onet = (net.to(self.device) for net in load_mtcnn_nets(weights_dir))
 
     # -- public -------------------------------------------------------------------------------
-    @torch.inference_mode()
     def detect(self, image: np.ndarray) -> Detections:
         """Detect faces in an ``HxWx3`` uint8 RGB image; see :class:`Detections` for the layout."""
         image = _check_image(image)
+        with torch_threads(self.num_threads), torch.inference_mode():
+            return self._detect(image)
+
+    def _detect(self, image: np.ndarray) -> Detections:
         shrink = 1.0
         if self.max_image_side is not None and max(image.shape[:2]) > self.max_image_side:
             shrink = self.max_image_side / max(image.shape[:2])
