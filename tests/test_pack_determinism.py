@@ -1,10 +1,11 @@
 """Verification packs are byte-identical whatever thread count builds them (issue 16 item 4).
 
-With more than one torch thread, oneDNN sums MTCNN's float32 convolutions in another order: boxes and
-landmarks move by a last float32 bit (up to 6e-5 px), 27 of the benchmark's 625 detected chips then differ by
-1 in 1-15 pixels, and the controlled, wild and validation-controlled packs got other SHA-256 under
-``OMP_NUM_THREADS=1`` than under 2 threads. The faces below are ones that moved on a 2-core AMD EPYC (AVX-512);
-each build runs in its own process, as ``OMP_NUM_THREADS`` only counts when a process starts.
+oneDNN splits MTCNN's float32 convolution sums by the thread count: between 1 and 2 threads boxes and landmarks
+moved by a last float32 bit (up to 6.1e-5 px), 27 of the benchmark's 625 detected chips differed by 1 in 1-15
+pixels, and the controlled, wild and validation-controlled packs got other SHA-256 under ``OMP_NUM_THREADS=1``
+than under 2 threads. MTCNN now detects on a fixed thread count (``DETECTION_THREADS``). The faces below are ones
+that moved on a 2-core AMD EPYC (AVX-512); each build runs in its own process, as ``OMP_NUM_THREADS`` only
+counts when a process starts.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from afr.paths import PROJECT_ROOT
 
-#: detected faces whose float32 landmarks differed between 1 and 2 threads (MTCNN without the one-thread pin)
+#: detected faces whose float32 landmarks differed between 1 and 2 threads (MTCNN without a fixed thread count)
 THREAD_SENSITIVE = ("orl/s20/4.pgm", "orl/s20/7.pgm", "orl/s21/9.pgm", "yale/subject01.wink",
                     "yale/subject03.surprised", "yale/subject05.sad", "deepface/img43.jpg", "deepface/img45.jpg")
 

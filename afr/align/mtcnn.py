@@ -19,12 +19,14 @@ MTCNN does) instead of being clipped and stretched, and large photos are first s
 side is at most ``max_image_side`` pixels; all coordinates are mapped back to the input image and
 reported 0-based (pixel ``(0, 0)`` is the top-left pixel centre).
 
-Detection runs on one torch thread by default (``num_threads=1``): with more threads oneDNN splits the
-float32 convolutions' sums differently, which moves boxes and landmarks by a last float32 bit (up to
-6e-5 px on the embedded benchmark: 38 of its 625 detected faces), enough to change a few chip pixels
-by 1 and so the JPEG bytes of the verification packs built from them. One thread makes the
-detections, chips and packs bit-identical whatever ``OMP_NUM_THREADS`` or ``torch.set_num_threads``
-the process runs with (it is also the faster choice for MTCNN's many tiny convolutions on few cores).
+Detection runs on a fixed number of torch threads (``num_threads``, default :data:`DETECTION_THREADS` = 2),
+set for each call and restored after it: oneDNN splits the float32 convolutions' sums by the thread
+count, so 1 and 2 threads give boxes and landmarks that differ in the last float32 bit (up to 6.1e-5 px;
+38 of the embedded benchmark's 625 detected faces), enough to move a few chip pixels by 1 and so the
+JPEG bytes of the packs built from them. A fixed count makes detections, chips and packs bit-identical
+whatever ``OMP_NUM_THREADS`` or ``torch.set_num_threads`` the process runs with; 2 is the count the
+committed embedded benchmark was built with (its records' pack SHA-256 are reproduced with it), and
+works on one core too (the threads then share it).
 """
 from __future__ import annotations
 
@@ -41,12 +43,14 @@ from torch import nn
 
 from afr.paths import MissingResourceError, weights_root
 
-__all__ = ["Detections", "MTCNN", "PNet", "RNet", "ONet", "nms", "load_mtcnn_nets", "torch_threads"]
+__all__ = ["DETECTION_THREADS", "Detections", "MTCNN", "PNet", "RNet", "ONet", "nms", "load_mtcnn_nets", "torch_threads"]
 
 _NORM_MEAN = 127.5
 _NORM_SCALE = 0.0078125
 _PNET_STRIDE = 2
 _PNET_CELL = 12
+#: torch threads MTCNN detects on (see the module's notes): the committed embedded benchmark's count
+DETECTION_THREADS = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,9 +302,10 @@ class MTCNN:
             this size for detection; results are mapped back to the original pixels. ``None``
             disables it. 1024 keeps one photo under ~1 s on one CPU core.
         batch_size: crops per R-Net/O-Net forward pass.
-        num_threads: torch threads while detecting (restored after each call). 1, the default, makes
-            the results bit-identical whatever thread count the process has (see the module's notes);
-            ``None`` uses the process's count (results may then differ in the last float32 bit).
+        num_threads: torch threads while detecting (set for each call, then restored). A fixed count
+            (default :data:`DETECTION_THREADS`) makes the results bit-identical whatever thread count the
+            process has (see the module's notes); ``None`` uses the process's count, and results then
+            differ in the last float32 bit between counts.
     """
 
     def __init__(
@@ -312,7 +317,7 @@ class MTCNN:
         factor: float = 0.709,
         max_image_side: int | None = 1024,
         batch_size: int = 512,
-        num_threads: int | None = 1,
+        num_threads: int | None = DETECTION_THREADS,
     ) -> None:
         if min_face_size < _PNET_CELL:
             raise ValueError(f"min_face_size must be at least {_PNET_CELL}, got {min_face_size}")

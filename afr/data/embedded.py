@@ -210,8 +210,9 @@ def make_chips(faces: list[RawFace], config: EmbeddedConfig, aligner=None, progr
     """The benchmark's face chip of every raw face: ``(chips, detected, raw image sizes per source)``.
 
     Collections in ``config.center_crop_sources`` take the centred crop; the others MTCNN + 5-point alignment
-    (centred crop where no face is found). The default aligner's MTCNN detects on one torch thread, so the chips
-    (and every pack built from them) are bit-identical whatever thread count the process runs with.
+    (centred crop where no face is found). The default aligner's MTCNN detects on a fixed number of torch threads
+    (``afr.align.mtcnn.DETECTION_THREADS``), so the chips (and every pack built from them) are bit-identical whatever
+    thread count the process runs with.
     """
     from afr.align import FaceAligner, center_crop_face
 
