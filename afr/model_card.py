@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from afr.adapters.registry import read_adapter_config
+from afr.data.benchmarks import OTHER_BUILD_HINT
 from afr.io import atomic_write_text
 from afr.paths import PROJECT_ROOT
 
@@ -135,8 +136,10 @@ def zero_shot_test(entries: Sequence[AdapterRecord], project_root: str | Path = 
     test = json.loads((Path(project_root) / ZERO_SHOT_RECORD).read_text())["test"]["zero-shot"]
     for entry in entries:
         for domain in DOMAINS:
-            if entry.record["test"][domain]["sha256"] != test[domain]["sha256"]:
-                raise ValueError(f"{entry.record_path} scored another {domain} pack than {ZERO_SHOT_RECORD}")
+            mine, theirs = entry.record["test"][domain]["sha256"], test[domain]["sha256"]
+            if mine != theirs:
+                raise ValueError(f"{entry.record_path} scored another {domain} pack than {ZERO_SHOT_RECORD} "
+                                 f"(SHA-256 {mine[:12]}… vs {theirs[:12]}…): {OTHER_BUILD_HINT}")
     return test
 
 

@@ -180,3 +180,30 @@ def test_architecture_configs_have_the_published_sizes(name, millions):
 
     backbone = HFViTBackbone.from_config(architecture_config(name), name=name)
     assert sum(p.numel() for p in backbone.parameters()) / 1e6 == pytest.approx(millions, abs=0.2)
+
+
+def test_pack_listing_keeps_validation_and_test_packs_of_one_domain_apart():
+    """Validation and test packs share domain names (controlled, thermal, lowquality): a listing keyed by name alone
+    showed only the test packs (issue 16 item 4); the split is part of the key."""
+    from afr.data.verification import VerificationPack
+    from afr.experiments.baseline import BaselineData
+
+    def pack(name, digest, pairs, path):
+        return VerificationPack(name, [np.zeros((2, 2, 3), np.uint8)] * (2 * pairs), np.array([True, False] * (pairs // 2)),
+                                digest, Path(path) if path else None)
+
+    data = BaselineData(train=None,
+                        val_packs={"controlled": pack("controlled", "a" * 64, 4, "/b/val/controlled.bin"),
+                                   "thermal": pack("thermal", "b" * 64, 2, None)},
+                        test_packs={"controlled": pack("controlled", "c" * 64, 6, "/b/test/controlled.bin"),
+                                    "wild": pack("wild", "d" * 64, 2, "/b/test/wild.bin")})
+    digests = data.pack_digests()
+    assert list(digests) == ["validation/controlled", "validation/thermal", "test/controlled", "test/wild"]
+    assert digests["validation/controlled"] == {"sha256": "a" * 64, "pairs": 4, "path": "/b/val/controlled.bin"}
+    assert digests["test/controlled"]["sha256"] == "c" * 64
+    assert digests["validation/thermal"]["path"] is None
+    lines = data.pack_listing().splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("validation/controlled  sha256 " + "a" * 64) and "/b/val/controlled.bin" in lines[0]
+    assert lines[2].startswith("test/controlled        sha256 " + "c" * 64)
+    assert "in memory" in lines[1]

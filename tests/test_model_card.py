@@ -101,3 +101,24 @@ def test_citation_file_is_cff_1_2_0_with_the_package_version():
     assert citation["license"] == project_licence == "MIT"
     datetime.date.fromisoformat(str(citation["date-released"]))
     assert citation["title"].startswith("AdaptFace")
+
+
+def test_a_record_scored_on_another_build_is_refused_with_what_to_do(tmp_path):
+    """The message names the pack, both SHA-256 and the remedy (rebuild in the pinned venv, or restore the records)."""
+    from types import SimpleNamespace
+
+    from afr.model_card import zero_shot_test
+
+    committed = json.loads((PROJECT_ROOT / ZERO_SHOT_RECORD).read_text())
+    (tmp_path / ZERO_SHOT_RECORD).parent.mkdir(parents=True)
+    (tmp_path / ZERO_SHOT_RECORD).write_text(json.dumps(committed))
+    test = {domain: dict(metrics) for domain, metrics in committed["test"]["zero-shot"].items()}
+    assert zero_shot_test([SimpleNamespace(record={"test": test}, record_path="r.json")], tmp_path)
+    test["wild"]["sha256"] = "f" * 64
+    with pytest.raises(ValueError) as error:
+        zero_shot_test([SimpleNamespace(record={"test": test}, record_path="r.json")], tmp_path)
+    message = str(error.value)
+    assert "r.json scored another wild pack" in message and "ffffffffffff" in message
+    assert committed["test"]["zero-shot"]["wild"]["sha256"][:12] in message
+    assert "build-embedded --rebuild" in message and "opencv-python-headless 5.0.0" in message
+    assert "git checkout -- results/" in message

@@ -357,3 +357,4 @@ def test_a_regression_check_across_two_builds_of_the_benchmark_is_reported_not_c
     moved["test"]["thermal"]["sha256"] = "bb"
     line = reference.compare_grid_with_committed({0: SimpleNamespace(record=moved)})
     assert "another build of the embedded benchmark" in line and "thermal" in line and line.startswith("0 run(s)")
+    assert "build-embedded --rebuild" in line and "git checkout -- results/" in line  # what to do about it

@@ -18,9 +18,20 @@ Unlike facenet-pytorch, crops that leave the image are zero-padded (as the origi
 MTCNN does) instead of being clipped and stretched, and large photos are first shrunk so their longer
 side is at most ``max_image_side`` pixels; all coordinates are mapped back to the input image and
 reported 0-based (pixel ``(0, 0)`` is the top-left pixel centre).
+
+Detection runs on a fixed number of torch threads (``num_threads``, default :data:`DETECTION_THREADS` = 2),
+set for each call and restored after it: oneDNN splits the float32 convolutions' sums by the thread
+count, so 1 and 2 threads give boxes and landmarks that differ in the last float32 bit (up to 6.1e-5 px;
+38 of the embedded benchmark's 625 detected faces), enough to move a few chip pixels by 1 and so the
+JPEG bytes of the packs built from them. A fixed count makes detections, chips and packs bit-identical
+whatever ``OMP_NUM_THREADS`` or ``torch.set_num_threads`` the process runs with; 2 is the count the
+committed embedded benchmark was built with (its records' pack SHA-256 are reproduced with it), and
+works on one core too (the threads then share it).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +43,14 @@ from torch import nn
 
 from afr.paths import MissingResourceError, weights_root
 
-__all__ = ["Detections", "MTCNN", "PNet", "RNet", "ONet", "nms", "load_mtcnn_nets"]
+__all__ = ["DETECTION_THREADS", "Detections", "MTCNN", "PNet", "RNet", "ONet", "nms", "load_mtcnn_nets", "torch_threads"]
 
 _NORM_MEAN = 127.5
 _NORM_SCALE = 0.0078125
 _PNET_STRIDE = 2
 _PNET_CELL = 12
+#: torch threads MTCNN detects on (see the module's notes): the committed embedded benchmark's count
+DETECTION_THREADS = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +183,20 @@ def _default_weights_dir() -> Path:
         raise MissingResourceError(f"MTCNN weights folder not found: {error}") from None
 
 
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads, then restore the process's count (``None``: as is)."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------------
 # box utilities (numpy; boxes are x1, y1, x2, y2 with inclusive integer-pixel corners)
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +302,10 @@ class MTCNN:
             this size for detection; results are mapped back to the original pixels. ``None``
             disables it. 1024 keeps one photo under ~1 s on one CPU core.
         batch_size: crops per R-Net/O-Net forward pass.
+        num_threads: torch threads while detecting (set for each call, then restored). A fixed count
+            (default :data:`DETECTION_THREADS`) makes the results bit-identical whatever thread count the
+            process has (see the module's notes); ``None`` uses the process's count, and results then
+            differ in the last float32 bit between counts.
     """
 
     def __init__(
@@ -286,6 +317,7 @@ class MTCNN:
         factor: float = 0.709,
         max_image_side: int | None = 1024,
         batch_size: int = 512,
+        num_threads: int | None = DETECTION_THREADS,
     ) -> None:
         if min_face_size < _PNET_CELL:
             raise ValueError(f"min_face_size must be at least {_PNET_CELL}, got {min_face_size}")
@@ -299,13 +331,19 @@ class MTCNN:
         self.factor = factor
         self.max_image_side = max_image_side
         self.batch_size = batch_size
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be a positive count or None, got {num_threads}")
+        self.num_threads = num_threads
         self.pnet, self.rnet, self.onet = (net.to(self.device) for net in load_mtcnn_nets(weights_dir))
 
     # -- public -------------------------------------------------------------------------------
-    @torch.inference_mode()
     def detect(self, image: np.ndarray) -> Detections:
         """Detect faces in an ``HxWx3`` uint8 RGB image; see :class:`Detections` for the layout."""
         image = _check_image(image)
+        with torch_threads(self.num_threads), torch.inference_mode():
+            return self._detect(image)
+
+    def _detect(self, image: np.ndarray) -> Detections:
         shrink = 1.0
         if self.max_image_side is not None and max(image.shape[:2]) > self.max_image_side:
             shrink = self.max_image_side / max(image.shape[:2])

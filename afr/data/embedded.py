@@ -205,6 +205,34 @@ def _few_shot(labels: np.ndarray, domains: np.ndarray, ks: tuple[int, ...], seed
     return {str(k): sorted(i for order in orders.values() for i in order[:k]) for k in ks}
 
 
+def make_chips(faces: list[RawFace], config: EmbeddedConfig, aligner=None, progress: bool = False
+               ) -> tuple[list[np.ndarray], list[bool], dict[str, Counter]]:
+    """The benchmark's face chip of every raw face: ``(chips, detected, raw image sizes per source)``.
+
+    Collections in ``config.center_crop_sources`` take the centred crop; the others MTCNN + 5-point alignment
+    (centred crop where no face is found). The default aligner's MTCNN detects on a fixed number of torch threads
+    (``afr.align.mtcnn.DETECTION_THREADS``), so the chips (and every pack built from them) are bit-identical whatever
+    thread count the process runs with.
+    """
+    from afr.align import FaceAligner, center_crop_face
+
+    aligner = aligner or FaceAligner(geometry=config.geometry, size=config.image_size)
+    chips: list[np.ndarray] = []
+    detected: list[bool] = []
+    raw_sizes: dict[str, Counter] = defaultdict(Counter)
+    for face in tqdm(faces, desc="detect + align", disable=not progress):
+        image = read_image(face.path)
+        raw_sizes[face.source][f"{image.shape[1]}x{image.shape[0]}"] += 1
+        if face.source in config.center_crop_sources:
+            chips.append(center_crop_face(image, config.image_size, config.geometry))
+            detected.append(False)
+            continue
+        aligned = aligner.align(image)
+        chips.append(aligned.chip)
+        detected.append(bool(aligned.detected))
+    return chips, detected, raw_sizes
+
+
 def build_embedded_benchmark(
     config: EmbeddedConfig | None = None, aligner=None, rebuild: bool = False, progress: bool = True
 ) -> EmbeddedBenchmark:
@@ -219,27 +247,11 @@ def build_embedded_benchmark(
         if json.loads(config_path.read_text()) == config.fingerprint():
             log.info("embedded benchmark at %s is up to date", root)
             return load_embedded(root)
-    from afr.align import FaceAligner, center_crop_face
-
-    aligner = aligner or FaceAligner(geometry=config.geometry, size=config.image_size)
-
     faces_dir = Path(config.faces_root)
     faces = list_all(faces_dir)
     split = split_identities(faces, config.test_fraction, config.seed, config.val_fraction)
 
-    chips: list[np.ndarray] = []
-    detected: list[bool] = []
-    raw_sizes: dict[str, Counter] = defaultdict(Counter)
-    for face in tqdm(faces, desc="detect + align", disable=not progress):
-        image = read_image(face.path)
-        raw_sizes[face.source][f"{image.shape[1]}x{image.shape[0]}"] += 1
-        if face.source in config.center_crop_sources:
-            chips.append(center_crop_face(image, config.image_size, config.geometry))
-            detected.append(False)
-            continue
-        aligned = aligner.align(image)
-        chips.append(aligned.chip)
-        detected.append(bool(aligned.detected))
+    chips, detected, raw_sizes = make_chips(faces, config, aligner, progress)
 
     # Low-quality domain: a degraded copy of every controlled and wild chip, same identity and split.
     rows = [

@@ -42,6 +42,24 @@ class BenchmarkData:
                 lines.append(f"{split:<10} {name:<11} pairs {len(pack):>5}  same {int(pack.issame.sum()):>5}")
         return "\n".join(lines)
 
+    def pack_digests(self) -> dict[str, dict[str, Any]]:
+        """Every pack's SHA-256, keyed ``"validation/<name>"`` and ``"test/<name>"``: a validation and a test pack
+        of one domain share a name (``controlled``), so the split is part of the key and neither hides the other.
+
+        Each value is ``{"sha256", "pairs", "path"}`` (``path`` ``None`` for a pack built in memory).
+        """
+        return {f"{split}/{name}": {"sha256": pack.sha256, "pairs": len(pack),
+                                    "path": str(pack.path) if pack.path is not None else None}
+                for split, packs in (("validation", self.val_packs), ("test", self.test_packs))
+                for name, pack in packs.items()}
+
+    def pack_listing(self) -> str:
+        """One line per validation and test pack: ``split/name``, SHA-256, pair count and file (notebook 02 prints it)."""
+        digests = self.pack_digests()
+        width = max((len(key) for key in digests), default=0)
+        return "\n".join(f"{key:<{width}}  sha256 {entry['sha256']}  pairs {entry['pairs']:>4}  "
+                         f"({entry['path'] or 'in memory'})" for key, entry in digests.items())
+
 
 def load_embedded_benchmark(embedded_root: str | None = None, benchmarks: Sequence[str] = ()) -> BenchmarkData:
     """The embedded benchmark: training pack with domains, validation packs, test packs (``benchmarks``, default all

@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from afr.data.benchmarks import OTHER_BUILD_HINT
 from afr.paths import PROJECT_ROOT
 
 __all__ = ["TOLERANCES", "committed_result", "compare_grid_with_committed", "compare_with_reference"]
@@ -89,7 +90,7 @@ def compare_grid_with_committed(outcomes: Mapping[Any, Any]) -> str:
     if other_build:  # said, never hidden: a comparison across two builds of the benchmark tests nothing
         line += (f"; {len(other_build)} run(s) differ but were scored on another build of the embedded benchmark "
                  f"than their committed records (test-pack SHA-256 differ), so they are not compared: "
-                 + "; ".join(other_build))
+                 + "; ".join(other_build) + f" — {OTHER_BUILD_HINT}")
     return line
 
 
