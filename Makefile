@@ -179,13 +179,15 @@ apt:
 # missing, as root) drives JupyterLab from the venv (Selenium), runs 02 and 07 with Run All Cells on a scratch
 # copy of the project (build/browser/project, committed results reused), fails on any cell error, moves 07's
 # threshold slider and checks the explorer answers, and fails if running them changed a committed file of the
-# copy (git status). Screenshots: build/browser/screenshots/. BROWSER_NOTEBOOKS picks other notebooks.
+# copy (git status). Screenshots and report: build/browser/. BROWSER_NOTEBOOKS picks other notebooks;
+# BROWSER_TIMEOUT is the seconds one notebook's Run All may take (a timeout fails with a screenshot).
 BROWSER_PACKAGES := chromium chromium-driver
 BROWSER_NOTEBOOKS ?= 02_baseline.ipynb 07_figures.ipynb
+BROWSER_TIMEOUT ?= 1200
 browser-test: $(STAMP)
 	@$(call apt_install,$(BROWSER_PACKAGES),for p in $(BROWSER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || \
 	  { echo "browser-test: Debian packages $(BROWSER_PACKAGES) needed (run as root, or install them)"; exit 2; }; done)
-	$(PY) tests/browser/run_notebooks_in_jupyterlab.py $(BROWSER_NOTEBOOKS)
+	$(PY) tests/browser/run_notebooks_in_jupyterlab.py --timeout $(BROWSER_TIMEOUT) $(BROWSER_NOTEBOOKS)
 
 # The paper: numbers, tables and figure macros regenerated from the committed results (python -m afr.paper; no
 # training), then LaTeX (needs `make apt`). Fails on a LaTeX error, an unknown \result key, or any undefined

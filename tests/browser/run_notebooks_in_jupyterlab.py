@@ -52,24 +52,32 @@ LAB_SETTINGS = {
                                                                         "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
 }
+# A cell whose output gets its own screenshot at the end (02: the training cell, its progress and history).
+FOCUS_CELLS = {"02_baseline": ("train_lora(", "training")}
 RUNNING_SCREENSHOT_AFTER_S = 20.0  # a cell running this long gets a "running" screenshot (02: training progress)
 
 
 class Report:
-    """PASS/FAIL lines, printed as they come."""
+    """PASS/FAIL lines, printed as they come and written to ``log`` (build/browser/report.txt)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Path) -> None:
         self.failures: list[str] = []
+        self.log = open(log, "w")
+
+    def print(self, line: str) -> None:
+        print(line, flush=True)
+        self.log.write(line + "\n")
+        self.log.flush()
 
     def check(self, ok: bool, what: str, detail: str = "") -> bool:
         line = f"{'PASS' if ok else 'FAIL'}  {what}" + (f": {detail}" if detail else "")
-        print(line, flush=True)
+        self.print(line)
         if not ok:
             self.failures.append(line)
         return ok
 
     def note(self, text: str) -> None:
-        print(f"      {text}", flush=True)
+        self.print(f"      {text}")
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -200,8 +208,8 @@ code.forEach((c, i) => {
     const mime = o.getAttribute('data-mime-type') || '';
     const text = o.innerText || '';
     const isError = mime === 'application/vnd.jupyter.error' ||
-      (mime === 'application/vnd.jupyter.stderr' && /Traceback|\\w+(Error|Exception)\\b.*:|^\\w+(Error|Exception)$/m.test(text)
-       && !/^\\s*\\S*Warning/.test(text));
+      (mime === 'application/vnd.jupyter.stderr' &&
+       (/Traceback \\(most recent call last\\)/.test(text) || /^\\w*(Error|Exception)(: |$)/m.test(text)));
     if (isError) errors.push({cell: cells.indexOf(c), prompt: prompts[i], text: text});
   });
 });
@@ -214,9 +222,32 @@ def notebook_state(driver) -> dict | None:
     return driver.execute_script(NOTEBOOK_STATE_JS)
 
 
-def kernel_states(port: int, token: str) -> list[str]:
+def kernel_states(port: int, token: str, name: str) -> list[str]:
+    """The execution state of the kernel(s) of notebook ``name``'s session(s)."""
     return [session["kernel"]["execution_state"] for session in api(port, token, "/api/sessions")
-            if session.get("kernel")]
+            if session.get("kernel") and session.get("path", "").split("/")[-1] == name]
+
+
+def close_notebooks(driver, port: int, token: str) -> None:
+    """Close every tab (discarding the unsaved outputs: the copy's notebooks stay as shipped), then shut down
+    every kernel, so that the next notebook runs alone on the cores."""
+    from selenium.webdriver.common.by import By
+
+    try:
+        click_menu(driver, "File", "Close All Tabs")
+        deadline = time.time() + 30
+        while time.time() < deadline and driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden)"):
+            for button in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog button"):
+                if button.text.strip() in ("Discard", "Don't Save", "Close"):
+                    button.click()
+                    break
+            time.sleep(0.5)
+    except Exception as error:  # not fatal: leaving the page below drops the tab anyway
+        print(f"      closing the tabs: {type(error).__name__}: {error}", flush=True)
+    for session in api(port, token, "/api/sessions"):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/sessions/{session['id']}?token={token}",
+                                         method="DELETE")
+        urllib.request.urlopen(request, timeout=30).close()
 
 
 def click_menu(driver, menu: str, item: str) -> None:
@@ -255,10 +286,10 @@ def run_notebook(driver, port: int, token: str, name: str, timeout: float, shots
     from selenium.webdriver.common.by import By
 
     stem = Path(name).stem
-    driver.get(f"http://127.0.0.1:{port}/lab/tree/{name}?token={token}")
+    driver.get(f"http://127.0.0.1:{port}/lab/tree/{name}?token={token}&reset")  # reset: no earlier tabs
     try:
         wait_until(lambda: (state := notebook_state(driver)) and state["n_cells"] > 0, 120, f"{name} did not open")
-        wait_until(lambda: kernel_states(port, token) == ["idle"], 120, f"{name}: its kernel did not start")
+        wait_until(lambda: kernel_states(port, token, name) == ["idle"], 120, f"{name}: its kernel did not start")
     except TimeoutError as error:
         shoot(driver, shots / f"{stem}-open-failed.png", report)
         return report.check(False, f"{name} opens with a kernel", str(error))
@@ -280,8 +311,11 @@ def run_notebook(driver, port: int, token: str, name: str, timeout: float, shots
             if running is not None:
                 scroll_to(driver, running)
             shoot(driver, shots / f"{stem}-timeout.png", report)
-            return report.check(False, f"{name} runs to the end", f"still running after {timeout:.0f} s "
-                                f"(prompts {state['prompts'] if state else '?'})")
+            prompts = state["prompts"] if state else []
+            waiting = next((i for i, p in enumerate(prompts) if "*" in p), None)
+            return report.check(False, f"{name} runs to the end", f"still running after {timeout:.0f} s: " + (
+                f"code cell {waiting + 1} of {len(prompts)} running or queued" if waiting is not None else
+                f"all code cells done but the kernel not yet idle (prompts {' '.join(prompts)})"))
         state = notebook_state(driver)
         executed = state and any(p.strip("[]: ").isdigit() for p in state["prompts"])
         busy = state and any("*" in p for p in state["prompts"])
@@ -293,7 +327,7 @@ def run_notebook(driver, port: int, token: str, name: str, timeout: float, shots
                 scroll_to(driver, running)
                 shoot(driver, shots / f"{stem}-1-running.png", report)
                 running_shot = True
-        if executed and not busy and kernel_states(port, token) == ["idle"]:
+        if executed and not busy and kernel_states(port, token, name) == ["idle"]:
             idle_polls += 1
             if idle_polls >= 2:
                 break
@@ -306,13 +340,26 @@ def run_notebook(driver, port: int, token: str, name: str, timeout: float, shots
                       "; ".join(error_summary(e) for e in state["errors"]))
     not_run = [i for i, p in enumerate(state["prompts"]) if not p.strip("[]: ").isdigit()]
     ok &= report.check(not not_run, f"{name}: every code cell ran",
-                       f"{len(not_run)} of {len(state['prompts'])} code cells did not run (Run All stops at an error)")
+                       f"{len(not_run)} of {len(state['prompts'])} code cells did not run (Run All stops at an error)"
+                       if not_run else "")
     if state["errors"]:  # show the first error
         cells = driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell")
         scroll_to(driver, cells[state["errors"][0]["cell"]])
         shoot(driver, shots / f"{stem}-error.png", report)
     else:
         shoot(driver, shots / f"{stem}-2-done.png", report)
+    focus = FOCUS_CELLS.get(stem)
+    if focus is not None:
+        cell = next((c for c in driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-CodeCell")
+                     if focus[0] in c.find_element(By.CSS_SELECTOR, ".jp-InputArea-editor").text), None)
+        if cell is None:
+            report.note(f"{name}: no code cell contains {focus[0]!r}")
+        else:
+            outputs = cell.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
+            text = " | ".join(o.text.strip().splitlines()[0] for o in outputs if o.text.strip())
+            report.note(f"{name}: {focus[1]} cell output: {text[:300] or '(none)'}")
+            scroll_to(driver, outputs[0] if outputs else cell)
+            shoot(driver, shots / f"{stem}-3-{focus[1]}.png", report)
     return ok
 
 
@@ -383,7 +430,8 @@ def main() -> int:
     parser.add_argument("notebooks", nargs="*", default=["02_baseline.ipynb", "07_figures.ipynb"],
                         help="notebooks (names in notebooks/) to run, in order (default: 02 and 07)")
     parser.add_argument("--out", default=str(PROJECT / "build" / "browser"), help="scratch folder (emptied first)")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per notebook's Run All (default 900)")
+    parser.add_argument("--timeout", type=float, default=1200,
+                        help="seconds per notebook's Run All (default 1200; a timeout fails with a screenshot)")
     args = parser.parse_args()
 
     for path in (CHROMIUM, CHROMEDRIVER):
@@ -395,7 +443,7 @@ def main() -> int:
         shutil.rmtree(out)
     shots = out / "screenshots"
     shots.mkdir(parents=True)
-    report = Report()
+    report = Report(out / "report.txt")
     project_status_before = git("status", "--porcelain", "--untracked-files=all", cwd=PROJECT)
 
     began = time.time()
@@ -407,7 +455,9 @@ def main() -> int:
     driver = None
     try:
         wait_for_server(server, port, token, timeout=120)
-        report.note(f"JupyterLab {api(port, token, '/api')['version']} (server API) on 127.0.0.1:{port}, "
+        import jupyterlab
+
+        report.note(f"JupyterLab {jupyterlab.__version__} on 127.0.0.1:{port}, "
                     f"log {out / 'jupyterlab.log'}")
         driver = start_browser(out / "chromium-profile")
         driver.set_window_size(1400, 1000)
@@ -416,7 +466,7 @@ def main() -> int:
             if not (copy / "notebooks" / name).is_file():
                 report.check(False, f"{name} exists in notebooks/")
                 continue
-            print(f"== {name}", flush=True)
+            report.print(f"== {name}")
             ran = run_notebook(driver, port, token, name, args.timeout, shots, report)
             if name.startswith("07"):
                 if ran or driver.execute_script(FIND_SLIDER_JS):
@@ -424,11 +474,7 @@ def main() -> int:
                 else:
                     report.check(False, "07: the explorer's threshold slider is shown",
                                  "the notebook stopped before its explorer cell")
-            # close the notebook's kernel before the next one (two kernels would share 2 cores)
-            for session in api(port, token, "/api/sessions"):
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/api/sessions/{session['id']}"
-                                                 f"?token={token}", method="DELETE")
-                urllib.request.urlopen(request, timeout=30).close()
+            close_notebooks(driver, port, token)
     except Exception as error:  # the harness itself failed: say where, keep a screenshot
         if driver is not None:
             try:
@@ -448,11 +494,11 @@ def main() -> int:
     report.check(project_status_after == project_status_before, "the project's own work tree is unchanged",
                  "git status before:\n" + project_status_before + "after:\n" + project_status_after
                  if project_status_after != project_status_before else "")
-    print(f"screenshots: {shots}; {time.time() - began:.0f} s in all", flush=True)
+    report.print(f"screenshots: {shots}; this report: {out / 'report.txt'}; {time.time() - began:.0f} s in all")
     if report.failures:
-        print(f"browser test FAILED: {len(report.failures)} check(s)\n" + "\n".join(report.failures), flush=True)
+        report.print(f"browser test FAILED: {len(report.failures)} check(s)\n" + "\n".join(report.failures))
         return 1
-    print("browser test passed", flush=True)
+    report.print("browser test passed")
     return 0
 
 
