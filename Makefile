@@ -12,16 +12,17 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: full venv demo test test-full check bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results results
+.PHONY: full venv demo test test-full check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results results
 
 help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU) into build/demo/"
 	@echo "make test   - create .venv if needed; the quick tier: unit tests + every notebook with small parameters (<= 15 min)"
 	@echo "make test-full - the regression tier: slow tests + the notebooks as shipped under nbval"
 	@echo "make check - make test, make test-full and make browser-test (what .ci/run runs)"
+	@echo "make browser-test - run notebooks 02 and 07 in JupyterLab in headless Chromium (screenshots in build/browser/)"
 	@echo "make bench  - run the benchmarks in bench/ (prints ratios measured side by side)"
 	@echo "make results - the committed results that take long: notebook 02's validation search, notebooks 03-05's 3-seed grids"
-	@echo "make apt    - install the Debian packages in apt.txt (LaTeX for the paper) when root and apt-get exist"
+	@echo "make apt    - install the Debian packages in apt.txt (LaTeX for the paper, Chromium for browser-test) when root and apt-get exist"
 	@echo "make paper  - regenerate paper/generated/ from the committed results and build paper/main.pdf + supplementary.pdf"
 
 venv: $(STAMP)
@@ -183,13 +184,30 @@ bench: $(STAMP)
 
 # Debian packages (apt.txt): installed when we are root and apt-get exists; otherwise say what to install.
 APT_PACKAGES := $(shell grep -v '^\s*\#' apt.txt 2>/dev/null | tr '\n' ' ')
-apt:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	  if [ -n "$$missing" ]; then echo "apt-get install $$missing"; \
+# $(call apt_install,PACKAGES,WHAT-IF-MISSING): apt-get install the missing ones (root and apt-get), else run
+# WHAT-IF-MISSING (say what to install, or fail).
+apt_install = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then echo "apt-get install" $$missing; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  else echo "apt packages already installed: $(APT_PACKAGES)"; fi; \
-	else echo "skipping apt packages (not root or no apt-get); install them yourself: $(APT_PACKAGES)"; fi
+	  else echo "apt packages already installed: $(strip $(1))"; fi; \
+	else $(2); fi
+apt:
+	@$(call apt_install,$(APT_PACKAGES),echo "skipping apt packages (not root or no apt-get); install them yourself: $(APT_PACKAGES)")
+
+# The notebooks in a real browser: Debian Chromium (chromium, chromium-driver from apt.txt; installed here when
+# missing, as root) drives JupyterLab from the venv (Selenium), runs 02 and 07 with Run All Cells on a scratch
+# copy of the project (build/browser/project, committed results reused), fails on any cell error, moves 07's
+# threshold slider and checks the explorer answers, and fails if running them changed a committed file of the
+# copy (git status). Screenshots and report: build/browser/. BROWSER_NOTEBOOKS picks other notebooks;
+# BROWSER_TIMEOUT is the seconds one notebook's Run All may take (a timeout fails with a screenshot).
+BROWSER_PACKAGES := chromium chromium-driver
+BROWSER_NOTEBOOKS ?= 02_baseline.ipynb 07_figures.ipynb
+BROWSER_TIMEOUT ?= 1200
+browser-test: $(STAMP)
+	@$(call apt_install,$(BROWSER_PACKAGES),for p in $(BROWSER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || \
+	  { echo "browser-test: Debian packages $(BROWSER_PACKAGES) needed (run as root, or install them)"; exit 2; }; done)
+	$(PY) tests/browser/run_notebooks_in_jupyterlab.py --timeout $(BROWSER_TIMEOUT) $(BROWSER_NOTEBOOKS)
 
 # The paper: numbers, tables and figure macros regenerated from the committed results (python -m afr.paper; no
 # training), then LaTeX (needs `make apt`). Fails on a LaTeX error, an unknown \result key, or any undefined
