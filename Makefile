@@ -34,11 +34,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 # Each notebook runs with papermill (default parameters) into results/notebooks/, in numbered order, and
 # regenerates the committed results of its default settings in place (overwrite=True; git shows any change).
-# Runs with other settings have other tags and are never touched.
+# Runs with other settings have other tags and are never touched. Progress bars are off under papermill
+# (progress False: a bar would be frozen into the executed notebook); the notebooks' own default keeps them on.
 notebooks: $(STAMP)
 	@mkdir -p $(RUN_DIR)
 	@for nb in $(NOTEBOOKS); do \
-	  case $$nb in *01_data*) extra="";; *) extra="-p overwrite True";; esac; \
+	  case $$nb in *01_data*) extra="";; *) extra="-p overwrite True -p progress False";; esac; \
 	  echo "== papermill $$nb $$extra"; start=$$(date +%s); \
 	  $(VENV)/bin/papermill --cwd notebooks --log-level WARNING $$extra "$$nb" "$(RUN_DIR)/$$(basename $$nb)"; \
 	  echo "   $$(basename $$nb): $$(( $$(date +%s) - start )) s"; \
