@@ -45,8 +45,9 @@ DEMO_ENV := AFR_RESULTS=$(abspath $(DEMO_OUT))/results AFR_FIGURES=$(abspath $(D
 notebooks: $(STAMP)
 	@mkdir -p $(DEMO_OUT)/notebooks
 	@for nb in $(NOTEBOOKS); do \
-	  echo "== papermill $$nb -> $(DEMO_OUT)/notebooks/"; start=$$(date +%s); \
-	  $(DEMO_ENV) $(VENV)/bin/papermill --cwd notebooks --log-level WARNING "$$nb" \
+	  case $$nb in *01_data*) extra="";; *) extra="-p progress False";; esac; \
+	  echo "== papermill $$nb -> $(DEMO_OUT)/notebooks/ $$extra"; start=$$(date +%s); \
+	  $(DEMO_ENV) $(VENV)/bin/papermill --cwd notebooks --log-level WARNING $$extra "$$nb" \
 	    "$(DEMO_OUT)/notebooks/$$(basename $$nb)"; \
 	  echo "   $$(basename $$nb): $$(( $$(date +%s) - start )) s"; \
 	done

@@ -14,7 +14,8 @@ Commands
 ``baseline``
     LoRA + CosFace training validated on held-out identities, then the zero-shot and the adapted backbone
     scored on the test packs (the recipe of ``notebooks/02_baseline.ipynb``, options generated from its
-    settings); prints the result JSON, which also goes to ``results/``.
+    settings); prints the result JSON, which also goes to ``results/``. A run whose record exists is reused, not
+    retrained (one line on stderr says so; ``--overwrite`` retrains it), as in notebook 02.
 ``embed``
     Embeddings of a folder of faces (photos detected and aligned as ``evaluate --folder`` does, or aligned
     chips) with a backbone and optionally an adapter, written to ``FILE.npy`` plus a CSV index ``FILE.csv``
@@ -278,7 +279,8 @@ def baseline_command(args: argparse.Namespace) -> dict[str, Any]:
     settings = settings_from_arguments(args, BaselineSettings)  # checked before the recipe (and torch) is imported
     from afr.experiments.baseline import run_baseline
 
-    return run_baseline(settings)
+    # a run recorded already is reused, not retrained: one line on stderr says so (stdout is the JSON record)
+    return run_baseline(settings, report=lambda line: print(line, file=sys.stderr))
 
 
 # --------------------------------------------------------------------------------------------- embed / export

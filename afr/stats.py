@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PairedTest", "SeedStats", "paired_test", "paired_tests", "seed_stats"]
+__all__ = ["Note", "PairedTest", "SeedStats", "paired_test", "paired_tests", "seed_stats", "shown_paired_tests"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +83,21 @@ def paired_tests(table, against: str, metric: str = "auc", by: Sequence[str] = (
             rows.append({"comparison": f"{against} - {method}", **dict(zip(by, key)), "metric": metric,
                          "seeds": test.n, "mean_difference": test.diff, "p_value": test.p})
     return pd.DataFrame(rows)
+
+
+class Note(str):
+    """A sentence that a notebook cell shows as plain text (its ``repr`` has no quotes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def shown_paired_tests(tests, decimals: int = 4, hint: str = "set seeds = (0, 1, 2) to test"):
+    """What a notebook shows for a table of :func:`paired_tests`: the table (rounded) when some comparison pairs at
+    least two seeds, else one sentence saying that a paired test needs two seeds (instead of a wall of NaN
+    p-values); ``hint`` says where tests are (e.g. the committed 3-seed grid)."""
+    seeds = int(tests["seeds"].max()) if len(tests) else 0
+    if seeds < 2:
+        return Note(f"no paired test: a paired t-test needs at least 2 seeds per method and this run has {seeds}; "
+                    + hint)
+    return tests.round(decimals)

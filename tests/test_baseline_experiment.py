@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from afr.eval.extract import extract_embeddings, extract_unique_embeddings
 from afr.experiments.baseline import (BaselineSettings, _full_test_packs, load_data, pack_evaluators, run_baseline,
                                       run_dir, train_lora)
 from afr.experiments.training_setup import class_mean_embeddings
-from afr.experiments.records import ResultExistsError, append_rows, metric_rows, read_table
+from afr.experiments.records import append_rows, metric_rows, read_table, result_path
 from afr.models import FaceRecognitionModel, create_backbone
 from afr.models.factory import architecture_config
 from afr.models.heads import ClassCentres
@@ -150,9 +151,11 @@ def test_a_second_run_never_destroys_the_first(embedded_benchmark, tmp_path, mon
     assert set(table["run"]) == {first.tag, second.tag}
     assert len(table[table["run"] == first.tag]) == len(table[table["run"] == second.tag]) > 0
 
-    # the same settings again refuse before training; so does another run pointed at the first run's folder
-    with pytest.raises(ResultExistsError, match="overwrite"):
-        run_baseline(first)
+    # the same settings again reuse the record (one line naming overwrite), training nothing; another run pointed
+    # at the first run's folder is refused before training
+    lines = []
+    assert run_baseline(first, report=lines.append) == json.loads(result_path(first.tag).read_text())
+    assert len(lines) == 1 and lines[0].startswith("reusing the recorded run " + first.tag) and "overwrite = True" in lines[0]
     with pytest.raises(RunExistsError, match="resume"):
         run_baseline(dataclasses.replace(first, lr=1e-4, output_dir=str(run_dir(first))))
     for path, content in kept.items():

@@ -84,17 +84,19 @@ def test_dalora_figure_from_the_committed_table_draws_its_gates_with_notebook_07
     assert [label.get_text() for label in bars.get_xticklabels()] == list(DOMAINS)
     assert len(bars.patches) == len(methods) * len(DOMAINS)
     assert [text.get_text() for text in bars.get_legend().get_texts()] == methods
-    assert gates.get_title() == "mean gate per true domain (3 seeds)"
-    assert confusion.get_title() == "router confusion (share of images) (3 seeds)"
+    # drawn by notebook 07's own gates_figure / confusion_figure, on this figure's axes
+    assert gates.get_title() == "dalora-classifier: mean gate per expert (3 seeds)"
+    assert confusion.get_title() == "dalora-classifier: router argmax (3 seeds)"
     # the same cells, annotations and labels as notebook 07's gates figure of the same records
     mean, sd = gate_matrices(records, "mean")
     reference = gates_figure(mean, sd, "dalora-classifier", 3).axes[0]
     assert [t.get_text() for t in gates.texts] == [t.get_text() for t in reference.texts]
+    assert gates.get_title() == reference.get_title()
     np.testing.assert_allclose(gates.images[0].get_array(), reference.images[0].get_array())
     assert (gates.get_xlabel(), gates.get_ylabel()) == ("expert", "test pack")
     # one seed (the demo): the mean of that run, no "± 0.00"
     one = dalora_figure(table, methods, records[:1], domains=DOMAINS).axes[1]
-    assert one.get_title() == "mean gate per true domain (1 seed)"
+    assert one.get_title() == "dalora-classifier: mean gate per expert (1 seed)"
     assert not any("±" in t.get_text() for t in one.texts)
     assert float(one.texts[0].get_text()) == pytest.approx(records[0]["gates"]["mean"]["controlled"]["controlled"],
                                                            abs=0.005)

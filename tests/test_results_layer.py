@@ -358,3 +358,35 @@ def test_a_regression_check_across_two_builds_of_the_benchmark_is_reported_not_c
     line = reference.compare_grid_with_committed({0: SimpleNamespace(record=moved)})
     assert "another build of the embedded benchmark" in line and "thermal" in line and line.startswith("0 run(s)")
     assert "build-embedded --rebuild" in line and "git checkout -- results/" in line  # what to do about it
+
+
+def test_cli_baseline_reuses_a_recorded_run_and_says_so(scratch, capsys):
+    """`python -m afr baseline` without --overwrite on a recorded run: the record is reused (its JSON on stdout), one
+    line on stderr names the parameter that retrains, nothing is trained or written (notebook 02 does the same)."""
+    from afr.cli import main
+    from afr.experiments.settings import BaselineSettings
+
+    settings = BaselineSettings()
+    path = records.result_path(settings.tag)
+    path.parent.mkdir(parents=True)
+    record = {"experiment": "baseline", "tag": settings.tag, "test": None, "train": {"history": []}}
+    path.write_text(json.dumps(record))
+    assert main(["baseline"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == record
+    assert err.strip() == (f"reusing the recorded run {settings.tag} (seed 0): results/{settings.tag}.json; "
+                           "set overwrite = True (CLI: --overwrite) to retrain")
+    written = sorted(p.name for p in scratch.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+    assert written == [path.name]  # no rows, no run folder
+
+
+def test_rows_written_again_unchanged_leave_the_table_as_it_is(scratch):
+    """A reused run's rows appended again (notebook 03's zero-shot rows on every Run All): the file keeps its bytes
+    and its row order, instead of the run's rows moving to the end."""
+    append_rows("demo", [_row("a"), _row("b", 0.7)])
+    append_rows("demo", [_row("c", 0.9)])
+    before = table_path("demo").read_bytes()
+    append_rows("demo", [_row("a")])
+    assert table_path("demo").read_bytes() == before
+    append_rows("demo", [_row("a", 0.6)])  # a new value: the run's rows are replaced
+    assert read_table("demo").set_index("run").loc["a", "value"] == 0.6

@@ -76,18 +76,28 @@ def tsne_figure(panels: Sequence[tuple[str, EmbeddedPoints, np.ndarray, Identity
     return fig
 
 
-def gates_figure(mean: pd.DataFrame, sd: pd.DataFrame, method: str, seeds: int) -> Figure:
-    """Mean DA-LoRA gate of each expert on each test pack (mean ± sd over seeds)."""
-    fig, ax = plt.subplots(figsize=(5.2, 4))
-    heatmap(ax, mean, sd, f"{method}: mean gate per expert ({seeds} seeds)", "expert", "test pack")
+def _seeds(seeds: int) -> str:
+    return f"{seeds} seed" + ("s" if seeds != 1 else "")
+
+
+def gates_figure(mean: pd.DataFrame, sd: pd.DataFrame | None, method: str, seeds: int, ax=None) -> Figure:
+    """Mean DA-LoRA gate of each expert on each test pack (mean ± sd over seeds; no sd: None). ``ax``: draw on
+    that axis of a larger figure (notebook 03's) instead of a figure of its own."""
+    fig, ax = plt.subplots(figsize=(5.2, 4)) if ax is None else (None, ax)
+    heatmap(ax, mean, sd, f"{method}: mean gate per expert ({_seeds(seeds)})", "expert", "test pack")
+    if fig is None:
+        return ax.figure
     fig.tight_layout()
     return fig
 
 
-def confusion_figure(mean: pd.DataFrame, sd: pd.DataFrame, method: str, seeds: int) -> Figure:
-    """The router's confusion matrix: share of each pack's images whose largest gate is each expert."""
-    fig, ax = plt.subplots(figsize=(5.2, 4))
-    heatmap(ax, mean, sd, f"{method}: router argmax ({seeds} seeds)", "expert with the largest gate", "test pack")
+def confusion_figure(mean: pd.DataFrame, sd: pd.DataFrame | None, method: str, seeds: int, ax=None) -> Figure:
+    """The router's confusion matrix: share of each pack's images whose largest gate is each expert (``ax``: as
+    :func:`gates_figure`)."""
+    fig, ax = plt.subplots(figsize=(5.2, 4)) if ax is None else (None, ax)
+    heatmap(ax, mean, sd, f"{method}: router argmax ({_seeds(seeds)})", "expert with the largest gate", "test pack")
+    if fig is None:
+        return ax.figure
     fig.tight_layout()
     return fig
 

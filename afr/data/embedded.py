@@ -104,6 +104,8 @@ class EmbeddedBenchmark:
     root: Path
     config: EmbeddedConfig
     stats: dict = field(default_factory=dict)
+    #: built by this call of :func:`build_embedded_benchmark` (False: an up-to-date build on disk, reused)
+    built_now: bool = False
 
     @property
     def train_dir(self) -> Path:
@@ -308,7 +310,7 @@ def build_embedded_benchmark(
     stats = _statistics(rows, raw_sizes, pair_counts, few_shot, config)
     (root / "stats.json").write_text(json.dumps(stats, indent=1))
     config_path.write_text(json.dumps(config.fingerprint(), indent=1))
-    return EmbeddedBenchmark(root, config, stats)
+    return EmbeddedBenchmark(root, config, stats, built_now=True)
 
 
 def _statistics(rows, raw_sizes, pair_counts, few_shot, config) -> dict:

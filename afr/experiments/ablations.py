@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,8 @@ from afr.experiments.benchmark_data import BenchmarkData, load_embedded_benchmar
 from afr.experiments.dalora_run import expert_domains, record_path, run_method
 from afr.experiments.records import (append_rows, check_outputs_writable, check_start_adapters, check_unfinished_runs,
                                      environment_info, final_validation_metrics, grid_metric_values, json_default,
-                                     metric_rows, missing_start_error, write_record)
+                                     metric_rows, missing_start_error, reuse_note,
+                                     write_record)
 # the settings, the grid's constants and cells live in the torch-free settings module; importable here too
 from afr.experiments.settings.ablations import (  # noqa: F401
     COMPONENTS, EXPERT_SCHEMES, GROUPS, MAML_FIELDS, NATIVE_SCHEMES, ROUTER_FIELDS, SINGLE_EXPERT, START_FIELDS, SWEEPS,
@@ -231,12 +232,14 @@ def _rows(cells: Sequence[Cell], record: Mapping[str, Any]) -> list[dict[str, An
     return rows
 
 
-def run_grid(settings: AblationSettings, data: AblationData, progress: bool = True) -> dict[str, Any]:
+def run_grid(settings: AblationSettings, data: AblationData, progress: bool = True,
+             report: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Every distinct run of the grid (``{tag: RunOutcome}``, in the cells' order); each run's rows are written
     (for all its cells) as soon as it is done, so an interrupted grid leaves a consistent table. Before any work: the
     results, tables and runs folders must accept files (:func:`~afr.experiments.records.check_outputs_writable`),
     recorded MAML starts must have their adapters (:func:`check_starts`), interrupted runs and starts are refused
-    (:func:`~afr.experiments.records.check_unfinished_runs`)."""
+    (:func:`~afr.experiments.records.check_unfinished_runs`). Runs recorded already are reused, and one line through
+    ``report`` says so and names ``overwrite``."""
     from tqdm.auto import tqdm
 
     check_outputs_writable(settings.experiment, settings.runs_folder)
@@ -253,6 +256,9 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
     for tag, served in tqdm(by_tag.items(), desc="ablation runs", disable=not progress):
         outcomes[tag] = _run(served[0].settings, data, retrained)
         append_rows(settings.experiment, _rows(served, outcomes[tag].record), grid=settings.grid)
+    reused = [served[0].settings for tag, served in by_tag.items() if outcomes[tag].reused]
+    if reused and report is not None:
+        report(reuse_note([record_path(run) for run in reused], [run.seed for run in reused]))
     return outcomes
 
 

@@ -9,7 +9,8 @@ Two data profiles share one code path:
   ``val_identities`` further identities held out as the validation pack, and the five InsightFace
   packs (``lfw.bin`` ...) as the test, backbone ``dinov2-vits14`` or ``clip-vitb16``.
 
-The steps, in the order :func:`run_baseline` (and notebook 02) calls them:
+:func:`train_or_reuse` (what :func:`run_baseline`, the CLI's ``baseline`` and notebook 02 call) reuses a run whose
+record exists, saying so in one line that names ``overwrite``; otherwise it calls the steps, in this order:
 :func:`claim_run` (refuse to replace an earlier run's result or checkpoints), :func:`load_data` (the
 training pack first, so a bad ``train.rec`` is reported before anything slow), :func:`train_lora`
 (validation packs after every epoch; nothing is chosen by the test packs), :func:`score_test_packs`
@@ -21,7 +22,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,8 @@ from afr.experiments.benchmark_data import BenchmarkData as BaselineData
 # scoring on packs (evaluate_on_packs, pack_evaluators) lives in afr.eval.packs; importable from here too
 from afr.eval.packs import evaluate_on_packs, pack_evaluators
 from afr.experiments.records import (ResultExistsError, check_outputs_writable, check_result_free, environment_info,
-                                     final_validation_metrics, metric_rows, result_path, write_record)
+                                     final_validation_metrics, metric_rows, result_path, reuse_note,
+                                     reuse_record, write_record)
 # the settings and the published reference rows live in the torch-free settings module; importable here too
 from afr.experiments.settings.baseline import PUBLISHED_FROUNDATION, BaselineSettings
 from afr.models import FaceRecognitionModel, create_backbone
@@ -51,6 +54,7 @@ __all__ = [
     "FULL_BENCHMARKS",
     "PUBLISHED_FROUNDATION",
     "BaselineData",
+    "BaselineRun",
     "BaselineSettings",
     "baseline_result",
     "claim_run",
@@ -59,10 +63,12 @@ __all__ = [
     "load_data",
     "pack_evaluators",
     "record_result",
+    "result_rows",
     "run_baseline",
     "run_dir",
     "score_test_packs",
     "train_lora",
+    "train_or_reuse",
 ]
 
 
@@ -162,8 +168,8 @@ def baseline_result(
     }
 
 
-def record_result(settings: BaselineSettings, result: Mapping[str, Any]) -> Path:
-    """Write the JSON record and the tidy rows (methods ``zero-shot``, ``lora``; validation rows as ``split=val``)."""
+def result_rows(settings: BaselineSettings, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The tidy rows of a record (methods ``zero-shot``, ``lora``; validation rows as ``split=val``)."""
     rows = []
     columns = settings.table_columns()
     for method, metrics in (result["test"] or {}).items():
@@ -171,27 +177,59 @@ def record_result(settings: BaselineSettings, result: Mapping[str, Any]) -> Path
                             {"split": "test", **columns})
     rows += metric_rows(settings.experiment, settings.tag, "lora", settings.seed,
                         final_validation_metrics(result["train"]["history"]), {"split": "val", **columns})
-    return write_record(result_path(settings.tag), result, settings.experiment, rows, overwrite=settings.overwrite,
-                        grid=settings.grid)
+    return rows
 
 
-def run_baseline(settings: BaselineSettings, write: bool = True) -> dict[str, Any]:
-    """Train LoRA (validated per epoch), then score zero-shot and adapted backbones on the test packs once.
+def record_result(settings: BaselineSettings, result: Mapping[str, Any]) -> Path:
+    """Write the JSON record and the tidy rows (:func:`result_rows`) into ``results/tables/baseline.csv``."""
+    return write_record(result_path(settings.tag), result, settings.experiment, result_rows(settings, result),
+                        overwrite=settings.overwrite, grid=settings.grid)
 
-    With ``write`` the adapter goes to ``<run dir>/adapter``, the record to ``results/<tag>.json`` and
-    the rows to ``results/tables/baseline.csv``.
-    """
+
+@dataclass
+class BaselineRun:
+    """One run of notebook 02: its record, where it is, whether it was reused (not trained now), and the trained
+    model (None when reused)."""
+
+    record: dict[str, Any]
+    path: Path | None
+    reused: bool = False
+    model: FaceRecognitionModel | None = None
+
+
+def train_or_reuse(settings: BaselineSettings, data: BaselineData | None = None, write: bool = True,
+                   report: Callable[[str], None] | None = print) -> BaselineRun:
+    """The run with ``settings``: reused when ``results/<tag>.json`` holds its record and ``overwrite`` is off (one
+    line through ``report`` says so and names the parameter that retrains; ``resume`` of a finished run reuses it
+    too), else trained (LoRA validated per epoch), scored once on the test packs and, with ``write``, recorded
+    (adapter in ``<run dir>/adapter``, record, rows of ``results/tables/baseline.csv``). ``data``: the run's
+    :func:`load_data` when the caller has it already."""
+    path = result_path(settings.tag)
+    if write and path.is_file() and not settings.overwrite:
+        record = reuse_record(path, settings.experiment, lambda record: result_rows(settings, record),
+                              grid=settings.grid)
+        if report is not None:
+            report(reuse_note([path], [settings.seed]))
+        return BaselineRun(record, path, reused=True)
     started = time.time()
     if write:
         claim_run(settings)
-    data = load_data(settings)
+    data = data if data is not None else load_data(settings)
     backbone = create_backbone(settings.backbone, settings.weights)
     model, train_result = train_lora(backbone, data.train, settings, data.val_packs)
     if write:
         save_adapter(model.backbone, train_result.output_dir / "adapter")
     test = score_test_packs(settings, model.backbone, data.test_packs) if settings.score_test else None
     result = baseline_result(settings, data, model, train_result, test, time.time() - started)
-    if write:
-        record_result(settings, result)
-    return result
+    return BaselineRun(result, record_result(settings, result) if write else None, reused=False, model=model)
 
+
+def run_baseline(settings: BaselineSettings, write: bool = True,
+                 report: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Train LoRA (validated per epoch), then score zero-shot and adapted backbones on the test packs once; a run
+    recorded already is reused and said so (:func:`train_or_reuse`). Returns the record.
+
+    With ``write`` the adapter goes to ``<run dir>/adapter``, the record to ``results/<tag>.json`` and
+    the rows to ``results/tables/baseline.csv``.
+    """
+    return train_or_reuse(settings, write=write, report=report).record

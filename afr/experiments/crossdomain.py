@@ -89,9 +89,9 @@ from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
 from afr.eval.verification import evaluate
 from afr.experiments.records import (  # noqa: F401 (MissingStartError: importable here)
-    MissingStartError, append_rows_unlocked, check_outputs_writable, check_start_adapters, check_unfinished_runs,
-    environment_info, grid_metric_values, json_default, label_runs_unlocked, metric_rows, missing_start_error,
-    read_table, reuse_record, table_lock, write_record)
+    GridRuns, MissingStartError, append_rows_unlocked, check_outputs_writable, check_start_adapters,
+    check_unfinished_runs, environment_info, grid_metric_values, json_default, label_runs_unlocked, metric_rows,
+    missing_start_error, read_table, reuse_note, reuse_record, table_lock, write_record)
 # the settings, methods, starts, directions and forgetting_table live in the torch-free settings module;
 # importable here too
 from afr.experiments.settings.crossdomain import (  # noqa: F401
@@ -565,14 +565,24 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
     return record
 
 
-def run_grid(settings: CrossDomainSettings, data: CrossDomainData) -> dict[tuple[str, int], dict[str, Any]]:
+def run_grid(settings: CrossDomainSettings, data: CrossDomainData, report: Callable[[str], None] | None = print,
+             ) -> dict[tuple[str, int], dict[str, Any]]:
     """Every (method, seed) record, plus ``(<start>-start, seed)`` for the starts the methods use (both starts when
     the direction has no target training images) and ``(zero-shot, seed)`` (the same record for every seed) for
     forgetting against zero-shot. Before any work: the results, tables and runs folders must accept files
     (:func:`~afr.experiments.records.check_outputs_writable`), recorded starts must have their adapters
     (:func:`check_starts`) and interrupted starts are refused
-    (:func:`~afr.experiments.records.check_unfinished_runs`)."""
+    (:func:`~afr.experiments.records.check_unfinished_runs`). Adapted runs recorded already are reused, and one line
+    through ``report`` says so and names ``overwrite``."""
     check_outputs_writable(settings.experiment, settings.runs_folder)
+    adapted = [(method, seed) for seed in settings.seeds for method in settings.adapted_methods()]
+    reused = [] if settings.overwrite else [
+        (method, seed) for method, seed in adapted if _record_path(settings.for_run(method, seed).tag).is_file()]
+    recorded = [] if settings.overwrite else [  # zero-shot and starts recorded before: reused, not trained now
+        *[("zero-shot", seed) for seed in settings.seeds
+          if _record_path(settings.for_run("zero-shot", 0).tag).is_file()],
+        *[(f"{start}-start", seed) for seed in settings.seeds for start in settings.grid_starts()
+          if _record_path(settings.for_run("lora", seed).start_tag(start)).is_file()]]
     check_starts(settings)
     starts = {(start, seed) for seed in settings.seeds for start in settings.grid_starts()}
     starts |= {(START_OF[method], seed) for seed in settings.seeds for method in settings.adapted_methods()}
@@ -588,7 +598,10 @@ def run_grid(settings: CrossDomainSettings, data: CrossDomainData) -> dict[tuple
                                                           need_adapter=False)
         for method in settings.adapted_methods():
             records[(method, seed)] = run_method(settings.for_run(method, seed), data)
-    return records
+    if reused and report is not None:
+        report(reuse_note([_record_path(settings.for_run(method, seed).tag) for method, seed in reused],
+                          [seed for _, seed in reused]))
+    return GridRuns(records, reused + recorded)
 
 
 def skipped_rows(records: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[str]:

@@ -25,7 +25,7 @@ from here.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from afr.experiments.dalora_run import (ORACLE_EXPERT_OF, RunOutcome, adapt, eva
                                         expert_domains, gate_evaluators, gate_table, parameter_groups, record_path,
                                         run_method, run_rows, validation_evaluators)
 from afr.experiments.records import (ResultExistsError, append_rows, check_outputs_writable, check_unfinished_runs,
-                                     final_validation_metrics, grid_metric_values, metric_rows)
+                                     final_validation_metrics, grid_metric_values, metric_rows, reuse_note)
 # the settings, the methods and the learning-rate families live in the torch-free settings module; importable here too
 from afr.experiments.settings.dalora import (FAMILY_REPRESENTATIVE, METHODS, DaLoraExperimentSettings,  # noqa: F401
                                              DaLoraRunSettings, family)
@@ -65,16 +65,22 @@ def zero_shot(settings: DaLoraExperimentSettings, packs: Mapping[str, Verificati
 
 
 def run_grid(settings: DaLoraExperimentSettings, data: BenchmarkData,
-             learning_rates: Mapping[str, float] | None = None) -> dict[tuple[str, int], RunOutcome]:
+             learning_rates: Mapping[str, float] | None = None, report: Callable[[str], None] | None = print,
+             ) -> dict[tuple[str, int], RunOutcome]:
     """Every (method, seed) run of the grid, each family (LoRA, DA-LoRA) at its learning rate. Before any work: the
     results, tables and runs folders must accept files (:func:`check_outputs_writable`), and interrupted runs of the
-    grid are refused unless ``resume`` or ``overwrite`` (:func:`check_unfinished_runs`)."""
+    grid are refused unless ``resume`` or ``overwrite`` (:func:`check_unfinished_runs`). Runs recorded already are
+    reused, and one line through ``report`` says so and names ``overwrite``."""
     check_outputs_writable(settings.experiment, settings.runs_folder)
     runs = {(method, seed): settings.for_run(method, seed, lr=(learning_rates or {}).get(family(method), settings.lr))
             for seed in settings.seeds for method in settings.methods}
     check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()], settings.resume,
                           settings.overwrite)
-    return {key: run_method(run.run_settings(), data) for key, run in runs.items()}
+    outcomes = {key: run_method(run.run_settings(), data) for key, run in runs.items()}
+    reused = [key for key, outcome in outcomes.items() if outcome.reused]
+    if reused and report is not None:
+        report(reuse_note([record_path(runs[key]) for key in reused], [seed for _, seed in reused]))
+    return outcomes
 
 
 def grid_table(outcomes: Mapping[tuple[str, int], RunOutcome], zero: Mapping[str, Mapping] | None = None):
@@ -92,6 +98,37 @@ def grid_table(outcomes: Mapping[tuple[str, int], RunOutcome], zero: Mapping[str
                 rows.append({"method": "zero-shot", "seed": seed, "domain": domain, "metric": metric,
                              "value": value})
     return pd.DataFrame(rows)
+
+
+def summary_table(table, methods, metrics=("auc", "accuracy", "eer")):
+    """Notebook 03's table: "mean ± sd" over seeds (the mean alone with one seed) of each (metric, method) on each
+    domain, from a long table (``method, seed, domain, metric, value``); ``methods`` in this order."""
+    import pandas as pd
+
+    summary = table.groupby(["metric", "method", "domain"])["value"].agg(["mean", "std", "count"]).reset_index()
+    summary["cell"] = [f"{mean:.4f}" + (f" ± {sd:.4f}" if count > 1 else "")
+                       for mean, sd, count in zip(summary["mean"], summary["std"], summary["count"])]
+    pivot = summary.pivot_table(index=["metric", "method"], columns="domain", values="cell", aggfunc="first")
+    domains = [domain for domain in dict.fromkeys(table["domain"]) if domain in pivot.columns]
+    rows = [(metric, method) for metric in metrics for method in methods if (metric, method) in pivot.index]
+    return pivot.reindex(index=pd.MultiIndex.from_tuples(rows, names=["metric", "method"]), columns=domains)
+
+
+def committed_grid(grid: str = "dalora"):
+    """The committed 3-seed grid as notebook 03 shows it: its test rows from the project's
+    ``results/tables/dalora.csv`` (``method, seed, domain, metric, value``; rows whose ``grid`` column names
+    ``grid``) and the committed records of its DA-LoRA classifier runs (their gates), whatever ``$AFR_RESULTS``
+    says. ``(empty table, [])`` when nothing is committed."""
+    from afr.experiments.reference import committed_grid_rows, committed_result
+
+    rows = committed_grid_rows(DaLoraExperimentSettings.experiment, grid)
+    if not len(rows):
+        return rows, []
+    rows = rows[rows["metric"].isin(["auc", "accuracy", "eer"])]
+    runs = dict.fromkeys(rows.loc[rows["method"] == "dalora-classifier", "run"])
+    records = [record for record in (committed_result(run, DaLoraExperimentSettings.experiment) for run in runs)
+               if record is not None]
+    return rows[["method", "seed", "domain", "metric", "value"]].reset_index(drop=True), records
 
 
 def paired_tests(table, against: str = "dalora-classifier", metric: str = "auc"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from afr.adapters.lora import trainable_parameters
 from afr.eval.packs import evaluate_on_packs
 from afr.experiments.records import (check_outputs_writable, check_unfinished_runs, environment_info,
-                                     grid_metric_values, metric_rows, reuse_record, write_record)
+                                     grid_metric_values, metric_rows, reuse_note, reuse_record, write_record,
+                                     GridRuns)
 # the settings and the methods live in the torch-free settings module; importable here too
 from afr.experiments.settings.maml import META_VARIANTS, METHODS, MamlExperimentSettings  # noqa: F401
 from afr.experiments.training_setup import evaluation_device
@@ -155,15 +156,21 @@ def curve_rows(record: Mapping[str, Any], settings: MamlExperimentSettings) -> l
     return rows
 
 
-def run_grid(settings: MamlExperimentSettings, data: MamlData) -> dict[tuple[str, int], dict[str, Any]]:
+def run_grid(settings: MamlExperimentSettings, data: MamlData, report: Callable[[str], None] | None = print,
+             ) -> dict[tuple[str, int], dict[str, Any]]:
     """Every (method, seed) run. Before any work: the results, tables and runs folders must accept files
     (:func:`~afr.experiments.records.check_outputs_writable`), and interrupted meta-trainings of the grid are refused
-    unless ``resume`` or ``overwrite`` (:func:`~afr.experiments.records.check_unfinished_runs`)."""
+    unless ``resume`` or ``overwrite`` (:func:`~afr.experiments.records.check_unfinished_runs`). Runs recorded
+    already are reused, and one line through ``report`` says so and names ``overwrite``."""
     check_outputs_writable(settings.experiment, settings.runs_folder)
     runs = {(method, seed): settings.for_run(method, seed) for seed in settings.seeds for method in settings.methods}
     check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()], settings.resume,
                           settings.overwrite)
-    return {key: run_method(run, data) for key, run in runs.items()}
+    reused = [] if settings.overwrite else [key for key, run in runs.items() if record_path(run).is_file()]
+    records = GridRuns({key: run_method(run, data) for key, run in runs.items()}, reused)
+    if reused and report is not None:
+        report(reuse_note([record_path(runs[key]) for key in reused], [seed for _, seed in reused]))
+    return records
 
 
 def curve_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):

@@ -29,12 +29,12 @@ import numpy as np
 from afr.io import atomic_write_bytes, atomic_write_text, check_writable_folder
 from afr.paths import MissingResourceError, results_root, tables_root
 
-__all__ = ["GRID_COLUMN", "GRID_METRICS", "MissingStartError", "ResultExistsError", "TABLE_COLUMNS",
+__all__ = ["GRID_COLUMN", "GRID_METRICS", "GridRuns", "MissingStartError", "ResultExistsError", "TABLE_COLUMNS",
            "UnfinishedRunError", "append_rows", "append_rows_unlocked", "check_outputs_writable",
            "check_start_adapters", "check_unfinished_runs", "environment_info", "file_lock",
            "final_validation_metrics", "grid_metric_values", "has_rows", "json_default", "label_runs", "metric_rows",
-           "missing_start_error", "read_table", "result_path", "reuse_record", "save_result", "table_lock",
-           "table_path", "write_record"]
+           "missing_start_error", "read_table", "result_path", "reuse_note", "reuse_record", "save_result",
+           "table_lock", "table_path", "write_record"]
 
 #: the columns every tidy table starts with
 TABLE_COLUMNS = ("experiment", "run", "method", "domain", "metric", "seed", "value")
@@ -43,6 +43,22 @@ TABLE_COLUMNS = ("experiment", "run", "method", "domain", "metric", "seed", "val
 GRID_COLUMN = "grid"
 #: metrics of :meth:`afr.eval.verification.VerificationResult.to_dict` that go to the tables, by column name
 TABLE_METRICS = {"accuracy": "accuracy_mean", "accuracy_std": "accuracy_std", "auc": "auc", "eer": "eer"}
+
+
+class GridRuns(dict):
+    """A grid's runs by key (a plain dict), knowing which keys were reused (recorded before) rather than trained now:
+    a notebook writes its figure file only when something was trained (a reused grid's figure is the committed one,
+    drawn from the same records)."""
+
+    def __init__(self, runs: Mapping[Any, Any] = (), reused: Iterable[Any] = ()):
+        super().__init__(runs)
+        self.reused = tuple(reused)
+
+    @property
+    def trained_now(self) -> bool:
+        """Whether any run of the grid was trained by this call (not reused)."""
+        reused = set(self.reused)
+        return any(key not in reused for key in self)
 
 
 class ResultExistsError(FileExistsError):
@@ -231,6 +247,41 @@ def reuse_record(path: str | Path, experiment: str,
     return record
 
 
+#: how every "reusing ..." line names the one parameter that retrains (notebook parameter, then CLI flag)
+RETRAIN_HINT = "set overwrite = True (CLI: --overwrite) to retrain"
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` relative to the project tree when inside it (no machine path in a notebook's output), else its name
+    under its folder's name."""
+    from afr.paths import PROJECT_ROOT
+
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(Path(path.parent.name) / path.name)
+
+
+def reuse_note(paths: Sequence[str | Path], seeds: Iterable[int] = ()) -> str:
+    """One line saying that the runs recorded at ``paths`` are reused, not retrained, and which parameter retrains
+    them: "reusing the committed run <tag> (seed 0): results/<tag>.json; set overwrite = True ... to retrain".
+    "committed" when the records are the project's own ``results/`` (else "recorded")."""
+    from afr.paths import PROJECT_ROOT
+
+    paths = [Path(path).resolve() for path in paths]
+    if not paths:
+        return ""
+    kind = "committed" if all(PROJECT_ROOT / "results" in path.parents for path in paths) else "recorded"
+    seeds = sorted(set(int(seed) for seed in seeds))
+    seed_text = f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if seeds else ""
+    if len(paths) == 1:
+        what = f"the {kind} run {paths[0].stem}{seed_text}: {shown_path(paths[0])}"
+    else:
+        what = f"{len(paths)} {kind} runs{seed_text} from {shown_path(paths[0].parent)}/"
+    return f"reusing {what}; {RETRAIN_HINT}"
+
+
 def _grid_names(cell: Any) -> list[str]:
     return [name for name in str(cell).split(";") if name] if isinstance(cell, str) else []
 
@@ -315,9 +366,30 @@ def append_rows_unlocked(experiment: str, rows: Sequence[Mapping[str, Any]], gri
             earlier[run] = _joined(earlier.get(run), cell)
     new[GRID_COLUMN] = [_joined(earlier.get(run), new_cell, grid)
                         for run, new_cell in zip(new["run"], new[GRID_COLUMN] if GRID_COLUMN in new else [None] * len(new))]
+    if len(old) and _holds_rows(old, new):
+        return table_path(experiment)  # the same rows again (a reused run): the file stays as it is, rows in place
     kept = old[~old["run"].isin(set(new["run"]))] if len(old) else old
     table = pd.concat([frame for frame in (kept, new) if len(frame)], ignore_index=True)
     return _write_table(experiment, table)
+
+
+def _holds_rows(old, new) -> bool:
+    """Whether ``old`` holds exactly ``new``'s rows for ``new``'s runs (the columns of ``new``, any order)."""
+    if not set(new.columns) <= set(old.columns):
+        return False
+    columns = list(new.columns)
+    mine = old.loc[old["run"].isin(set(new["run"])), columns]
+    if len(mine) != len(new):
+        return False
+
+    def canonical(frame):
+        frame = frame.copy()
+        if GRID_COLUMN in frame:
+            frame[GRID_COLUMN] = frame[GRID_COLUMN].map(_joined)
+        text = frame.astype(object).where(frame.notna(), "").astype(str)
+        return sorted(map(tuple, text.to_numpy().tolist()))
+
+    return canonical(mine) == canonical(new)
 
 
 def _write_table(experiment: str, table) -> Path:

@@ -14,7 +14,8 @@ from typing import Any
 from afr.data.benchmarks import OTHER_BUILD_HINT
 from afr.paths import PROJECT_ROOT
 
-__all__ = ["TOLERANCES", "committed_result", "compare_grid_with_committed", "compare_with_reference"]
+__all__ = ["TOLERANCES", "committed_grid_rows", "committed_result", "compare_grid_with_committed",
+           "compare_with_reference"]
 
 #: metric -> largest accepted absolute difference from the committed value
 TOLERANCES = {"accuracy_mean": 0.02, "auc": 0.005, "eer": 0.02}
@@ -24,6 +25,24 @@ def committed_result(tag: str, folder: str = "") -> dict[str, Any] | None:
     """The committed ``results/[<folder>/]<tag>.json`` of the project tree, or None when there is none."""
     path = PROJECT_ROOT / "results" / folder / f"{tag}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def committed_grid_rows(experiment: str, grid: str, split: str | None = "test"):
+    """The rows of the committed grid ``grid`` in the project's ``results/tables/<experiment>.csv`` (those whose
+    ``grid`` column names it), of ``split`` when the table has a ``split`` column; empty when there are none."""
+    import pandas as pd
+
+    path = PROJECT_ROOT / "results" / "tables" / f"{experiment}.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    table = pd.read_csv(path)
+    if "grid" not in table:
+        return table.iloc[:0]
+    names = table["grid"].map(lambda cell: str(cell).split(";") if isinstance(cell, str) else [])
+    chosen = table[names.map(lambda cell: grid in cell)]
+    if split is not None and "split" in chosen:
+        chosen = chosen[chosen["split"] == split]
+    return chosen.reset_index(drop=True)
 
 
 def _metric_leaves(section: Mapping[str, Any], prefix: str = "") -> dict[str, Mapping[str, Any]]:

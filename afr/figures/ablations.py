@@ -51,7 +51,7 @@ def ablations_figure(table: pd.DataFrame, settings,
         axis.errorbar(stats.index.astype(float), stats["mean"], yerr=stats["std"].fillna(0), marker="s", capsize=2,
                       color="black", linestyle="--", label="validation (mean)")
         axis.axvline(float(getattr(settings, group)), color="grey", linewidth=0.8, linestyle=":")
-        if group.startswith("lambda") or group == "rank":
+        if (group.startswith("lambda") or group == "rank") and len(set(part["cell"])) > 1:  # one value: no log axis
             axis.set_xscale("log")
         ticks = sorted(float(value) for value in set(part["cell"]))
         axis.set_xticks(ticks, [f"{tick:g}" for tick in ticks])

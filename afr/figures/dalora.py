@@ -1,6 +1,6 @@
 """Notebook 03's figure: test AUC of every method per pack, and the DA-LoRA router's mean gates and confusion
-(drawn by the heatmap notebook 07's :func:`afr.analysis.plots.gates_figure` uses, from the same
-:func:`afr.analysis.committed.gate_matrices`)."""
+(drawn by notebook 07's own :func:`afr.analysis.plots.gates_figure` and :func:`~afr.analysis.plots.confusion_figure`
+on this figure's axes, from the same :func:`afr.analysis.committed.gate_matrices`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -12,13 +12,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from afr.analysis.committed import gate_matrices
-from afr.figures.common import heatmap
 
 __all__ = ["dalora_figure"]
 
 
 def dalora_figure(table: pd.DataFrame, methods: Sequence[str], gate_records: Sequence[Mapping[str, Any]] = (),
-                  domains: Sequence[str] | None = None) -> Figure:
+                  domains: Sequence[str] | None = None, gate_method: str = "dalora-classifier") -> Figure:
     """Left: test AUC (mean ± sd over seeds) of ``methods`` on each of ``domains`` (default: the table's) from
     the tidy ``table`` (``method, domain, metric, value``). Middle and right: the mean gate of each expert and the
     share of images whose largest gate is each expert, per test pack, mean (± sd with more than one) over
@@ -35,15 +34,16 @@ def dalora_figure(table: pd.DataFrame, methods: Sequence[str], gate_records: Seq
     axes[0].set_ylim(0.8, 1.005)
     axes[0].set_ylabel("test AUC (mean ± sd over seeds)")
     axes[0].legend(fontsize=7, ncol=2)
+    from afr.analysis.plots import confusion_figure, gates_figure  # here: afr.analysis.plots imports afr.figures
+
     records = [record for record in gate_records if "gates" in record]
-    for axis, kind, title in ((axes[1], "mean", "mean gate per true domain"),
-                              (axes[2], "argmax", "router confusion (share of images)")):
-        if not records:
+    if not records:
+        for axis in axes[1:]:
             axis.text(0.5, 0.5, "no DA-LoRA classifier run\nrecorded gates", ha="center", va="center")
             axis.axis("off")
-            continue
-        mean, sd = gate_matrices(list(records), kind)
-        seeds = f"{len(records)} seed" + ("s" if len(records) > 1 else "")
-        heatmap(axis, mean, sd if len(records) > 1 else None, f"{title} ({seeds})", "expert", "test pack")
+    for axis, kind, draw in ((axes[1], "mean", gates_figure), (axes[2], "argmax", confusion_figure)):
+        if records:  # notebook 07's gate and confusion figures, drawn on this figure's axes
+            mean, sd = gate_matrices(list(records), kind)
+            draw(mean, sd if len(records) > 1 else None, gate_method, len(records), ax=axis)
     fig.tight_layout()
     return fig

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from afr.adapters.dalora import dalora_state, has_dalora, set_domains
 from afr.io import atomic_writer, claim_folder

@@ -57,6 +57,7 @@ class TrainConfig:
     #: also log to Weights & Biases (needs the ``wandb`` package, not a project dependency); offline unless
     #: the environment sets ``WANDB_MODE``, so nothing leaves the machine by default (``wandb sync`` uploads)
     wandb: bool = False
+    #: tqdm.auto bars (a widget in a notebook, text on a terminal); off under papermill/CI (`progress: false`)
     progress: bool = True
     #: 'auto' (CUDA if available, on the process's LOCAL_RANK under torchrun) | 'cpu' | 'cuda' | 'cuda:N'
     device: str = "auto"

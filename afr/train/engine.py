@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from afr.io import atomic_write_text, claim_folder
 from afr.train import distributed
@@ -515,7 +514,7 @@ class Trainer:
             total=num_batches,
             initial=start_batch,
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not (config.progress and self.dist.is_main and sys.stderr.isatty()),
+            disable=not (config.progress and self.dist.is_main),  # the setting decides, not isatty: a kernel has none
             dynamic_ncols=True,
             leave=False,
         )
