@@ -197,13 +197,14 @@ apt:
 	@$(call apt_install,$(APT_PACKAGES),echo "skipping apt packages (not root or no apt-get); install them yourself: $(APT_PACKAGES)")
 
 # The notebooks in a real browser: Debian Chromium (chromium, chromium-driver from apt.txt; installed here when
-# missing, as root) drives JupyterLab from the venv (Selenium), runs 02 and 07 with Run All Cells on a scratch
-# copy of the project (build/browser/project, committed results reused), fails on any cell error, moves 07's
-# threshold slider and checks the explorer answers, and fails if running them changed a committed file of the
-# copy (git status). Screenshots and report: build/browser/. BROWSER_NOTEBOOKS picks other notebooks;
+# missing, as root) drives JupyterLab from the venv (Selenium), runs every notebook as shipped with Run All Cells on
+# a scratch copy of the project (build/browser/project, committed results reused), fails on any cell error, moves
+# 07's threshold slider and checks the explorer answers, fails if running them changed a committed file of the
+# copy (git status), then changes a parameter of 02 (epochs = 2), runs it again and checks it shows its training
+# progress. Screenshots and report: build/browser/. BROWSER_NOTEBOOKS picks other notebooks;
 # BROWSER_TIMEOUT is the seconds one notebook's Run All may take (a timeout fails with a screenshot).
 BROWSER_PACKAGES := chromium chromium-driver
-BROWSER_NOTEBOOKS ?= 02_baseline.ipynb 07_figures.ipynb
+BROWSER_NOTEBOOKS ?= $(notdir $(NOTEBOOKS))
 BROWSER_TIMEOUT ?= 1200
 browser-test: $(STAMP)
 	@$(call apt_install,$(BROWSER_PACKAGES),for p in $(BROWSER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || \

@@ -16,7 +16,8 @@ import sys
 import numpy as np
 import pytest
 
-from afr.experiments.baseline import FULL_BENCHMARKS, BaselineSettings, _full_training_data
+from afr.experiments.baseline import BaselineSettings
+from afr.experiments.benchmark_data import FULL_BENCHMARKS, _full_training_data
 from afr.paths import PROJECT_ROOT
 from conftest import TRAIN_IDENTITIES
 

@@ -16,8 +16,11 @@ What it does, leaving the project's work tree as it was:
    (a traceback); a screenshot is taken while a cell has been running for a while (02: training) and at the end;
 4. in 07 finds the explorer's threshold slider, screenshots it, moves it with the keyboard (ArrowRight on its
    focused handle) and checks the explorer's text output changes, then screenshots it again;
-5. checks ``git status --porcelain`` of the copy (nothing changed by running the notebooks) and of the
-   project itself (unchanged by this script).
+5. checks ``git status --porcelain`` of the copy (nothing changed by running the notebooks as shipped);
+6. then does what a user does next in 02: changes a parameter (appends ``epochs = 2`` to the parameters cell, a new
+   run with its own tag, so no committed record is replaced), runs all cells again, checks that the training cell
+   shows a progress bar while it trains and that no cell errs (screenshots ``02_baseline-retrain-*``);
+7. checks the project's own work tree is unchanged by this script.
 
 Screenshots go to ``build/browser/screenshots/``. Exit status 0 when every check passed, 1 otherwise; each
 check is printed as PASS/FAIL with the reason.
@@ -53,8 +56,11 @@ LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
 }
 # A cell whose output gets its own screenshot at the end (02: the training cell, its progress and history).
-FOCUS_CELLS = {"02_baseline": ("train_lora(", "training")}
+FOCUS_CELLS = {"02_baseline": ("train_or_reuse(", "training")}
 RUNNING_SCREENSHOT_AFTER_S = 20.0  # a cell running this long gets a "running" screenshot (02: training progress)
+# What a user does next in 02: change a parameter and run again. Two epochs make a run with a tag of its own (the
+# committed run is neither reused nor replaced), so 02 trains, with its progress bar, in about a minute.
+RETRAIN_NOTEBOOK, RETRAIN_PARAMETER = "02_baseline.ipynb", "\nepochs = 2"
 
 
 class Report:
@@ -218,6 +224,50 @@ return {n_cells: cells.length, prompts: prompts, errors: errors,
 """
 
 
+PROGRESS_JS = r"""
+// Progress bars in the outputs of the running cell(s): tqdm.auto's ipywidgets bar (.widget-hprogress) or its text
+// form ('42%|####'); scrolls the first one into view and returns their texts.
+const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+if (!panel) return [];
+const found = [];
+panel.querySelectorAll('.jp-CodeCell').forEach(c => {
+  const prompt = (c.querySelector('.jp-InputArea-prompt') || {}).textContent || '';
+  if (!prompt.includes('*')) return;
+  c.querySelectorAll('.jp-OutputArea-output').forEach(o => {
+    const text = (o.innerText || '').trim();
+    if (o.querySelector('.widget-hprogress, .widget-vprogress, progress') || /\d+%\|/.test(text)) {
+      if (!found.length) o.scrollIntoView({block: 'center'});
+      found.push(text.split('\n')[0].slice(0, 120));
+    }
+  });
+});
+return found;
+"""
+
+TYPE_JS = r"""
+// The parameters cell: the first code cell whose source assigns 'overwrite ='; returns its editor's text.
+const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+const cell = [...panel.querySelectorAll('.jp-CodeCell')].find(c => /overwrite\s*=/.test(c.innerText));
+return cell ? cell.querySelector('.cm-content') : null;
+"""
+
+
+def type_into_parameters_cell(driver, text: str) -> str:
+    """Click into the parameters cell's editor, go to its end (Ctrl+End) and type ``text`` as a user would; the
+    editor's text afterwards."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    editor = wait_until(lambda: driver.execute_script(TYPE_JS), 30, "no parameters cell (with 'overwrite =')")
+    scroll_to(driver, editor)
+    editor.click()
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys(Keys.END).key_up(Keys.CONTROL).perform()
+    ActionChains(driver).send_keys(text).perform()
+    driver.find_element("css selector", "body").send_keys(Keys.ESCAPE)  # leave edit mode: Run All runs the new text
+    time.sleep(0.5)
+    return driver.execute_script("return arguments[0].innerText;", editor) or ""
+
+
 def notebook_state(driver) -> dict | None:
     return driver.execute_script(NOTEBOOK_STATE_JS)
 
@@ -281,11 +331,14 @@ def error_summary(error: dict) -> str:
     return f"cell {error['cell']} {error['prompt']} {last.strip()[:300]}"
 
 
-def run_notebook(driver, port: int, token: str, name: str, timeout: float, shots: Path, report: Report) -> bool:
-    """Open, Run All, wait; True when it ran to the end without an error output."""
+def run_notebook(driver, port: int, token: str, name: str, timeout: float, shots: Path, report: Report,
+                 append_to_parameters: str | None = None, label: str = "") -> bool:
+    """Open, (optionally type ``append_to_parameters`` at the end of the parameters cell, as a user changes a
+    parameter), Run All, wait; True when it ran to the end without an error output. ``label`` goes into the
+    screenshots' names."""
     from selenium.webdriver.common.by import By
 
-    stem = Path(name).stem
+    stem = Path(name).stem + (f"-{label}" if label else "")
     driver.get(f"http://127.0.0.1:{port}/lab/tree/{name}?token={token}&reset")  # reset: no earlier tabs
     try:
         wait_until(lambda: (state := notebook_state(driver)) and state["n_cells"] > 0, 120, f"{name} did not open")
@@ -296,11 +349,17 @@ def run_notebook(driver, port: int, token: str, name: str, timeout: float, shots
     report.check(True, f"{name} opens in JupyterLab with a Python kernel")
     for dialog in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog"):  # e.g. a kernel choice: keep the default
         dialog.find_element(By.CSS_SELECTOR, ".jp-mod-accept").click()
+    if append_to_parameters is not None:
+        typed = type_into_parameters_cell(driver, append_to_parameters)
+        if not report.check(append_to_parameters.strip() in typed, f"{name}: typed {append_to_parameters.strip()!r} "
+                            "at the end of the parameters cell", typed[-200:]):
+            return False
 
     started = time.time()
     click_menu(driver, "Run", "Run All Cells")
     # Done when something has executed, no prompt is queued/running ([*]) and the kernel reports idle twice.
     running_shot = False
+    progress_seen: list[str] = []
     idle_polls = 0
     state = None
     while True:
@@ -319,6 +378,10 @@ def run_notebook(driver, port: int, token: str, name: str, timeout: float, shots
         state = notebook_state(driver)
         executed = state and any(p.strip("[]: ").isdigit() for p in state["prompts"])
         busy = state and any("*" in p for p in state["prompts"])
+        if busy and not progress_seen:
+            progress_seen = driver.execute_script(PROGRESS_JS) or []
+            if progress_seen and label:
+                shoot(driver, shots / f"{stem}-progress.png", report)
         if not running_shot and busy and elapsed > RUNNING_SCREENSHOT_AFTER_S:
             cells = driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-CodeCell")
             running = next((c for c in cells if "*" in c.find_element(By.CSS_SELECTOR, ".jp-InputArea-prompt").text),
@@ -335,6 +398,10 @@ def run_notebook(driver, port: int, token: str, name: str, timeout: float, shots
             idle_polls = 0
         time.sleep(1.0)
     report.note(f"{name}: Run All finished after {time.time() - started:.0f} s; prompts {' '.join(state['prompts'])}")
+    if label:
+        report.note(f"{name} ({label}): progress seen while running: {', '.join(progress_seen) or 'none'}")
+        report.check(bool(progress_seen), f"{name} ({label}): a running cell shows a progress bar",
+                     "" if progress_seen else "no progress bar (ipywidgets or text) appeared in any running cell")
 
     ok = report.check(not state["errors"], f"{name}: no cell shows an error",
                       "; ".join(error_summary(e) for e in state["errors"]))
@@ -427,11 +494,13 @@ def check_explorer(driver, shots: Path, report: Report, stem: str = "07_figures"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("notebooks", nargs="*", default=["02_baseline.ipynb", "07_figures.ipynb"],
-                        help="notebooks (names in notebooks/) to run, in order (default: 02 and 07)")
+    parser.add_argument("notebooks", nargs="*", default=sorted(p.name for p in (PROJECT / "notebooks").glob("0*.ipynb")),
+                        help="notebooks (names in notebooks/) to run, in order (default: all the numbered ones)")
     parser.add_argument("--out", default=str(PROJECT / "build" / "browser"), help="scratch folder (emptied first)")
     parser.add_argument("--timeout", type=float, default=1200,
                         help="seconds per notebook's Run All (default 1200; a timeout fails with a screenshot)")
+    parser.add_argument("--no-retrain", action="store_true",
+                        help=f"skip the second run of {RETRAIN_NOTEBOOK} with {RETRAIN_PARAMETER.strip()!r}")
     args = parser.parse_args()
 
     for path in (CHROMIUM, CHROMEDRIVER):
@@ -475,6 +544,14 @@ def main() -> int:
                     report.check(False, "07: the explorer's threshold slider is shown",
                                  "the notebook stopped before its explorer cell")
             close_notebooks(driver, port, token)
+        changed = git("status", "--porcelain", "--untracked-files=all", cwd=copy)
+        report.check(not changed, "running the notebooks as shipped leaves every committed file unchanged "
+                     "(git status of the copy)", "\n" + changed.rstrip() if changed else "")
+        if RETRAIN_NOTEBOOK in args.notebooks and not args.no_retrain:
+            report.print(f"== {RETRAIN_NOTEBOOK}, a parameter changed ({RETRAIN_PARAMETER.strip()}) and run again")
+            run_notebook(driver, port, token, RETRAIN_NOTEBOOK, args.timeout, shots, report,
+                         append_to_parameters=RETRAIN_PARAMETER, label="retrain")
+            close_notebooks(driver, port, token)
     except Exception as error:  # the harness itself failed: say where, keep a screenshot
         if driver is not None:
             try:
@@ -487,9 +564,6 @@ def main() -> int:
             driver.quit()
         stop(server)
 
-    changed = git("status", "--porcelain", "--untracked-files=all", cwd=copy)
-    report.check(not changed, "running the notebooks leaves every committed file unchanged (git status of the copy)",
-                 "\n" + changed.rstrip() if changed else "")
     project_status_after = git("status", "--porcelain", "--untracked-files=all", cwd=PROJECT)
     report.check(project_status_after == project_status_before, "the project's own work tree is unchanged",
                  "git status before:\n" + project_status_before + "after:\n" + project_status_after
