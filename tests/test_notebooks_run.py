@@ -69,3 +69,19 @@ def test_notebook_runs_with_small_parameters(notebook, scratch_outputs, embedded
         str(NOTEBOOKS_DIR / notebook), str(output), parameters=small_parameters(notebook),
         cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False, kernel_name="python3",
     )
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_papermill_sees_every_parameter_of_the_parameters_cell(notebook):
+    """papermill skips a line it cannot parse (e.g. a comment holding '='), and then `-p name value` is only warned
+    about and ignored: every name the parameters cell assigns must be one papermill sees."""
+    import ast
+    import json
+
+    from papermill import inspect_notebook
+
+    cells = json.loads((NOTEBOOKS_DIR / notebook).read_text())["cells"]
+    source = next("".join(cell["source"]) for cell in cells if "parameters" in cell.get("metadata", {}).get("tags", []))
+    assigned = {target.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                for target in node.targets if isinstance(target, ast.Name)}
+    assert assigned == set(inspect_notebook(str(NOTEBOOKS_DIR / notebook)))
