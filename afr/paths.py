@@ -15,6 +15,16 @@ class MissingResourceError(FileNotFoundError):
     """A file or folder the caller needs is not on disk; the message names it and how to get it."""
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` as notebooks and messages print it: relative to the project root when inside it (so that committed
+    notebook outputs hold no machine path), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(PROJECT_ROOT).as_posix() or "."
+    except ValueError:
+        return str(path)
+
+
 def shared_root() -> Path:
     """The folder holding the real face images and weights (``$AFR_SHARED`` or ``../shared``)."""
     return Path(os.environ.get("AFR_SHARED", PROJECT_ROOT.parent / "shared")).expanduser().resolve()

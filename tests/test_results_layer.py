@@ -374,7 +374,7 @@ def test_cli_baseline_reuses_a_recorded_run_and_says_so(scratch, capsys):
     assert main(["baseline"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out) == record
-    assert err.strip() == (f"reusing the recorded run {settings.tag} (seed 0): results/{settings.tag}.json; "
+    assert err.strip() == (f"reusing the recorded run {settings.tag} (seed 0): {path}; "  # outside the project: absolute
                            "set overwrite = True (CLI: --overwrite) to retrain")
     written = sorted(p.name for p in scratch.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
     assert written == [path.name]  # no rows, no run folder

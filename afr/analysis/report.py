@@ -42,6 +42,7 @@ from afr.data.embedded import load_embedded
 from afr.eval.extract import chips_to_tensor
 from afr.io import atomic_write_text
 from afr.paths import PROJECT_ROOT, figures_root, results_root
+from afr.paths import shown_path as shown  # noqa: F401 (importable here)
 
 __all__ = ["AnalysisSettings", "FigureReport", "SCRATCH_DIR", "existing_outputs", "numbers_path", "shown"]
 
@@ -98,16 +99,6 @@ def existing_outputs(figures: Path | None = None, results: Path | None = None) -
     figures = figures if figures is not None else figures_root()
     paths = [path for name in FIGURE_NAMES for path in figure_paths(figures, name)] + [numbers_path(results)]
     return [path for path in paths if path.exists()]
-
-
-def shown(path: str | Path) -> str:
-    """``path`` as a notebook prints it: relative to the project root when inside it (no machine paths in
-    committed outputs), else absolute."""
-    path = Path(path).resolve()
-    try:
-        return path.relative_to(PROJECT_ROOT).as_posix() or "."
-    except ValueError:
-        return str(path)
 
 
 def _clean(value: float) -> float | None:

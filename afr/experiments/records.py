@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from afr.io import atomic_write_bytes, atomic_write_text, check_writable_folder
-from afr.paths import MissingResourceError, results_root, tables_root
+from afr.paths import MissingResourceError, results_root, shown_path, tables_root  # noqa: F401 (shown_path: importable here)
 
 __all__ = ["GRID_COLUMN", "GRID_METRICS", "GridRuns", "MissingStartError", "ResultExistsError", "TABLE_COLUMNS",
            "UnfinishedRunError", "append_rows", "append_rows_unlocked", "check_outputs_writable",
@@ -249,18 +249,6 @@ def reuse_record(path: str | Path, experiment: str,
 
 #: how every "reusing ..." line names the one parameter that retrains (notebook parameter, then CLI flag)
 RETRAIN_HINT = "set overwrite = True (CLI: --overwrite) to retrain"
-
-
-def shown_path(path: str | Path) -> str:
-    """``path`` relative to the project tree when inside it (no machine path in a notebook's output), else its name
-    under its folder's name."""
-    from afr.paths import PROJECT_ROOT
-
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(Path(path.parent.name) / path.name)
 
 
 def reuse_note(paths: Sequence[str | Path], seeds: Iterable[int] = ()) -> str:

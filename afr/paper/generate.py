@@ -24,7 +24,7 @@ from afr.paper.figures import figures_tex
 from afr.paper.numbers import NumberBook
 from afr.paper.parts import ablations, analysis, baseline, benchmark, crossdomain, dalora, maml, published
 from afr.paper.sources import load_sources
-from afr.paths import PROJECT_ROOT, figures_root, results_root
+from afr.paths import figures_root, results_root, shown_path
 
 __all__ = ["GeneratedPaper", "PARTS", "build_generated", "default_output", "regenerate_paper", "write_generated"]
 
@@ -103,12 +103,5 @@ def regenerate_paper(read_results: str | Path, figures: str | Path | None = None
     if out is None and results_root().resolve() != read_results.resolve():
         out = results_root() / "paper_generated"
     write_generated(read_results, figures, out)
-    return f"paper files regenerated into {_shown(Path(out) if out is not None else default_output(read_results))}"
+    return f"paper files regenerated into {shown_path(Path(out) if out is not None else default_output(read_results))}"
 
-
-def _shown(path: Path) -> str:
-    path = path.resolve()
-    try:
-        return path.relative_to(PROJECT_ROOT).as_posix()
-    except ValueError:
-        return str(path)
