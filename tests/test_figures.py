@@ -71,6 +71,15 @@ def test_baseline_figure_compares_zero_shot_with_lora_and_draws_the_validation_c
     assert [text.get_text() for text in fig.legends[0].get_texts()] == ["zero-shot", "LoRA r=8"]
 
 
+def test_baseline_figure_of_a_run_without_per_epoch_validation_says_so():
+    """eval_every_epoch off: the history has no validation column; the figure says so instead of a KeyError."""
+    test = {method: {"controlled": {"accuracy_mean": 0.8, "accuracy_std": 0.01}} for method in ("zero-shot", "lora")}
+    history = pd.DataFrame({"epoch": [0, 1], "train_loss": [41.0, 28.5]})
+    fig = baseline_figure(test, history, ["controlled"], "dlib-resnet29", 8, "cosface")
+    curves = fig.axes[1]
+    assert not curves.get_lines() and "no validation" in curves.texts[0].get_text()
+
+
 # ---------------------------------------------------------------------------------------------- 03
 def test_dalora_figure_from_the_committed_table_draws_its_gates_with_notebook_07s_heatmap():
     table = pd.read_csv(TABLES / "dalora.csv")

@@ -29,13 +29,19 @@ def baseline_figure(test: Mapping[str, Mapping[str, Mapping[str, float]]], histo
     ax_acc.set_ylabel("test verification accuracy (%)\n10-fold mean ± std")
     ax_acc.set_ylim(50, 106)
     ax_acc.set_title(f"{backbone}: zero-shot vs LoRA + {margin} (test)")
-    for name in val_packs:
-        ax_curve.plot(history["epoch"] + 1, history[f"val/{name}/auc"], marker="o", label=name)
+    curves = [name for name in val_packs if f"val/{name}/auc" in history]
+    for name in curves:
+        scored = history[f"val/{name}/auc"].notna()
+        ax_curve.plot(history["epoch"][scored] + 1, history[f"val/{name}/auc"][scored], marker="o", label=name)
     ax_curve.set_xlabel("epoch")
     ax_curve.set_xticks(history["epoch"] + 1)
     ax_curve.set_ylabel("validation AUC")
     ax_curve.set_title("per-epoch validation (held-out identities)")
-    ax_curve.legend(fontsize=8)
+    if curves:
+        ax_curve.legend(fontsize=8)
+    else:  # a run without per-epoch validation (eval_every_epoch off): say so instead of failing
+        ax_curve.text(0.5, 0.5, "no validation in this run's history\n(eval_every_epoch off)", ha="center",
+                      va="center", transform=ax_curve.transAxes)
     fig.legend(*ax_acc.get_legend_handles_labels(), loc="lower left", ncol=2, fontsize=9,
                bbox_to_anchor=(0.07, 0.0))
     fig.tight_layout(rect=(0, 0.07, 1, 1))
