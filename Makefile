@@ -71,11 +71,11 @@ test_env = AFR_RESULTS=$(abspath $(TEST_OUTPUT))/$(1)/results AFR_FIGURES=$(absp
   AFR_RUNS=$(abspath $(TEST_OUTPUT))/$(1)/runs
 test: $(STAMP)
 	@rm -rf $(TEST_OUTPUT)/quick && mkdir -p $(TEST_OUTPUT)/quick
-	$(call test_env,quick) $(PY) -m pytest tests -m "not slow" --basetemp=$(TEST_OUTPUT)/quick/tmp --durations=15
+	$(call test_env,quick) $(PY) -m pytest tests -m "not slow" --durations=15
 
 test-full: $(STAMP)
 	@rm -rf $(TEST_OUTPUT)/full && mkdir -p $(TEST_OUTPUT)/full
-	$(call test_env,full) $(PY) -m pytest tests -m slow --basetemp=$(TEST_OUTPUT)/full/tmp --durations=5
+	$(call test_env,full) $(PY) -m pytest tests -m slow --durations=5
 	$(call test_env,full) $(PY) -m pytest notebooks --nbval-lax --durations=7
 
 check: test test-full browser-test
