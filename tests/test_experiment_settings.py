@@ -50,7 +50,7 @@ def test_cli_options_are_generated_from_the_settings_with_the_same_defaults():
                                                                                          search_lrs=(1e-4, 3e-4))
     args = build_parser().parse_args([
         "baseline", "--lr", "1e-3", "--head-init", "class-mean", "--no-augment", "--benchmarks", "lfw", "cplfw",
-        "--num-identities", "1000", "--overwrite"])
+        "--data-profile", "full", "--train-rec", "/data/casia", "--num-identities", "1000", "--overwrite"])
     settings = BaselineSettings.from_mapping(vars(args))
     assert (settings.lr, settings.head_init, settings.augment, settings.benchmarks, settings.num_identities,
             settings.overwrite) == (1e-3, "class-mean", False, ("lfw", "cplfw"), 1000, True)

@@ -41,6 +41,7 @@ from afr.analysis.tsne import collect_points, identity_cosines, tsne_coordinates
 from afr.data.embedded import load_embedded
 from afr.eval.extract import chips_to_tensor
 from afr.io import atomic_write_text
+from afr.notebook_parameters import check_notebook_parameters
 from afr.paths import PROJECT_ROOT, figures_root, results_root
 from afr.paths import shown_path as shown  # noqa: F401 (importable here)
 
@@ -72,7 +73,9 @@ class AnalysisSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "AnalysisSettings":
-        """The settings from a notebook's globals (papermill parameters); other names are ignored."""
+        """The settings from a notebook's globals (papermill parameters); other names are ignored, but a parameters
+        cell (shipped or injected) that assigns a name which is not a setting is refused first."""
+        check_notebook_parameters(values, [f.name for f in fields(cls)], f"this notebook ({cls.__name__})")
         settings = cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
         settings.adapters = tuple(settings.adapters)
         if not settings.adapters:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from afr.notebook_parameters import check_notebook_parameters
 from afr.validation import Rule, SettingsError, check_choices, flag_of
 
 __all__ = ["FIELD_RULES", "ExperimentSettings", "MethodSeedGrid", "SettingsError", "add_arguments", "setting",
@@ -72,6 +73,12 @@ FIELD_RULES: dict[str, Rule] = {
     **dict.fromkeys(("lambda_contrastive_values", "lambda_domain_values"), Rule(low=0, many=True)),
     **dict.fromkeys(("methods", "sources", "groups"), Rule(kind="name", many=True)),
 }
+
+
+#: the inputs only the full profile reads (CASIA-WebFace, its validation split and domain labels, the packs'
+#: folder, the target folder): set on the embedded profile, they are refused rather than ignored
+FULL_PROFILE_ONLY = ("train_rec", "num_identities", "val_identities", "bins_dir", "domain_labels", "target_dir",
+                     "target_test_identities", "target_bins")
 
 
 @functools.cache
@@ -129,6 +136,7 @@ class ExperimentSettings:
                 Rule(optional=True, many=isinstance(value, (tuple, list)), empty=True).check(name, value)
             if spec.metadata.get("choices") and value is not None:
                 check_choices(name, value, spec.metadata["choices"])
+        self._check_profile_fields()
         if getattr(self, "resume", False) and getattr(self, "overwrite", False):
             raise SettingsError("resume and overwrite exclude each other (--resume, --overwrite): continue the run, "
                                 "or start it again", "resume", "overwrite")
@@ -138,6 +146,21 @@ class ExperimentSettings:
                 f"{flag_of('batch_size')} (setting batch_size) must be a multiple of {flag_of('images_per_identity')} "
                 f"(images_per_identity) {per_identity}: batches hold P identities x M images; got {batch}",
                 "batch_size", "images_per_identity")
+
+    def _check_profile_fields(self) -> None:
+        """A setting the run's data profile does not read is refused (never ignored): a full-profile input
+        (:data:`FULL_PROFILE_ONLY`) set away from its default on the embedded profile, or ``embedded_root`` on the
+        full profile."""
+        profile = getattr(self, "data_profile", "embedded")
+        defaults = {spec.name: spec.default for spec in dataclasses.fields(self)}
+        unused = FULL_PROFILE_ONLY if profile == "embedded" else ("embedded_root",)
+        given = [name for name in unused if name in defaults and getattr(self, name) != defaults[name]]
+        if given:
+            flags = ", ".join(f"{flag_of(name)} (setting {name})" for name in given)
+            other = "full" if profile == "embedded" else "embedded"
+            raise SettingsError(f"{flags}: the {profile} profile does not use {'it' if len(given) == 1 else 'them'} "
+                                f"(--data-profile {profile}); set data_profile {other} or leave "
+                                f"{'it' if len(given) == 1 else 'them'} out", *given)
 
     def digest_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """The settings a digest covers: ``names`` (default: all but :attr:`EXECUTION_FIELDS`), less the
@@ -158,7 +181,12 @@ class ExperimentSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]):
-        """Settings from a mapping holding (at least) every field, e.g. a notebook's ``globals()``."""
+        """Settings from a mapping holding (at least) every field, e.g. a notebook's ``globals()``.
+
+        A notebook's globals carry the kernel's input history: a parameter its parameters cells (shipped or
+        injected by papermill) assign that is not a field is refused first
+        (:func:`afr.notebook_parameters.check_notebook_parameters`)."""
+        check_notebook_parameters(values, cls.field_names(), f"this notebook ({cls.__name__})")
         missing = [name for name in cls.field_names() if name not in values]
         if missing:
             raise TypeError(f"{cls.__name__}: no value for {', '.join(missing)}")
