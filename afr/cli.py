@@ -419,6 +419,10 @@ def _add_label_domains(commands: argparse._SubParsersAction) -> None:
     label.add_argument("--identities", type=int, help="fit the thresholds on N identities drawn with --seed, as "
                        "identity_subset draws a training subset (default: all identities)")
     label.add_argument("--seed", type=int, default=0, help="seed of the --identities draw (default 0)")
+    label.add_argument("--synthetic-low-quality", type=float, default=0.0, metavar="FRACTION",
+                       help="also label this fraction of all identities low-quality, their images degraded on the fly "
+                       "by DomainLabelledDataset (downscale, blur, JPEG as the embedded benchmark; default 0: none)")
+    label.add_argument("--synthetic-seed", type=int, default=0, help="seed of that draw and degradation (default 0)")
     label.add_argument("--overwrite", action="store_true", help="replace a labelling already in --out")
     label.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_debug(label)
@@ -435,6 +439,8 @@ def label_domains_command(args: argparse.Namespace) -> dict[str, Any]:
         _require_file(path, what)
     if args.identities is not None and args.identities < 1:
         raise CommandError(f"--identities must be at least 1, got {args.identities}")
+    if not 0.0 <= args.synthetic_low_quality < 1.0:
+        raise CommandError(f"--synthetic-low-quality must be a fraction in [0, 1), got {args.synthetic_low_quality}")
     out = args.out if args.out is not None else paths.rec.parent / "domain_labels"
     check_output_folder(out, args.overwrite)  # an existing labelling or an unwritable folder: before any work
     dataset = RecordIODataset(args.train_rec)
@@ -444,7 +450,8 @@ def label_domains_command(args: argparse.Namespace) -> dict[str, Any]:
             raise CommandError(f"--identities {args.identities} but the pack has {len(identities)} identities")
         identities = np.sort(np.random.default_rng(args.seed).choice(identities, size=args.identities, replace=False))
     labelling = label_domains(dataset, out, fit_identities=identities, overwrite=args.overwrite,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, synthetic_low_quality=args.synthetic_low_quality,
+                              synthetic_seed=args.synthetic_seed)
     return {"command": "label-domains", "pack": str(paths.rec.resolve()), "fit_identities": int(len(identities)),
             "seed": args.seed if args.identities is not None else None, **labelling.summary()}
 

@@ -241,7 +241,72 @@ def test_cli_end_to_end(full_profile_data, tmp_path, capsys):
     assert main(["label-domains", "--train-rec", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: pack file") and "missing" in err and not (tmp_path / "x").exists()
+    synthetic = tmp_path / "synthetic"
+    assert main(["label-domains", "--train-rec", str(full_profile_data / "casia"), "--out", str(synthetic),
+                 "--synthetic-low-quality", "0.25", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["synthetic_low_quality_images"] == 36 and summary["counts"]["low-quality"] >= 36
+    assert main(["label-domains", "--train-rec", str(full_profile_data / "casia"), "--out", str(tmp_path / "y"),
+                 "--synthetic-low-quality", "1"]) == 2
+    assert "--synthetic-low-quality" in capsys.readouterr().err and not (tmp_path / "y").exists()
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main(["label-domains", "--train-rec", str(full_profile_data / "casia"), "--out", str(blocker / "out")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_synthetic_low_quality_identities_are_degraded_on_the_fly(full_profile_data, tmp_path):
+    from afr.data.domain_labels import apply_thresholds
+
+    pack = RecordIODataset(full_profile_data / "casia")
+    labelling = label_domains(pack, tmp_path / "labels", progress=False, synthetic_low_quality=0.25, synthetic_seed=3)
+    marked = np.load(tmp_path / "labels" / "degrade.npy")
+    chosen = np.unique(pack.labels[marked])
+    assert len(chosen) == 6 and marked.sum() == 36  # a quarter of the 24 identities, every image of each
+    np.testing.assert_array_equal(marked, np.isin(pack.labels, chosen))
+    assert (labelling.codes[marked] == LOW_QUALITY).all()
+    record = json.loads((tmp_path / "labels" / "domains.json").read_text())
+    assert record["synthetic_low_quality"]["identities"] == chosen.tolist()
+    assert sum(record["measured_counts"].values()) == len(pack)
+
+    dataset = DomainLabelledDataset.from_folder(pack, tmp_path / "labels")
+    flagged, kept = int(np.flatnonzero(marked)[0]), int(np.flatnonzero(~marked)[0])
+    degraded = dataset[flagged][0]
+    assert not np.array_equal(degraded, pack[flagged][0]) and np.array_equal(degraded, dataset[flagged][0])
+    assert np.array_equal(dataset[kept][0], pack[kept][0])
+    # the degraded images are low-quality by the measured rule too
+    measures = np.array([[measure_quality(dataset[int(index)][0])[name] for name in FEATURES]
+                         for index in np.flatnonzero(marked)[:12]])
+    assert (apply_thresholds(measures, labelling.thresholds) == LOW_QUALITY).all()
+    other = label_domains(pack, tmp_path / "other", progress=False, synthetic_low_quality=0.25, synthetic_seed=4)
+    assert not np.array_equal(other.degrade, marked)
+    (tmp_path / "labels" / "degrade.npy").unlink()
+    with pytest.raises(MissingResourceError, match="degrade.npy not found"):
+        load_domain_labels(tmp_path / "labels")
+
+
+def test_an_interrupted_overwrite_leaves_no_mixed_labelling(full_profile_data, tmp_path, monkeypatch):
+    import afr.data.domain_labels as domain_labels
+
+    pack = RecordIODataset(full_profile_data / "casia")
+    label_domains(pack, tmp_path / "labels", progress=False)
+    original, written = domain_labels.atomic_write_bytes, []
+
+    def write_then_fail(path, data):
+        written.append(path.name)
+        if len(written) == 2:  # after the new codes.npy, before domains.json
+            raise OSError("disk full")
+        return original(path, data)
+
+    monkeypatch.setattr(domain_labels, "atomic_write_bytes", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        label_domains(pack, tmp_path / "labels", overwrite=True, progress=False, synthetic_low_quality=0.5)
+    with pytest.raises(MissingResourceError, match="domains.json not found"):
+        load_domain_labels(tmp_path / "labels", pack)
+    monkeypatch.undo()
+    # a codes file that is not the one domains.json was written with is refused
+    label_domains(pack, tmp_path / "labels", overwrite=True, progress=False)
+    codes = np.load(tmp_path / "labels" / "codes.npy")
+    np.save(tmp_path / "labels" / "codes.npy", (codes + 1) % len(DOMAIN_NAMES))
+    with pytest.raises(ValueError, match="SHA-256 differs"):
+        load_domain_labels(tmp_path / "labels", pack)

@@ -27,6 +27,12 @@ The rule (:data:`RULE`, fixed in advance; only the quantiles come from the data)
    are not low-quality; else ``controlled`` (grey or muted colour, even frontal light).
 
 The other measures are recorded (``features.npy``) but not used by the rule. Saved files: see :func:`label_domains`.
+
+Optional synthetic low-quality domain (``synthetic_low_quality=f``): a seeded fraction ``f`` of all identities has
+every image labelled ``low-quality`` *and* marked in ``degrade.npy``; :class:`DomainLabelledDataset` degrades those
+images on the fly with the embedded benchmark's degradation (:func:`afr.data.degrade.degrade`: down-sampling, blur,
+JPEG; strengths drawn per record from ``(seed, "record<i>")``, so the same record always degrades the same way). The
+measured rule still labels every other image; the thresholds are fitted on the stored (clean) images.
 """
 from __future__ import annotations
 
@@ -43,8 +49,9 @@ import numpy as np
 from afr.io import atomic_write_bytes, atomic_write_text, check_writable_folder
 from afr.paths import MissingResourceError
 
-__all__ = ["DOMAIN_NAMES", "FEATURES", "RULE", "DomainLabelledDataset", "DomainLabelling", "label_domains",
-           "load_domain_labels", "measure_quality"]
+__all__ = ["DOMAIN_NAMES", "FEATURES", "RULE", "DomainLabelledDataset", "DomainLabelling", "apply_thresholds",
+           "check_output_folder", "fit_thresholds", "label_domains", "load_domain_labels", "measure_quality",
+           "synthetic_identities"]
 
 #: version of the measures and the rule; written to ``domains.json``
 LABELLER_VERSION = 1
@@ -87,7 +94,7 @@ _BLOCK = 8
 _GRID_SIDE = 8  # chips per row and column of a sample grid
 _GRID_CHIP = 48  # pixels per chip in a sample grid
 
-LABELS_FILE, CODES_FILE, FEATURES_FILE = "domains.json", "codes.npy", "features.npy"
+LABELS_FILE, CODES_FILE, FEATURES_FILE, DEGRADE_FILE = "domains.json", "codes.npy", "features.npy", "degrade.npy"
 
 
 def _spectrum_mask(side: int) -> np.ndarray:
@@ -206,11 +213,17 @@ class DomainLabelling:
     out_dir: Path
     paths: dict[str, Path] = field(default_factory=dict)
     features: np.ndarray | None = None
+    #: records to degrade on the fly (synthetic low-quality identities), ``None`` without that option
+    degrade: np.ndarray | None = None
+    #: seed of the on-the-fly degradation
+    degrade_seed: int = 0
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready: counts per domain, thresholds and the files written."""
+        """JSON-ready: counts per domain, thresholds, synthetic low-quality records and the files written."""
         return {"out_dir": str(self.out_dir), "images": int(len(self.codes)), "counts": dict(self.counts),
-                "thresholds": self.thresholds, "files": {name: str(path) for name, path in self.paths.items()}}
+                "thresholds": self.thresholds,
+                "synthetic_low_quality_images": None if self.degrade is None else int(self.degrade.sum()),
+                "files": {name: str(path) for name, path in self.paths.items()}}
 
 
 def _file_digest(path: Path) -> str:
@@ -232,7 +245,8 @@ def _pack_description(dataset: Any) -> dict[str, Any] | None:
 
 
 def _output_paths(out_dir: Path) -> dict[str, Path]:
-    paths = {"labels": out_dir / LABELS_FILE, "codes": out_dir / CODES_FILE, "features": out_dir / FEATURES_FILE}
+    paths = {"labels": out_dir / LABELS_FILE, "codes": out_dir / CODES_FILE, "features": out_dir / FEATURES_FILE,
+             "degrade": out_dir / DEGRADE_FILE}
     paths.update({f"grid_{name}": out_dir / f"samples_{name}.png" for name in DOMAIN_NAMES})
     return paths
 
@@ -281,8 +295,19 @@ def _dataset_labels(dataset: Any) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64)
 
 
+def synthetic_identities(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The identities (sorted) whose images become synthetic low-quality: ``round(fraction * identities)`` of all
+    the pack's identities, drawn with a generator of their own (``[seed, 5]``)."""
+    identities = np.unique(labels)
+    count = int(round(fraction * len(identities)))
+    if count == 0:
+        return identities[:0]
+    return np.sort(np.random.default_rng([seed, 5]).choice(identities, size=count, replace=False))
+
+
 def label_domains(dataset: Any, out_dir: str | Path, fit_identities: Sequence[int] | np.ndarray | None = None,
-                  overwrite: bool = False, progress: bool = True) -> DomainLabelling:
+                  overwrite: bool = False, progress: bool = True, synthetic_low_quality: float = 0.0,
+                  synthetic_seed: int = 0) -> DomainLabelling:
     """Measure every image of ``dataset``, label it with :data:`DOMAIN_NAMES`' rule and save the labelling.
 
     Args:
@@ -292,14 +317,21 @@ def label_domains(dataset: Any, out_dir: str | Path, fit_identities: Sequence[in
         fit_identities: identity labels whose images fit the thresholds (the training identities); ``None``: all.
         overwrite: replace a labelling already in ``out_dir`` (else FileExistsError before any work).
         progress: a tqdm bar over the images on stderr.
+        synthetic_low_quality: fraction (0 <= f < 1) of all identities whose images are labelled low-quality and
+            degraded on the fly (see the module docstring); 0: none, no ``degrade.npy``.
+        synthetic_seed: seed of that draw and of the degradation.
 
     Writes (each file atomically, ``domains.json`` last): ``codes.npy`` (int8, one code per dataset index),
     ``features.npy`` (float32, one row per index, columns :data:`FEATURES`), ``samples_<domain>.png`` (up to 8x8
-    chips of each domain) and ``domains.json`` (names, rule, fitted quantiles and thresholds, counts, feature
-    definitions, fitting identities, the pack's size and SHA-256, version).
+    chips of each domain), ``degrade.npy`` (bool per index, with ``synthetic_low_quality`` only) and ``domains.json``
+    (names, rule, fitted quantiles and thresholds, counts, feature definitions, fitting identities, the pack's size
+    and SHA-256, the SHA-256 of ``codes.npy``, version). Overwriting removes the old ``domains.json`` first, so a run
+    killed meanwhile leaves a folder :func:`load_domain_labels` calls incomplete, never a mix of two labellings.
     """
     from tqdm.auto import tqdm
 
+    if not 0.0 <= synthetic_low_quality < 1.0:
+        raise ValueError(f"synthetic_low_quality must be a fraction in [0, 1), got {synthetic_low_quality}")
     out_dir = check_output_folder(out_dir, overwrite)
     labels = _dataset_labels(dataset)
     if len(labels) == 0:
@@ -319,19 +351,38 @@ def label_domains(dataset: Any, out_dir: str | Path, fit_identities: Sequence[in
     fitting = np.isin(labels, fit_identities)
     thresholds = fit_thresholds(features[fitting].astype(np.float64))
     codes = apply_thresholds(features.astype(np.float64), thresholds)
+    measured_counts = {name: int((codes == code).sum()) for code, name in enumerate(DOMAIN_NAMES)}
+    degrade_mask, synthetic = None, None
+    if synthetic_low_quality > 0:
+        chosen = synthetic_identities(labels, synthetic_low_quality, synthetic_seed)
+        degrade_mask = np.isin(labels, chosen)
+        codes[degrade_mask] = LOW_QUALITY
+        synthetic = {"fraction": synthetic_low_quality, "seed": synthetic_seed, "identities": chosen.tolist(),
+                     "images": int(degrade_mask.sum()), "file": DEGRADE_FILE,
+                     "degradation": "afr.data.degrade.degrade(image, seed, f'record{index}') with DegradeSettings()"}
     counts = {name: int((codes == code).sum()) for code, name in enumerate(DOMAIN_NAMES)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = _output_paths(out_dir)
-    atomic_write_bytes(paths["codes"], _npy_bytes(codes))
+    paths["labels"].unlink(missing_ok=True)  # overwrite: no domains.json until the new files are all in place
+    paths["degrade"].unlink(missing_ok=True)
+    codes_bytes = _npy_bytes(codes)
+    atomic_write_bytes(paths["codes"], codes_bytes)
     atomic_write_bytes(paths["features"], _npy_bytes(features))
+    if degrade_mask is not None:
+        atomic_write_bytes(paths["degrade"], _npy_bytes(degrade_mask))
+    shown = dataset if degrade_mask is None else DomainLabelledDataset(dataset, codes, DOMAIN_NAMES, degrade_mask,
+                                                                       synthetic_seed)  # as training sees them
     for code, name in enumerate(DOMAIN_NAMES):
-        atomic_write_bytes(paths[f"grid_{name}"], _sample_grid(dataset, np.flatnonzero(codes == code)))
+        atomic_write_bytes(paths[f"grid_{name}"], _sample_grid(shown, np.flatnonzero(codes == code)))
     record = {
         "version": LABELLER_VERSION,
         "names": list(DOMAIN_NAMES),
         "images": int(len(codes)),
         "counts": counts,
+        "measured_counts": measured_counts,
+        "synthetic_low_quality": synthetic,
+        "codes_sha256": hashlib.sha256(codes_bytes).hexdigest(),
         "thresholds": thresholds,
         "rule": RULE,
         "features": {name: FEATURE_DEFINITIONS[name] for name in FEATURES},
@@ -342,7 +393,10 @@ def label_domains(dataset: Any, out_dir: str | Path, fit_identities: Sequence[in
                   "samples": {name: paths[f"grid_{name}"].name for name in DOMAIN_NAMES}},
     }
     atomic_write_text(paths["labels"], json.dumps(record, indent=1) + "\n")
-    return DomainLabelling(codes, DOMAIN_NAMES, thresholds, counts, out_dir, paths, features)
+    if degrade_mask is None:
+        del paths["degrade"]
+    return DomainLabelling(codes, DOMAIN_NAMES, thresholds, counts, out_dir, paths, features, degrade_mask,
+                           synthetic_seed)
 
 
 def load_domain_labels(out_dir: str | Path, dataset: Any = None) -> DomainLabelling:
@@ -366,9 +420,22 @@ def load_domain_labels(out_dir: str | Path, dataset: Any = None) -> DomainLabell
         thresholds, counts = record["thresholds"], record["counts"]
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{paths['labels']} is not a domain labelling: {error}") from None
+    codes_bytes = paths["codes"].read_bytes()
+    if record.get("codes_sha256") not in (None, hashlib.sha256(codes_bytes).hexdigest()):
+        raise ValueError(f"{paths['codes']} is not the file {paths['labels'].name} was written with (SHA-256 "
+                         "differs): run label-domains again with --overwrite")
     codes = np.load(paths["codes"], allow_pickle=False)
     if codes.ndim != 1 or len(codes) != record.get("images", len(codes)):
         raise ValueError(f"{paths['codes']} holds {codes.shape} codes, {paths['labels'].name} says {record.get('images')}")
+    synthetic = record.get("synthetic_low_quality")
+    degrade_mask = None
+    if synthetic:
+        if not paths["degrade"].is_file():
+            raise MissingResourceError(f"{DEGRADE_FILE} not found in the domain-label folder {out_dir} (its "
+                                       f"{LABELS_FILE} marks {synthetic['images']} images to degrade on the fly)")
+        degrade_mask = np.load(paths["degrade"], allow_pickle=False).astype(bool)
+        if degrade_mask.shape != codes.shape:
+            raise ValueError(f"{paths['degrade']} holds {degrade_mask.shape} flags for {len(codes)} codes")
     if dataset is not None:
         if len(codes) != len(dataset):
             raise ValueError(f"{paths['codes']} holds {len(codes)} domain codes but the dataset has {len(dataset)} "
@@ -380,7 +447,8 @@ def load_domain_labels(out_dir: str | Path, dataset: Any = None) -> DomainLabell
                              f"{rec} has {Path(rec).stat().st_size}: it belongs to another pack")
     features = np.load(paths["features"], allow_pickle=False) if paths["features"].is_file() else None
     present = {key: path for key, path in paths.items() if path.is_file()}
-    return DomainLabelling(codes, names, thresholds, counts, out_dir, present, features)
+    return DomainLabelling(codes, names, thresholds, counts, out_dir, present, features, degrade_mask,
+                           int(synthetic["seed"]) if synthetic else 0)
 
 
 # --------------------------------------------------------------------------------------------- dataset view
@@ -390,27 +458,36 @@ class DomainLabelledDataset:
     Exposes ``labels``, ``num_classes``, ``domains`` (int64), ``domain_names`` and ``has_domains = True`` (what the
     trainer, the identity sampler and DA-LoRA read); any other attribute (``image_size``, ``identity_indices``,
     ``identity_ranges``, ``paths`` ...) is the wrapped dataset's. A domain the dataset's own samples carry is
-    replaced by ``codes``.
+    replaced by ``codes``. With ``degrade`` (one flag per index: the synthetic low-quality records), the flagged
+    images come back degraded by :func:`afr.data.degrade.degrade` with ``degrade_seed`` and key ``"record<i>"``
+    (the wrapped dataset must return HxWx3 uint8 images for those: give it no tensor transform).
     """
 
     has_domains = True
 
-    def __init__(self, dataset: Any, codes: Sequence[int] | np.ndarray, names: Sequence[str]):
+    def __init__(self, dataset: Any, codes: Sequence[int] | np.ndarray, names: Sequence[str],
+                 degrade: Sequence[bool] | np.ndarray | None = None, degrade_seed: int = 0):
         codes = np.asarray(codes)
         if codes.ndim != 1 or len(codes) != len(dataset):
             raise ValueError(f"{codes.shape} domain codes for a dataset of {len(dataset)} images")
         if len(codes) and not 0 <= int(codes.min()) <= int(codes.max()) < len(names):
             raise ValueError(f"domain codes {int(codes.min())}..{int(codes.max())} but {len(names)} names")
+        if degrade is not None:
+            degrade = np.asarray(degrade, dtype=bool)
+            if degrade.shape != codes.shape:
+                raise ValueError(f"{degrade.shape} degrade flags for {len(codes)} domain codes")
         self.dataset = dataset
         self.domains = codes.astype(np.int64)
         self.domain_names = tuple(names)
+        self.degrade = degrade
+        self.degrade_seed = int(degrade_seed)
         self._labels: np.ndarray | None = None
 
     @classmethod
     def from_folder(cls, dataset: Any, out_dir: str | Path) -> "DomainLabelledDataset":
         """``dataset`` with the labelling saved in ``out_dir`` (checked against it by :func:`load_domain_labels`)."""
         labelling = load_domain_labels(out_dir, dataset)
-        return cls(dataset, labelling.codes, labelling.names)
+        return cls(dataset, labelling.codes, labelling.names, labelling.degrade, labelling.degrade_seed)
 
     @property
     def labels(self) -> np.ndarray:
@@ -426,11 +503,24 @@ class DomainLabelledDataset:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
-        sample = self.dataset[int(index)]
-        return sample[0], int(sample[1]), int(self.domains[int(index)])
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        index %= len(self)
+        sample = self.dataset[index]
+        image = sample[0]
+        if self.degrade is not None and self.degrade[index]:
+            from afr.data.degrade import degrade
+
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise TypeError(f"record {index} is marked to be degraded but the dataset returns a {image.dtype} "
+                                f"{image.shape} image, not HxWx3 uint8: wrap the pack without a tensor transform")
+            image = degrade(image, self.degrade_seed, f"record{index}")
+        return image, int(sample[1]), int(self.domains[index])
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("dataset", "_labels"):  # no recursion before __init__ ran (e.g. unpickling)
+        if name.startswith("__") or name in ("dataset", "_labels", "degrade", "degrade_seed"):  # no recursion before __init__ ran (e.g. unpickling)
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
