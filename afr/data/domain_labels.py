@@ -20,8 +20,10 @@ every measure but blockiness, so that packs of any chip size are measured alike)
 
 The rule (:data:`RULE`, fixed in advance; only the quantiles come from the data):
 
-1. ``low-quality``: quality score ``(z(sharpness) - z(log blockiness)) / 2 < -2.5``, where
-   ``z(x) = (x - Q50) / (Q75 - Q25)`` with the quantiles of the fitting images;
+1. ``low-quality``: quality score ``(z(sharpness) - z(log blockiness)) / 2 < -3``, where ``z`` measures the distance
+   from the fitting images' median Q50 in units of the spread on the good side of it (``Q75 - Q50`` for sharpness,
+   ``Q50 - Q25`` for log blockiness), so that the fitting set's own low-quality images (the other tail) do not widen
+   the scale: measured robust up to a quarter of the fitting images being degraded, not at half;
 2. otherwise ``unconstrained`` when the unconstrained score ``(z(saturation) + z(asymmetry)) / 2``, here with
    ``z(x) = (x - Q50) / (Q90 - Q10)``, exceeds the midpoint of that score's Q10 and Q90 over the fitting images that
    are not low-quality; else ``controlled`` (grey or muted colour, even frontal light).
