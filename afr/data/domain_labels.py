@@ -428,7 +428,8 @@ def load_domain_labels(out_dir: str | Path, dataset: Any = None) -> DomainLabell
                          "differs): run label-domains again with --overwrite")
     codes = np.load(paths["codes"], allow_pickle=False)
     if codes.ndim != 1 or len(codes) != record.get("images", len(codes)):
-        raise ValueError(f"{paths['codes']} holds {codes.shape} codes, {paths['labels'].name} says {record.get('images')}")
+        raise ValueError(f"{paths['codes']} holds {codes.shape} codes, {paths['labels'].name} says "
+                         f"{record.get('images')}")
     synthetic = record.get("synthetic_low_quality")
     degrade_mask = None
     if synthetic:
@@ -522,7 +523,8 @@ class DomainLabelledDataset:
         return image, int(sample[1]), int(self.domains[index])
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("dataset", "_labels", "degrade", "degrade_seed"):  # no recursion before __init__ ran (e.g. unpickling)
+        # no recursion before __init__ ran (e.g. while unpickling)
+        if name.startswith("__") or name in ("dataset", "_labels", "degrade", "degrade_seed"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
