@@ -456,7 +456,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory() as folder:
         pack = Path(folder) / "train"
-        write_pack(pack, smooth_faces(args.records), np.arange(args.records) % 100)
+        labels = np.arange(args.records) % args.classes  # every label one of the head's classes
+        write_pack(pack, smooth_faces(args.records), labels)
         dataset = RecordIODataset(pack)
         for name in args.models:
             # each model gets an equal share of the budget

@@ -1,4 +1,4 @@
-"""``bench/gpu_vit_lora_throughput.py`` on the CPU with its tiny ViT: the record's keys, finite ratios, the peak table."""
+"""``bench/gpu_vit_lora_throughput.py`` on the CPU with its tiny ViT: the record's keys, finite ratios, the peaks."""
 from __future__ import annotations
 
 import importlib.util
