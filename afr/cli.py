@@ -23,6 +23,9 @@ Commands
 ``export``
     Merge an adapter into its backbone (DA-LoRA: one domain's expert) and write the network as ONNX
     (dynamic batch), checked against torch with onnxruntime; see :mod:`afr.export`.
+``label-domains``
+    Domain labels (controlled / unconstrained / low-quality) for a training pack without any (CASIA-WebFace
+    ``train.rec``), measured per image and written to a side-car folder; see :mod:`afr.data.domain_labels`.
 
 Every command reports failures as one line ``error: ...`` on stderr and exits with status 2
 (``--debug`` shows the traceback instead). New commands register a sub-parser in
@@ -67,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_baseline(commands)
     _add_embed(commands)
     _add_export(commands)
+    _add_label_domains(commands)
     for name in GRID_EXPERIMENTS:
         _add_grid_experiment(commands, name)
     return parser
@@ -399,6 +403,57 @@ def export_command(args: argparse.Namespace) -> dict[str, Any]:
         "output": {"name": "embedding", "shape": list(exported.output_shape)},
         "onnxruntime_max_abs_difference": exported.max_abs_difference,
     }
+
+
+# --------------------------------------------------------------------------------------------- label-domains
+def _add_label_domains(commands: argparse._SubParsersAction) -> None:
+    label = commands.add_parser(
+        "label-domains", help="domain labels (controlled / unconstrained / low-quality) for a training pack, written "
+        "to a side-car folder (prints JSON)",
+        description="Measure every image of an InsightFace pack (sharpness, JPEG blockiness, colour, asymmetry), fit "
+        "the rule's quantiles on the fitting identities and write codes.npy (int8, pack index order), features.npy, "
+        "domains.json and one samples_<domain>.png per domain to --out. The pack itself is not touched.")
+    label.add_argument("--train-rec", type=Path, required=True,
+                       help="the pack: a folder with train.rec/.idx/property, or a .rec prefix")
+    label.add_argument("--out", type=Path, help="side-car folder to write (default: <pack folder>/domain_labels)")
+    label.add_argument("--identities", type=int, help="fit the thresholds on N identities drawn with --seed, as "
+                       "identity_subset draws a training subset (default: all identities)")
+    label.add_argument("--seed", type=int, default=0, help="seed of the --identities draw (default 0)")
+    label.add_argument("--synthetic-low-quality", type=float, default=0.0, metavar="FRACTION",
+                       help="also label this fraction of all identities low-quality, their images degraded on the fly "
+                       "by DomainLabelledDataset (downscale, blur, JPEG as the embedded benchmark; default 0: none)")
+    label.add_argument("--synthetic-seed", type=int, default=0, help="seed of that draw and degradation (default 0)")
+    label.add_argument("--overwrite", action="store_true", help="replace a labelling already in --out")
+    label.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_debug(label)
+    label.set_defaults(handler=label_domains_command)
+
+
+def label_domains_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``label-domains``: label the pack, return the summary (counts, thresholds, files)."""
+    from afr.data.domain_labels import check_output_folder, label_domains
+    from afr.data.recordio import RecordIODataset, resolve_pack_paths
+
+    paths = resolve_pack_paths(args.train_rec)
+    for path, what in ((paths.rec, "pack file"), (paths.idx, "pack index"), (paths.property, "pack property file")):
+        _require_file(path, what)
+    if args.identities is not None and args.identities < 1:
+        raise CommandError(f"--identities must be at least 1, got {args.identities}")
+    if not 0.0 <= args.synthetic_low_quality < 1.0:
+        raise CommandError(f"--synthetic-low-quality must be a fraction in [0, 1), got {args.synthetic_low_quality}")
+    out = args.out if args.out is not None else paths.rec.parent / "domain_labels"
+    check_output_folder(out, args.overwrite)  # an existing labelling or an unwritable folder: before any work
+    dataset = RecordIODataset(args.train_rec)
+    identities = np.unique(dataset.labels)
+    if args.identities is not None:
+        if args.identities > len(identities):
+            raise CommandError(f"--identities {args.identities} but the pack has {len(identities)} identities")
+        identities = np.sort(np.random.default_rng(args.seed).choice(identities, size=args.identities, replace=False))
+    labelling = label_domains(dataset, out, fit_identities=identities, overwrite=args.overwrite,
+                              progress=not args.no_progress, synthetic_low_quality=args.synthetic_low_quality,
+                              synthetic_seed=args.synthetic_seed)
+    return {"command": "label-domains", "pack": str(paths.rec.resolve()), "fit_identities": int(len(identities)),
+            "seed": args.seed if args.identities is not None else None, **labelling.summary()}
 
 
 # --------------------------------------------------------------------------------------------- grid experiments

@@ -11,7 +11,9 @@ An adapter must be merged first (:func:`afr.inference.load_adapted_backbone` wit
 exported network is one set of weights, which is exactly what merging computes (for DA-LoRA: one domain's
 expert). The file is produced by ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript), checked with
 ``onnx.checker``, then run once by onnxruntime against torch on a fixed random batch; the largest difference is
-returned, and the file is written atomically, never over an existing one unless told to.
+returned, and the file is written atomically, never over an existing one unless told to. The graph's input and
+output are named here rather than by the exporter's ``input_names``/``output_names``, which rename without
+checking the graph's other names (see :func:`_name_interface`; CLIP failed on that).
 """
 from __future__ import annotations
 
@@ -94,12 +96,14 @@ def export_onnx(
     try:
         with contextlib.redirect_stdout(sys.stderr), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            # no input_names/output_names here: torch renames the graph's input and output without checking
+            # the graph's other names (see _name_interface), so the interface is named below
             program = torch.onnx.export(
-                backbone, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},), verbose=False,
+                backbone, (example,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
             )
     finally:
         registration.setLevel(level)
+    _name_interface(program.model, INPUT_NAME, OUTPUT_NAME)
     model = program.model_proto
     described = {
         "afr.backbone": str(getattr(backbone, "name", type(backbone).__name__)),
@@ -133,6 +137,40 @@ def export_onnx(
         max_abs_difference=difference,
         metadata=described,
     )
+
+
+def _name_interface(model, input_name: str, output_name: str) -> None:
+    """Name the graph's one input ``input_name`` and its one output ``output_name`` (an ``onnx_ir`` model, edited
+    in place), first renaming any other value of the graph that already holds one of those names.
+
+    ONNX names every value once (SSA). The exporter names values after the torch.export nodes that compute them,
+    and its optimiser folds a node whose inputs are all constants into an initializer that keeps the node's name;
+    torch's own ``output_names=`` then renames the output without looking at the other names. CLIP's vision
+    embeddings look their position table up with a constant index buffer, an ``aten.embedding`` node that
+    torch.export names ``embedding`` and the optimiser folds into an initializer ``embedding``; renaming the
+    output ``embedding`` as well made the graph invalid ("'embedding' has been used as output names multiple
+    times"). DINOv2 (no ``nn.Embedding``) and dlib have no such value, which is why only CLIP failed.
+    """
+    from onnxscript import ir
+
+    graph = model.graph
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ValueError(f"expected a graph with one input and one output, got {len(graph.inputs)} and "
+                         f"{len(graph.outputs)}")
+    values = [*graph.inputs, *graph.initializers.values()]
+    values += [output for node in ir.traversal.RecursiveGraphIterator(graph) for output in node.outputs]
+    used = {value.name for value in values if value.name}
+    for interface, name in ((graph.inputs[0], input_name), (graph.outputs[0], output_name)):
+        for value in values:
+            if value is not interface and value.name == name:
+                number = 1
+                while f"{name}_{number}" in used:
+                    number += 1
+                value.name = f"{name}_{number}"
+                used.add(value.name)
+        interface.metadata_props["pkg.torch.onnx.original_node_name"] = str(interface.name)
+        interface.name = name
+        used.add(name)
 
 
 def _dims(shape: list) -> list[str | int]:

@@ -263,6 +263,23 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path):
     assert leftover.fit().step == 4
 
 
+def test_train_step_is_the_step_fit_takes(tmp_path):
+    """``Trainer.train_step`` (what bench/gpu_vit_lora_throughput.py times) on the epoch's batches takes the
+    optimizer steps ``fit`` takes: the same losses, learning rates and weights, bitwise on the CPU."""
+    fitted_model, stepped_model = _model(), _model()
+    fitted = Trainer(fitted_model, SyntheticFaces(32), _config(tmp_path / "fit", warmup_steps=2)).fit()
+    trainer = Trainer(stepped_model, SyntheticFaces(32), _config(tmp_path / "step", warmup_steps=2))
+    trainer.sampler.set_epoch(0, 0)
+    steps = [trainer.train_step(batch) for batch in trainer._make_loader(0)]
+    assert [step["loss"] for step in steps] == fitted.step_losses and trainer.step == fitted.step == 4
+    # warm-up over 2 steps, then the cosine from step 2 to 4 (factor 1 at its start, 0.5 half-way)
+    assert [step["lr"] for step in steps] == pytest.approx([0.025, 0.05, 0.05, 0.025])
+    assert all(math.isfinite(step["grad_norm"]) for step in steps)
+    for name, value in fitted_model.state_dict().items():
+        torch.testing.assert_close(stepped_model.state_dict()[name], value, rtol=0, atol=0)
+    assert not (tmp_path / "step").exists()  # it writes nothing
+
+
 class _JitteredFaces(SyntheticFaces):
     """SyntheticFaces brightened by a shift drawn from numpy's global RNG for every sample."""
 

@@ -22,7 +22,9 @@ class RelabelledSubset(Dataset):
 
     Labels keep their relative order (the smallest original label becomes 0). ``original_labels``
     lists, for each new label, the label it had in ``dataset``. Samples keep any extra fields
-    (e.g. a domain) after the label.
+    (e.g. a domain) after the label, and the subset keeps the parent's domain labels: ``domains``
+    (the parent's at ``indices``, ``None`` when the parent has none), ``domain_names`` (the parent's)
+    and ``has_domains``.
     """
 
     def __init__(self, dataset: Any, indices: Sequence[int]):
@@ -40,6 +42,25 @@ class RelabelledSubset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.original_labels)
+
+    @property
+    def domains(self) -> np.ndarray | None:
+        """The parent's domain code of every sample of the subset (int64), or ``None`` when it has none."""
+        parent = getattr(self.dataset, "domains", None)
+        if parent is None:
+            return None
+        return np.asarray(parent, dtype=np.int64)[self.indices]
+
+    @property
+    def domain_names(self) -> tuple[str, ...] | None:
+        """The parent's domain names (codes keep their meaning in the subset)."""
+        names = getattr(self.dataset, "domain_names", None)
+        return None if names is None else tuple(names)
+
+    @property
+    def has_domains(self) -> bool:
+        """Whether samples carry a domain after the label (as the parent's do)."""
+        return bool(getattr(self.dataset, "has_domains", False))
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -524,24 +524,14 @@ class Trainer:
             group_start = batch_index - batch_index % accum
             group_size = min(accum, num_batches - group_start)
             last_micro = batch_index - group_start == group_size - 1
-            batch = self._to_device(batch)
             sync = nullcontext() if (last_micro or not ddp) else model.no_sync()
-            with sync:
-                with self._autocast():
-                    loss, terms = _loss_and_terms(model(**batch))
-                scaled = loss.float() / group_size
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            step_sums.add({"loss": loss, **terms})
+            step_sums.add(self._forward_backward(batch, group_size, sync))
             progress.update(1)
             if not last_micro:
                 continue
 
-            means = step_sums.pop_means()
+            means, lr_used, grad_norm = self._finish_step(step_sums, epoch, group_start, batch_index)
             loss_value = means["loss"]
-            self._stop_on_nonfinite_loss(loss_value, epoch, group_start, batch_index)
-            lr_used = self.current_lr
-            grad_norm = self._optimizer_step()
-            self.step += 1
             self.batch_in_epoch = batch_index + 1
             step_losses.append(loss_value)
             window.add(means)
@@ -556,6 +546,43 @@ class Trainer:
             if every and self.step % every == 0 and self.batch_in_epoch < num_batches:
                 self.save_checkpoint()
         progress.close()
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor], group_size: int, sync: Any) -> dict[str, torch.Tensor]:
+        """One micro-batch of a step: to the device (augmented), forward under autocast, backward of the loss
+        over ``group_size`` micro-batches inside ``sync`` (DDP's ``no_sync`` or nothing); returns
+        ``{"loss": loss, **terms}`` (not yet detached) for the step's sums."""
+        batch = self._to_device(batch)
+        with sync:
+            with self._autocast():
+                loss, terms = _loss_and_terms(self.train_model(**batch))
+            scaled = loss.float() / group_size
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return {"loss": loss, **terms}
+
+    def _finish_step(self, step_sums: _StepSums, epoch: int, first_batch: int,
+                     last_batch: int) -> tuple[dict[str, float], float, float]:
+        """End an optimizer step after its micro-batches: the means of their losses (one device-to-host
+        transfer), the non-finite check, the optimizer step; returns ``(means, lr used, grad norm)``."""
+        means = step_sums.pop_means()
+        self._stop_on_nonfinite_loss(means["loss"], epoch, first_batch, last_batch)
+        lr_used = self.current_lr
+        grad_norm = self._optimizer_step()
+        self.step += 1
+        return means, lr_used, grad_norm
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimizer step on one collated (CPU) batch, the per-batch work of :meth:`fit` when
+        ``grad_accum_steps`` is 1: device transfer, augmentation, forward, backward, the loss's device-to-host
+        transfer and non-finite check, clipping (with the grad norm's transfer), optimizer and schedule step.
+
+        For measuring the trainer's step outside :meth:`fit` (``bench/gpu_vit_lora_throughput.py``): it
+        advances ``step`` but not the position in the epoch, writes nothing, and leaves the train/eval mode of
+        the model and the augmentation as they are. Returns the step's loss means, ``lr`` and ``grad_norm``.
+        """
+        step_sums = _StepSums()
+        step_sums.add(self._forward_backward(batch, 1, nullcontext()))
+        means, lr_used, grad_norm = self._finish_step(step_sums, self.epoch, self.batch_in_epoch, self.batch_in_epoch)
+        return {**means, "lr": lr_used, "grad_norm": grad_norm}
 
     def _stop_on_nonfinite_loss(self, loss_value: float, epoch: int, first_batch: int, last_batch: int) -> None:
         """Raise FloatingPointError on every rank if any rank's step loss is NaN or infinite.
