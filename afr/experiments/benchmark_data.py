@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from afr.data.domain_labels import DomainLabelledDataset
 from afr.data.full_profile import FULL_BENCHMARKS, balanced_pack, load_named_packs, open_casia
+from afr.data.recordio import resolve_pack_paths
 from afr.data.subsets import dataset_labels, holdout_identities, identity_subset
 from afr.data.verification import VerificationPack, load_pack
+from afr.paths import MissingResourceError, shown_path
 
 __all__ = ["FULL_BENCHMARKS", "BenchmarkData", "load_benchmark", "load_embedded_benchmark"]
 
@@ -73,18 +77,35 @@ def load_embedded_benchmark(embedded_root: str | None = None, benchmarks: Sequen
     return BenchmarkData(train, val_packs, test_packs)
 
 
-def load_benchmark(settings: Any) -> BenchmarkData:
+def load_benchmark(settings: Any, with_domains: bool = False) -> BenchmarkData:
     """The profile's training set, validation packs and test packs (SHA-256 recorded on each file pack), by the
-    settings' ``data_profile`` and its fields (:class:`~afr.experiments.settings.fields.FullProfileFields`)."""
+    settings' ``data_profile`` and its fields (:class:`~afr.experiments.settings.fields.FullProfileFields`);
+    ``with_domains``: the full profile's training images carry CASIA-WebFace's domain labels (``domain_labels``)."""
     if settings.data_profile == "embedded":
         return load_embedded_benchmark(settings.embedded_root, settings.benchmarks)
-    train, val_pack = _full_training_data(settings)
+    train, val_pack = _full_training_data(settings, with_domains)
     return BenchmarkData(train, {"holdout": val_pack}, _full_test_packs(settings))
 
 
-def _full_training_data(settings: Any):
-    """CASIA-WebFace: ``val_identities`` held-out identities as a validation pack, a subset of the rest to train."""
+def domain_labels_folder(settings: Any) -> Path:
+    """The folder of CASIA-WebFace's domain labels: ``domain_labels``, else ``<train_rec>/domain_labels`` (where
+    ``python -m afr label-domains`` writes by default)."""
+    if settings.domain_labels:
+        return Path(settings.domain_labels)
+    return resolve_pack_paths(settings.train_rec).rec.parent / "domain_labels"
+
+
+def _full_training_data(settings: Any, with_domains: bool = False):
+    """CASIA-WebFace: ``val_identities`` held-out identities as a validation pack, a subset of the rest to train;
+    ``with_domains``: every image carries its domain (:func:`domain_labels_folder`), kept by the identity subset."""
     dataset = open_casia(settings.train_rec)
+    if with_domains:
+        folder = domain_labels_folder(settings)
+        if not folder.is_dir():
+            raise MissingResourceError(
+                f"domain_labels: {shown_path(folder)} not found; DA-LoRA on the full profile needs the domain of "
+                f"every training image: python -m afr label-domains --train-rec {settings.train_rec} --out {folder}")
+        dataset = DomainLabelledDataset.from_folder(dataset, folder)
     labels = dataset_labels(dataset)
     held_out = holdout_identities(labels, settings.val_identities, settings.seed)
     train = identity_subset(dataset, settings.num_identities, settings.seed, exclude=held_out)

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from afr.data.benchmarks import FULL_BENCHMARKS
 from afr.data.verification import VerificationPack
 from afr.eval.packs import evaluate_on_packs
-from afr.experiments.benchmark_data import BenchmarkData, load_embedded_benchmark
+from afr.experiments.benchmark_data import BenchmarkData, load_benchmark
 # one (method, seed) run and its pieces live in the library module afr.experiments.dalora_run; importable here too
 from afr.experiments.dalora_run import (ORACLE_EXPERT_OF, RunOutcome, adapt, evaluate_adapted,  # noqa: F401
                                         expert_domains, gate_evaluators, gate_table, parameter_groups, record_path,
@@ -54,8 +55,10 @@ __all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcom
 
 
 def load_data(settings: DaLoraExperimentSettings) -> BenchmarkData:
-    """The embedded benchmark: training pack with domains, validation packs, test packs (all test domains)."""
-    return load_embedded_benchmark(settings.embedded_root)
+    """The profile's training pack with domains, validation packs and test packs
+    (:func:`~afr.experiments.benchmark_data.load_benchmark`): on the embedded profile its collections' domains, on
+    the full profile a CASIA-WebFace identity subset with the domains of ``python -m afr label-domains``."""
+    return load_benchmark(settings, with_domains=True)
 
 
 def zero_shot(settings: DaLoraExperimentSettings, packs: Mapping[str, VerificationPack]) -> dict[str, dict]:
@@ -100,10 +103,27 @@ def grid_table(outcomes: Mapping[tuple[str, int], RunOutcome], zero: Mapping[str
     return pd.DataFrame(rows)
 
 
+def with_benchmark_average(table):
+    """``table`` (``method, seed, domain, metric, value``) plus, where a (method, seed, metric) has all five
+    InsightFace packs, a row ``domain = "average"``: their mean (FRoundation's headline number)."""
+    import pandas as pd
+
+    five = table[table["domain"].isin(FULL_BENCHMARKS)]
+    if not len(five):
+        return table
+    groups = five.groupby(["method", "seed", "metric"])["value"]
+    complete = groups.count() == len(FULL_BENCHMARKS)
+    average = groups.mean()[complete].reset_index().assign(domain="average")
+    return pd.concat([table, average[["method", "seed", "domain", "metric", "value"]]], ignore_index=True)
+
+
 def summary_table(table, methods, metrics=("auc", "accuracy", "eer")):
     """Notebook 03's table: "mean ± sd" over seeds (the mean alone with one seed) of each (metric, method) on each
-    domain, from a long table (``method, seed, domain, metric, value``); ``methods`` in this order."""
+    domain, from a long table (``method, seed, domain, metric, value``); ``methods`` in this order. On the full
+    profile the five InsightFace packs get their average (:func:`with_benchmark_average`) as the last column."""
     import pandas as pd
+
+    table = with_benchmark_average(table)
 
     summary = table.groupby(["metric", "method", "domain"])["value"].agg(["mean", "std", "count"]).reset_index()
     summary["cell"] = [f"{mean:.4f}" + (f" ± {sd:.4f}" if count > 1 else "")

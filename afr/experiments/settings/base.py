@@ -114,6 +114,8 @@ class ExperimentSettings:
     #: settings added after results were recorded: they enter the digest only when they differ from their default,
     #: so the tags of the runs recorded before them (which ran at the default) stay valid
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = ()
+    #: settings added after rows were recorded: table columns only when they differ from their defaults
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ()
     #: this class's own rules, over :data:`FIELD_RULES` (a None rule: the field is checked by the class itself)
     RULES: ClassVar[dict[str, Rule | None]] = {}
 
@@ -196,8 +198,11 @@ class ExperimentSettings:
         return cls(**{name: values[name] for name in cls.field_names()})
 
     def table_columns(self) -> dict[str, Any]:
-        """The :attr:`TABLE_SETTINGS` and their values: the settings columns of this run's tidy rows."""
-        return {name: getattr(self, name) for name in self.TABLE_SETTINGS}
+        """The :attr:`TABLE_SETTINGS` and their values: the settings columns of this run's tidy rows; then the
+        :attr:`ADDED_TABLE_SETTINGS` that differ from their defaults."""
+        defaults = {spec.name: spec.default for spec in dataclasses.fields(self)}
+        added = {name: getattr(self, name) for name in self.ADDED_TABLE_SETTINGS if getattr(self, name) != defaults[name]}
+        return {**{name: getattr(self, name) for name in self.TABLE_SETTINGS}, **added}
 
 
 class MethodSeedGrid:

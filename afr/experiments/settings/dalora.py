@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, SettingsError, setting
-from afr.experiments.settings.fields import BackboneFields, DaLoraFields, GridFields, RunFields, TrainingFields
+from afr.experiments.settings.fields import (BackboneFields, DaLoraFields, FullProfileFields, GridFields, RunFields,
+                                             TrainingFields)
 
 __all__ = ["DaLoraExperimentSettings", "DaLoraRunSettings", "FAMILY_REPRESENTATIVE", "METHODS", "family"]
 
@@ -23,11 +24,17 @@ def family(method: str) -> str:
 
 @dataclass
 class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, TrainingFields, DaLoraFields,
-                               GridFields, BackboneFields):
+                               GridFields, FullProfileFields, BackboneFields):
     """Notebook 03 / ``python -m afr dalora``: every field is a notebook parameter and a CLI option.
 
-    Fields: :class:`BackboneFields`, :class:`GridFields`, :class:`DaLoraFields`, :class:`TrainingFields`,
-    :class:`RunFields`, then its own (the grid's methods, the learning-rate search, the shared expert)."""
+    Fields: :class:`BackboneFields`, :class:`FullProfileFields`, :class:`GridFields`, :class:`DaLoraFields`,
+    :class:`TrainingFields`, :class:`RunFields`, then its own (the grid's methods, the learning-rate search, the shared
+    expert, the full profile's validation identities and domain labels).
+
+    The full profile trains on a seeded CASIA-WebFace identity subset whose images carry the domains of
+    ``python -m afr label-domains`` (``domain_labels``: one expert per domain), validates on ``val_identities``
+    held-out identities and scores the five InsightFace packs. Its packs have no domain, so oracle gating
+    (``dalora-oracle``) cannot run there."""
 
     experiment: ClassVar[str] = "dalora"
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -35,6 +42,11 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "backbone", "rank", "epochs", "batch_size", "lr", "router_lr", "lambda_contrastive", "lambda_domain",
         "score_test")
+    #: the full profile's settings, added after the embedded grid was recorded: in the digest and the table's
+    #: columns only when they differ from their defaults, so the embedded runs keep their tags and rows
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
+        "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
 
     rank: int = setting(8, "rank r of LoRA and of each DA-LoRA expert (lora-matched: K·r)")
     epochs: int = setting(2, "training epochs (2: the demo budget; make results trains 4)")
@@ -44,6 +56,10 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
     search_lrs: tuple[float, ...] = setting((), "LoRA learning rates tried on the validation packs, the same for "
                                             "LoRA and DA-LoRA (empty: use lr)")
     shared_expert: bool = setting(False, "DA-LoRA: add an always-on shared expert")
+    val_identities: int = setting(100, "full profile: CASIA-WebFace identities held out of training (never trained "
+                                  "on) whose pairs are the validation pack")
+    domain_labels: str | None = setting(None, "full profile: the folder of `python -m afr label-domains` (default: "
+                                        "<train_rec>/domain_labels): the domain of every training image")
     publish_adapters: bool = setting(False, "copy each run's adapter to results/adapters/<method>_seed<k>/ (the "
                                      "committed grid; replaces the adapters published before)")
 
@@ -55,6 +71,12 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
         unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
         if unknown:
             raise SettingsError(f"--methods: unknown method(s) {unknown}; choose from {METHODS}", "methods")
+        if self.data_profile == "full" and "dalora-oracle" in (*self.methods, self.method):
+            raise SettingsError(
+                "--methods: dalora-oracle routes each test image to its domain's expert, and the full profile's "
+                "InsightFace packs carry no domain; choose from "
+                + " ".join(method for method in METHODS if method != "dalora-oracle"), "methods", "data_profile")
+        self.benchmarks = tuple(self.benchmarks or ())
 
     def run_settings(self) -> DaLoraRunSettings:
         """The settings :func:`afr.experiments.dalora_run.run_method` trains this (method, seed) run with."""
