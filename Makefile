@@ -126,43 +126,40 @@ crossdomain-results: $(STAMP)
 	$(foreach name,$(CROSSDOMAIN_GRIDS),$(VENV)/bin/papermill --cwd notebooks --log-level WARNING \
 	  -y '$(CROSSDOMAIN_$(name))' notebooks/05_crossdomain.ipynb $(RUN_DIR)/05_crossdomain_$(name)_results.ipynb && ) true
 
-# The full profile on a GPU box: `make full DATA=<CASIA-WebFace folder: train.rec/.idx/property> BINS=<folder with
-# lfw.bin cfp_fp.bin agedb_30.bin calfw.bin cplfw.bin> WEIGHTS=<local Hugging Face directory> [THERMAL=<folder of
-# thermal face crops, one sub-folder per identity>]`; optional BACKBONE (dinov2-vits14 or clip-vitb16), IDENTITIES (a
-# seeded CASIA identity subset, e.g. 1000), SEEDS, EPOCHS. Notebook 02 (zero-shot vs LoRA on the five benchmarks), one
-# run per seed; with THERMAL also notebook 05 (CASIA-WebFace -> thermal with k = SHOTS labelled thermal images per
-# identity, forgetting on the five packs; META_STEPS, ADAPT_STEPS, ADAPT_BATCH are starting points, not tuned), into
-# results/notebooks/. Notebooks 03, 04 and 06 are built on the embedded benchmark's collections and have no
-# full-profile variant; the target says so instead of running them on the wrong data.
+# The full profile on a GPU box, the users' one command: `make full DATA=<CASIA-WebFace folder: train.rec/.idx/property>
+# BINS=<folder with lfw.bin cfp_fp.bin agedb_30.bin calfw.bin cplfw.bin> WEIGHTS=<local Hugging Face directory>
+# [THERMAL=<folder of thermal face crops, one sub-folder per identity>]`. It labels CASIA-WebFace's domains once,
+# runs notebook 02 per seed, 03 (LoRA vs DA-LoRA on the labelled domains), 05 with THERMAL, and the paper's numbers
+# (afr/experiments/full_chain.py says what each step does); executed notebooks go to results/notebooks/. Every
+# setting is a variable below (defaults: FRoundation's recipe where it gives one, else this project's, fixed in
+# advance). SMOKE=1 runs the chain in miniature on CPU (1 seed, 1 epoch, the smallest budgets): it shows the chain
+# runs, its numbers are not results.
 BACKBONE ?= dinov2-vits14
-IDENTITIES ?= null
-SEEDS ?= 0 1 2
+IDENTITIES ?= 1000
+VAL_IDENTITIES ?= 100
+RANK ?= 16
+BATCH ?= 128
+LR ?= 3e-4
 EPOCHS ?= 4
-THERMAL ?=
-SHOTS ?= 10, 50, 100
+SEEDS ?= 0 1 2
+SHOTS ?= 10 50 100
 META_STEPS ?= 200
 ADAPT_STEPS ?= 50
 ADAPT_BATCH ?= 128
-# the data and model every full-profile notebook is given
-FULL_DATA = data_profile: full, backbone: $(BACKBONE), weights: '$(abspath $(WEIGHTS))', \
-  train_rec: '$(abspath $(DATA))', bins_dir: '$(abspath $(BINS))', num_identities: $(IDENTITIES)
+WORKERS ?= 8
+DEVICE ?= auto
+DOMAIN_LABELS ?= data/processed/casia_domain_labels
+THERMAL ?=
+SMOKE ?=
 full: $(STAMP)
 	@for name in DATA BINS WEIGHTS; do eval value=\$${!name:-}; test -n "$$value" || { \
 	  echo "make full: set $$name (DATA=CASIA-WebFace folder, BINS=folder of the five .bin packs, WEIGHTS=local Hugging Face directory)"; exit 2; }; done
-	@for path in "$(DATA)/train.rec" "$(DATA)/train.idx" "$(DATA)/property" "$(WEIGHTS)" $(if $(THERMAL),"$(THERMAL)"); do \
-	  test -e "$$path" || { echo "make full: $$path not found"; exit 2; }; done
-	@mkdir -p $(RUN_DIR)
-	@for seed in $(SEEDS); do echo "== notebook 02, full profile, $(BACKBONE), seed $$seed"; \
-	  $(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y "{$(FULL_DATA), \
-	    epochs: $(EPOCHS), seed: $$seed, num_workers: 8, progress: false}" \
-	    notebooks/02_baseline.ipynb $(RUN_DIR)/02_baseline_full_$(BACKBONE)_seed$$seed.ipynb; done
-	@if [ -n "$(THERMAL)" ]; then echo "== notebook 05, full profile, $(BACKBONE), seeds $(SEEDS), k = $(SHOTS)"; \
-	  $(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y "{$(FULL_DATA), \
-	    target_dir: '$(abspath $(THERMAL))', seeds: [$(shell echo $(SEEDS) | tr ' ' ,)], \
-	    shots: [$(SHOTS)], meta_steps: $(META_STEPS), adapt_steps: $(ADAPT_STEPS), adapt_batch: $(ADAPT_BATCH), \
-	    progress: false}" notebooks/05_crossdomain.ipynb $(RUN_DIR)/05_crossdomain_full_$(BACKBONE).ipynb; \
-	else echo "make full: notebook 05 skipped (set THERMAL=<folder of thermal face crops> to run it)"; fi
-	@echo "make full: notebooks 03, 04 and 06 have no full-profile variant (embedded benchmark only); see README"
+	$(PY) -m afr.experiments.full_chain --data "$(DATA)" --bins "$(BINS)" --weights "$(WEIGHTS)" \
+	  $(if $(THERMAL),--thermal "$(THERMAL)") --domain-labels "$(DOMAIN_LABELS)" --backbone $(BACKBONE) \
+	  --identities $(IDENTITIES) --val-identities $(VAL_IDENTITIES) --rank $(RANK) --batch $(BATCH) --lr $(LR) \
+	  --epochs $(EPOCHS) --seeds $(SEEDS) --shots $(SHOTS) --meta-steps $(META_STEPS) --adapt-steps $(ADAPT_STEPS) \
+	  --adapt-batch $(ADAPT_BATCH) --workers $(WORKERS) --device $(DEVICE) --notebooks-out $(RUN_DIR) \
+	  $(if $(SMOKE),--smoke)
 
 # Notebook 06's committed grid: 3 seeds, the component table and every sweep (rank, K, λ1, λ2, MAML inner steps),
 # 1 epoch per run, MAML starts of 20 outer steps; 66 runs and 24 starts, about 50 min of one core (records reused,

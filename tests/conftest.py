@@ -115,3 +115,19 @@ def local_hf_models(tmp_path_factory):
     CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=64)).save_pretrained(
         root / "clip-vit-base-patch16")
     return root
+
+
+@pytest.fixture(scope="session")
+def thermal_folder(embedded_benchmark, tmp_path_factory):
+    """``<root>/<identity>/<n>.png``: every thermal training chip of the embedded benchmark (49 identities)."""
+    from afr.data.collections import training_collections
+
+    root = tmp_path_factory.mktemp("thermal")
+    dataset = embedded_benchmark.train_dataset()
+    collections = training_collections(embedded_benchmark)
+    for index in np.flatnonzero(np.isin(collections, ("thermal_und", "thermal_puj"))):
+        image, label, _ = dataset[int(index)]
+        folder = root / f"{collections[index]}_{label:04d}"
+        folder.mkdir(exist_ok=True)
+        cv2.imwrite(str(folder / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return root

@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 
-from afr.data.collections import training_collections
 from afr.data.folder import ImageFolderDataset
 from afr.data.full_profile import LazyChips, folder_split
 from afr.experiments.baseline import FULL_BENCHMARKS
@@ -28,20 +27,6 @@ from afr.models import create_backbone
 from afr.paths import PROJECT_ROOT, MissingResourceError
 
 pytestmark = pytest.mark.usefixtures("embedded_benchmark")
-
-
-@pytest.fixture(scope="module")
-def thermal_folder(embedded_benchmark, tmp_path_factory):
-    """``<root>/<identity>/<n>.png``: every thermal training chip of the embedded benchmark (49 identities)."""
-    root = tmp_path_factory.mktemp("thermal")
-    dataset = embedded_benchmark.train_dataset()
-    collections = training_collections(embedded_benchmark)
-    for index in np.flatnonzero(np.isin(collections, ("thermal_und", "thermal_puj"))):
-        image, label, _ = dataset[int(index)]
-        folder = root / f"{collections[index]}_{label:04d}"
-        folder.mkdir(exist_ok=True)
-        cv2.imwrite(str(folder / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -140,8 +140,9 @@ class FullCrossDomainData:
 def load_full_cross_domain(train_rec: str | None, num_identities: int | None, target_dir: str | None,
                            target_test_identities: int | None, bins_dir: str | None, benchmarks: Sequence[str],
                            target_bins: Sequence[str] = (), target: str = "thermal",
-                           source: str = "casia") -> FullCrossDomainData:
-    """CASIA-WebFace's seeded identity subset (seed 0, every image of each identity) as collection ``source``, the
+                           source: str = "casia", source_domains: Any = None) -> FullCrossDomainData:
+    """CASIA-WebFace's seeded identity subset (seed 0, every image of each identity) as collection ``source`` (with
+    ``source_domains``, a :class:`~afr.data.domain_labels.DomainLabelling` of the pack: each image's domain), the
     target folder's training identities as collection ``target`` (labels after the source's), the target folder's
     test pack, the ``benchmarks`` packs of ``bins_dir`` and the ``target_bins`` packs. Every missing input raises
     MissingResourceError naming it, checked before anything is decoded."""
@@ -155,7 +156,7 @@ def load_full_cross_domain(train_rec: str | None, num_identities: int | None, ta
     missing = [path for path in target_bins if not Path(path).is_file()]
     if missing:
         raise MissingResourceError(f"target_bins not found: {', '.join(missing)}")
-    source_packs = load_named_packs(bins_dir, benchmarks, "bins_dir")
+    source_packs = load_named_packs(bins_dir, benchmarks, "bins_dir") if benchmarks else {}
     casia = open_casia(train_rec)
     size = int(casia.image_size[0])
     subset = identity_subset(casia, num_identities, seed=SPLIT_SEED)
@@ -174,7 +175,11 @@ def load_full_cross_domain(train_rec: str | None, num_identities: int | None, ta
     labels = np.concatenate([source_labels, [relabel[int(label)] for label in folder.labels[train_indices]]])
     identities = np.array([f"{source}/{name}" for name in source_names]
                           + [f"{target}/{folder.classes[label]}" for label in folder.labels[train_indices]], dtype=object)
-    collections = np.array([source] * len(source_indices) + [target] * len(train_indices))
+    if source_domains is not None:
+        source_collections = [source_domains.names[int(code)] for code in np.asarray(source_domains.codes)[source_indices]]
+    else:
+        source_collections = [source] * len(source_indices)
+    collections = np.array(source_collections + [target] * len(train_indices))
     return FullCrossDomainData(
         chips=LazyChips([(casia, source_indices), (folder, train_indices)], size), labels=labels.astype(np.int64),
         collections=collections, identities=identities, image_size=size,

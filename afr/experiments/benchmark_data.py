@@ -95,17 +95,30 @@ def domain_labels_folder(settings: Any) -> Path:
     return resolve_pack_paths(settings.train_rec).rec.parent / "domain_labels"
 
 
+def checked_domain_labels_folder(settings: Any) -> Path:
+    """:func:`domain_labels_folder`, or a MissingResourceError that names it and the command that writes it."""
+    folder = domain_labels_folder(settings)
+    if not folder.is_dir():
+        raise MissingResourceError(
+            f"domain_labels: {shown_path(folder)} not found; the full profile's domain experts and tasks need the "
+            f"domain of every training image: python -m afr label-domains --train-rec {settings.train_rec} "
+            f"--out {folder}")
+    return folder
+
+
+def open_domain_labels(settings: Any):
+    """The :class:`~afr.data.domain_labels.DomainLabelling` of CASIA-WebFace (checked against the pack)."""
+    from afr.data.domain_labels import load_domain_labels
+
+    return load_domain_labels(checked_domain_labels_folder(settings), open_casia(settings.train_rec))
+
+
 def _full_training_data(settings: Any, with_domains: bool = False):
     """CASIA-WebFace: ``val_identities`` held-out identities as a validation pack, a subset of the rest to train;
     ``with_domains``: every image carries its domain (:func:`domain_labels_folder`), kept by the identity subset."""
     dataset = open_casia(settings.train_rec)
     if with_domains:
-        folder = domain_labels_folder(settings)
-        if not folder.is_dir():
-            raise MissingResourceError(
-                f"domain_labels: {shown_path(folder)} not found; DA-LoRA on the full profile needs the domain of "
-                f"every training image: python -m afr label-domains --train-rec {settings.train_rec} --out {folder}")
-        dataset = DomainLabelledDataset.from_folder(dataset, folder)
+        dataset = DomainLabelledDataset.from_folder(dataset, checked_domain_labels_folder(settings))
     labels = dataset_labels(dataset)
     held_out = holdout_identities(labels, settings.val_identities, settings.seed)
     train = identity_subset(dataset, settings.num_identities, settings.seed, exclude=held_out)

@@ -39,6 +39,7 @@ from afr.experiments.records import (check_outputs_writable, check_unfinished_ru
                                      GridRuns)
 # the settings and the methods live in the torch-free settings module; importable here too
 from afr.experiments.settings.maml import META_VARIANTS, METHODS, MamlExperimentSettings  # noqa: F401
+from afr.validation import SettingsError
 from afr.experiments.training_setup import evaluation_device
 from afr.losses.margin import CosFaceMargin
 from afr.meta import adapter_parameters, inner_adapt
@@ -56,15 +57,45 @@ __all__ = ["METHODS", "MamlData", "MamlExperimentSettings", "adaptation_curves",
 # ------------------------------------------------------------------------------------------ data
 def load_data(settings: MamlExperimentSettings) -> MamlData:
     """The training chips in memory and the target collection's test pack
-    (:func:`afr.meta.data.load_training_chips`)."""
+    (:func:`afr.meta.data.load_training_chips`); the full profile's: :func:`load_full_data`."""
+    if settings.data_profile == "full":
+        return load_full_data(settings)
     return load_training_chips(settings.embedded_root, settings.target)
+
+
+def load_full_data(settings: MamlExperimentSettings) -> MamlData:
+    """The full profile: a seeded CASIA-WebFace identity subset whose images' collections are their labelled domains
+    (``domain_labels``), and the target folder's training identities as collection ``thermal``; decoded when used
+    (:func:`afr.data.full_profile.load_full_cross_domain`). ``settings.sources`` left empty becomes every labelled
+    domain; a named source that no image holds is refused."""
+    from afr.data.full_profile import load_full_cross_domain
+    from afr.experiments.benchmark_data import open_domain_labels
+
+    labels = open_domain_labels(settings)
+    full = load_full_cross_domain(settings.train_rec, settings.num_identities, settings.target_dir,
+                                  settings.target_test_identities, None, (), target=settings.target,
+                                  source_domains=labels)
+    data = MamlData(full.chips, full.labels, full.collections, full.target_pack, full.image_size)
+    present = source_collections(dataclasses.replace(settings, sources=()), data)
+    unknown = [source for source in settings.sources if source not in present]
+    if unknown:
+        raise SettingsError(f"--sources: {unknown} are not domains of the CASIA-WebFace subset (labelled: "
+                            f"{', '.join(present)})", "sources")
+    return data
+
+
+def source_collections(settings: MamlExperimentSettings, data: MamlData) -> tuple[str, ...]:
+    """The meta-training collections: ``settings.sources``, or (empty) every collection of ``data`` but the
+    target, in order of appearance."""
+    return settings.sources or tuple(dict.fromkeys(
+        collection for collection in data.collections.tolist() if collection != settings.target))
 
 
 def episode_sampler(settings: MamlExperimentSettings, data: MamlData) -> EpisodeSampler:
     """The run's meta-training episodes: drawn from ``settings.sources`` only (never the held-out target) with the
     run's seed."""
     return EpisodeSampler(data.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
-                          allowed=settings.sources, seed=settings.seed)
+                          allowed=source_collections(settings, data), seed=settings.seed)
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -201,7 +232,7 @@ def run_experiment(settings: MamlExperimentSettings) -> dict[str, Any]:
 def support_summary(data: MamlData, settings: MamlExperimentSettings) -> str:
     """Which collections meta-train, how many training identities and images each has, and the held-out target."""
     lines = []
-    for collection in (*settings.sources, settings.target):
+    for collection in (*source_collections(settings, data), settings.target):
         chosen = data.collections == collection
         role = "target (held out)" if collection == settings.target else "source"
         lines.append(f"{collection:<12} {role:<18} {len(set(data.labels[chosen].tolist())):>3} identities "

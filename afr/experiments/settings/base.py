@@ -248,7 +248,8 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type[Experime
     defaults = settings_class()
     for spec in dataclasses.fields(settings_class):
         scalar, _, is_tuple = _argument_type(hints[spec.name])
-        default = getattr(defaults, spec.name)
+        # the declared default (a default resolved by the settings, e.g. per profile, is resolved again there)
+        default = spec.default if spec.default is not dataclasses.MISSING else getattr(defaults, spec.name)
         help_text = spec.metadata.get("help", "")
         flag = "--" + spec.name.replace("_", "-")
         if scalar is bool:

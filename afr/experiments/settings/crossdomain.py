@@ -103,6 +103,7 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
         "backbone", "rank", "meta_steps", "inner_steps", "adapt_steps", "adapt_lr", "contrastive_weight",
         "unlabelled_weight")
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction", *FULL_PROFILE_FIELDS, "adapt_batch")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
     #: shots may be "all": checked when parsed (_parse_shots)
     RULES: ClassVar[dict[str, Any]] = {"shots": None}
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from afr.experiments.settings.base import setting
 
-__all__ = ["BackboneFields", "DaLoraFields", "FullProfileFields", "GridFields", "MetaStartFields",
-           "RecordedStartFields", "RunFields", "TrainingFields"]
+__all__ = ["BackboneFields", "BenchmarkPackFields", "CasiaFields", "DaLoraFields", "FullProfileFields", "GridFields",
+           "MetaStartFields", "RecordedStartFields", "RunFields", "TrainingFields"]
 
 MARGINS = ("cosface", "arcface")
 HEAD_INITS = ("random", "class-mean")
@@ -36,17 +36,29 @@ class BackboneFields:
 
 
 @dataclass
-class FullProfileFields:
-    """The full profile's data (a GPU box): CASIA-WebFace for training, the InsightFace packs (notebooks 02, 05)."""
+class CasiaFields:
+    """The full profile's training data (a GPU box): CASIA-WebFace, a seeded identity subset (notebooks 02-05)."""
 
     data_profile: str = setting("embedded", "embedded: the CPU benchmark of notebook 01; full: CASIA-WebFace + "
                                 "the five InsightFace packs", choices=DATA_PROFILES)
     train_rec: str | None = setting(None, "full profile: CASIA-WebFace folder (train.rec/.idx/property)")
     num_identities: int | None = setting(None, "full profile: seeded CASIA-WebFace identity subset (FRoundation: "
                                          "1000, 10000); default all")
+
+
+@dataclass
+class BenchmarkPackFields:
+    """The full profile's test packs: the five InsightFace verification packs (notebooks 02, 03, 05)."""
+
     bins_dir: str | None = setting(None, "full profile: folder with lfw.bin cfp_fp.bin agedb_30.bin calfw.bin "
                                    "cplfw.bin")
     benchmarks: tuple[str, ...] = setting((), "test packs to score (default: all of the profile)")
+
+
+@dataclass
+class FullProfileFields(BenchmarkPackFields, CasiaFields):
+    """The full profile's data (a GPU box): CASIA-WebFace for training, the InsightFace packs to test (notebooks 02,
+    03, 05)."""
 
 
 @dataclass

@@ -6,28 +6,45 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, SettingsError, setting
-from afr.experiments.settings.fields import BackboneFields, GridFields, MetaStartFields, RunFields
+from afr.validation import Rule
+from afr.experiments.settings.fields import BackboneFields, CasiaFields, GridFields, MetaStartFields, RunFields
 
 __all__ = ["META_VARIANTS", "METHODS", "MamlExperimentSettings"]
 
 METHODS = ("maml", "fomaml", "pooled-lora", "random")
+#: the embedded profile's default target and source collections; the full profile's target collection
+EMBEDDED_TARGET, EMBEDDED_SOURCES, FULL_TARGET = "thermal_und", ("orl", "yale", "lowquality", "thermal_puj"), "thermal"
 #: how each method meta-trains: (inner steps from the settings?, first order)
 META_VARIANTS = {"maml": (True, False), "fomaml": (True, True), "pooled-lora": (False, True)}
 
 
 @dataclass
 class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, MetaStartFields, GridFields,
-                             BackboneFields):
+                             CasiaFields, BackboneFields):
     """Notebook 04 / ``python -m afr maml``: every field is a notebook parameter and a CLI option.
 
-    Fields: :class:`BackboneFields`, :class:`GridFields`, :class:`MetaStartFields`, :class:`RunFields`, then its
-    own (the grid's methods, the target and source collections, the adaptation's shots and steps)."""
+    Fields: :class:`BackboneFields`, :class:`CasiaFields`, :class:`GridFields`, :class:`MetaStartFields`,
+    :class:`RunFields`, then its own (the grid's methods, the target and source collections, the adaptation's shots
+    and steps, the full profile's target folder and domain labels).
+
+    The full profile's tasks are CASIA-WebFace's domains (``python -m afr label-domains``: one collection per
+    domain, over a seeded identity subset) and its target is a folder of face crops (``target_dir``, e.g. thermal;
+    collection ``thermal``), split once into training identities (the k-shot supports) and test identities (the
+    test pack). ``sources`` empty: every collection of the profile but the target; ``target`` None: the profile's
+    (embedded ``thermal_und``, full ``thermal``)."""
 
     experiment: ClassVar[str] = "maml"
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
         *ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds", "checkpoint_every")
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "backbone", "rank", "target", "meta_steps", "inner_steps", "inner_lr", "meta_lr")
+    #: the full profile's settings, added after the embedded grid was recorded: in the digest and the table's
+    #: columns only when they differ from their defaults, so the embedded runs keep their tags and rows
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
+        "data_profile", "train_rec", "num_identities", "target_dir",
+        "target_test_identities", "domain_labels")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
+    RULES: ClassVar[dict[str, Rule | None]] = {"sources": Rule(kind="name", many=True, empty=True)}  # empty: default
 
     rank: int = setting(8, "LoRA rank r")
     inner_lr: float = setting(1e-3, "SGD learning rate of the inner loop and of the adaptation to the target (1e-2 "
@@ -36,12 +53,20 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Meta
 
     methods: tuple[str, ...] = setting(METHODS, "rows to run (subset of " + ", ".join(METHODS) + ")")
     method: str = setting("maml", "method of a single run (the grid sets it per run)", choices=METHODS)
-    target: str = setting("thermal_und", "held-out target collection (a centre-cropped thermal collection)")
-    sources: tuple[str, ...] = setting(("orl", "yale", "lowquality", "thermal_puj"),
-                                       "meta-training collections (the tasks' domains)")
+    target: str | None = setting(None, "held-out target collection (default: embedded thermal_und, a centre-cropped "
+                                 "thermal collection; full: thermal, the target_dir folder)")
+    sources: tuple[str, ...] = setting((), "meta-training collections, the tasks' domains (default: every collection "
+                                       "but the target; embedded: orl yale lowquality thermal_puj; full: CASIA-WebFace's "
+                                       "labelled domains)")
     shots: tuple[int, ...] = setting((1, 2, 4), "k: labelled target images per training identity")
     steps: tuple[int, ...] = setting((0, 1, 3, 5), "adaptation steps at which the target is scored (make results: "
                                      "0 1 3 5 10 25)")
+    target_dir: str | None = setting(None, "full profile: target face crops, <dir>/<identity>/<image> (collection "
+                                     "thermal)")
+    target_test_identities: int | None = setting(None, "full profile: target identities held out as the test pack's "
+                                                 "(default: half)")
+    domain_labels: str | None = setting(None, "full profile: the folder of `python -m afr label-domains` (default: "
+                                        "<train_rec>/domain_labels): the domain of every CASIA-WebFace image")
     checkpoint_every: int = setting(5, "checkpoint the meta-training every this many outer steps (and at the end): "
                                     "a killed run continues from there with --resume (5 steps: well under a minute "
                                     "of CPU work lost)")
@@ -50,7 +75,16 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Meta
         super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), resume vs overwrite
         self.methods = tuple(self.methods)
         self.seeds = tuple(int(seed) for seed in self.seeds)
-        self.sources = tuple(self.sources)
+        if self.data_profile == "full" and not self.target_dir:
+            raise SettingsError("--target-dir (setting target_dir): the full profile's target is a folder of face "
+                                "crops, <dir>/<identity>/<image> (e.g. thermal)", "target_dir", "data_profile")
+        if self.data_profile == "full" and self.target not in (None, FULL_TARGET):
+            raise SettingsError(f"--target: the full profile's target is the target_dir folder, collection "
+                                f"{FULL_TARGET!r}; got {self.target!r}", "target")
+        self.target = self.target or (FULL_TARGET if self.data_profile == "full" else EMBEDDED_TARGET)
+        # the embedded default is resolved here (its runs were recorded with it); the full profile's default (every
+        # labelled domain) is known once the labels are read
+        self.sources = tuple(self.sources) or (EMBEDDED_SOURCES if self.data_profile == "embedded" else ())
         self.shots = tuple(int(k) for k in self.shots)
         self.steps = tuple(sorted(int(step) for step in self.steps))
         unknown = [method for method in (*self.methods, self.method) if method not in METHODS]
