@@ -242,6 +242,7 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
     ``report`` says so and names ``overwrite``."""
     from tqdm.auto import tqdm
 
+    settings.check_world_size()  # not data-parallel: refused under torchrun with several processes
     check_outputs_writable(settings.experiment, settings.runs_folder)
     cells = grid_cells(settings)
     by_tag: dict[str, list[Cell]] = {}

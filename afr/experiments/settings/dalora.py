@@ -30,6 +30,7 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
     :class:`RunFields`, then its own (the grid's methods, the learning-rate search, the shared expert)."""
 
     experiment: ClassVar[str] = "dalora"
+    DATA_PARALLEL: ClassVar[bool] = True  # torchrun: rank 0 decides and writes, batch_size is the global batch
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
         *ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds", "search_lrs", "publish_adapters")
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
