@@ -5,11 +5,11 @@ variables: torchrun would take ``--log...`` for an abbreviation of its own ``--l
 * torch's global RNG is seeded (``torch.manual_seed(0)``): torch seeds it randomly at start-up, and the tiny test
   backbones are random models drawn from it, so without this two runs (or a single run and a DDP run's rank 0) would
   train different models (the real backbones load their weights);
-* ``CLI_WORKER_LOG=DIR``: every test-pack scoring (``evaluate_on_packs`` as the recipes call it) and every file the records
-  layer writes (records, tables) appends one JSON line ``{"rank", "what", ...}`` to ``DIR/rank<r>.jsonl``;
-* ``CLI_WORKER_JOINT_OF=N`` (single process only): the recipes' training config takes ``batch_size / N`` images per batch
-  and accumulates ``N`` batches per optimizer step, i.e. the joint batch of an N-process run whose sampler gives
-  rank r the batches r, r + N, ... of the single-process stream (the identity sampler of notebook 03).
+* ``CLI_WORKER_LOG=DIR``: every test-pack scoring (``evaluate_on_packs`` as the recipes call it) and every file the
+  records layer writes (records, tables) appends one JSON line ``{"rank", "what", ...}`` to ``DIR/rank<r>.jsonl``;
+* ``CLI_WORKER_JOINT_OF=N`` (single process only): the recipes' training config takes ``batch_size / N`` images per
+  batch and accumulates ``N`` batches per optimizer step, i.e. the joint batch of an N-process run whose sampler
+  gives rank r the batches r, r + N, ... of the single-process stream (the identity sampler of notebook 03).
 """
 from __future__ import annotations
 

@@ -112,6 +112,31 @@ def test_torchrun_dalora_two_processes_write_once_and_equal_one_process_on_the_j
     _assert_same_result(record, single, record["test"], single["test"])
 
 
+@pytest.mark.slow
+def test_torchrun_ablations_rank_zero_meta_trains_the_start_and_the_run_equals_one_process_on_the_joint_batch(
+        tmp_path, embedded_benchmark):
+    args = ["ablations", *COMMON, "--batch-size", "16", "--groups", "component", "--components", "dalora+maml",
+            "--seeds", "0", "--meta-steps", "1"]
+    finished, entries = _run(tmp_path / "ddp", args, 2)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    (tag,) = json.loads(finished.stdout)["runs"]  # exactly one JSON document on stdout: rank 0's
+    folder = tmp_path / "ddp" / "results" / "ablations"
+    (start,) = [path for path in _records(folder) if "maml-start" in path.name]  # meta-trained once, by rank 0
+    assert _records(tmp_path / "ddp" / "results") == sorted([start, folder / f"{tag}.json"])
+    record = json.loads((folder / f"{tag}.json").read_text())
+    assert record["settings"]["world_size"] == 2 and record["settings"]["batch_size_per_process"] == 8
+
+    alone, single_entries = _run(tmp_path / "one", args, 1, joint_of=2)
+    assert alone.returncode == 0, alone.stderr[-4000:]
+    (single_tag,) = json.loads(alone.stdout)["runs"]
+    single = json.loads((tmp_path / "one" / "results" / "ablations" / f"{single_tag}.json").read_text())
+    _check_rank_zero_did_everything(entries, single_entries)
+    assert "world_size" not in single["settings"] and single_tag != tag
+    assert (tmp_path / "one" / "results" / "ablations" / start.name).is_file()  # the start's tag: one process's
+    assert record["train"]["steps"] == single["train"]["steps"]
+    _assert_same_result(record, single, record["test"], single["test"])
+
+
 def _assert_same_result(record: dict, single: dict, test: dict, single_test: dict) -> None:
     """Training loss, validation and test metrics of the DDP run equal the single process's (float tolerance)."""
     (ddp_epoch,), (one_epoch,) = record["train"]["history"], single["train"]["history"]
