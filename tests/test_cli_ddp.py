@@ -71,6 +71,11 @@ def test_torchrun_baseline_two_processes_write_once_and_equal_one_process_on_the
     assert _records(tmp_path / "ddp" / "results") == [tmp_path / "ddp" / "results" / f"{record['tag']}.json"]
     assert json.loads((tmp_path / "ddp" / "results" / f"{record['tag']}.json").read_text()) == record
     assert any(key.startswith("val/") for key in record["train"]["history"][0])  # rank 0's validated history
+    # the same command again: reused by both ranks (rank 0's decision), one line says so, nothing written or scored
+    again, again_entries = _run(tmp_path / "ddp", ["baseline", *COMMON], 2)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert json.loads(again.stdout) == record and again.stderr.count("reusing the recorded run") == 1
+    assert again_entries == entries
 
     alone, single_entries = _run(tmp_path / "one", ["baseline", *COMMON], 1)
     assert alone.returncode == 0, alone.stderr[-4000:]

@@ -4,6 +4,10 @@
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_distributed` reads them and
 joins the process group (NCCL on CUDA, Gloo on CPU). Without those variables everything here
 degrades to a single process: rank 0 of 1, ``barrier`` is a no-op and models are not wrapped.
+
+The experiments' recipes run every rank through the same code and hand :func:`on_main` what only rank 0 may do:
+decide (reuse a recorded run, refuse to replace one), write (adapters, records, tables), score the test packs; the
+other ranks wait for it and get its result (or its error), so they return the same summary without writing.
 """
 from __future__ import annotations
 
