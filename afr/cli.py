@@ -523,7 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "torch" in sys.modules:  # a torchrun (DDP) run: every rank finishes before the process group goes
         from afr.train import distributed
 
+        rank = distributed.job_rank()
         distributed.finish()
+        if rank != 0:  # the other ranks return rank 0's result (on_main); rank 0 alone prints it
+            return 0
     print(json.dumps(output, indent=2))
     return 0
 

@@ -61,8 +61,8 @@ def test_settings_from_a_notebook_namespace_refuse_an_unknown_parameter():
     namespace = {name: getattr(DaLoraExperimentSettings(), name) for name in DaLoraExperimentSettings.field_names()}
     shipped = "# Parameters (papermill overrides these)\n" + "".join(f"{name} = None\n" for name in namespace)
     assert DaLoraExperimentSettings.from_mapping({**namespace, "In": ["", shipped]}).epochs == 2
-    with pytest.raises(SettingsError, match="bins_dir"):
-        DaLoraExperimentSettings.from_mapping({**namespace, "In": ["", shipped, "# Parameters\nbins_dir = '/x'\n"]})
+    with pytest.raises(SettingsError, match="target_dir"):
+        DaLoraExperimentSettings.from_mapping({**namespace, "In": ["", shipped, "# Parameters\ntarget_dir = '/x'\n"]})
 
 
 @pytest.mark.parametrize("changes", [{"train_rec": "/data/casia"}, {"bins_dir": "/data/bins"},
@@ -97,7 +97,7 @@ def test_papermill_with_a_parameter_the_notebook_does_not_use_stops_before_any_w
     for name in ("results", "runs", "figures"):
         monkeypatch.setenv(f"AFR_{name.upper()}", str(tmp_path / name))
     with pytest.raises(papermill.PapermillExecutionError) as error:
-        papermill.execute_notebook(str(ROOT / "notebooks" / "04_maml.ipynb"), str(tmp_path / "04.ipynb"),
+        papermill.execute_notebook(str(ROOT / "notebooks" / "06_ablations.ipynb"), str(tmp_path / "06.ipynb"),
                                    parameters={"data_profile": "full", "train_rec": "/data/casia"},
                                    cwd=str(ROOT / "notebooks"), progress_bar=False, log_output=False)
     assert error.value.ename == "SettingsError"

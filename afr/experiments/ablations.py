@@ -58,6 +58,7 @@ from afr.experiments.settings.ablations import (  # noqa: F401
     AblationSettings, Cell, grid_cells, grid_runs)
 from afr.io import atomic_write_text
 from afr.paths import results_root
+from afr.train import distributed
 
 __all__ = ["COMPONENTS", "EXPERT_SCHEMES", "GROUPS", "SWEEPS", "AblationData", "AblationSettings", "Cell",
            "ExpertView", "adapter_settings", "compare_with_committed", "expert_names", "grid_cells", "grid_runs",
@@ -210,9 +211,10 @@ def _run(settings: AblationSettings, data: AblationData, retrained_starts: set[s
     start first when it must be trained."""
     train = training_view(data, settings.experts)
     warm_start = None
-    if settings.maml_start and (settings.overwrite or not record_path(settings).is_file()):
+    # under torchrun rank 0 decides and meta-trains the start (one process; the others wait for its adapter)
+    if settings.maml_start and distributed.on_main(lambda: settings.overwrite or not record_path(settings).is_file()):
         retrain = settings.overwrite and settings.start_tag not in retrained_starts
-        warm_start = run_start(settings, data, retrain=retrain)
+        warm_start = distributed.on_main(lambda: run_start(settings, data, retrain=retrain))
         retrained_starts.add(settings.start_tag)
     run_data = BenchmarkData(train, data.baseline.val_packs, data.baseline.test_packs)
     return run_method(settings.run_settings(), run_data, adapter_settings(settings, train), warm_start,
@@ -242,22 +244,27 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
     ``report`` says so and names ``overwrite``."""
     from tqdm.auto import tqdm
 
+    settings.check_world_size()  # a torchrun job of several processes: batch_size splits over them
     check_outputs_writable(settings.experiment, settings.runs_folder)
     cells = grid_cells(settings)
     by_tag: dict[str, list[Cell]] = {}
     for cell in cells:
         by_tag.setdefault(cell.settings.tag, []).append(cell)
     runs = [served[0].settings for served in by_tag.values()]
-    check_starts(runs)
-    check_unfinished_runs([(record_path(run), run.run_dir) for run in runs]
-                          + [(_record_path(run.start_tag), run.start_dir) for run in runs if run.maml_start],
-                          settings.resume, settings.overwrite)
+    # under torchrun rank 0 checks, writes and reports (distributed.on_main); the ranks train each run together
+    distributed.on_main(lambda: check_starts(runs))
+    distributed.on_main(lambda: check_unfinished_runs(
+        [(record_path(run), run.run_dir) for run in runs]
+        + [(_record_path(run.start_tag), run.start_dir) for run in runs if run.maml_start],
+        settings.resume, settings.overwrite))
     outcomes, retrained = {}, set()
-    for tag, served in tqdm(by_tag.items(), desc="ablation runs", disable=not progress):
+    shown = progress and distributed.job_rank() == 0
+    for tag, served in tqdm(by_tag.items(), desc="ablation runs", disable=not shown):
         outcomes[tag] = _run(served[0].settings, data, retrained)
-        append_rows(settings.experiment, _rows(served, outcomes[tag].record), grid=settings.grid)
+        distributed.on_main(lambda: append_rows(settings.experiment, _rows(served, outcomes[tag].record),
+                                                grid=settings.grid))
     reused = [served[0].settings for tag, served in by_tag.items() if outcomes[tag].reused]
-    if reused and report is not None:
+    if reused and report is not None and distributed.job_rank() == 0:
         report(reuse_note([record_path(run) for run in reused], [run.seed for run in reused]))
     return outcomes
 

@@ -20,7 +20,6 @@ training pack first, so a bad ``train.rec`` is reported before anything slow), :
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from afr.experiments.settings.baseline import PUBLISHED_FROUNDATION, BaselineSet
 from afr.models import FaceRecognitionModel, create_backbone
 from afr.paths import runs_root
 from afr.experiments.training_setup import evaluation_device, initialise_centres, optimizer_groups, train_config
-from afr.train import Trainer, seed_everything
+from afr.train import Trainer, distributed, seed_everything
 
 __all__ = [
     "FULL_BENCHMARKS",
@@ -156,7 +155,7 @@ def baseline_result(
     return {
         "experiment": settings.experiment,
         "tag": settings.tag,
-        "settings": dataclasses.asdict(settings),
+        "settings": settings.recorded_settings(),  # + world_size under torchrun
         "seed": settings.seed,
         "train": {"records": len(data.train), "identities": model.num_classes, "steps": train_result.step,
                   "history": train_result.history, "lora_trainable_parameters": trainable,
@@ -204,24 +203,34 @@ def train_or_reuse(settings: BaselineSettings, data: BaselineData | None = None,
     too), else trained (LoRA validated per epoch), scored once on the test packs and, with ``write``, recorded
     (adapter in ``<run dir>/adapter``, record, rows of ``results/tables/baseline.csv``). ``data``: the run's
     :func:`load_data` when the caller has it already."""
+    # under torchrun (several processes) rank 0 decides (reuse, refuse), writes, scores the test packs and reports;
+    # the others train with it and get the same record (distributed.on_main)
+    settings.check_world_size()  # a job of several processes: batch_size splits over them
     path = result_path(settings.tag)
-    if write and path.is_file() and not settings.overwrite:
-        record = reuse_record(path, settings.experiment, lambda record: result_rows(settings, record),
-                              grid=settings.grid)
+    report = report if distributed.job_rank() == 0 else None
+    if write and distributed.on_main(lambda: path.is_file() and not settings.overwrite):
+        record = distributed.on_main(lambda: reuse_record(path, settings.experiment,
+                                                          lambda record: result_rows(settings, record),
+                                                          grid=settings.grid))
         if report is not None:
             report(reuse_note([path], [settings.seed]))
         return BaselineRun(record, path, reused=True)
     started = time.time()
     if write:
-        claim_run(settings)
+        distributed.on_main(lambda: claim_run(settings))
     data = data if data is not None else load_data(settings)
     backbone = create_backbone(settings.backbone, settings.weights)
     model, train_result = train_lora(backbone, data.train, settings, data.val_packs)
-    if write:
-        save_adapter(model.backbone, train_result.output_dir / "adapter")
-    test = score_test_packs(settings, model.backbone, data.test_packs) if settings.score_test else None
-    result = baseline_result(settings, data, model, train_result, test, time.time() - started)
-    return BaselineRun(result, record_result(settings, result) if write else None, reused=False, model=model)
+
+    def finish() -> tuple[dict[str, Any], Path | None]:
+        if write:
+            save_adapter(model.backbone, train_result.output_dir / "adapter")
+        test = score_test_packs(settings, model.backbone, data.test_packs) if settings.score_test else None
+        result = baseline_result(settings, data, model, train_result, test, time.time() - started)
+        return result, record_result(settings, result) if write else None
+
+    result, recorded = distributed.on_main(finish)
+    return BaselineRun(result, recorded, reused=False, model=model)
 
 
 def run_baseline(settings: BaselineSettings, write: bool = True,

@@ -574,6 +574,7 @@ def run_grid(settings: CrossDomainSettings, data: CrossDomainData, report: Calla
     (:func:`check_starts`) and interrupted starts are refused
     (:func:`~afr.experiments.records.check_unfinished_runs`). Adapted runs recorded already are reused, and one line
     through ``report`` says so and names ``overwrite``."""
+    settings.check_world_size()  # not data-parallel: refused under torchrun with several processes
     check_outputs_writable(settings.experiment, settings.runs_folder)
     adapted = [(method, seed) for seed in settings.seeds for method in settings.adapted_methods()]
     reused = [] if settings.overwrite else [

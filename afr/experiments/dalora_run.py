@@ -37,12 +37,13 @@ from afr.eval.packs import evaluate_on_packs, pack_evaluators
 from afr.experiments.benchmark_data import BenchmarkData
 from afr.experiments.records import (environment_info, final_validation_metrics, metric_rows, reuse_record,
                                      write_record)
+from afr.experiments.settings.base import job_settings
 from afr.experiments.settings.dalora import DaLoraRunSettings
 from afr.experiments.training_setup import evaluation_device, initialise_centres, optimizer_groups, train_config
 from afr.models import create_backbone
 from afr.models.domain_aware import DomainAwareRecognitionModel
 from afr.paths import results_root
-from afr.train import Trainer, seed_everything
+from afr.train import Trainer, distributed, seed_everything
 
 __all__ = ["ORACLE_EXPERT_OF", "RunOutcome", "adapt", "evaluate_adapted", "expert_domains", "gate_evaluators",
            "gate_table", "parameter_groups", "record_path", "run_method", "run_rows", "validation_evaluators"]
@@ -191,11 +192,12 @@ def run_method(settings: DaLoraRunSettings, data: BenchmarkData, adapter: DaLora
     is one more pass over every image of every pack (pairs not deduplicated), more than a training epoch here.
     ``channels_last`` keeps the conv weights channels-last (:func:`afr.models.layout.fast_layout`): the same
     function up to rounding, about a fifth less CPU time for the dlib ResNet's convolutions."""
+    # under torchrun (several processes) rank 0 decides (reuse or train), saves, scores the test packs and writes;
+    # the others train with it and get the same record (distributed.on_main)
     path = record_path(settings)
-    if path.is_file() and not settings.overwrite:
-        return RunOutcome(reuse_record(path, settings.experiment, lambda record: run_rows(settings, record),
-                                       grid=settings.grid),
-                          reused=True)
+    if distributed.on_main(lambda: path.is_file() and not settings.overwrite):
+        return RunOutcome(distributed.on_main(lambda: reuse_record(
+            path, settings.experiment, lambda record: run_rows(settings, record), grid=settings.grid)), reused=True)
     started = time.time()
     seed_everything(settings.seed)
     backbone = create_backbone(settings.backbone, settings.weights)
@@ -216,22 +218,27 @@ def run_method(settings: DaLoraRunSettings, data: BenchmarkData, adapter: DaLora
     trainer = Trainer(model, data.train, config, augment=FaceAugment() if settings.augment else None,
                       evaluators=evaluators, param_groups=parameter_groups(model, settings))
     result = trainer.fit(resume=settings.resume)
-    save_adapter(backbone, result.output_dir / "adapter")  # LoRA or DA-LoRA (afr.adapters registry), with its type
-    test = None
-    if settings.score_test:
-        test = evaluate_adapted(backbone, settings.method, data.test_packs, evaluation_device(settings))
-    record = {
-        "experiment": settings.experiment, "tag": settings.tag, "method": settings.method, "seed": settings.seed,
-        "settings": dict(settings.recorded),
-        "train": {"steps": result.step, "history": result.history, "adapter_parameters": trainable,
-                  "backbone_parameters": total - trainable, "run_dir": str(result.output_dir)},
-        "test": test, "environment": environment_info(evaluation_device(settings)),
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    if settings.method == "dalora-classifier" and test is not None and gate_statistics:
-        record["gates"] = gate_table(backbone, data.test_packs)
-    write_record(path, record, settings.experiment, run_rows(settings, record), overwrite=settings.overwrite,
-                 grid=settings.grid)
+
+    def finish() -> dict[str, Any]:
+        save_adapter(backbone, result.output_dir / "adapter")  # LoRA or DA-LoRA (afr.adapters registry), with its type
+        test = None
+        if settings.score_test:
+            test = evaluate_adapted(backbone, settings.method, data.test_packs, evaluation_device(settings))
+        record = {
+            "experiment": settings.experiment, "tag": settings.tag, "method": settings.method, "seed": settings.seed,
+            "settings": {**settings.recorded, **job_settings(settings.batch_size)},  # + world_size under torchrun
+            "train": {"steps": result.step, "history": result.history, "adapter_parameters": trainable,
+                      "backbone_parameters": total - trainable, "run_dir": str(result.output_dir)},
+            "test": test, "environment": environment_info(evaluation_device(settings)),
+            "wall_seconds": round(time.time() - started, 1),
+        }
+        if settings.method == "dalora-classifier" and test is not None and gate_statistics:
+            record["gates"] = gate_table(backbone, data.test_packs)
+        write_record(path, record, settings.experiment, run_rows(settings, record), overwrite=settings.overwrite,
+                     grid=settings.grid)
+        return record
+
+    record = distributed.on_main(finish)
     return RunOutcome(record, backbone)
 
 

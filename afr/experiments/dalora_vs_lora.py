@@ -48,6 +48,7 @@ from afr.experiments.training_setup import evaluation_device
 from afr.io import atomic_write_bytes, atomic_write_text
 from afr.models import create_backbone
 from afr.paths import results_root
+from afr.train import distributed
 
 __all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcome", "choose_learning_rates",
            "expert_domains", "gate_table", "grid_table", "load_data", "paired_tests", "export_adapters",
@@ -77,11 +78,11 @@ def run_grid(settings: DaLoraExperimentSettings, data: BenchmarkData,
     check_outputs_writable(settings.experiment, settings.runs_folder)
     runs = {(method, seed): settings.for_run(method, seed, lr=(learning_rates or {}).get(family(method), settings.lr))
             for seed in settings.seeds for method in settings.methods}
-    check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()], settings.resume,
-                          settings.overwrite)
+    distributed.on_main(lambda: check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()],
+                                                      settings.resume, settings.overwrite))  # torchrun: rank 0's say
     outcomes = {key: run_method(run.run_settings(), data) for key, run in runs.items()}
     reused = [key for key, outcome in outcomes.items() if outcome.reused]
-    if reused and report is not None:
+    if reused and report is not None and distributed.job_rank() == 0:
         report(reuse_note([record_path(runs[key]) for key in reused], [seed for _, seed in reused]))
     return outcomes
 
@@ -199,13 +200,15 @@ def record_zero_shot(settings: DaLoraExperimentSettings, metrics: Mapping[str, M
 
 def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:
     """The whole of notebook 03 without its pictures: search, zero-shot, grid; a JSON-ready summary."""
+    settings.check_world_size()  # a job of several processes: batch_size splits over them
     data = load_data(settings)
     learning_rates, _ = choose_learning_rates(settings, data)
-    zero = zero_shot(settings, data.test_packs)
-    record_zero_shot(settings, zero)
+    # under torchrun rank 0 scores and writes (distributed.on_main); the ranks train the runs together
+    zero = distributed.on_main(lambda: zero_shot(settings, data.test_packs))
+    distributed.on_main(lambda: record_zero_shot(settings, zero))
     outcomes = run_grid(settings, data, learning_rates)
     if settings.publish_adapters:
-        export_adapters(outcomes, overwrite=settings.overwrite)
+        distributed.on_main(lambda: export_adapters(outcomes, overwrite=settings.overwrite))
     table = grid_table(outcomes, zero)
     summary = table.groupby(["method", "domain", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
     return {"experiment": settings.experiment, "learning_rates": learning_rates,

@@ -193,6 +193,7 @@ def run_grid(settings: MamlExperimentSettings, data: MamlData, report: Callable[
     (:func:`~afr.experiments.records.check_outputs_writable`), and interrupted meta-trainings of the grid are refused
     unless ``resume`` or ``overwrite`` (:func:`~afr.experiments.records.check_unfinished_runs`). Runs recorded
     already are reused, and one line through ``report`` says so and names ``overwrite``."""
+    settings.check_world_size()  # not data-parallel: refused under torchrun with several processes
     check_outputs_writable(settings.experiment, settings.runs_folder)
     runs = {(method, seed): settings.for_run(method, seed) for seed in settings.seeds for method in settings.methods}
     check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()], settings.resume,

@@ -9,11 +9,13 @@ from torch.utils.data import DataLoader
 
 from afr.train import TrainConfig, collate_samples
 
-__all__ = ["class_mean_embeddings", "evaluation_device", "initialise_centres", "optimizer_groups", "train_config"]
+__all__ = ["class_mean_embeddings", "evaluation_device", "initialise_centres", "optimizer_groups", "per_process_batch",
+           "train_config"]
 
 
 def evaluation_device(settings: Any) -> torch.device:
-    """Where evaluations run: the training device, by the training engine's rule for ``"auto"``."""
+    """Where evaluations run: the training device, by the training engine's rule for ``"auto"`` (under torchrun each
+    process's own, ``cuda:LOCAL_RANK``)."""
     return TrainConfig(device=settings.device).resolve_device()
 
 
@@ -50,10 +52,25 @@ def optimizer_groups(model: nn.Module, settings: Any) -> list[dict[str, Any]]:
     ]
 
 
+def per_process_batch(batch_size: int) -> int:
+    """Each process's share of the global ``batch_size`` (the settings' ``batch_size`` is the images of one optimizer
+    step over all processes): ``batch_size / WORLD_SIZE``, which must be whole (the settings check it first)."""
+    from afr.experiments.settings.base import job_world_size
+    from afr.train.config import ConfigError
+
+    world = job_world_size()
+    if batch_size % world:
+        raise ConfigError(f"batch_size {batch_size} (the global batch) does not split over {world} processes")
+    return batch_size // world
+
+
 def train_config(settings: Any, output_dir: str, notes: dict[str, Any], **options: Any) -> TrainConfig:
-    """The engine's :class:`~afr.train.TrainConfig` for an experiment's settings (``options`` add or override)."""
+    """The engine's :class:`~afr.train.TrainConfig` for an experiment's settings (``options`` add or override).
+
+    The settings' ``batch_size`` is the global batch; under torchrun each process trains on its share of it
+    (:func:`per_process_batch`), so an optimizer step sees the same number of images on any number of GPUs."""
     values = dict(
-        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, weight_decay=settings.weight_decay,
+        epochs=settings.epochs, batch_size=per_process_batch(settings.batch_size), lr=settings.lr, weight_decay=settings.weight_decay,
         warmup_epochs=settings.warmup_epochs, num_workers=settings.num_workers, seed=settings.seed,
         output_dir=output_dir, device=settings.device, overwrite=settings.overwrite, progress=settings.progress,
         log_every=5, notes=notes,

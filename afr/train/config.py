@@ -118,13 +118,26 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     # ----------------------------------------------------------------------------- resolution
-    def resolve_device(self, local_rank: int = 0) -> torch.device:
-        """The device to train on; 'auto' picks ``cuda:local_rank`` when CUDA is available."""
+    def resolve_device(self, local_rank: int | None = None) -> torch.device:
+        """The device to train (and evaluate) on: each process of a torchrun job on its own GPU.
+
+        'auto' picks ``cuda:local_rank`` when CUDA is available (else the CPU), and 'cuda' picks ``cuda:local_rank``;
+        ``local_rank`` defaults to this process's ``LOCAL_RANK`` (0 in a single process). 'cuda:N' names one GPU,
+        which every process of a job with several would share: refused there (use 'auto' or 'cuda')."""
+        from afr.train.distributed import job_local_rank, job_world_size
+
+        if local_rank is None:
+            local_rank = job_local_rank()
         if self.device == "auto":
             return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"TrainConfig.device={self.device!r} but CUDA is not available")
+        if device.type == "cuda" and device.index is None:
+            return torch.device(f"cuda:{local_rank}")
+        if device.type == "cuda" and job_world_size() > 1:
+            raise ConfigError(f"TrainConfig.device={self.device!r} names one GPU for all {job_world_size()} processes "
+                              "of this torchrun job: use 'auto' or 'cuda' (each process takes cuda:LOCAL_RANK)")
         return device
 
     def resolve_precision(self, device: torch.device) -> str:

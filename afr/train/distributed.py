@@ -4,11 +4,16 @@
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_distributed` reads them and
 joins the process group (NCCL on CUDA, Gloo on CPU). Without those variables everything here
 degrades to a single process: rank 0 of 1, ``barrier`` is a no-op and models are not wrapped.
+
+The experiments' recipes run every rank through the same code and hand :func:`on_main` what only rank 0 may do:
+decide (reuse a recorded run, refuse to replace one), write (adapters, records, tables), score the test packs; the
+other ranks wait for it and get its result (or its error), so they return the same summary without writing.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -59,6 +64,26 @@ def get_world_size() -> int:
 def is_main_process() -> bool:
     """True on rank 0 (and in single-process runs): the process that logs and writes files."""
     return get_rank() == 0
+
+
+def job_world_size() -> int:
+    """The number of processes of this job: ``WORLD_SIZE`` (set by torchrun) once the process group is up, else
+    the environment's ``WORLD_SIZE`` (1 when unset): known before the process group is joined."""
+    if is_initialized():
+        return dist.get_world_size()
+    return max(1, int(os.environ.get("WORLD_SIZE") or 1))
+
+
+def job_rank() -> int:
+    """This process's rank: the process group's, else the environment's ``RANK`` (0 when unset)."""
+    if is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK") or 0) if job_world_size() > 1 else 0
+
+
+def job_local_rank() -> int:
+    """This process's rank on its machine (``LOCAL_RANK`` under torchrun; 0 in a single process): its GPU."""
+    return int(os.environ.get("LOCAL_RANK") or 0) if job_world_size() > 1 else 0
 
 
 def current_context() -> DistributedContext:
@@ -134,6 +159,67 @@ def finish() -> None:
     interpreter's exit can abort there."""
     barrier()
     cleanup()
+
+
+def ensure_initialized() -> DistributedContext:
+    """Join the job's process group now if torchrun started several processes (:func:`init_distributed`), so that
+    collectives can run before the trainer is built (a recipe's "reuse or train?" decision, say)."""
+    if job_world_size() > 1 and not is_initialized():
+        return init_distributed()
+    return current_context()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` (picklable) on every rank; ``obj`` itself in a single process. Every rank must call it
+    at the same point; it returns once ``src`` has sent (so it is a barrier behind ``src``'s work)."""
+    if not is_initialized() or get_world_size() == 1:
+        return obj
+    holder = [obj if get_rank() == src else None]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+class RankZeroError(RuntimeError):
+    """Rank 0 failed in :func:`on_main` with an error that cannot be sent to the other ranks as it is."""
+
+
+def on_main(function: Callable[[], Any]) -> Any:
+    """Run ``function()`` on rank 0 only (the rank that decides, writes files, prints and scores test packs); every
+    rank returns rank 0's result, or raises rank 0's error, once rank 0 is done. The other ranks wait meanwhile (a
+    broadcast, which the process group's timeout bounds: 30 minutes by default). In a single process: ``function()``.
+
+    So a decision (reuse a recorded run, refuse to replace one) is taken once and the same on every rank, and a
+    record or adapter is written once. Every rank must call it at the same point. The result must be picklable
+    (a value that is not is replaced by ``None`` on the other ranks); so must the error (else :class:`RankZeroError`
+    with its message is raised there)."""
+    ensure_initialized()
+    if not is_initialized() or get_world_size() == 1:
+        return function()
+    payload: Any = None
+    error: BaseException | None = None
+    if get_rank() == 0:
+        try:
+            value = function()
+            payload = ("value", value)
+        except Exception as exc:  # noqa: BLE001 - sent to the other ranks, then re-raised here
+            error = exc
+            payload = ("error", exc)
+        try:
+            pickle.dumps(payload)
+        except Exception:  # noqa: BLE001
+            if error is None:
+                payload = ("value", None)
+            else:
+                payload = ("error", RankZeroError(f"on rank 0: {type(error).__name__}: {error}"))
+    received = broadcast_object(payload)
+    if get_rank() == 0:
+        if error is not None:
+            raise error
+        return value
+    kind, value = received
+    if kind == "error":
+        raise value
+    return value
 
 
 def wrap_model(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:

@@ -294,7 +294,7 @@ class Trainer:
         augment: optional callable ``images -> images`` applied to each batch on the device.
         evaluators: ``name -> callable(model) -> {metric: value}``, called on rank 0 at the end of
             every epoch with the (unwrapped) model in eval mode under ``torch.no_grad``; results go
-            to the history as ``"<name>/<metric>"``.
+            to the history as ``"<name>/<metric>"`` (every rank's: rank 0 sends its epoch record).
         param_groups: optional optimizer groups (dicts with ``params`` and e.g. ``lr``); frozen
             parameters are dropped from them.
 
@@ -629,16 +629,21 @@ class Trainer:
         record: dict[str, Any] = {"epoch": epoch, "step": self.step}
         record.update({f"train_{name}": value for name, value in train_means.items()})
         record["lr"] = self.current_lr
-        if self.dist.is_main:
+
+        def evaluate_and_log() -> dict[str, Any]:
             record.update(self._run_evaluators())
             record["time"] = time.time()
             self.history.append(record)
             self._write_metrics()
             epoch_scalars = {k: v for k, v in record.items() if k not in ("epoch", "step", "time")}
             self._log_scalars({k if "/" in k else f"epoch/{k}": v for k, v in epoch_scalars.items()})
-        else:
-            self.history.append(record)
-        distributed.barrier()
+            return record
+
+        # rank 0 evaluates and writes; every rank's history gets its record (validation metrics included), and an
+        # evaluator's error stops every rank
+        shared = distributed.on_main(evaluate_and_log)
+        if not self.dist.is_main:
+            self.history.append(shared)
         last = self.epoch == config.epochs
         by_epoch = config.checkpoint_every and self.epoch % config.checkpoint_every == 0
         by_step = config.checkpoint_every_steps and self.step % config.checkpoint_every_steps == 0

@@ -70,6 +70,7 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     """
 
     experiment: ClassVar[str] = "ablations"
+    DATA_PARALLEL: ClassVar[bool] = True  # torchrun: rank 0 decides, writes and meta-trains the starts
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
         *ExperimentSettings.EXECUTION_FIELDS, "groups", "components", "seeds", *SWEEPS.values(), "rebuild_starts")
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
@@ -134,6 +135,8 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     def digest(self) -> str:
         skipped = set(self.EXECUTION_FIELDS) | set(self.irrelevant_fields())
         values = {name: value for name, value in dataclasses.asdict(self).items() if name not in skipped}
+        if self.world_size != 1:  # a torchrun job of several processes (single-process tags unchanged)
+            values["world_size"] = self.world_size
         return digest_of(self.experiment, values)
 
     @property

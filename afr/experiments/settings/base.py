@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -30,8 +31,8 @@ from typing import Any, ClassVar
 from afr.notebook_parameters import check_notebook_parameters
 from afr.validation import Rule, SettingsError, check_choices, flag_of
 
-__all__ = ["FIELD_RULES", "ExperimentSettings", "MethodSeedGrid", "SettingsError", "add_arguments", "setting",
-           "settings_from_arguments"]
+__all__ = ["FIELD_RULES", "ExperimentSettings", "MethodSeedGrid", "SettingsError", "add_arguments", "job_settings",
+           "job_world_size", "setting", "settings_from_arguments"]
 
 
 def setting(default: Any, help: str, choices: tuple | None = None) -> Any:  # noqa: A002 - argparse's word
@@ -89,6 +90,13 @@ def _float_fields(settings_class: type) -> tuple[str, ...]:
                  if _argument_type(hints[spec.name])[0] is float)
 
 
+def job_world_size() -> int:
+    """The processes of this job: ``WORLD_SIZE`` as torchrun sets it (1 when unset). Read from the environment, never
+    a user option, so a run's settings cannot disagree with the job that runs them (torch-free, unlike
+    :func:`afr.train.distributed.job_world_size`, which agrees with it)."""
+    return max(1, int(os.environ.get("WORLD_SIZE") or 1))
+
+
 def sha8(text: str) -> str:
     """The first 8 hex digits of the SHA-256 of ``text``."""
     return hashlib.sha256(text.encode()).hexdigest()[:8]
@@ -118,6 +126,10 @@ class ExperimentSettings:
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ()
     #: this class's own rules, over :data:`FIELD_RULES` (a None rule: the field is checked by the class itself)
     RULES: ClassVar[dict[str, Rule | None]] = {}
+    #: whether the experiment's training runs data-parallel under ``torchrun --nproc_per_node N`` (rank 0 decides,
+    #: writes and scores, ``batch_size`` is the global batch split over the processes); the others refuse a job of
+    #: several processes before any work
+    DATA_PARALLEL: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Subclasses call this first in their own ``__post_init__``: every setting is checked on construction."""
@@ -164,14 +176,55 @@ class ExperimentSettings:
                                 f"(--data-profile {profile}); set data_profile {other} or leave "
                                 f"{'it' if len(given) == 1 else 'them'} out", *given)
 
-    def digest_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
-        """The settings a digest covers: ``names`` (default: all but :attr:`EXECUTION_FIELDS`), less the
-        :attr:`ADDED_FIELDS` that hold their default."""
+    @property
+    def world_size(self) -> int:
+        """The processes of the job running these settings (``WORLD_SIZE``, 1 without torchrun): not a field, read
+        from the environment; in the tag's digest and the record's settings when it is not 1."""
+        return job_world_size()
+
+    def check_world_size(self) -> None:
+        """A job of several processes (torchrun): the experiment must train data-parallel (:attr:`DATA_PARALLEL`),
+        and ``batch_size``, the global batch, must split evenly over the processes (into whole P x M identity
+        batches where there are such). Checked by :meth:`from_mapping` (the command line's and the notebooks' way to
+        build settings) and by the data-parallel recipes, before any work; not on construction, so that building
+        the defaults (the parser's, the committed grids') works in any job."""
+        world = self.world_size
+        if world == 1:
+            return
+        if not self.DATA_PARALLEL:
+            raise SettingsError(
+                f"the {self.experiment} experiment does not train data-parallel: run it in one process, not under "
+                f"torchrun with WORLD_SIZE={world}", "world_size")
+        batch, per_identity = getattr(self, "batch_size", None), getattr(self, "images_per_identity", None)
+        if batch is not None and batch % world:
+            raise SettingsError(
+                f"{flag_of('batch_size')} (setting batch_size) is the global batch, split over the {world} processes "
+                f"of this torchrun job: it must be a multiple of {world}, got {batch}", "batch_size")
+        if batch is not None and per_identity is not None and (batch // world) % per_identity:
+            raise SettingsError(
+                f"{flag_of('batch_size')} (setting batch_size) {batch} over {world} processes gives {batch // world} "
+                f"images per process, not a multiple of {flag_of('images_per_identity')} {per_identity}: "
+                f"each process's batch holds P identities x M images", "batch_size", "images_per_identity")
+
+    def recorded_settings(self) -> dict[str, Any]:
+        """The settings as a run's record holds them: every field, plus ``world_size`` and the per-process batch
+        (``batch_size_per_process``) when the job has several processes (single-process records are unchanged)."""
         values = dataclasses.asdict(self)
+        values.update(job_settings(getattr(self, "batch_size", None)))
+        return values
+
+    def digest_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """The settings a digest covers: ``names`` (default: all but :attr:`EXECUTION_FIELDS`, plus the job's
+        ``world_size`` when it is not 1), less the :attr:`ADDED_FIELDS` that hold their default."""
+        values = dataclasses.asdict(self)
+        all_names = names is None
         names = [name for name in values if name not in self.EXECUTION_FIELDS] if names is None else names
         defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in self.ADDED_FIELDS}
-        return {name: values[name] for name in names
-                if not (name in defaults and values[name] == defaults[name])}
+        digested = {name: values[name] for name in names
+                    if not (name in defaults and values[name] == defaults[name])}
+        if self.world_size != 1 and all_names:  # like an added field at its default 1: single-process tags unchanged
+            digested["world_size"] = self.world_size
+        return digested
 
     def digest(self) -> str:
         """8 hex digits identifying every result-relevant setting."""
@@ -195,7 +248,9 @@ class ExperimentSettings:
         shadowed = [name for name in cls.field_names() if callable(values[name]) or hasattr(values[name], "__path__")]
         if shadowed:  # e.g. a notebook import that rebinds a parameter's name
             raise TypeError(f"{cls.__name__}: {', '.join(shadowed)} is a function or module, not a setting value")
-        return cls(**{name: values[name] for name in cls.field_names()})
+        settings = cls(**{name: values[name] for name in cls.field_names()})
+        settings.check_world_size()
+        return settings
 
     def table_columns(self) -> dict[str, Any]:
         """The :attr:`TABLE_SETTINGS` and their values: the settings columns of this run's tidy rows; then the
@@ -203,6 +258,18 @@ class ExperimentSettings:
         defaults = {spec.name: spec.default for spec in dataclasses.fields(self)}
         added = {name: getattr(self, name) for name in self.ADDED_TABLE_SETTINGS if getattr(self, name) != defaults[name]}
         return {**{name: getattr(self, name) for name in self.TABLE_SETTINGS}, **added}
+
+
+def job_settings(batch_size: int | None = None) -> dict[str, Any]:
+    """What a record adds to its settings in a job of several processes: ``world_size`` and, given the global
+    ``batch_size``, ``batch_size_per_process``; ``{}`` in a single process."""
+    world = job_world_size()
+    if world == 1:
+        return {}
+    extra: dict[str, Any] = {"world_size": world}
+    if batch_size is not None:
+        extra["batch_size_per_process"] = batch_size // world
+    return extra
 
 
 class MethodSeedGrid:

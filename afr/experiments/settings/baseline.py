@@ -28,6 +28,7 @@ class BaselineSettings(ExperimentSettings, RunFields, TrainingFields, FullProfil
     its own (the LoRA and margin details, the validation split, the seed)."""
 
     experiment: ClassVar[str] = "baseline"
+    DATA_PARALLEL: ClassVar[bool] = True  # torchrun: rank 0 decides and writes, batch_size is the global batch
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "data_profile", "backbone", "rank", "margin", "head_init", "epochs", "batch_size", "lr", "head_lr",
         "score_test")

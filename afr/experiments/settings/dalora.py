@@ -37,6 +37,7 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
     (``dalora-oracle``) cannot run there."""
 
     experiment: ClassVar[str] = "dalora"
+    DATA_PARALLEL: ClassVar[bool] = True  # torchrun: rank 0 decides and writes, batch_size is the global batch
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
         *ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds", "search_lrs", "publish_adapters")
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
