@@ -85,3 +85,18 @@ def test_a_missing_checkpoint_is_named_before_timm_is_needed(tmp_path):
         create_backbone("timm:vit_small_patch14_dinov2", weights=tmp_path)
     with pytest.raises(UnknownBackboneError, match="timm:<timm model name>"):
         create_backbone("timm:")
+
+
+def test_the_cli_takes_a_timm_checkpoint_file_and_names_a_missing_one(tmp_path, capsys, monkeypatch):
+    from afr.cli import main
+
+    absent = tmp_path / "absent.safetensors"
+    assert main(["evaluate", "--backbone", "timm:vit_small_patch14_dinov2", "--weights", str(absent),
+                 "--folder", str(tmp_path)]) == 2
+    assert f"weights {absent} not found (a timm checkpoint file" in capsys.readouterr().err
+    checkpoint = tmp_path / "vit.safetensors"
+    checkpoint.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "timm", None)  # a file passes the check; the backbone then needs timm
+    assert main(["evaluate", "--backbone", "timm:vit_small_patch14_dinov2", "--weights", str(checkpoint),
+                 "--folder", str(tmp_path)]) == 2
+    assert "pip install .[timm]" in capsys.readouterr().err
