@@ -332,3 +332,30 @@ def test_a_checkpoint_of_another_model_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="pass num_classes=0"):
         create_backbone("timm:vit_base_patch16_clip_quickgelu_224", weights=clip_vision_only, image_size=32,
                         **TINY_CLIP)
+
+
+def test_lora_trains_only_q_and_v_and_the_merged_backbone_exports_to_onnx(tmp_path, chips):
+    from afr.export import export_onnx
+
+    backbone = _timm_dinov2(tmp_path, _hf_dinov2())
+    apply_adapter(backbone, LoraSettings.square(4))
+    backbone.train()
+    backbone(chips).square().sum().backward()
+    with_grad = {name for name, p in backbone.named_parameters() if p.grad is not None}
+    assert with_grad == {name for name, p in backbone.named_parameters() if p.requires_grad}
+    assert with_grad and all(".qkv.q_proj.lora_" in name or ".qkv.v_proj.lora_" in name for name in with_grad)
+    # B starts at 0, so only B gets a gradient on the first step
+    assert all(p.grad.abs().sum() > 0 for name, p in backbone.named_parameters() if ".lora_B." in name)
+
+    with torch.no_grad():
+        for name, parameter in backbone.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    backbone.eval()
+    with torch.no_grad():
+        adapted = backbone(chips)
+    exported = export_onnx(merge_adapter(backbone), tmp_path / "backbone.onnx")
+    assert exported.input_shape == ("batch", 3, 112, 112) and exported.output_shape == ("batch", 32)
+    assert exported.max_abs_difference < 1e-4  # onnxruntime against torch, checked by export_onnx
+    with torch.no_grad():
+        _close(backbone(chips), adapted)
