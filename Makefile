@@ -12,12 +12,13 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: full venv demo test test-full check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results results
+.PHONY: full venv demo test test-full test-timm test-timm-venv check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results results
 
 help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU) into build/demo/"
 	@echo "make test   - create .venv if needed; the quick tier: unit tests + every notebook with small parameters (<= 15 min)"
 	@echo "make test-full - the regression tier: slow tests + the notebooks as shipped under nbval"
+	@echo "make test-timm - create .venv-timm (torch 2.14.1 + torchvision 0.29.1 + timm, several GB) and run tests/timm"
 	@echo "make check - make test, make test-full and make browser-test (what .ci/run runs)"
 	@echo "make browser-test - run notebooks 02 and 07 in JupyterLab in headless Chromium (screenshots in build/browser/)"
 	@echo "make bench  - run the benchmarks in bench/ (prints ratios measured side by side)"
@@ -79,6 +80,30 @@ test-full: $(STAMP)
 	$(call test_env,full) $(PY) -m pytest notebooks --nbval-lax --durations=7
 
 check: test test-full browser-test
+
+# timm as an optional backbone source (`pip install .[timm]`, README "timm (optional)"). PyPI's torchvision does not
+# load beside the CPU torch 2.13 of requirements.txt, so the timm tests run in a venv of their own, .venv-timm
+# (git-ignored), with torch 2.14.1 + torchvision 0.29.1 from PyPI (a CUDA build, several GB; it runs on CPU too),
+# the project's other requirements and `-e .[timm]`. The default venv and `make test` never see timm: tests/timm is
+# collected only where timm imports (tests/conftest.py).
+TIMM_VENV := .venv-timm
+TIMM_PY := $(TIMM_VENV)/bin/python
+TIMM_STAMP := $(TIMM_VENV)/.installed
+TIMM_TORCH := torch==2.14.1 torchvision==0.29.1
+test-timm-venv: $(TIMM_STAMP)
+
+$(TIMM_STAMP): requirements.txt pyproject.toml
+	@test -d $(TIMM_VENV) || $(PYTHON) -m venv $(TIMM_VENV)
+	$(TIMM_PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	grep -v -E '^torch(vision)?[=<>~ ]' requirements.txt > $(TIMM_VENV)/requirements-timm.txt
+	$(TIMM_PY) -m pip install -q $(TIMM_TORCH) -r $(TIMM_VENV)/requirements-timm.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(TIMM_PY) -m pip install -q $(TIMM_TORCH) -e '.[timm]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(TIMM_PY) -c "import torch, torchvision, timm, transformers, afr; print('timm environment ready: torch', torch.__version__, '| torchvision', torchvision.__version__, '| timm', timm.__version__)"
+	@touch $@
+
+test-timm: $(TIMM_STAMP)
+	@rm -rf $(TEST_OUTPUT)/timm && mkdir -p $(TEST_OUTPUT)/timm
+	$(call test_env,timm) $(TIMM_PY) -m pytest tests/timm -q
 
 # Notebook 02's settings chosen on the validation packs (test packs not scored): class-centre start x LoRA lr,
 # seeds 0 and 1, 4 epochs each; choice rule (fixed before the runs): the highest mean validation AUC of the last

@@ -96,7 +96,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--backbone", required=True, help="backbone name, e.g. dlib-resnet29, dinov2-vits14")
     evaluate.add_argument(
         "--weights", type=Path, help="weights directory (dlib-resnet29: default shared weights/dlib_resnet29; "
-        "DINOv2/CLIP: a local Hugging Face directory)"
+        "DINOv2/CLIP: a local Hugging Face directory; timm:<model>: a local checkpoint file or its directory)"
     )
     evaluate.add_argument("--adapter", type=Path, help="adapter directory (afr.adapters.save_adapter): LoRA, or DA-LoRA with classifier gating")
     source = evaluate.add_mutually_exclusive_group(required=True)
@@ -133,6 +133,17 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
+def _require_weights(args: argparse.Namespace) -> None:
+    """``--weights``, when given, exists: a directory, or for a ``timm:`` backbone also a checkpoint file."""
+    if args.weights is None:
+        return
+    if args.backbone.strip().lower().startswith("timm:"):
+        if not args.weights.exists():
+            raise CommandError(f"weights {args.weights} not found (a timm checkpoint file or a directory holding one)")
+        return
+    _require_dir(args.weights, "weights directory")
+
+
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``evaluate``: the JSON-ready dict of metrics and provenance."""
     # check every input before the slow imports and the backbone load
@@ -142,8 +153,7 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
         _require_file(args.bin, "verification pack")
         if args.aligned:
             raise CommandError("--aligned applies to --folder only (a .bin pack always holds aligned chips)")
-    if args.weights is not None:
-        _require_dir(args.weights, "weights directory")
+    _require_weights(args)
     if args.adapter is not None:
         _require_dir(args.adapter, "adapter directory")
     if args.batch_size < 1:
@@ -299,8 +309,7 @@ def _check_model_inputs(args: argparse.Namespace) -> None:
     weights directory, each when given."""
     if args.adapter is not None:
         _require_dir(args.adapter, "adapter directory")
-    if args.weights is not None:
-        _require_dir(args.weights, "weights directory")
+    _require_weights(args)
 
 
 def _add_embed(commands: argparse._SubParsersAction) -> None:

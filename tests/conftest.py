@@ -6,11 +6,26 @@ test (during setup, with one line naming the path) instead of skipping it.
 """
 from __future__ import annotations
 
+import importlib.util
+
 import cv2
 import numpy as np
 import pytest
 
 from afr.paths import shared_root
+
+
+
+def timm_installed() -> bool:
+    """Whether the timm library is installed. ``tests/timm`` itself is found as a namespace package ``timm``
+    (no ``origin``) while ``tests/`` is on ``sys.path``, so a spec alone does not say it."""
+    spec = importlib.util.find_spec("timm")
+    return spec is not None and spec.origin is not None
+
+
+# tests/timm needs the optional timm extra (`make test-timm` runs it in .venv-timm, torch 2.14.1 + torchvision);
+# where timm is not installed (the default venv) the folder is not collected at all
+collect_ignore = [] if timm_installed() else ["timm"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

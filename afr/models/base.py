@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,3 +27,22 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def preprocess_chips(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor, name: str) -> torch.Tensor:
+    """The ViT backbones' input step: ``(B, 3, H, W)`` float RGB in ``[0, 1]`` resized to ``size`` (bicubic,
+    ``align_corners=False``, anti-aliased when shrinking), clamped to ``[0, 1]`` (bicubic overshoots), then
+    normalised with ``mean``/``std`` (``(1, 3, 1, 1)`` tensors). ``name`` labels the ValueError on a bad batch.
+
+    Shared by the Hugging Face (:mod:`afr.models.vit`) and timm (:mod:`afr.models.timm_vit`) wrappers, so both
+    feed their transformer the same pixels.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} expects a float (B, 3, H, W) RGB batch, got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} expects float RGB in [0, 1], got dtype {images.dtype}")
+    if images.shape[-2:] != (size, size):
+        shrinking = images.shape[-2] > size or images.shape[-1] > size
+        images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=shrinking)
+        images = images.clamp(0.0, 1.0)
+    return (images - mean) / std

@@ -15,12 +15,17 @@ name               what
 ``tiny-dinov2``    random tiny DINOv2 (hidden 32, 2 layers, 2 heads, 28 px, patch 7) for tests
 ``tiny-clip``      random tiny CLIP vision tower (hidden 32, 2 layers, 2 heads, 32 px, patch 8,
                    projection 24) for tests
+``timm:<model>``   a timm ViT from a local checkpoint file, e.g. ``timm:vit_small_patch14_dinov2``
+                   or ``timm:vit_base_patch16_clip_quickgelu_224`` (optional: ``pip install .[timm]``;
+                   :mod:`afr.models.timm_vit`)
 =================  ==========================================================================
 
 The DINOv2/CLIP names need ``weights`` = a local Hugging Face directory (``config.json`` plus
 ``model.safetensors``/``pytorch_model.bin``, possibly sharded); nothing is downloaded at run time. Extra
 keyword arguments go to :meth:`afr.models.vit.HFViTBackbone.from_pretrained` (``image_size``,
-``embedding_dim``, ``clip_projection``) or ``from_config`` for the tiny models.
+``embedding_dim``, ``clip_projection``) or ``from_config`` for the tiny models. The ``timm:`` names need
+``weights`` = a local checkpoint file (or a directory holding ``model.safetensors``/``pytorch_model.bin``);
+extra keyword arguments go to :meth:`afr.models.timm_vit.TimmViTBackbone.from_checkpoint`.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ __all__ = [
     "HFBackboneSpec",
     "HF_BACKBONES",
     "MissingWeightsError",
+    "TIMM_PREFIX",
     "UnknownBackboneError",
     "architecture_config",
     "available_backbones",
@@ -88,6 +94,8 @@ HF_BACKBONES: dict[str, HFBackboneSpec] = {
 
 DLIB_NAME = "dlib-resnet29"
 TINY_NAMES: tuple[str, ...] = ("tiny-dinov2", "tiny-clip")
+#: prefix of the timm backbones (``timm:vit_small_patch14_dinov2``); any timm ViT name follows it
+TIMM_PREFIX = "timm:"
 _MODEL_TYPES = {"dinov2": ("dinov2",), "clip": ("clip", "clip_vision_model")}
 
 
@@ -237,4 +245,11 @@ def create_backbone(name: str, weights: str | Path | None = None, **kwargs: Any)
 
         config = tiny_dinov2_config() if key == "tiny-dinov2" else tiny_clip_config()
         return HFViTBackbone.from_config(config, name=key, **kwargs)
-    raise UnknownBackboneError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
+    if key.startswith(TIMM_PREFIX) and key != TIMM_PREFIX:
+        from afr.models.timm_vit import TimmViTBackbone  # timm itself is imported only when the model is built
+
+        model_name = name.strip()[len(TIMM_PREFIX):]
+        return TimmViTBackbone.from_checkpoint(model_name, weights, name=TIMM_PREFIX + model_name, **kwargs)
+    raise UnknownBackboneError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}, or "
+                               f"{TIMM_PREFIX}<timm model name> (e.g. {TIMM_PREFIX}vit_small_patch14_dinov2; "
+                               "pip install .[timm])")

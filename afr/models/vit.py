@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -51,7 +50,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from afr.models.base import Backbone
+from afr.models.base import Backbone, preprocess_chips
 
 __all__ = [
     "CLIP_MEAN",
@@ -303,18 +302,7 @@ class HFViTBackbone(Backbone):
     # ------------------------------------------------------------------ forward
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` float RGB in ``[0, 1]`` -> resized, clamped, normalised ``pixel_values``."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"{self.name} expects a float (B, 3, H, W) RGB batch, got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(f"{self.name} expects float RGB in [0, 1], got dtype {images.dtype}")
-        size = self.image_size
-        if images.shape[-2:] != (size, size):
-            shrinking = images.shape[-2] > size or images.shape[-1] > size
-            images = F.interpolate(
-                images, size=(size, size), mode="bicubic", align_corners=False, antialias=shrinking
-            )
-            images = images.clamp(0.0, 1.0)
-        return (images - self.pixel_mean) / self.pixel_std
+        return preprocess_chips(images, self.image_size, self.pixel_mean, self.pixel_std, self.name)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixel_values = self.preprocess(images).to(dtype=self.model.dtype)

@@ -10,7 +10,8 @@ forward hook, and reduces it to per-channel mean and standard deviation over the
   does not adapt the stem, so its output is identical under every expert.
 * DINOv2 / CLIP (:class:`~afr.models.vit.HFViTBackbone`): the ``embeddings`` module (patch embedding +
   CLS token + position embeddings), i.e. the tokens entering the first attention block, whose q/v are the
-  first adapted layers.
+  first adapted layers. The timm ViTs (:class:`~afr.models.timm_vit.TimmViTBackbone`) name the same tokens
+  themselves (``default_router_input = "model.pos_drop"``).
 
 The domains DA-LoRA separates (controlled visible light, thermal LWIR, low quality: down-sampled, blurred,
 JPEG-compressed) differ in *low-level* image statistics: thermal chips have another intensity and
