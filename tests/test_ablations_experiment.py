@@ -176,8 +176,10 @@ def test_committed_records_keep_their_tags():
     assert runs  # the committed grid and the demo's runs
     defaults = dataclasses.asdict(AblationSettings())
     for record in runs:
-        missing = set(defaults) - set(record["settings"])  # fields added later may only say how a grid runs
-        assert missing <= set(AblationSettings.EXECUTION_FIELDS), missing
+        # fields added later may only say how a grid runs, or be the full profile's (ADDED_FIELDS: the records ran
+        # at their defaults, which leave the tag as it was)
+        missing = set(defaults) - set(record["settings"])
+        assert missing <= {*AblationSettings.EXECUTION_FIELDS, *AblationSettings.ADDED_FIELDS}, missing
         settings = AblationSettings.from_mapping({**defaults, **record["settings"]})
         assert settings.tag == record["tag"]
         assert record["test"] and record["train"]["history"][-1]["val/thermal/auc"] > 0.5

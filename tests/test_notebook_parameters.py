@@ -98,8 +98,8 @@ def test_papermill_with_a_parameter_the_notebook_does_not_use_stops_before_any_w
         monkeypatch.setenv(f"AFR_{name.upper()}", str(tmp_path / name))
     with pytest.raises(papermill.PapermillExecutionError) as error:
         papermill.execute_notebook(str(ROOT / "notebooks" / "06_ablations.ipynb"), str(tmp_path / "06.ipynb"),
-                                   parameters={"data_profile": "full", "train_rec": "/data/casia"},
+                                   parameters={"target_dir": "/data/thermal"},  # notebook 04's and 05's, not 06's
                                    cwd=str(ROOT / "notebooks"), progress_bar=False, log_output=False)
     assert error.value.ename == "SettingsError"
-    assert "does not use the parameter(s) data_profile, train_rec (passed to papermill)" in error.value.evalue
+    assert "does not use the parameter(s) target_dir (passed to papermill)" in error.value.evalue
     assert not any((tmp_path / name).exists() for name in ("results", "runs", "figures"))

@@ -1,6 +1,6 @@
 """The ablation experiment (notebook 06): what each part of DA-LoRA does, and how sensitive it is to its settings.
 
-**Component table.** Every row trains on the embedded training pack with the same data, budget, seeds and
+**Component table.** Every row trains on the profile's training pack with the same data, budget, seeds and
 batches as the full model; rows differ in the parts of DA-LoRA they have (:data:`COMPONENTS`):
 
 * ``lora``: standard LoRA of rank r (no router, no contrastive term);
@@ -33,6 +33,14 @@ expert computes what the start computes. Records go to ``results/ablations/<tag>
 meta-training history), rows to ``results/tables/ablations.csv`` with the columns ``group`` and ``cell``; a run
 whose record exists is reused unless ``overwrite``. Recommended defaults are derived from the validation metrics
 only (:func:`recommended_defaults`); the test packs are reported, never used for choosing.
+
+**Full profile** (``data_profile = "full"``, a GPU box; :func:`load_data`): notebook 03's data -- a seeded
+CASIA-WebFace identity subset whose images carry the domains of ``python -m afr label-domains`` (controlled,
+unconstrained, low-quality), ``val_identities`` held-out identities as the validation pack, the five InsightFace
+packs as the test packs. The MAML starts' episodes are drawn from that same subset, one task per labelled domain
+(notebook 04's tasks), so experts and starts see one set of images and labels. The K schemes relabel the labelled
+domains (:data:`~afr.experiments.settings.ablations.FULL_EXPERT_SCHEMES`: 1, 2 = controlled and unconstrained |
+low-quality, 3); K = 4 and 5 are refused by the settings. No ablation run routes by oracle.
 """
 from __future__ import annotations
 
@@ -46,7 +54,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from afr.experiments.benchmark_data import BenchmarkData, load_embedded_benchmark
+from afr.experiments.benchmark_data import BenchmarkData, load_benchmark
 from afr.experiments.dalora_run import expert_domains, record_path, run_method
 from afr.experiments.records import (append_rows, check_outputs_writable, check_start_adapters, check_unfinished_runs,
                                      environment_info, final_validation_metrics, grid_metric_values, json_default,
@@ -54,49 +62,111 @@ from afr.experiments.records import (append_rows, check_outputs_writable, check_
                                      write_record)
 # the settings, the grid's constants and cells live in the torch-free settings module; importable here too
 from afr.experiments.settings.ablations import (  # noqa: F401
-    COMPONENTS, EXPERT_SCHEMES, GROUPS, MAML_FIELDS, NATIVE_SCHEMES, ROUTER_FIELDS, SINGLE_EXPERT, START_FIELDS, SWEEPS,
-    AblationSettings, Cell, grid_cells, grid_runs)
+    COMPONENTS, EXPERT_SCHEMES, FULL_EXPERT_SCHEMES, GROUPS, MAML_FIELDS, NATIVE_SCHEMES, ROUTER_FIELDS, SINGLE_EXPERT,
+    START_FIELDS, SWEEPS, AblationSettings, Cell, expert_schemes, grid_cells, grid_runs)
 from afr.io import atomic_write_text
 from afr.paths import results_root
 from afr.train import distributed
 
-__all__ = ["COMPONENTS", "EXPERT_SCHEMES", "GROUPS", "SWEEPS", "AblationData", "AblationSettings", "Cell",
-           "ExpertView", "adapter_settings", "compare_with_committed", "expert_names", "grid_cells", "grid_runs",
+__all__ = ["COMPONENTS", "EXPERT_SCHEMES", "FULL_EXPERT_SCHEMES", "GROUPS", "SWEEPS", "AblationData",
+           "AblationSettings", "Cell", "ExpertView", "adapter_settings", "compare_with_committed", "expert_names",
+           "expert_schemes", "grid_cells", "grid_runs",
            "grid_table", "load_data", "paired_tests", "plot_results", "recommended_defaults", "run_experiment", "run_grid",
            "run_start", "summary_table", "training_view"]
 
 # ------------------------------------------------------------------------------------------ data
 @dataclass
 class AblationData:
-    """The embedded benchmark (training pack, validation and test packs: :class:`BenchmarkData`) and the training
-    chips in memory with their collections, which the MAML starts' episodes and the expert schemes read."""
+    """The profile's benchmark (training pack, validation and test packs: :class:`BenchmarkData`) and the training
+    chips with their collections, which the MAML starts' episodes and the expert schemes read: on the embedded
+    profile its five training collections, on the full profile each CASIA-WebFace image's labelled domain."""
 
     baseline: BenchmarkData
     chips: Any
+    data_profile: str = "embedded"
 
     @property
     def collections(self) -> np.ndarray:
         return self.chips.collections
 
+    def episode_collections(self) -> tuple[str, ...]:
+        """The MAML starts' tasks: the five training collections (embedded), or every labelled domain of the
+        training subset in order of appearance (full: notebook 04's tasks)."""
+        from afr.data.collections import COLLECTIONS
+
+        if self.data_profile == "embedded":
+            return tuple(COLLECTIONS)
+        return tuple(dict.fromkeys(self.collections.tolist()))
+
 
 def load_data(settings: AblationSettings) -> AblationData:
-    """The embedded benchmark (:func:`~afr.experiments.benchmark_data.load_embedded_benchmark`) and its training
-    chips with their collections (:func:`afr.meta.data.load_training_chips`)."""
-    from afr.meta.data import load_training_chips
+    """The profile's benchmark and its training chips with their collections.
 
-    baseline = load_embedded_benchmark(settings.embedded_root)
-    chips = load_training_chips(settings.embedded_root, "thermal_und")  # its target pack is not used here
+    Embedded: :func:`~afr.experiments.benchmark_data.load_benchmark` (the embedded benchmark) and the training
+    chips in memory (:func:`afr.meta.data.load_training_chips`). Full: notebook 03's data
+    (:func:`~afr.experiments.benchmark_data.load_benchmark` with domains: the CASIA-WebFace identity subset with
+    its labelled domains, the held-out validation pack, the five InsightFace packs) and, over that same training
+    subset, the chips decoded when an episode asks for them (:class:`~afr.data.full_profile.LazyChips`), each
+    collection its image's labelled domain. Either way the chips must agree with the training pack, label for
+    label and collection for domain; and when a run has a MAML start, every task must hold ``n_way`` identities
+    of ``k_shot + q_query`` images (checked here, before any work)."""
+    baseline = load_benchmark(settings, with_domains=True)
+    if settings.data_profile == "full":
+        chips = _full_training_chips(baseline.train)
+    else:
+        from afr.meta.data import load_training_chips
+
+        chips = load_training_chips(settings.embedded_root, "thermal_und")  # its target pack is not used here
     if len(chips.labels) != len(baseline.train) or not np.array_equal(chips.labels, baseline.train.labels):
-        raise ValueError("the training chips and the training pack disagree: rebuild the embedded benchmark")
-    return AblationData(baseline, chips)
+        raise ValueError("the training chips and the training pack disagree: rebuild the embedded benchmark"
+                         if settings.data_profile == "embedded" else
+                         "the training chips and the training pack disagree (labels)")
+    data = AblationData(baseline, chips, settings.data_profile)
+    if settings.data_profile == "full":
+        train = baseline.train
+        domains = np.array(train.domain_names)[np.asarray(train.domains)]
+        if not np.array_equal(domains, data.collections):
+            raise ValueError("the MAML chips' collections and the training pack's domains disagree")
+        if any(cell.settings.maml_start for cell in grid_cells(settings)):
+            _episode_sampler(settings, data)  # a labelled domain too small for an episode: said before any work
+    return data
 
 
-def expert_names(experts: int) -> tuple[str, ...]:
-    """The expert names of scheme K, in expert order (first appearance over the collections' order)."""
+def _full_training_chips(train):
+    """The full profile's MAML chips: the training pack's own images (synthetic low-quality ones degraded, as
+    the runs see them), decoded when used; labels the pack's, collections the images' labelled domains."""
+    from afr.data.full_profile import LazyChips
+    from afr.meta.data import MamlData
+
+    source = train
+    while not hasattr(source, "image_size") and hasattr(source, "dataset"):  # subset -> labelled pack -> RecordIO
+        source = source.dataset
+    size = int(np.atleast_1d(source.image_size)[0])
+    collections = np.array(train.domain_names)[np.asarray(train.domains)]
+    return MamlData(LazyChips([(train, np.arange(len(train)))], size), np.asarray(train.labels, dtype=np.int64),
+                    collections, None, size)
+
+
+def _episode_sampler(settings: AblationSettings, data: AblationData):
+    """The MAML start's episodes: first-order MAML tasks over :meth:`AblationData.episode_collections`."""
+    from afr.meta.episodes import EpisodeSampler
+
+    try:
+        return EpisodeSampler(data.chips.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
+                              allowed=data.episode_collections(), seed=settings.seed)
+    except ValueError as error:
+        if data.data_profile == "embedded":
+            raise
+        raise ValueError(f"the MAML start's tasks are the labelled domains of the CASIA-WebFace subset: {error} "
+                         "(lower --n-way, --k-shot or --q-query, or train on more identities)") from None
+
+
+def expert_names(experts: int, data_profile: str = "embedded") -> tuple[str, ...]:
+    """The expert names of scheme K, in expert order (first appearance over the collections' or, on the full
+    profile, the labelled domains' order)."""
     if experts == 1:
         return (SINGLE_EXPERT,)
-    return tuple(dict.fromkeys(EXPERT_SCHEMES[experts][c] for c in ("orl", "yale", "lowquality", "thermal_und",
-                                                                     "thermal_puj")))
+    return tuple(dict.fromkeys(expert_schemes(data_profile)[experts].values()))
 
 
 class ExpertView(Dataset):
@@ -119,11 +189,12 @@ class ExpertView(Dataset):
 
 
 def training_view(data: AblationData, experts: int):
-    """The training set of scheme K: the pack itself for K = 1 and 3 (its own domains), else an :class:`ExpertView`."""
+    """The training set of scheme K: the pack itself for K = 1 and 3 (its own domains), else an :class:`ExpertView`
+    (embedded: by each chip's collection; full: by each image's labelled domain)."""
     if experts in NATIVE_SCHEMES:
         return data.baseline.train
-    names = expert_names(experts)
-    scheme = EXPERT_SCHEMES[experts]
+    names = expert_names(experts, data.data_profile)
+    scheme = expert_schemes(data.data_profile)[experts]
     codes = np.array([names.index(scheme[collection]) for collection in data.collections])
     return ExpertView(data.baseline.train, codes, names)
 
@@ -150,14 +221,13 @@ def _record_path(tag: str) -> Path:
 
 def run_start(settings: AblationSettings, data: AblationData, retrain: bool = False) -> Path:
     """The MAML start of ``settings`` (its adapter directory): LoRA of rank r on the layers DA-LoRA adapts,
-    meta-trained with first-order MAML on episodes of all five training collections. A start whose adapter and
+    meta-trained with first-order MAML on episodes of all five training collections (full profile: of every
+    labelled domain of the CASIA-WebFace training subset, :meth:`AblationData.episode_collections`). A start whose adapter and
     record exist is reused unless ``retrain``; its record (meta-training history, seconds per step) goes to
     ``results/ablations/<start tag>.json``. Not scored: it is an initialisation, not a result."""
     from afr.adapters.dalora.experts import shared_targets
-    from afr.data.collections import COLLECTIONS
     from afr.experiments.training_setup import evaluation_device
     from afr.meta import MetaConfig
-    from afr.meta.episodes import EpisodeSampler
     from afr.meta.start import meta_learned_start
 
     tag, run_dir = settings.start_tag, settings.start_dir
@@ -169,8 +239,7 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
         raise missing_start_error([f"{tag} ({adapter})"], f"the run {settings.tag}", _REBUILT)
     started = time.time()
     device = evaluation_device(settings)
-    sampler = EpisodeSampler(data.chips.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
-                             allowed=COLLECTIONS, seed=settings.seed)
+    sampler = _episode_sampler(settings, data)
     config = MetaConfig(inner_steps=settings.inner_steps, inner_lr=settings.inner_lr, first_order=True,
                         meta_lr=settings.meta_lr, meta_steps=settings.meta_steps, tasks_per_step=settings.tasks_per_step,
                         seed=settings.seed)
@@ -185,7 +254,7 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
             indent=1, default=json_default) + "\n")
         return adapter
     record = {"experiment": settings.experiment, "tag": tag, "method": "maml-start", "seed": settings.seed,
-              "settings": {name: getattr(settings, name) for name in START_FIELDS}, "collections": list(COLLECTIONS),
+              "settings": settings.start_settings(), "collections": list(sampler.allowed),
               "meta_training": {"steps": result.steps, "history": result.history, "first_order": True,
                                 "seconds_per_step": result.seconds_per_step},
               "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
@@ -353,11 +422,15 @@ def compare_with_committed(outcomes: Mapping[str, Any], deterministic_only: bool
 
 
 # ------------------------------------------------------------------------------------------ figure
-def plot_results(table, settings: AblationSettings, domains: Sequence[str] = ("thermal", "lowquality", "controlled")):
+def plot_results(table, settings: AblationSettings, domains: Sequence[str] | None = None):
     """Notebook 06's figure, drawn by :func:`afr.figures.ablations.ablations_figure` (this name stays for the
-    notebook's import)."""
+    notebook's import); ``domains`` default: thermal, low quality, controlled (embedded), the test packs (full)."""
+    from afr.data.benchmarks import FULL_BENCHMARKS
     from afr.figures.ablations import ablations_figure
 
+    if domains is None:
+        full = getattr(settings, "data_profile", "embedded") == "full"
+        domains = (settings.benchmarks or FULL_BENCHMARKS) if full else ("thermal", "lowquality", "controlled")
     return ablations_figure(table, settings, domains)
 
 

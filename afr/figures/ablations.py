@@ -30,14 +30,16 @@ def ablations_figure(table: pd.DataFrame, settings,
         if group == "component":
             cells = [name for name in COMPONENTS if name in set(part["cell"])]
             width = 0.8 / len(domains)
+            lowest = 0.85
             for index, domain in enumerate(domains):
                 values = part[(part["split"] == "test") & (part["domain"] == domain)].groupby("cell")["value"]
                 means, errors = values.mean().reindex(cells), values.std().reindex(cells).fillna(0)
+                lowest = min(lowest, float(np.floor(means.min() * 20) / 20)) if means.notna().any() else lowest
                 axis.bar(np.arange(len(cells)) + (index - (len(domains) - 1) / 2) * width, means, width, yerr=errors,
                          capsize=2, color=colours[domain], label=f"test {domain}")
             axis.set_xticks(np.arange(len(cells)), [COMPONENTS[c][0] for c in cells], rotation=35, ha="right",
                             fontsize=7)
-            axis.set_ylim(0.85, 1.005)
+            axis.set_ylim(lowest, 1.005)  # 0.85, or lower where a mean is (e.g. cfp_fp on the full profile)
             axis.set_title("components", fontsize=9)
             axis.legend(fontsize=6)
             continue

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, digest_of, setting
+from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, SettingsError, digest_of, setting
 from afr.experiments.settings.dalora import DaLoraRunSettings
-from afr.experiments.settings.fields import (BackboneFields, DaLoraFields, GridFields, MetaStartFields,
-                                             RecordedStartFields, RunFields, TrainingFields)
+from afr.experiments.settings.fields import (BackboneFields, DaLoraFields, FullProfileFields, GridFields,
+                                             MetaStartFields, RecordedStartFields, RunFields, TrainingFields)
 
-__all__ = ["COMPONENTS", "EXPERT_SCHEMES", "GROUPS", "MAML_FIELDS", "NATIVE_SCHEMES", "ROUTER_FIELDS", "SINGLE_EXPERT",
-           "START_FIELDS", "SWEEPS", "AblationSettings", "Cell", "grid_cells", "grid_runs"]
+__all__ = ["COMPONENTS", "EXPERT_SCHEMES", "FULL_EXPERT_SCHEMES", "GROUPS", "MAML_FIELDS", "NATIVE_SCHEMES",
+           "ROUTER_FIELDS", "SINGLE_EXPERT", "START_DATA_FIELDS", "START_FIELDS", "SWEEPS", "AblationSettings", "Cell",
+           "expert_schemes", "grid_cells", "grid_runs"]
 
 #: component row -> (label in the paper's table, its settings' changes from the full model)
 COMPONENTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -43,6 +44,15 @@ EXPERT_SCHEMES: dict[int, dict[str, str]] = {
     5: {"orl": "orl", "yale": "yale", "lowquality": "lowquality", "thermal_und": "thermal_und",
         "thermal_puj": "thermal_puj"},
 }
+#: the full profile's K schemes: labelled domain of a CASIA-WebFace image (``python -m afr label-domains``,
+#: :data:`afr.data.domain_labels.DOMAIN_NAMES`) -> its expert. K = 2 puts the two kinds of good images
+#: (controlled, unconstrained) in one expert against low-quality; K = 1 and 3 use the labels as they are. The
+#: embedded K = 4 and 5 split collections (ORL | Yale, the two thermal sets) that CASIA-WebFace does not have.
+FULL_EXPERT_SCHEMES: dict[int, dict[str, str]] = {
+    1: {"controlled": "controlled", "unconstrained": "unconstrained", "low-quality": "low-quality"},
+    2: {"controlled": "good-quality", "unconstrained": "good-quality", "low-quality": "low-quality"},
+    3: {"controlled": "controlled", "unconstrained": "unconstrained", "low-quality": "low-quality"},
+}
 #: the K whose experts are the training pack's own domain codes (no relabelling: the pack is used as it is)
 NATIVE_SCHEMES = (1, 3)
 #: the name of the single expert of K = 1
@@ -52,21 +62,35 @@ MAML_FIELDS = ("inner_steps", "inner_lr", "meta_steps", "tasks_per_step", "meta_
 ROUTER_FIELDS = ("experts", "lambda_domain", "router_lr", "router_hidden", "maml_start")
 #: what a MAML start depends on (its tag's digest)
 START_FIELDS = ("backbone", "weights", "embedded_root", "rank", *MAML_FIELDS, "seed")
+#: the full profile's data a MAML start depends on too (its episodes are drawn from the CASIA-WebFace training
+#: subset): in its digest and record only when they differ from their defaults, so the embedded starts keep theirs
+START_DATA_FIELDS = ("data_profile", "train_rec", "num_identities", "val_identities", "domain_labels")
 
+
+def expert_schemes(data_profile: str) -> dict[int, dict[str, str]]:
+    """The K schemes of a data profile: training collection (embedded) or labelled domain (full) -> expert."""
+    return FULL_EXPERT_SCHEMES if data_profile == "full" else EXPERT_SCHEMES
 
 
 @dataclass
 class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedStartFields, TrainingFields,
-                       DaLoraFields, MetaStartFields, GridFields, BackboneFields):
+                       DaLoraFields, MetaStartFields, GridFields, FullProfileFields, BackboneFields):
     """Notebook 06 / ``python -m afr ablations``: every field is a notebook parameter and a CLI option.
 
     The single-run fields are the full model's; :func:`grid_cells` derives every cell's settings from them. Fields:
-    :class:`BackboneFields`, :class:`GridFields`, :class:`MetaStartFields` (the MAML start), :class:`DaLoraFields`,
-    :class:`TrainingFields`, :class:`RecordedStartFields`, :class:`RunFields`, then its own (what the grid runs, the
-    sweeps' values, the adapter and its parts). Each run is a DA-LoRA training run
-    (:func:`afr.experiments.dalora_run.run_method`) handed the explicit
-    :class:`~afr.experiments.settings.dalora.DaLoraRunSettings` of :meth:`run_settings`: named (tag from these
-    settings), recorded and tabled as an ablation run.
+    :class:`BackboneFields`, :class:`FullProfileFields`, :class:`GridFields`, :class:`MetaStartFields` (the MAML
+    start), :class:`DaLoraFields`, :class:`TrainingFields`, :class:`RecordedStartFields`, :class:`RunFields`, then its
+    own (what the grid runs, the sweeps' values, the adapter and its parts, the full profile's validation identities
+    and domain labels). Each run is a DA-LoRA training run (:func:`afr.experiments.dalora_run.run_method`) handed the
+    explicit :class:`~afr.experiments.settings.dalora.DaLoraRunSettings` of :meth:`run_settings`: named (tag from
+    these settings), recorded and tabled as an ablation run.
+
+    The full profile (notebook 03's data) trains every run on a seeded CASIA-WebFace identity subset whose images
+    carry the domains of ``python -m afr label-domains`` (``domain_labels``), validates on ``val_identities``
+    held-out identities and scores the five InsightFace packs; the MAML starts' episodes are drawn from the same
+    subset, one task per labelled domain (notebook 04's tasks). Its K schemes are :data:`FULL_EXPERT_SCHEMES` (1, 2,
+    3); K = 4 and 5 are refused there. No run of the ablation routes by oracle (the router's softmax gates every
+    DA-LoRA run), so the packs' lack of a domain costs nothing.
     """
 
     experiment: ClassVar[str] = "ablations"
@@ -76,6 +100,11 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "rank", "experts", "lambda_contrastive", "lambda_domain", "maml_start", "inner_steps", "meta_steps", "epochs",
         "lr")
+    #: the full profile's settings, added after the embedded grid was recorded: in the digest and the table's
+    #: columns only when they differ from their defaults, so the embedded runs keep their tags and rows
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
+        "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
 
     inner_steps: int = setting(3, "first-order inner SGD steps of the MAML start")
     inner_lr: float = setting(1e-3, "inner SGD learning rate of the MAML start")
@@ -97,9 +126,15 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     method: str = setting("dalora-classifier", "adapter of a single run: lora or dalora-classifier (DA-LoRA, router "
                           "softmax gating)", choices=("lora", "dalora-classifier"))
     experts: int = setting(3, "K: 1 (one expert, router trained on the 3 domains), 2 visible|thermal, 3 the domains, "
-                           "4 orl|yale|lowquality|thermal, 5 the collections", choices=tuple(EXPERT_SCHEMES))
+                           "4 orl|yale|lowquality|thermal, 5 the collections; full profile: 1, 2 (controlled and "
+                           "unconstrained | low-quality), 3 the labelled domains", choices=tuple(EXPERT_SCHEMES))
     maml_start: bool = setting(True, "warm-start every expert from a first-order MAML start on the training "
                                "collections")
+    val_identities: int = setting(100, "full profile: CASIA-WebFace identities held out of training (never trained "
+                                  "on) whose pairs are the validation pack")
+    domain_labels: str | None = setting(None, "full profile: the folder of `python -m afr label-domains` (default: "
+                                        "<train_rec>/domain_labels): the domain of every training image, the "
+                                        "experts' and the MAML tasks'")
 
     def __post_init__(self) -> None:
         super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), resume vs overwrite, batch shape
@@ -124,6 +159,15 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
             raise ValueError(f"method must be lora or dalora-classifier, got {self.method!r}")
         if self.maml_start and self.method == "lora":
             raise ValueError("the MAML start warm-starts DA-LoRA experts: maml_start needs method dalora-classifier")
+        self.benchmarks = tuple(self.benchmarks or ())
+        if self.data_profile == "full":
+            refused = sorted({k for k in (*self.expert_counts, self.experts) if k not in FULL_EXPERT_SCHEMES})
+            if refused:
+                raise SettingsError(
+                    f"--expert-counts / --experts: K = {', '.join(map(str, refused))} split the embedded "
+                    "benchmark's collections (ORL | Yale, the two thermal sets), which CASIA-WebFace does not have; "
+                    "the full profile's K schemes are 1, 2 (controlled and unconstrained | low-quality) and 3 (the "
+                    "labelled domains)", "expert_counts", "experts", "data_profile")
 
     # -------------------------------------------------------------------------------------- naming
     def irrelevant_fields(self) -> tuple[str, ...]:
@@ -133,11 +177,11 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
         return fields + (ROUTER_FIELDS if self.method == "lora" else ())
 
     def digest(self) -> str:
-        skipped = set(self.EXECUTION_FIELDS) | set(self.irrelevant_fields())
-        values = {name: value for name, value in dataclasses.asdict(self).items() if name not in skipped}
-        if self.world_size != 1:  # a torchrun job of several processes (single-process tags unchanged)
-            values["world_size"] = self.world_size
-        return digest_of(self.experiment, values)
+        # every field but the execution fields, the full profile's at their defaults (ADDED_FIELDS) and the
+        # irrelevant ones; world_size in a torchrun job of several processes (single-process tags unchanged)
+        skipped = set(self.irrelevant_fields())
+        return digest_of(self.experiment, {name: value for name, value in self.digest_values().items()
+                                           if name not in skipped})
 
     @property
     def run_name(self) -> str:
@@ -151,8 +195,14 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     def tag(self) -> str:
         return f"{self.experiment}_{self.run_name}_seed{self.seed}_{self.digest()}"
 
+    def start_settings(self) -> dict[str, Any]:
+        """What this run's MAML start depends on: :data:`START_FIELDS`, and the full profile's data
+        (:data:`START_DATA_FIELDS`) where it differs from the defaults (the start's digest and record)."""
+        added = self.digest_values(START_DATA_FIELDS)  # an added field at its default is left out
+        return {**{name: getattr(self, name) for name in START_FIELDS}, **added}
+
     def start_digest(self) -> str:
-        return digest_of(f"{self.experiment}/start", {name: getattr(self, name) for name in START_FIELDS})
+        return digest_of(f"{self.experiment}/start", self.start_settings())
 
     @property
     def start_tag(self) -> str:
