@@ -34,6 +34,10 @@ METHOD_LABELS = {"zero-shot": "no fine-tuning (zero-shot)", "lora": "LoRA", "lor
                  "maml": "MAML"}
 MARGIN_LABELS = {"cosface": "CosFace", "arcface": "ArcFace"}
 BENCHMARK_LABELS = {"lfw": "LFW", "cfp_fp": "CFP-FP", "agedb_30": "AgeDB-30", "calfw": "CALFW", "cplfw": "CPLFW"}
+#: what the text says of this work's full-profile rows (``\\result{published.full.statement}``)
+STATEMENT_NOT_RUN = "were not run, so we make no claim about them"
+STATEMENT_MEASURED = (r"are the lower rows of Table~\ref{tab:published} where recorded (mean $\pm$ sd over seeds; "
+                      r"``not run'' elsewhere)")
 #: the margin of a run whose table and record do not name one (the default of every experiment's settings)
 DEFAULT_MARGIN = "cosface"
 
@@ -128,6 +132,7 @@ def _published_table(sources, book: NumberBook) -> Table:
         table.rows.append([escape(BACKBONE_LABELS.get(backbone, backbone)), escape(_setting(method, margin)),
                            data, "this work", *cells])
     book.add("published.full-benchmarks.count", len(FULL_BENCHMARKS), "count")
+    book.add("published.full.statement", STATEMENT_MEASURED if measured else STATEMENT_NOT_RUN, "plain")
     return table
 
 
