@@ -23,11 +23,11 @@ from afr.analysis.tsne import EmbeddedPoints, IdentityCosines
 from afr.figures.common import heatmap
 from afr.io import atomic_write_bytes
 
-__all__ = ["FIGURE_NAMES", "confusion_figure", "curves_figure", "errors_figure", "figure_paths", "gates_figure",
-           "roc_figure", "saliency_figure", "save_figure", "sensitivity_figure", "tsne_figure"]
+__all__ = ["FIGURE_NAMES", "benchmarks_figure", "confusion_figure", "curves_figure", "errors_figure", "figure_paths",
+           "gates_figure", "roc_figure", "saliency_figure", "save_figure", "sensitivity_figure", "tsne_figure"]
 
-#: the figures notebook 07 writes (``fig_<name>.pdf`` / ``.png``)
-FIGURE_NAMES = ("tsne", "gates", "curves", "sensitivity", "roc", "confusion", "errors", "saliency")
+#: the figures notebook 07 writes (``fig_<name>.pdf`` / ``.png``); ``benchmarks`` only from full-profile runs
+FIGURE_NAMES = ("tsne", "gates", "curves", "sensitivity", "roc", "confusion", "errors", "saliency", "benchmarks")
 DOMAIN_COLOURS = {"controlled": "tab:blue", "wild": "tab:green", "thermal": "tab:red", "lowquality": "tab:orange"}
 
 
@@ -147,6 +147,31 @@ def curves_figure(maml: pd.DataFrame | None, crossdomain: pd.DataFrame | None) -
         ax.legend(fontsize=6)
     else:
         ax.text(0.5, 0.5, "crossdomain.csv not found", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def benchmarks_figure(summary: pd.DataFrame) -> Figure:
+    """Full profile: verification accuracy per benchmark pack (bars: mean over seeds, whiskers: sd), one bar per
+    (backbone, method, CASIA-WebFace identities) of :func:`afr.analysis.committed.benchmark_summary`."""
+    rows = summary.assign(row=summary["backbone"] + " " + summary["method"] + " ("
+                          + summary["identities"].map(lambda ids: "no training" if ids == "none" else f"{ids} ids")
+                          + ")")
+    from afr.data.benchmarks import FULL_BENCHMARKS
+
+    packs = sorted(set(rows["domain"]), key=lambda pack: (FULL_BENCHMARKS.index(pack) if pack in FULL_BENCHMARKS
+                                                          else len(FULL_BENCHMARKS), pack))
+    names = sorted(set(rows["row"]), key=lambda name: ("zero-shot" not in name, name))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(packs) * max(1, len(names) / 2)), 3.4))
+    for index, name in enumerate(names):
+        bars = rows[rows["row"] == name].set_index("domain").reindex(packs)
+        ax.bar(np.arange(len(packs)) + (index - (len(names) - 1) / 2) * width, 100 * bars["mean"], width,
+               yerr=100 * bars["sd"].fillna(0), capsize=2, label=f"{name}, {_seeds(int(bars['seeds'].max()))}")
+    ax.set_xticks(range(len(packs)), packs)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("full profile (CASIA-WebFace): the five benchmark packs", fontsize=9)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
