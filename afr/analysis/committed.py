@@ -155,10 +155,10 @@ def maml_curves(table: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
 THERMAL_TARGET = "thermal_und+thermal_puj"
 
 
-def crossdomain_curves(table: pd.DataFrame, metric: str = "auc", target: str = THERMAL_TARGET) -> pd.DataFrame:
-    """Test ``metric`` per (method, domain, shots) of the shift to ``target``: mean, sd and number of seeds,
-    committed grid only; ``shots`` -1 is k = "all" (:data:`afr.experiments.crossdomain.ALL_SHOTS`)."""
-    if "target" in table:
+def crossdomain_curves(table: pd.DataFrame, metric: str = "auc", target: str | None = THERMAL_TARGET) -> pd.DataFrame:
+    """Test ``metric`` per (method, domain, shots) of the shift to ``target`` (None: every row): mean, sd and number
+    of seeds, committed grid only; ``shots`` -1 is k = "all" (:data:`afr.experiments.crossdomain.ALL_SHOTS`)."""
+    if target is not None and "target" in table:
         table = table[table["target"].isna() | (table["target"] == target)]
     rows = _committed_grid(table)
     rows = rows[(rows["metric"] == metric) & (rows["split"] == "test")]

@@ -108,13 +108,29 @@ def _categorical(values: Sequence[int], all_value: int = -1) -> tuple[dict[int, 
     return {v: i for i, v in enumerate(order)}, ["all" if v == all_value else str(v) for v in order]
 
 
-def curves_figure(maml: pd.DataFrame | None, crossdomain: pd.DataFrame | None) -> Figure:
-    """Few-shot curves: notebook 04's AUC against adaptation steps per k, notebook 05's thermal AUC against k.
+def curves_figure(maml: pd.DataFrame | None, crossdomain: pd.DataFrame | None,
+                  full: pd.DataFrame | None = None) -> Figure:
+    """Few-shot curves: notebook 04's AUC against adaptation steps per k, notebook 05's thermal AUC against k and,
+    when given, notebook 05's full profile (``full``: accuracy on its thermal folder against k, a last panel).
 
     The x axes are categorical (evenly spaced steps / k; ``k = all``, stored as -1, last)."""
     shots = sorted(maml["shots"].unique()) if maml is not None else []
-    fig, axes = plt.subplots(1, len(shots) + 1, figsize=(4 * (len(shots) + 1), 3.4), squeeze=False)
-    axes = axes[0]
+    panels = len(shots) + 1 + (full is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.4), squeeze=False)
+    axes = list(axes[0])
+    if full is not None:
+        ax = axes.pop()
+        rows = full[full["domain"] == "thermal"]
+        position, labels = _categorical(rows["shots"].tolist())
+        for method, curve in rows.groupby("method"):
+            curve = curve.sort_values("shots", key=lambda k: k.map(position))
+            ax.errorbar(curve["shots"].map(position), 100 * curve["mean"], yerr=100 * curve["sd"].fillna(0),
+                        marker="o", markersize=3, capsize=2, label=method)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_title("full profile (05): CASIA-WebFace → thermal folder", fontsize=9)
+        ax.set_xlabel("k labelled images per identity (0: before)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=6)
     for ax, k in zip(axes, shots):
         rows = maml[maml["shots"] == k]
         position, labels = _categorical(rows["steps"].tolist())
@@ -146,7 +162,8 @@ def curves_figure(maml: pd.DataFrame | None, crossdomain: pd.DataFrame | None) -
         ax.set_ylabel("test AUC")
         ax.legend(fontsize=6)
     else:
-        ax.text(0.5, 0.5, "crossdomain.csv not found", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no embedded-profile rows in\ncrossdomain.csv (notebook 05)", ha="center",
+                transform=ax.transAxes)
     fig.tight_layout()
     return fig
 

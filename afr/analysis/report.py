@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from afr.analysis.committed import (ablation_sensitivity, benchmark_summary, committed_results_dir, crossdomain_curves,
-                                    gate_matrices, maml_curves, published_records, read_table)
+from afr.analysis.committed import (RECORD_FOLDERS, ablation_sensitivity, benchmark_summary, committed_results_dir,
+                                    crossdomain_curves, full_profile_rows, gate_matrices, maml_curves,
+                                    published_records, read_table)
 from afr.analysis.decisions import ProtocolDecisions
 from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder
 from afr.analysis.errors import FALSE_ACCEPT, common_traits, error_analysis, worst_errors
@@ -270,10 +271,18 @@ class FigureReport:
         return gates_figure(mean, sd, method, n), confusion_figure(shares, shares_sd, method, n), (mean, shares)
 
     def curves(self):
+        """Notebook 04's and 05's curves on the embedded benchmark and, when recorded, notebook 05's full profile
+        (accuracy on the thermal folder against k = 10, 50, 100: a panel of its own, its pack is not the embedded
+        thermal pack)."""
         maml, cross = read_table(self.results_dir, "maml"), read_table(self.results_dir, "crossdomain")
+        full_summary = None
+        if cross is not None:
+            full = full_profile_rows(cross, self.results_dir / RECORD_FOLDERS["crossdomain"])
+            cross = cross.drop(index=full.index)
+            full_summary = crossdomain_curves(full, "accuracy", target=None) if len(full) else None
         maml_summary = maml_curves(maml) if maml is not None else None
-        cross_summary = crossdomain_curves(cross) if cross is not None else None
-        return curves_figure(maml_summary, cross_summary), (maml_summary, cross_summary)
+        cross_summary = crossdomain_curves(cross) if cross is not None and len(cross) else None
+        return curves_figure(maml_summary, cross_summary, full_summary), (maml_summary, cross_summary)
 
     def sensitivity(self):
         """The committed ablation grid's runs only (:class:`~afr.experiments.grids.CommittedGrids`): the table

@@ -152,8 +152,10 @@ def _fewshot_table(sources, book: NumberBook) -> Table | None:
                   header=[["model", "method", "$k$", *(f"acc. {escape(name)}" for name in targets),
                            "avg. acc. 5 benchmarks"]])
     rows = rows.drop_duplicates(["backbone", "method", "shots", "seed", "domain"], keep="last")
+    # zero-shot, then the starts (k = 0), then each adapted method over its k ("all" last)
     groups = sorted(rows.groupby(["backbone", "method", "shots"]),
-                    key=lambda item: (item[0][0], item[0][1], math.inf if item[0][2] < 0 else item[0][2]))
+                    key=lambda item: (item[0][0], item[0][1] != "zero-shot", item[0][2] != 0, item[0][1],
+                                      math.inf if item[0][2] < 0 else item[0][2]))
     for (backbone, method, shots), group in groups:
         shots_text = "all" if shots < 0 else str(int(shots))
         prefix = ("full-fewshot", backbone, method, "kall" if shots < 0 else f"k{int(shots)}")
