@@ -73,7 +73,7 @@ def full_profile_rows(table: pd.DataFrame, records: str | Path,
 
     if "data_profile" not in frame:
         frame["data_profile"] = frame["run"].map(lambda run: setting(run, "data_profile", DEFAULT_PROFILE))
-    frame = frame[frame["data_profile"].fillna(DEFAULT_PROFILE) == "full"].copy()
+    frame = frame[frame["data_profile"] == "full"].copy()  # empty (a row written before the column): embedded
     for name in from_records:
         if name not in frame:
             frame[name] = frame["run"].map(lambda run, name=name: setting(run, name, None))
