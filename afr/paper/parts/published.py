@@ -42,7 +42,7 @@ STATEMENT_MEASURED = (r"are the lower rows of Table~\ref{tab:published} where re
 DEFAULT_MARGIN = "cosface"
 
 
-def _setting(method: str, margin: str | None) -> str:
+def _setting(method: str, margin: str) -> str:
     text = METHOD_LABELS.get(method, method)
     return text if method == "zero-shot" else f"{text} + {MARGIN_LABELS.get(margin, margin)}"
 
@@ -52,13 +52,15 @@ def _identities_part(identities: float | None) -> str:
     return "none" if identities is None else "all" if math.isnan(identities) else f"ids{int(identities)}"
 
 
-def _row_name(backbone: str, method: str, identities: float | None) -> str:
-    return f"{backbone}|{method}|{_identities_part(identities)}"
+def _row_name(backbone: str, method: str, identities: float | None, margin: str = DEFAULT_MARGIN) -> str:
+    """One row of the table: runs of another backbone, method, identity count or margin are never pooled."""
+    return f"{backbone}|{method}|{_identities_part(identities)}|{'' if method == 'zero-shot' else margin}"
 
 
-def _row_of(name: str) -> tuple[str, str, float | None]:
-    backbone, method, part = name.split("|")
-    return backbone, method, None if part == "none" else math.nan if part == "all" else float(part[3:])
+def _row_of(name: str) -> tuple[str, str, float | None, str]:
+    backbone, method, part, margin = name.split("|")
+    identities = None if part == "none" else math.nan if part == "all" else float(part[3:])
+    return backbone, method, identities, margin
 
 
 def _full_rows(sources):
@@ -76,8 +78,9 @@ def _full_rows(sources):
         return None
     rows = pd.concat(frames, ignore_index=True)
     rows["margin"] = rows["margin"].fillna(DEFAULT_MARGIN)
-    rows["group"] = [_row_name(backbone, method, None if method == "zero-shot" else identities)
-                     for backbone, method, identities in zip(rows["backbone"], rows["method"], rows["num_identities"])]
+    rows["group"] = [_row_name(backbone, method, None if method == "zero-shot" else identities, margin)
+                     for backbone, method, identities, margin in
+                     zip(rows["backbone"], rows["method"], rows["num_identities"], rows["margin"])]
     return rows.drop_duplicates(["group", "seed", "domain"], keep="last")
 
 
@@ -117,10 +120,10 @@ def _published_table(sources, book: NumberBook) -> Table:
     measured = {} if rows is None else {name: group for name, group in rows.groupby("group", sort=False)}
     listed = [_row_name(*row) for row in FULL_PROFILE_ROWS]
     for name in listed + sorted(set(measured) - set(listed)):
-        backbone, method, identities = _row_of(name)
+        backbone, method, identities, margin = _row_of(name)
         group = measured.get(name)
-        margin = DEFAULT_MARGIN if group is None else group["margin"].iloc[-1]
-        prefix = ("published", "full", backbone, _identities_part(identities), method)
+        prefix = ("published", "full", backbone, _identities_part(identities), method,
+                  *((margin,) if margin not in ("", DEFAULT_MARGIN) else ()))
         if identities is None:
             data = "none"
         elif math.isnan(identities):
