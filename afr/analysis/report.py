@@ -40,9 +40,9 @@ from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder
 from afr.analysis.errors import FALSE_ACCEPT, common_traits, error_analysis, worst_errors
 from afr.analysis.explorer import ThresholdExplorer, answers_input
 from afr.analysis.packs import labelled_test_packs
-from afr.analysis.plots import (FIGURE_NAMES, benchmarks_figure, confusion_figure, curves_figure, errors_figure, figure_paths,
-                                gates_figure, roc_figure, saliency_figure, save_figure, sensitivity_figure,
-                                tsne_figure)
+from afr.analysis.plots import (FIGURE_NAMES, benchmarks_figure, confusion_figure, curves_figure, errors_figure,
+                                figure_paths, gates_figure, roc_figure, saliency_figure, save_figure,
+                                sensitivity_figure, tsne_figure)
 from afr.analysis.roc import pack_roc
 from afr.analysis.saliency import DEFAULT_CAM_LAYER, grad_cam
 from afr.analysis.tsne import collect_points, identity_cosines, tsne_coordinates
