@@ -23,11 +23,11 @@ from afr.paper.parts.common import PartOutput, key, stats_cell, unseeded
 __all__ = ["FULL_PROFILE_ROWS", "build"]
 
 SOURCE = r"quoted: Chettaoui et al.~\cite{chettaoui2024froundation}"
-#: the full-profile rows always listed (FRoundation's recipe): (backbone, method, CASIA-WebFace identities; None:
-#: no training data)
-FULL_PROFILE_ROWS = (("dinov2-vits14", "zero-shot", None), ("dinov2-vits14", "lora", 1000),
-                     ("clip-vitb16", "zero-shot", None), ("clip-vitb16", "lora", 1000),
-                     ("dinov2-vits14", "dalora-classifier", 1000))
+#: the full-profile rows always listed (FRoundation's recipe): (experiment, backbone, method, CASIA-WebFace
+#: identities; None: no training data)
+FULL_PROFILE_ROWS = (("baseline", "dinov2-vits14", "zero-shot", None), ("baseline", "dinov2-vits14", "lora", 1000),
+                     ("baseline", "clip-vitb16", "zero-shot", None), ("baseline", "clip-vitb16", "lora", 1000),
+                     ("dalora", "dinov2-vits14", "dalora-classifier", 1000))
 BACKBONE_LABELS = {"dinov2-vits14": "DINOv2 ViT-S/14", "clip-vitb16": "CLIP ViT-B/16"}
 METHOD_LABELS = {"zero-shot": "no fine-tuning (zero-shot)", "lora": "LoRA", "lora-matched": "LoRA (matched)",
                  "dalora-classifier": "DA-LoRA", "dalora-unsupervised": "DA-LoRA (unsupervised router)",
@@ -42,9 +42,11 @@ STATEMENT_MEASURED = (r"are the lower rows of Table~\ref{tab:published} where re
 DEFAULT_MARGIN = "cosface"
 
 
-def _setting(method: str, margin: str) -> str:
+def _setting(experiment: str, method: str, margin: str) -> str:
+    """``LoRA + CosFace``; notebook 03's own zero-shot and LoRA rows (its DA-LoRA comparison) say so."""
     text = METHOD_LABELS.get(method, method)
-    return text if method == "zero-shot" else f"{text} + {MARGIN_LABELS.get(margin, margin)}"
+    text = text if method == "zero-shot" else f"{text} + {MARGIN_LABELS.get(margin, margin)}"
+    return text + (" (notebook 03)" if experiment == "dalora" and not method.startswith("dalora") else "")
 
 
 def _identities_part(identities: float | None) -> str:
@@ -52,15 +54,17 @@ def _identities_part(identities: float | None) -> str:
     return "none" if identities is None else "all" if math.isnan(identities) else f"ids{int(identities)}"
 
 
-def _row_name(backbone: str, method: str, identities: float | None, margin: str = DEFAULT_MARGIN) -> str:
-    """One row of the table: runs of another backbone, method, identity count or margin are never pooled."""
-    return f"{backbone}|{method}|{_identities_part(identities)}|{'' if method == 'zero-shot' else margin}"
+def _row_name(experiment: str, backbone: str, method: str, identities: float | None,
+              margin: str = DEFAULT_MARGIN) -> str:
+    """One row of the table: runs of another experiment (notebook 02 or 03), backbone, method, identity count or
+    margin are never pooled."""
+    return f"{experiment}|{backbone}|{method}|{_identities_part(identities)}|{'' if method == 'zero-shot' else margin}"
 
 
-def _row_of(name: str) -> tuple[str, str, float | None, str]:
-    backbone, method, part, margin = name.split("|")
+def _row_of(name: str) -> tuple[str, str, str, float | None, str]:
+    experiment, backbone, method, part, margin = name.split("|")
     identities = None if part == "none" else math.nan if part == "all" else float(part[3:])
-    return backbone, method, identities, margin
+    return experiment, backbone, method, identities, margin
 
 
 def _full_rows(sources):
@@ -78,9 +82,9 @@ def _full_rows(sources):
         return None
     rows = pd.concat(frames, ignore_index=True)
     rows["margin"] = rows["margin"].fillna(DEFAULT_MARGIN)
-    rows["group"] = [_row_name(backbone, method, None if method == "zero-shot" else identities, margin)
-                     for backbone, method, identities, margin in
-                     zip(rows["backbone"], rows["method"], rows["num_identities"], rows["margin"])]
+    rows["group"] = [_row_name(experiment, backbone, method, None if method == "zero-shot" else identities, margin)
+                     for experiment, backbone, method, identities, margin in
+                     zip(rows["experiment"], rows["backbone"], rows["method"], rows["num_identities"], rows["margin"])]
     return rows.drop_duplicates(["group", "seed", "domain"], keep="last")
 
 
@@ -120,9 +124,9 @@ def _published_table(sources, book: NumberBook) -> Table:
     measured = {} if rows is None else {name: group for name, group in rows.groupby("group", sort=False)}
     listed = [_row_name(*row) for row in FULL_PROFILE_ROWS]
     for name in listed + sorted(set(measured) - set(listed)):
-        backbone, method, identities, margin = _row_of(name)
+        experiment, backbone, method, identities, margin = _row_of(name)
         group = measured.get(name)
-        prefix = ("published", "full", backbone, _identities_part(identities), method,
+        prefix = ("published", "full", experiment, backbone, _identities_part(identities), method,
                   *((margin,) if margin not in ("", DEFAULT_MARGIN) else ()))
         if identities is None:
             data = "none"
@@ -132,8 +136,8 @@ def _published_table(sources, book: NumberBook) -> Table:
             data = f"CASIA-WebFace {book.add(key(*prefix, 'identities'), identities, 'count')} ids"
         cells = [rf"\multicolumn{{{len(FULL_BENCHMARKS) + 1}}}{{c}}{{{NOT_RUN}}}"] if group is None else \
             _full_cells(book, prefix, group, zero_shot=identities is None)
-        table.rows.append([escape(BACKBONE_LABELS.get(backbone, backbone)), escape(_setting(method, margin)),
-                           data, "this work", *cells])
+        table.rows.append([escape(BACKBONE_LABELS.get(backbone, backbone)),
+                           escape(_setting(experiment, method, margin)), data, "this work", *cells])
     book.add("published.full-benchmarks.count", len(FULL_BENCHMARKS), "count")
     book.add("published.full.statement", STATEMENT_MEASURED if measured else STATEMENT_NOT_RUN, "plain")
     return table
