@@ -77,7 +77,7 @@ def _full_rows(sources):
         rows = sources.full_profile_test(table, from_records=("num_identities", "margin"))
         rows = rows[(rows["metric"] == "accuracy") & rows["domain"].isin(FULL_BENCHMARKS)]
         if len(rows):
-            frames.append(rows)
+            frames.append(rows.assign(experiment=table))  # the table says which notebook ran it
     if not frames:
         return None
     rows = pd.concat(frames, ignore_index=True)
