@@ -235,11 +235,17 @@ browser-test: $(STAMP)
 
 # The paper: numbers, tables and figure macros regenerated from the committed results (python -m afr.paper; no
 # training), then LaTeX (needs `make apt`). Fails on a LaTeX error, an unknown \result key, or any undefined
-# reference or citation; the LaTeX output is in paper/latexmk.log.
+# reference or citation; the LaTeX output is in paper/latexmk.log. Without LaTeX it regenerates paper/generated/,
+# then says how to install LaTeX (the LaTeX packages of apt.txt) and fails.
 PAPER_DOCS := main supplementary
+PAPER_LATEX_PACKAGES := texlive-latex-base texlive-publishers latexmk
 .PHONY: paper
 paper: $(STAMP)
 	$(PY) -m afr.paper
+	@for check in "command -v latexmk" "command -v pdflatex" "kpsewhich elsarticle.cls"; do $$check >/dev/null 2>&1 || { \
+	  echo "paper: LaTeX is missing ('$$check' finds nothing), so the PDFs cannot be built; paper/generated/ is up to date." >&2; \
+	  echo "paper: install LaTeX with 'make apt' as root, or the Debian packages of apt.txt: apt-get install $(PAPER_LATEX_PACKAGES)" >&2; \
+	  exit 1; }; done
 	@cd paper && for doc in $(PAPER_DOCS); do \
 	  if ! latexmk -pdf -interaction=nonstopmode -halt-on-error $$doc.tex > latexmk.log 2>&1; then \
 	    grep -A4 -E '^!|Error' $$doc.log latexmk.log | head -30; echo "paper: LaTeX failed on $$doc.tex (paper/latexmk.log)"; exit 1; fi; \

@@ -8,7 +8,9 @@ figures and numbers elsewhere. Which runs count:
   ``source.json`` names the record) -- the committed 3-seed grid, not the demo or search runs beside it;
 * MAML and cross-domain tables: the rows of the largest ``meta_steps`` in the table (the committed grid runs 60
   outer steps; the notebooks' demo rows, 10 steps, sit in the same table);
-* ablations: ``results/tables/ablations.csv`` when it exists (test split), grouped by its ``group``/``cell``.
+* ablations: ``results/tables/ablations.csv`` when it exists (test split), grouped by its ``group``/``cell``;
+* full profile (CASIA-WebFace, the five InsightFace packs): the test rows whose run was of the full profile
+  (:func:`full_profile_rows`; the paper's full-profile tables read the same rows).
 """
 from __future__ import annotations
 
@@ -20,8 +22,17 @@ import pandas as pd
 
 from afr.paths import PROJECT_ROOT
 
-__all__ = ["ablation_sensitivity", "committed_results_dir", "crossdomain_curves", "gate_matrices", "maml_curves",
-           "published_records", "read_table"]
+__all__ = ["RECORD_FOLDERS", "ablation_sensitivity", "benchmark_summary", "committed_results_dir",
+           "crossdomain_curves", "full_profile_rows", "gate_matrices", "maml_curves", "published_records",
+           "read_table"]
+
+#: where each table's JSON records are (``results/<folder>/<tag>.json``; the baseline's are in ``results/`` itself)
+RECORD_FOLDERS = {"baseline": "", "dalora": "dalora", "maml": "maml", "crossdomain": "crossdomain",
+                  "ablations": "ablations"}
+#: the data profile of a row whose table has no ``data_profile`` column and whose run has no record saying otherwise
+DEFAULT_PROFILE = "embedded"
+#: the tables whose full-profile rows score a method on the five benchmarks (notebooks 02 and 03)
+BENCHMARK_TABLES = ("baseline", "dalora")
 
 
 def committed_results_dir(results_dir: str | Path | None = None) -> Path:
@@ -36,6 +47,61 @@ def read_table(results_dir: str | Path, name: str) -> pd.DataFrame | None:
     """``results_dir/tables/<name>.csv`` as a DataFrame, or None when the table does not exist (yet)."""
     path = Path(results_dir) / "tables" / f"{name}.csv"
     return pd.read_csv(path) if path.is_file() else None
+
+
+def full_profile_rows(table: pd.DataFrame, records: str | Path,
+                      from_records: tuple[str, ...] = ("num_identities",)) -> pd.DataFrame:
+    """The test rows of ``table`` from full-profile runs, with the column ``data_profile`` and the settings
+    ``from_records`` as columns.
+
+    Each comes from the table where it has the column, else from the run's JSON record ``<records>/<run>.json``
+    (its ``settings``); a run whose table and record say nothing is of the embedded profile (its table was
+    written before the column existed); a setting nobody gives is left empty (``num_identities``: NaN, as None in
+    a record, which means every identity).
+    """
+    frame = table[table["split"] == "test"] if "split" in table else table
+    if not len(frame):
+        return frame.assign(data_profile=[], **{name: [] for name in from_records})
+    frame = frame.copy()
+    settings: dict[str, dict] = {}
+
+    def setting(run: str, name: str, default):
+        if run not in settings:
+            path = Path(records) / f"{run}.json"
+            settings[run] = json.loads(path.read_text()).get("settings", {}) if path.is_file() else {}
+        return settings[run].get(name, default)
+
+    if "data_profile" not in frame:
+        frame["data_profile"] = frame["run"].map(lambda run: setting(run, "data_profile", DEFAULT_PROFILE))
+    frame = frame[frame["data_profile"] == "full"].copy()  # empty (a row written before the column): embedded
+    for name in from_records:
+        if name not in frame:
+            frame[name] = frame["run"].map(lambda run, name=name: setting(run, name, None))
+    if "num_identities" in frame:
+        frame["num_identities"] = pd.to_numeric(frame["num_identities"], errors="coerce")
+    return frame
+
+
+def benchmark_summary(results_dir: str | Path, metric: str = "accuracy") -> pd.DataFrame | None:
+    """Full-profile test ``metric`` per (backbone, method, identities, benchmark) of notebooks 02 and 03: mean, sd
+    and seeds; ``identities`` is ``"none"`` for zero-shot, ``"all"`` or the CASIA-WebFace identity count. None when
+    no full-profile run is recorded."""
+    from afr.data.benchmarks import FULL_BENCHMARKS
+
+    frames = []
+    for name in BENCHMARK_TABLES:
+        table = read_table(results_dir, name)
+        if table is not None:
+            rows = full_profile_rows(table, Path(results_dir) / RECORD_FOLDERS[name])
+            frames.append(rows[(rows["metric"] == metric) & rows["domain"].isin(FULL_BENCHMARKS)])
+    rows = pd.concat(frames, ignore_index=True) if frames else None
+    if rows is None or not len(rows):
+        return None
+    rows["identities"] = ["none" if method == "zero-shot" else "all" if pd.isna(ids) else str(int(ids))
+                          for method, ids in zip(rows["method"], rows["num_identities"])]
+    keys = ["backbone", "method", "identities"]
+    rows = rows.drop_duplicates([*keys, "seed", "domain"], keep="last")
+    return _summary(rows, [*keys, "domain"])
 
 
 def published_records(results_dir: str | Path, method: str) -> list[dict]:
@@ -89,10 +155,10 @@ def maml_curves(table: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
 THERMAL_TARGET = "thermal_und+thermal_puj"
 
 
-def crossdomain_curves(table: pd.DataFrame, metric: str = "auc", target: str = THERMAL_TARGET) -> pd.DataFrame:
-    """Test ``metric`` per (method, domain, shots) of the shift to ``target``: mean, sd and number of seeds,
-    committed grid only; ``shots`` -1 is k = "all" (:data:`afr.experiments.crossdomain.ALL_SHOTS`)."""
-    if "target" in table:
+def crossdomain_curves(table: pd.DataFrame, metric: str = "auc", target: str | None = THERMAL_TARGET) -> pd.DataFrame:
+    """Test ``metric`` per (method, domain, shots) of the shift to ``target`` (None: every row): mean, sd and number
+    of seeds, committed grid only; ``shots`` -1 is k = "all" (:data:`afr.experiments.crossdomain.ALL_SHOTS`)."""
+    if target is not None and "target" in table:
         table = table[table["target"].isna() | (table["target"] == target)]
     rows = _committed_grid(table)
     rows = rows[(rows["metric"] == metric) & (rows["split"] == "test")]

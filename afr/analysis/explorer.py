@@ -186,6 +186,12 @@ class ThresholdExplorer:
         """Accuracy, FAR and FRR against one threshold for all pairs, one panel per domain; the protocol's fold
         thresholds are the shaded band."""
         model = model or self.models[0]
+        if not self.domains:  # no test packs (the embedded benchmark is not built): a note, not an error
+            fig, ax = plt.subplots(figsize=(6, 1.5))
+            ax.text(0.5, 0.5, "no test packs to explore (notebook 01 builds the embedded benchmark)", ha="center",
+                    va="center")
+            ax.axis("off")
+            return fig
         fig, axes = plt.subplots(1, len(self.domains), figsize=(4 * len(self.domains), 3.2), squeeze=False)
         for ax, domain in zip(axes[0], self.domains):
             decisions = self.decisions(model, domain)

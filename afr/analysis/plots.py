@@ -23,11 +23,11 @@ from afr.analysis.tsne import EmbeddedPoints, IdentityCosines
 from afr.figures.common import heatmap
 from afr.io import atomic_write_bytes
 
-__all__ = ["FIGURE_NAMES", "confusion_figure", "curves_figure", "errors_figure", "figure_paths", "gates_figure",
-           "roc_figure", "saliency_figure", "save_figure", "sensitivity_figure", "tsne_figure"]
+__all__ = ["FIGURE_NAMES", "benchmarks_figure", "confusion_figure", "curves_figure", "errors_figure", "figure_paths",
+           "gates_figure", "roc_figure", "saliency_figure", "save_figure", "sensitivity_figure", "tsne_figure"]
 
-#: the figures notebook 07 writes (``fig_<name>.pdf`` / ``.png``)
-FIGURE_NAMES = ("tsne", "gates", "curves", "sensitivity", "roc", "confusion", "errors", "saliency")
+#: the figures notebook 07 writes (``fig_<name>.pdf`` / ``.png``); ``benchmarks`` only from full-profile runs
+FIGURE_NAMES = ("tsne", "gates", "curves", "sensitivity", "roc", "confusion", "errors", "saliency", "benchmarks")
 DOMAIN_COLOURS = {"controlled": "tab:blue", "wild": "tab:green", "thermal": "tab:red", "lowquality": "tab:orange"}
 
 
@@ -108,13 +108,29 @@ def _categorical(values: Sequence[int], all_value: int = -1) -> tuple[dict[int, 
     return {v: i for i, v in enumerate(order)}, ["all" if v == all_value else str(v) for v in order]
 
 
-def curves_figure(maml: pd.DataFrame | None, crossdomain: pd.DataFrame | None) -> Figure:
-    """Few-shot curves: notebook 04's AUC against adaptation steps per k, notebook 05's thermal AUC against k.
+def curves_figure(maml: pd.DataFrame | None, crossdomain: pd.DataFrame | None,
+                  full: pd.DataFrame | None = None) -> Figure:
+    """Few-shot curves: notebook 04's AUC against adaptation steps per k, notebook 05's thermal AUC against k and,
+    when given, notebook 05's full profile (``full``: accuracy on its thermal folder against k, a last panel).
 
     The x axes are categorical (evenly spaced steps / k; ``k = all``, stored as -1, last)."""
     shots = sorted(maml["shots"].unique()) if maml is not None else []
-    fig, axes = plt.subplots(1, len(shots) + 1, figsize=(4 * (len(shots) + 1), 3.4), squeeze=False)
-    axes = axes[0]
+    panels = len(shots) + 1 + (full is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.4), squeeze=False)
+    axes = list(axes[0])
+    if full is not None:
+        ax = axes.pop()
+        rows = full[full["domain"] == "thermal"]
+        position, labels = _categorical(rows["shots"].tolist())
+        for method, curve in rows.groupby("method"):
+            curve = curve.sort_values("shots", key=lambda k: k.map(position))
+            ax.errorbar(curve["shots"].map(position), 100 * curve["mean"], yerr=100 * curve["sd"].fillna(0),
+                        marker="o", markersize=3, capsize=2, label=method)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_title("full profile (05): CASIA-WebFace → thermal folder", fontsize=9)
+        ax.set_xlabel("k labelled images per identity (0: before)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=6)
     for ax, k in zip(axes, shots):
         rows = maml[maml["shots"] == k]
         position, labels = _categorical(rows["steps"].tolist())
@@ -146,7 +162,33 @@ def curves_figure(maml: pd.DataFrame | None, crossdomain: pd.DataFrame | None) -
         ax.set_ylabel("test AUC")
         ax.legend(fontsize=6)
     else:
-        ax.text(0.5, 0.5, "crossdomain.csv not found", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no embedded-profile rows in\ncrossdomain.csv (notebook 05)", ha="center",
+                transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def benchmarks_figure(summary: pd.DataFrame) -> Figure:
+    """Full profile: verification accuracy per benchmark pack (bars: mean over seeds, whiskers: sd), one bar per
+    (backbone, method, CASIA-WebFace identities) of :func:`afr.analysis.committed.benchmark_summary`."""
+    rows = summary.assign(row=summary["backbone"] + " " + summary["method"] + " ("
+                          + summary["identities"].map(lambda ids: "no training" if ids == "none" else f"{ids} ids")
+                          + ")")
+    from afr.data.benchmarks import FULL_BENCHMARKS
+
+    packs = sorted(set(rows["domain"]), key=lambda pack: (FULL_BENCHMARKS.index(pack) if pack in FULL_BENCHMARKS
+                                                          else len(FULL_BENCHMARKS), pack))
+    names = sorted(set(rows["row"]), key=lambda name: ("zero-shot" not in name, name))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(packs) * max(1, len(names) / 2)), 3.4))
+    for index, name in enumerate(names):
+        bars = rows[rows["row"] == name].set_index("domain").reindex(packs)
+        ax.bar(np.arange(len(packs)) + (index - (len(names) - 1) / 2) * width, 100 * bars["mean"], width,
+               yerr=100 * bars["sd"].fillna(0), capsize=2, label=f"{name}, {_seeds(int(bars['seeds'].max()))}")
+    ax.set_xticks(range(len(packs)), packs)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("full profile (CASIA-WebFace): the five benchmark packs", fontsize=9)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 

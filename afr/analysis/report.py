@@ -12,6 +12,13 @@ and the regenerated paper files -- into the git-ignored scratch folder :data:`SC
 and says so, so that running notebook 07 as shipped leaves every tracked file unchanged; where nothing exists yet
 (``make test``'s scratch ``$AFR_FIGURES`` / ``$AFR_RESULTS``) it writes there. Paths are shown relative to the
 project root (:func:`shown`).
+
+**What is not there.** A results folder of full-profile runs (notebooks 02-05 with ``data_profile = "full"``) has
+no published adapters and no DA-LoRA gates, and a GPU box may lack the embedded benchmark: the report draws what
+exists and, for each figure that it cannot draw, :meth:`FigureReport.save` returns one line saying what is missing
+and which notebook or command produces it (:attr:`FigureReport.missing`). The shipped default ``adapters``
+(:data:`DEFAULT_ADAPTERS`) are used where published; an adapter named otherwise must exist, and a missing one is
+one error before any work.
 """
 from __future__ import annotations
 
@@ -25,16 +32,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from afr.analysis.committed import (ablation_sensitivity, committed_results_dir, crossdomain_curves, gate_matrices,
-                                    maml_curves, published_records, read_table)
+from afr.analysis.committed import (RECORD_FOLDERS, ablation_sensitivity, benchmark_summary, committed_results_dir,
+                                    crossdomain_curves, full_profile_rows, gate_matrices, maml_curves,
+                                    published_records, read_table)
 from afr.analysis.decisions import ProtocolDecisions
 from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder
 from afr.analysis.errors import FALSE_ACCEPT, common_traits, error_analysis, worst_errors
 from afr.analysis.explorer import ThresholdExplorer, answers_input
 from afr.analysis.packs import labelled_test_packs
-from afr.analysis.plots import (FIGURE_NAMES, confusion_figure, curves_figure, errors_figure, figure_paths,
-                                gates_figure, roc_figure, saliency_figure, save_figure, sensitivity_figure,
-                                tsne_figure)
+from afr.analysis.plots import (FIGURE_NAMES, benchmarks_figure, confusion_figure, curves_figure, errors_figure,
+                                figure_paths, gates_figure, roc_figure, saliency_figure, save_figure,
+                                sensitivity_figure, tsne_figure)
 from afr.analysis.roc import pack_roc
 from afr.analysis.saliency import DEFAULT_CAM_LAYER, grad_cam
 from afr.analysis.tsne import collect_points, identity_cosines, tsne_coordinates
@@ -42,13 +50,19 @@ from afr.data.embedded import load_embedded
 from afr.eval.extract import chips_to_tensor
 from afr.io import atomic_write_text
 from afr.notebook_parameters import check_notebook_parameters
-from afr.paths import PROJECT_ROOT, figures_root, results_root
+from afr.paths import PROJECT_ROOT, MissingResourceError, figures_root, results_root
 from afr.paths import shown_path as shown  # noqa: F401 (importable here)
 
-__all__ = ["AnalysisSettings", "FigureReport", "SCRATCH_DIR", "existing_outputs", "numbers_path", "shown"]
+__all__ = ["AnalysisSettings", "DEFAULT_ADAPTERS", "FigureReport", "SCRATCH_DIR", "existing_outputs", "numbers_path",
+           "shown"]
 
 #: where a run without ``overwrite`` writes when the destination already holds outputs (git-ignored ``build/``)
 SCRATCH_DIR = PROJECT_ROOT / "build" / "07_figures"
+#: the adapters drawn by default, those of them that are published (notebook 03's ``make dalora-results``)
+DEFAULT_ADAPTERS = ("dalora-classifier_seed0", "lora_seed0")
+#: what produces each input a figure may lack
+ADAPTERS_FROM = "notebook 03 (make dalora-results) publishes them in results/adapters/"
+PACKS_FROM = "notebook 01 (make data, or python -m afr build-embedded) builds them"
 
 
 @dataclass
@@ -59,7 +73,7 @@ class AnalysisSettings:
     embedded_root: str | None = None  # embedded benchmark (default data/processed/embedded)
     backbone: str = "dlib-resnet29"  # the pretrained network the committed adapters were trained on
     weights: str | None = None  # its weights (default: the shared dlib weights)
-    adapters: tuple[str, ...] = ("dalora-classifier_seed0", "lora_seed0")  # first = "the adapted model"
+    adapters: tuple[str, ...] = DEFAULT_ADAPTERS  # first = "the adapted model"; the default: those published
     gates_method: str = "dalora-classifier"  # the DA-LoRA row whose records' gates are drawn
     tsne_perplexity: float = 30.0
     seed: int = 0  # t-SNE's random state
@@ -87,8 +101,9 @@ class AnalysisSettings:
         return (ZERO_SHOT, *self.adapters)
 
     @property
-    def adapted(self) -> str:
-        return self.adapters[0]
+    def adapted(self) -> str | None:
+        """The first adapter (None when none of the default adapters is published)."""
+        return self.adapters[0] if self.adapters else None
 
 
 def numbers_path(results: Path | None = None) -> Path:
@@ -135,15 +150,51 @@ class FigureReport:
         self.numbers_file = numbers_path(self.results_out)
         progress = answers_input() if self.settings.progress is None else bool(self.settings.progress)
         self.results_dir = committed_results_dir(self.settings.results_dir)
-        self.benchmark = load_embedded(self.settings.embedded_root)
-        self.packs = labelled_test_packs(self.benchmark)
+        #: figure name -> the one line saying why it is not drawn (what is missing, what produces it)
+        self.missing: dict[str, str] = {}
+        try:
+            self.benchmark = load_embedded(self.settings.embedded_root)
+            self.packs = labelled_test_packs(self.benchmark)
+        except FileNotFoundError as error:
+            self.benchmark, self.packs = None, {}
+            self.missing["packs"] = f"the embedded test packs are missing ({error}); {PACKS_FROM}"
         self.embedder = PackEmbedder(self.packs, self.results_dir, self.settings.backbone, self.settings.weights,
                                      progress=progress)
-        for name in self.settings.adapters:
-            self.embedder.choice(name)  # a missing adapter fails here, before any work
+        self.settings.adapters = self._published_adapters()  # an adapter named by the user fails here, before any work
         self.explorer = ThresholdExplorer(self.embedder, self.settings.models)
         if self.numbers_file.is_file() and (self.settings.overwrite or self.scratch):
             self.numbers_file.unlink()  # stale keys of an earlier run must not survive
+
+    def _published_adapters(self) -> tuple[str, ...]:
+        """``settings.adapters`` that are published; the default ones that are not are noted in :attr:`missing`,
+        any other missing one raises :class:`~afr.paths.MissingResourceError`."""
+        found, absent = [], []
+        for name in self.settings.adapters:
+            try:
+                self.embedder.choice(name)
+                found.append(name)
+            except MissingResourceError:
+                if tuple(self.settings.adapters) != DEFAULT_ADAPTERS:
+                    raise
+                absent.append(name)
+        if absent:
+            self.missing["adapters"] = (f"the default adapters {', '.join(absent)} are not in "
+                                        f"{shown(self.results_dir / 'adapters')}/; {ADAPTERS_FROM}")
+        return tuple(found)
+
+    def _not_drawn(self, name: str, *needs: str) -> bool:
+        """Whether figure ``name`` cannot be drawn for lack of ``needs`` (``"packs"``, ``"adapters"``): if so its
+        line goes to :attr:`missing`."""
+        lacking = [need for need in needs if (need == "packs" and not self.packs)
+                   or (need == "adapters" and self.settings.adapted is None)]
+        if lacking:
+            reasons = [self.missing.get(need, f"no {need}") for need in lacking]
+            self.missing[name] = f"{name}: not drawn: " + "; ".join(reasons)
+        return bool(lacking)
+
+    def missing_lines(self) -> str:
+        """One line per missing input (empty when nothing is missing)."""
+        return "\n".join(self.missing.values())
 
     # ------------------------------------------------------------------ bookkeeping
     def record(self, values: Mapping[str, float | int | None]) -> None:
@@ -154,6 +205,10 @@ class FigureReport:
         atomic_write_text(self.numbers_file, json.dumps(dict(sorted(self.numbers.items())), indent=1) + "\n")
 
     def save(self, fig, name: str) -> str:
+        """Write ``fig`` as ``fig_<name>.pdf`` and ``.png``; a figure that was not drawn (None) writes nothing and
+        its line says what is missing."""
+        if fig is None:
+            return self.missing.get(name, f"{name}: not drawn")
         pdf, png = save_figure(fig, name, self.figures_dir)
         return f"{pdf.name} and {png.name} written to {shown(pdf.parent)}/"
 
@@ -179,6 +234,8 @@ class FigureReport:
     # ------------------------------------------------------------------ figures
     def tsne(self):
         """t-SNE before and after adaptation, with the same-identity cosines (across / within domains)."""
+        if self._not_drawn("tsne", "packs", "adapters"):
+            return None, []
         panels = []
         for model in (ZERO_SHOT, self.settings.adapted):
             points = collect_points(self.embedder, model)
@@ -194,8 +251,16 @@ class FigureReport:
 
     def gates(self):
         """DA-LoRA gate weights per test pack and expert, mean over the published seeds; and the confusion."""
-        records = published_records(self.results_dir, self.settings.gates_method)
+        import pandas as pd
+
+        records = [record for record in published_records(self.results_dir, self.settings.gates_method)
+                   if "gates" in record]
         method, n = self.settings.gates_method, len(records)
+        if not records:
+            for name in ("gates", "confusion"):
+                self.missing[name] = (f"{name}: not drawn: no published {method} adapter with gates in "
+                                      f"{shown(self.results_dir / 'adapters')}/; {ADAPTERS_FROM}")
+            return None, None, (pd.DataFrame(), pd.DataFrame())
         mean, sd = gate_matrices(records, "mean")
         shares, shares_sd = gate_matrices(records, "argmax")
         self.record({f"gates.{method}.{pack}.{expert}": mean.loc[pack, expert]
@@ -206,10 +271,18 @@ class FigureReport:
         return gates_figure(mean, sd, method, n), confusion_figure(shares, shares_sd, method, n), (mean, shares)
 
     def curves(self):
+        """Notebook 04's and 05's curves on the embedded benchmark and, when recorded, notebook 05's full profile
+        (accuracy on the thermal folder against k = 10, 50, 100: a panel of its own, its pack is not the embedded
+        thermal pack)."""
         maml, cross = read_table(self.results_dir, "maml"), read_table(self.results_dir, "crossdomain")
+        full_summary = None
+        if cross is not None:
+            full = full_profile_rows(cross, self.results_dir / RECORD_FOLDERS["crossdomain"])
+            cross = cross.drop(index=full.index)
+            full_summary = crossdomain_curves(full, "accuracy", target=None) if len(full) else None
         maml_summary = maml_curves(maml) if maml is not None else None
-        cross_summary = crossdomain_curves(cross) if cross is not None else None
-        return curves_figure(maml_summary, cross_summary), (maml_summary, cross_summary)
+        cross_summary = crossdomain_curves(cross) if cross is not None and len(cross) else None
+        return curves_figure(maml_summary, cross_summary, full_summary), (maml_summary, cross_summary)
 
     def sensitivity(self):
         """The committed ablation grid's runs only (:class:`~afr.experiments.grids.CommittedGrids`): the table
@@ -223,7 +296,23 @@ class FigureReport:
         summary = ablation_sensitivity(table) if table is not None and len(table) else None
         return sensitivity_figure(summary), summary
 
+    def benchmarks(self):
+        """Full profile: accuracy on the five benchmark packs per (backbone, method, identities), from the
+        full-profile rows of notebooks 02 and 03 (:func:`~afr.analysis.committed.benchmark_summary`)."""
+        summary = benchmark_summary(self.results_dir)
+        if summary is None:
+            self.missing["benchmarks"] = ("benchmarks: not drawn: no full-profile run in tables/baseline.csv or "
+                                          "dalora.csv; notebook 02 with data_profile = 'full' (python -m afr baseline "
+                                          "--data-profile full ...) records them")
+            return None, None
+        self.record({f"benchmarks.{row.backbone}.{row.method}.{row.identities}.{row.domain}.accuracy": row.mean
+                     for row in summary.itertuples()})
+        return benchmarks_figure(summary), summary
+
     def roc(self):
+        """ROC per test pack of zero-shot and every adapter (zero-shot alone when none is published)."""
+        if self._not_drawn("roc", "packs"):
+            return None, {}
         curves = {domain: [pack_roc(self.embedder, model, domain) for model in self.settings.models]
                   for domain in self.packs}
         self.record({f"roc.{curve.domain}.auc.{curve.model}": curve.auc
@@ -232,6 +321,8 @@ class FigureReport:
 
     def errors(self):
         """The worst errors of the adapted model per domain, and the error analysis of every model."""
+        if self._not_drawn("errors", "packs", "adapters"):
+            return None, {}, {}
         model = self.settings.adapted
         worst = {domain: worst_errors(self.decisions(model, domain), pack, model, self.settings.n_errors)
                  for domain, pack in self.packs.items()}
@@ -251,6 +342,8 @@ class FigureReport:
     def check_against_records(self, tolerance: float = 0.005) -> str:
         """Assert that each adapter's AUC and protocol accuracy here equal its committed record's test metrics
         (within ``tolerance``): the embeddings analysed are those of the published runs."""
+        if not self.settings.adapters:
+            return "no adapter to check: " + self.missing.get("adapters", "none given")
         checked = []
         for name in self.settings.adapters:
             choice = self.embedder.choice(name)
@@ -275,6 +368,8 @@ class FigureReport:
     def saliency(self):
         """Grad-CAM of one same-identity pair per domain (the adapted model's worst false reject where it has
         one), explained against the partner's embedding under each model."""
+        if self._not_drawn("saliency", "packs", "adapters"):
+            return None, []
         models = (ZERO_SHOT, self.settings.adapted)
         rows = []
         for domain, pack in self.packs.items():

@@ -2,6 +2,7 @@
 texlive-publishers only) and the escaping of table text."""
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ __all__ = ["NOT_RUN", "Table", "escape"]
 #: what a cell of a run that is not recorded says (never a number we did not measure)
 NOT_RUN = "not run"
 
+_MULTICOLUMN = re.compile(r"\\multicolumn\{(\d+)\}")
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -17,6 +19,11 @@ _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
 def escape(text: object) -> str:
     """``text`` with LaTeX's special characters escaped (for names taken from the tables)."""
     return "".join(_SPECIAL.get(char, char) for char in str(text))
+
+
+def _span(row: Sequence[str]) -> int:
+    """How many columns a row's cells span (a ``\\multicolumn{n}`` cell spans n)."""
+    return sum(int(match.group(1)) if (match := _MULTICOLUMN.match(cell)) else 1 for cell in row)
 
 
 @dataclass
@@ -43,8 +50,8 @@ class Table:
             lines.append(" & ".join(header) + r" \\")
         lines.append(r"\hline")
         for index, row in enumerate(self.rows):
-            if len(row) != width and not (len(row) == 1 and row[0].startswith(r"\multicolumn")):
-                raise ValueError(f"table {self.label}: row {index} has {len(row)} cells, the header {width}")
+            if _span(row) != width and not (len(row) == 1 and row[0].startswith(r"\multicolumn")):
+                raise ValueError(f"table {self.label}: row {index} spans {_span(row)} columns, the header {width}")
             if index in self.rules and index:
                 lines.append(r"\hline")
             lines.append(" & ".join(row) + r" \\")

@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from afr.analysis.committed import RECORD_FOLDERS, full_profile_rows
 from afr.experiments.settings.ablations import grid_runs
 from afr.experiments.settings.dalora import FAMILY_REPRESENTATIVE
 from afr.experiments.grids import CommittedGrids
@@ -29,6 +30,11 @@ __all__ = ["EXPERIMENT_TABLES", "PaperSources", "load_sources"]
 
 #: the tables the paper reads (``results/tables/<name>.csv``); ``ablations`` may be absent
 EXPERIMENT_TABLES = ("baseline", "dalora", "maml", "crossdomain", "ablations")
+#: the columns of an absent table (an empty frame): those every part may select on, so that a results folder
+#: without an experiment's table (e.g. only full-profile baseline runs) gives "not run" cells, not a KeyError
+ABSENT_TABLE_COLUMNS = ["experiment", "run", "method", "domain", "metric", "seed", "value", "split", "grid",
+                        "data_profile", "backbone", "target", "source", "shots", "steps", "meta_steps", "epochs", "lr",
+                        "score_test", "group", "cell"]
 
 
 @dataclass
@@ -47,8 +53,7 @@ class PaperSources:
         tables = {}
         for name in EXPERIMENT_TABLES:
             path = self.root / "tables" / f"{name}.csv"
-            tables[name] = pd.read_csv(path) if path.is_file() else pd.DataFrame(
-                columns=["experiment", "run", "method", "domain", "metric", "seed", "value", "split"])
+            tables[name] = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=ABSENT_TABLE_COLUMNS)
         return tables
 
     @property
@@ -75,6 +80,13 @@ class PaperSources:
     def _rows(self, table: str, tags: Iterable[str], split: str = "test"):
         frame = self.tables[table]
         return frame[frame["run"].isin(set(tags)) & (frame["split"] == split)].copy()
+
+    # ------------------------------------------------------------------------------------------ full profile
+    def full_profile_test(self, table: str, from_records: Iterable[str] = ("num_identities",)):
+        """Test rows of ``tables/<table>.csv`` from full-profile runs (CASIA-WebFace, the five InsightFace packs),
+        with the column ``data_profile`` and the settings ``from_records`` filled in from the table or, where it
+        lacks the column, the run's record (:func:`afr.analysis.committed.full_profile_rows`, as notebook 07)."""
+        return full_profile_rows(self.tables[table], self.root / RECORD_FOLDERS[table], tuple(from_records))
 
     # ------------------------------------------------------------------------------------------ baseline (02)
     @property

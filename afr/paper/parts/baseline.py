@@ -61,7 +61,9 @@ def _search_table(sources: PaperSources, book: NumberBook) -> Table:
                   header=[["class centres", "LoRA lr", *(f"val. AUC {label(d)}" for d in domains), "mean"]])
     means = {}
     for init, lr in sources.grids.baseline_search:
-        chosen = rows[rows["candidate"].map(lambda candidate: candidate == (init, lr))]
+        # astype(bool): on a table without search rows the mask is an empty object Series, which pandas would take
+        # for a list of columns (and then KeyError: 'domain')
+        chosen = rows[rows["candidate"].map(lambda candidate: candidate == (init, lr)).astype(bool)]
         prefix = ("baseline", "search", init, f"{lr:.0e}")
         cells = [stats_cell(book, key(*prefix, domain), chosen.loc[chosen["domain"] == domain, "value"], "auc")
                  for domain in domains]
