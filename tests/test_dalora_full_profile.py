@@ -66,3 +66,22 @@ def test_dalora_trains_on_casia_with_labelled_domains_and_scores_the_five_packs(
     rows = read_table("dalora")
     assert set(rows["data_profile"]) == {"full"}
     assert set(rows.loc[rows["split"] == "test", "domain"]) == set(FULL_BENCHMARKS)
+
+
+def test_every_run_of_the_grid_trains_on_the_same_identities_whatever_the_seed_setting(full_profile_data, tmp_path):
+    """The runs' tags carry their own seeds, not the notebook's ``seed``: the grid's data must not depend on it."""
+    import numpy as np
+
+    from afr.data.domain_labels import label_domains
+    from afr.data.recordio import RecordIODataset
+    from afr.experiments.dalora_vs_lora import load_data
+
+    casia = full_profile_data / "casia"
+    label_domains(RecordIODataset(casia), tmp_path / "labels", progress=False)
+    data = {seed: load_data(DaLoraExperimentSettings(
+        data_profile="full", train_rec=str(casia), bins_dir=str(full_profile_data / "bins"), val_identities=4,
+        domain_labels=str(tmp_path / "labels"), methods=("lora",), seed=seed)) for seed in (0, 1)}
+    assert np.array_equal(data[0].train.indices, data[1].train.indices)
+    assert np.array_equal(data[0].val_packs["holdout"].issame, data[1].val_packs["holdout"].issame)
+    assert all(np.array_equal(a, b) for a, b in zip(data[0].val_packs["holdout"].images,
+                                                     data[1].val_packs["holdout"].images))

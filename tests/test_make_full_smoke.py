@@ -28,7 +28,8 @@ def test_smoke_keeps_every_step_and_shrinks_every_budget(tmp_path):
     full = ChainSettings(data="d", bins="b", weights="w", thermal="t")
     smoke = ChainSettings(data="d", bins="b", weights="w", thermal="t", smoke=True)
     assert [step.name for step in chain_steps(smoke)] == [step.name for step in chain_steps(full)][:1] + [
-        "notebook 02, seed 0", "notebook 03", "notebook 04", "notebook 05", "the paper's numbers (python -m afr.paper)"]
+        "notebook 02, seed 0", "notebook 03", "notebook 04", "notebook 05", "notebook 06", "notebook 07",
+        "the paper's numbers (python -m afr.paper)"]
     assert (smoke.epochs, smoke.seeds, smoke.shots, smoke.identities) == (1, (0,), (1,), None)
     assert (full.rank, full.identities, full.seeds, full.shots) == (16, 1000, (0, 1, 2), (10, 50, 100))
     notebook_03 = json.loads(next(step for step in chain_steps(full) if step.name == "notebook 03").command[-3])
@@ -48,11 +49,12 @@ def test_make_full_smoke_writes_full_profile_rows_for_every_step(full_profile_da
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     executed = sorted(path.name for path in (tmp_path / "notebooks").glob("*.ipynb"))
     assert executed == ["02_baseline_full_dinov2-vits14_seed0.ipynb", "03_dalora_full_dinov2-vits14.ipynb",
-                        "04_maml_full_dinov2-vits14.ipynb", "05_crossdomain_full_dinov2-vits14.ipynb"]
+                        "04_maml_full_dinov2-vits14.ipynb", "05_crossdomain_full_dinov2-vits14.ipynb",
+                        "06_ablations_full_dinov2-vits14.ipynb", "07_figures_full_dinov2-vits14.ipynb"]
     import pandas as pd
 
     tables = tmp_path / "results" / "tables"
-    for experiment in ("baseline", "dalora", "crossdomain"):
+    for experiment in ("baseline", "dalora", "crossdomain", "ablations"):
         rows = pd.read_csv(tables / f"{experiment}.csv")
         assert set(rows["data_profile"]) == {"full"}, experiment
         assert set(FULL_BENCHMARKS) <= set(rows["domain"]), experiment

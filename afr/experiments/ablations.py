@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from afr.experiments.benchmark_data import BenchmarkData, load_benchmark
+from afr.experiments.benchmark_data import GRID_DATA_SEED, BenchmarkData, load_benchmark
 from afr.experiments.dalora_run import expert_domains, record_path, run_method
 from afr.experiments.records import (append_rows, check_outputs_writable, check_start_adapters, check_unfinished_runs,
                                      environment_info, final_validation_metrics, grid_metric_values, json_default,
@@ -110,7 +110,7 @@ def load_data(settings: AblationSettings) -> AblationData:
     collection its image's labelled domain. Either way the chips must agree with the training pack, label for
     label and collection for domain; and when a run has a MAML start, every task must hold ``n_way`` identities
     of ``k_shot + q_query`` images (checked here, before any work)."""
-    baseline = load_benchmark(settings, with_domains=True)
+    baseline = load_benchmark(settings, with_domains=True, data_seed=GRID_DATA_SEED)
     if settings.data_profile == "full":
         chips = _full_training_chips(baseline.train)
     else:

@@ -24,8 +24,11 @@ from afr.data.subsets import dataset_labels, holdout_identities, identity_subset
 from afr.data.verification import VerificationPack, load_pack
 from afr.paths import MissingResourceError, shown_path
 
-__all__ = ["FULL_BENCHMARKS", "BenchmarkData", "load_benchmark", "load_embedded_benchmark"]
+__all__ = ["FULL_BENCHMARKS", "GRID_DATA_SEED", "BenchmarkData", "load_benchmark", "load_embedded_benchmark"]
 
+#: the full profile's data seed of the grids (notebooks 03 and 06): every run of a grid, whatever its seed, trains on
+#: the same identity subset and validates on the same held-out identities (notebook 05's folder split is seed 0 too)
+GRID_DATA_SEED = 0
 #: full profile: at most this many images of each held-out identity enter the validation pack
 VAL_IMAGES_PER_IDENTITY = 10
 VAL_MAX_PAIRS = 600
@@ -77,13 +80,17 @@ def load_embedded_benchmark(embedded_root: str | None = None, benchmarks: Sequen
     return BenchmarkData(train, val_packs, test_packs)
 
 
-def load_benchmark(settings: Any, with_domains: bool = False) -> BenchmarkData:
+def load_benchmark(settings: Any, with_domains: bool = False, data_seed: int | None = None) -> BenchmarkData:
     """The profile's training set, validation packs and test packs (SHA-256 recorded on each file pack), by the
     settings' ``data_profile`` and its fields (:class:`~afr.experiments.settings.fields.FullProfileFields`);
-    ``with_domains``: the full profile's training images carry CASIA-WebFace's domain labels (``domain_labels``)."""
+    ``with_domains``: the full profile's training images carry CASIA-WebFace's domain labels (``domain_labels``).
+
+    The full profile's identity subset and validation identities are drawn with ``data_seed``, default the run's
+    ``seed`` (notebook 02: one run, its seed in its tag); a grid whose runs share one data set passes a fixed one
+    (:data:`GRID_DATA_SEED`), so the runs' data never depends on a setting outside their tags."""
     if settings.data_profile == "embedded":
         return load_embedded_benchmark(settings.embedded_root, settings.benchmarks)
-    train, val_pack = _full_training_data(settings, with_domains)
+    train, val_pack = _full_training_data(settings, with_domains, settings.seed if data_seed is None else data_seed)
     return BenchmarkData(train, {"holdout": val_pack}, _full_test_packs(settings))
 
 
@@ -113,16 +120,17 @@ def open_domain_labels(settings: Any):
     return load_domain_labels(checked_domain_labels_folder(settings), open_casia(settings.train_rec))
 
 
-def _full_training_data(settings: Any, with_domains: bool = False):
-    """CASIA-WebFace: ``val_identities`` held-out identities as a validation pack, a subset of the rest to train;
-    ``with_domains``: every image carries its domain (:func:`domain_labels_folder`), kept by the identity subset."""
+def _full_training_data(settings: Any, with_domains: bool, seed: int):
+    """CASIA-WebFace: ``val_identities`` held-out identities as a validation pack, a subset of the rest to train
+    (both drawn with ``seed``); ``with_domains``: every image carries its domain (:func:`domain_labels_folder`), kept
+    by the identity subset."""
     dataset = open_casia(settings.train_rec)
     if with_domains:
         dataset = DomainLabelledDataset.from_folder(dataset, checked_domain_labels_folder(settings))
     labels = dataset_labels(dataset)
-    held_out = holdout_identities(labels, settings.val_identities, settings.seed)
-    train = identity_subset(dataset, settings.num_identities, settings.seed, exclude=held_out)
-    return train, _holdout_pack(dataset, labels, held_out, settings.seed)
+    held_out = holdout_identities(labels, settings.val_identities, seed)
+    train = identity_subset(dataset, settings.num_identities, seed, exclude=held_out)
+    return train, _holdout_pack(dataset, labels, held_out, seed)
 
 
 def _holdout_pack(dataset, labels: np.ndarray, identities: np.ndarray, seed: int) -> VerificationPack:

@@ -34,7 +34,7 @@ import numpy as np
 from afr.data.benchmarks import FULL_BENCHMARKS
 from afr.data.verification import VerificationPack
 from afr.eval.packs import evaluate_on_packs
-from afr.experiments.benchmark_data import BenchmarkData, load_benchmark
+from afr.experiments.benchmark_data import GRID_DATA_SEED, BenchmarkData, load_benchmark
 # one (method, seed) run and its pieces live in the library module afr.experiments.dalora_run; importable here too
 from afr.experiments.dalora_run import (ORACLE_EXPERT_OF, RunOutcome, adapt, evaluate_adapted,  # noqa: F401
                                         expert_domains, gate_evaluators, gate_table, parameter_groups, record_path,
@@ -59,7 +59,7 @@ def load_data(settings: DaLoraExperimentSettings) -> BenchmarkData:
     """The profile's training pack with domains, validation packs and test packs
     (:func:`~afr.experiments.benchmark_data.load_benchmark`): on the embedded profile its collections' domains, on
     the full profile a CASIA-WebFace identity subset with the domains of ``python -m afr label-domains``."""
-    return load_benchmark(settings, with_domains=True)
+    return load_benchmark(settings, with_domains=True, data_seed=GRID_DATA_SEED)
 
 
 def zero_shot(settings: DaLoraExperimentSettings, packs: Mapping[str, VerificationPack]) -> dict[str, dict]:

@@ -14,10 +14,9 @@ the same settings a user would type, so every record, table row and figure lands
 4. with ``--thermal``: notebook 04 (MAML, first-order MAML and pooled LoRA starts meta-trained over CASIA-WebFace's
    labelled domains, adapted to the thermal folder with k labelled images per identity) and notebook 05
    (CASIA-WebFace → thermal with k labelled images per identity, forgetting on the five packs);
-5. ``python -m afr.paper``: the paper's numbers from the records.
-
-Notebook 06 (the ablations' expert schemes over the embedded benchmark's collections) has no full-profile variant
-yet; the chain says so rather than running it on other data.
+5. notebook 06: the component table and the sensitivity sweeps (:func:`ablation_grid`) on the labelled domains;
+6. notebook 07 (figures; where ``figures/`` holds figures already, into ``build/07_figures/``) and
+   ``python -m afr.paper``: the paper's numbers from the records.
 
 Defaults follow FRoundation's recipe where it states one (CosFace s = 64, m = 0.35; LoRA on the attention's q and v;
 a 1,000-identity CASIA-WebFace subset; rank 16); the rest are this project's defaults, fixed in advance, not tuned.
@@ -151,10 +150,27 @@ def chain_steps(settings: ChainSettings) -> list[Step]:
             **settings.full_data(), **common, "target_dir": _absolute(settings.thermal), "rank": settings.rank,
             "seeds": list(settings.seeds), "shots": list(settings.shots), "meta_steps": settings.meta_steps,
             "adapt_steps": settings.adapt_steps, "adapt_batch": settings.adapt_batch})))
+    steps.append(Step("notebook 06", _papermill("06_ablations", out, {
+        **settings.full_data(), **training, **common, "domain_labels": _absolute(str(labels)),
+        "seeds": list(settings.seeds), "meta_steps": settings.meta_steps, **ablation_grid(settings)})))
+    steps.append(Step("notebook 07", _papermill("07_figures", out, {"progress": False})))
     steps.append(Step("the paper's numbers (python -m afr.paper)", [sys.executable, "-m", "afr.paper"]))
     for step in steps:
         step.command = [part.replace("{backbone}", settings.backbone) for part in step.command]
     return steps
+
+
+def ablation_grid(settings: ChainSettings) -> dict[str, Any]:
+    """Notebook 06's grid on the full profile: every component row; K over the labelled domains (1, 2, 3: the
+    embedded collections' 4 and 5 do not exist there); rank, λ1, λ2 and MAML inner steps around the chain's defaults
+    (the chain's rank among the ranks, so the full model is a cell of the rank sweep). In miniature: two rows, K = 2."""
+    if settings.smoke:
+        return {"groups": ["component", "experts"], "components": ["lora", "dalora+maml"], "expert_counts": [2],
+                "ranks": [settings.rank]}
+    return {"components": ["lora", "lora+router", "dalora", "dalora+maml", "dalora+contrastive", "full"],
+            "expert_counts": [1, 2, 3], "ranks": sorted({4, 8, settings.rank, 32}),
+            "lambda_contrastive_values": [0.01, 0.05, 0.1, 0.5], "lambda_domain_values": [0.01, 0.05, 0.1, 0.5],
+            "inner_steps_values": [1, 3, 5, 10]}
 
 
 def run_chain(settings: ChainSettings, report=print) -> list[dict[str, Any]]:
@@ -165,8 +181,6 @@ def run_chain(settings: ChainSettings, report=print) -> list[dict[str, Any]]:
     if not settings.thermal:
         report("make full: notebooks 04 and 05 skipped (set THERMAL=<folder of thermal face crops, one sub-folder per "
                "identity>)")
-    report("make full: notebook 06 has no full-profile variant yet (its expert schemes are the embedded benchmark's "
-           "collections); see README")
     for step in chain_steps(settings):
         if step.skip_if is not None and step.skip_if.exists():
             report(f"{step.describe()}: reusing {step.skip_if.parent}")
