@@ -139,12 +139,18 @@ def test_a_batched_adaptation_step_is_inner_adapt_on_that_batch():
 
 
 def _make_full_notebook_05_parameters(**variables: str) -> dict:
-    """The YAML parameters ``make full`` passes notebook 05 (read from ``make -n``, which runs nothing)."""
+    """The parameters ``make full`` passes notebook 05: its command line read from ``make -n`` (which runs nothing),
+    parsed by the chain (:mod:`afr.experiments.full_chain`) as ``make full`` runs it."""
+    import shlex
+
+    from afr.experiments.full_chain import _parse, chain_steps
+
     command = ["make", "-n", "full", *(f"{name}={value}" for name, value in variables.items())]
     printed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
-    found = re.search(r'-y "(\{[^"]*\})" notebooks/05_crossdomain.ipynb', printed.replace("\\\n", " "))
-    assert found, printed
-    return yaml.safe_load(found.group(1))
+    line = next(line for line in printed.replace("\\\n", " ").splitlines() if "afr.experiments.full_chain" in line)
+    words = shlex.split(line)
+    steps = chain_steps(_parse(words[words.index("afr.experiments.full_chain") + 1:]))
+    return json.loads(next(step for step in steps if step.name == "notebook 05").command[-3])
 
 
 @pytest.mark.slow
@@ -156,7 +162,7 @@ def test_notebook_05_runs_the_full_profile_as_make_full_calls_it(full_profile_da
         monkeypatch.setenv(variable, str(tmp_path / folder))
     parameters = _make_full_notebook_05_parameters(
         DATA=full_profile_data / "casia", BINS=full_profile_data / "bins", WEIGHTS=local_hf_models / "dinov2-small",
-        THERMAL=thermal_folder, IDENTITIES="12", SEEDS="0 1", SHOTS="2, 4", META_STEPS="2", ADAPT_STEPS="2",
+        THERMAL=thermal_folder, IDENTITIES="12", SEEDS="0 1", SHOTS="2 4", META_STEPS="2", ADAPT_STEPS="2",
         ADAPT_BATCH="8")
     assert parameters["data_profile"] == "full" and parameters["shots"] == [2, 4] and parameters["seeds"] == [0, 1]
     assert set(parameters) <= set(CrossDomainSettings.field_names())

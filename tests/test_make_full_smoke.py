@@ -65,3 +65,19 @@ def test_make_full_smoke_writes_full_profile_rows_for_every_step(full_profile_da
     assert {"lora", "dalora-classifier"} <= set(dalora["method"])
     assert (tmp_path / "domain_labels" / "domains.json").is_file()
     assert (tmp_path / "results" / "paper" / "generated").is_dir()
+
+
+def test_several_gpus_run_the_data_parallel_recipes_under_torchrun_with_the_notebooks_settings():
+    from afr.cli import build_parser
+
+    settings = ChainSettings(data="d", bins="b", weights="w", thermal="t", gpus=4)
+    steps = {step.name.split(" (")[0]: step.command for step in chain_steps(settings)}
+    for name, command in (("notebook 02, seed 0", "baseline"), ("notebook 03", "dalora"), ("notebook 06", "ablations")):
+        assert steps[name][2:7] == ["torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m"], name
+        arguments = steps[name][8:]
+        assert arguments[0] == command
+        parsed = vars(build_parser().parse_args(arguments))  # the options are the command's own
+        assert parsed["data_profile"] == "full" and parsed["batch_size"] == settings.batch
+    assert "papermill" in steps["notebook 04"] and "papermill" in steps["notebook 07"]
+    assert all("torch.distributed.run" not in step.command for step in chain_steps(
+        ChainSettings(data="d", bins="b", weights="w", gpus=1)))

@@ -20,6 +20,9 @@ the same settings a user would type, so every record, table row and figure lands
 
 Defaults follow FRoundation's recipe where it states one (CosFace s = 64, m = 0.35; LoRA on the attention's q and v;
 a 1,000-identity CASIA-WebFace subset; rank 16); the rest are this project's defaults, fixed in advance, not tuned.
+``--gpus N`` (N > 1) runs the recipes that train data-parallel (02, 03, 06: their settings' ``DATA_PARALLEL``) as
+``torchrun --nproc_per_node N -m afr <command>`` with the same settings (``--batch`` is then the global batch); the
+others stay notebooks in one process, and 07 and the paper read every record.
 ``--smoke`` runs the whole chain in miniature on CPU: one seed, one epoch, the smallest budgets, 4 validation
 identities; its numbers only show that the chain runs.
 """
@@ -66,6 +69,7 @@ class ChainSettings:
     adapt_batch: int = 128
     workers: int = 8
     device: str = "auto"
+    gpus: int = 1
     notebooks_out: str = "results/notebooks"
     smoke: bool = False
     methods: tuple[str, ...] = field(default=FULL_DALORA_METHODS)
@@ -74,7 +78,7 @@ class ChainSettings:
         if self.smoke:  # the chain in miniature: every step runs, nothing here is a result
             self.seeds, self.epochs, self.identities, self.val_identities = (self.seeds[0],), 1, None, 4
             self.batch, self.shots, self.meta_steps, self.adapt_steps, self.adapt_batch = 16, (1,), 2, 2, 8
-            self.workers, self.methods = 0, ("lora", "dalora-classifier")
+            self.workers, self.methods, self.gpus = 0, ("lora", "dalora-classifier"), 1
 
     def check_inputs(self) -> None:
         """One :class:`~afr.paths.MissingResourceError` naming every missing input, before any work."""
@@ -121,6 +125,51 @@ def _papermill(notebook: str, out: Path, parameters: dict[str, Any]) -> list[str
             str(out / f"{notebook}_full_{{backbone}}.ipynb")]
 
 
+#: the command of each training notebook (``python -m afr <command>`` takes the same settings as options)
+COMMANDS = {"02_baseline": "baseline", "03_dalora": "dalora", "04_maml": "maml", "05_crossdomain": "crossdomain",
+            "06_ablations": "ablations"}
+
+
+def data_parallel(notebook: str) -> bool:
+    """Whether the notebook's recipe trains data-parallel under torchrun (its settings' ``DATA_PARALLEL``)."""
+    import importlib
+
+    from afr.cli import GRID_EXPERIMENTS
+
+    command = COMMANDS[notebook]
+    if command == "baseline":
+        from afr.experiments.settings.baseline import BaselineSettings as settings_class
+    else:
+        settings_class = getattr(importlib.import_module(f"afr.experiments.settings.{command}"),
+                                 GRID_EXPERIMENTS[command][1])
+    return bool(settings_class.DATA_PARALLEL)
+
+
+def command_options(parameters: dict[str, Any]) -> list[str]:
+    """The command-line options of notebook parameters: ``--name value``, lists as several values, booleans as
+    ``--name`` / ``--no-name``, None left out (the option's default)."""
+    options: list[str] = []
+    for name, value in parameters.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            options.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            options += [flag, *map(str, value)]
+        elif value is not None:
+            options += [flag, str(value)]
+    return options
+
+
+def _training_step(name: str, notebook: str, out: Path, parameters: dict[str, Any], settings: ChainSettings) -> Step:
+    """A training notebook run by papermill; with ``gpus`` > 1 and a data-parallel recipe, its command under
+    ``torchrun`` instead (one process per GPU; the same settings as options, the executed notebook not written)."""
+    if settings.gpus > 1 and data_parallel(notebook):
+        return Step(f"{name} (python -m afr {COMMANDS[notebook]} on {settings.gpus} GPUs)", [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(settings.gpus),
+            "-m", "afr", COMMANDS[notebook], *command_options(parameters)])
+    return Step(name, _papermill(notebook, out, parameters))
+
+
 def chain_steps(settings: ChainSettings) -> list[Step]:
     """The chain's steps in order (see the module docstring)."""
     out = Path(settings.notebooks_out)
@@ -133,26 +182,26 @@ def chain_steps(settings: ChainSettings) -> list[Step]:
     training = {"rank": settings.rank, "batch_size": settings.batch, "lr": settings.lr, "epochs": settings.epochs,
                 "val_identities": settings.val_identities, "num_workers": settings.workers}
     for seed in settings.seeds:
-        step = Step(f"notebook 02, seed {seed}", _papermill("02_baseline", out, {
-            **settings.full_data(), **training, **common, "seed": seed}))
+        step = _training_step(f"notebook 02, seed {seed}", "02_baseline", out, {
+            **settings.full_data(), **training, **common, "seed": seed}, settings)
         step.command[-1] = step.command[-1].replace(".ipynb", f"_seed{seed}.ipynb")
         steps.append(step)
-    steps.append(Step("notebook 03", _papermill("03_dalora", out, {
+    steps.append(_training_step("notebook 03", "03_dalora", out, {
         **settings.full_data(), **training, **common, "seeds": list(settings.seeds),
-        "methods": list(settings.methods), "domain_labels": _absolute(str(labels))})))
+        "methods": list(settings.methods), "domain_labels": _absolute(str(labels))}, settings))
     if settings.thermal:
         casia = {key: value for key, value in settings.full_data().items() if key != "bins_dir"}
-        steps.append(Step("notebook 04", _papermill("04_maml", out, {
+        steps.append(_training_step("notebook 04", "04_maml", out, {
             **casia, **common, "target_dir": _absolute(settings.thermal), "rank": settings.rank,
             "domain_labels": _absolute(str(labels)), "seeds": list(settings.seeds), "shots": list(settings.shots),
-            "meta_steps": settings.meta_steps, "steps": sorted({0, 1, 5, settings.adapt_steps})})))
-        steps.append(Step("notebook 05", _papermill("05_crossdomain", out, {
+            "meta_steps": settings.meta_steps, "steps": sorted({0, 1, 5, settings.adapt_steps})}, settings))
+        steps.append(_training_step("notebook 05", "05_crossdomain", out, {
             **settings.full_data(), **common, "target_dir": _absolute(settings.thermal), "rank": settings.rank,
             "seeds": list(settings.seeds), "shots": list(settings.shots), "meta_steps": settings.meta_steps,
-            "adapt_steps": settings.adapt_steps, "adapt_batch": settings.adapt_batch})))
-    steps.append(Step("notebook 06", _papermill("06_ablations", out, {
+            "adapt_steps": settings.adapt_steps, "adapt_batch": settings.adapt_batch}, settings))
+    steps.append(_training_step("notebook 06", "06_ablations", out, {
         **settings.full_data(), **training, **common, "domain_labels": _absolute(str(labels)),
-        "seeds": list(settings.seeds), "meta_steps": settings.meta_steps, **ablation_grid(settings)})))
+        "seeds": list(settings.seeds), "meta_steps": settings.meta_steps, **ablation_grid(settings)}, settings))
     steps.append(Step("notebook 07", _papermill("07_figures", out, {"progress": False})))
     steps.append(Step("the paper's numbers (python -m afr.paper)", [sys.executable, "-m", "afr.paper"]))
     for step in steps:
@@ -205,7 +254,8 @@ def _parse(argv: Sequence[str] | None) -> ChainSettings:
     parser.add_argument("--domain-labels", default=defaults["domain_labels"])
     parser.add_argument("--backbone", default=defaults["backbone"], choices=("dinov2-vits14", "clip-vitb16"))
     parser.add_argument("--identities", default="1000", help="CASIA-WebFace identity subset; 'all' for every one")
-    for name in ("val_identities", "rank", "batch", "epochs", "meta_steps", "adapt_steps", "adapt_batch", "workers"):
+    for name in ("val_identities", "rank", "batch", "epochs", "meta_steps", "adapt_steps", "adapt_batch", "workers",
+                 "gpus"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name])
     parser.add_argument("--lr", type=float, default=defaults["lr"])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults["seeds"]))
