@@ -64,7 +64,9 @@ def test_make_full_smoke_writes_full_profile_rows_for_every_step(full_profile_da
     dalora = pd.read_csv(tables / "dalora.csv")
     assert {"lora", "dalora-classifier"} <= set(dalora["method"])
     assert (tmp_path / "domain_labels" / "domains.json").is_file()
-    assert (tmp_path / "results" / "paper" / "generated").is_dir()
+    generated = tmp_path / "paper" / "generated"  # beside the results folder read: never the project's paper
+    assert (generated / "tables" / "full_fewshot.tex").is_file()  # written only when full-profile rows exist
+    assert "DINOv2" in (generated / "tables" / "published.tex").read_text()
 
 
 def test_several_gpus_run_the_data_parallel_recipes_under_torchrun_with_the_notebooks_settings():

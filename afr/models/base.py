@@ -46,3 +46,28 @@ def preprocess_chips(images: torch.Tensor, size: int, mean: torch.Tensor, std: t
         images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=shrinking)
         images = images.clamp(0.0, 1.0)
     return (images - mean) / std
+
+
+def register_pixel_normalisation(module: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], name: str) -> None:
+    """Check ``mean``/``std`` (3 values each, std > 0; ValueError labelled ``name``) and keep them on ``module`` as the
+    non-persistent ``(1, 3, 1, 1)`` buffers ``pixel_mean`` / ``pixel_std`` that :func:`preprocess_chips` reads."""
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"{name}: mean/std must hold 3 values each (std > 0), got {mean}, {std}")
+    module.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+    module.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+
+def attach_projection(module: nn.Module, native_dim: int, embedding_dim: int | None, name: str) -> None:
+    """The ViT wrappers' output size: ``native_dim``, or with another ``embedding_dim`` a new bias-free ``projection``
+    Linear to it (random, so listed in ``extra_trainable_modules``: it stays trainable under LoRA)."""
+    module.native_dim = int(native_dim)
+    module.projection = None
+    #: modules outside the transformer that are new (random) and must stay trainable under LoRA
+    module.extra_trainable_modules = ()
+    if embedding_dim is not None and int(embedding_dim) != module.native_dim:
+        if int(embedding_dim) <= 0:
+            raise ValueError(f"{name}: embedding_dim must be positive, got {embedding_dim}")
+        module.projection = nn.Linear(module.native_dim, int(embedding_dim), bias=False)
+        module.extra_trainable_modules = ("projection",)
+    module.embedding_dim = int(embedding_dim) if embedding_dim is not None else module.native_dim
+

@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from afr.models.base import Backbone, preprocess_chips
+from afr.models.base import Backbone, attach_projection, preprocess_chips, register_pixel_normalisation
 from afr.models.factory import TIMM_PREFIX, MissingWeightsError, UnknownBackboneError
 
 __all__ = [
@@ -197,23 +197,11 @@ class TimmViTBackbone(Backbone):
         cfg = getattr(model, "pretrained_cfg", None) or {}
         mean = tuple(mean if mean is not None else cfg.get("mean", (0.485, 0.456, 0.406)))
         std = tuple(std if std is not None else cfg.get("std", (0.229, 0.224, 0.225)))
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"{name}: mean/std must hold 3 values each (std > 0), got {mean}, {std}")
-        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        register_pixel_normalisation(self, mean, std, name)
         if split_qkv(model) == 0:
             raise ValueError(f"{name}: no fused attention qkv nn.Linear found; TimmViTBackbone wraps timm ViTs")
         self.model = model
-        self.native_dim = int(model.num_classes or model.num_features)
-        self.projection: nn.Linear | None = None
-        #: modules outside the transformer that are new (random) and must stay trainable under LoRA
-        self.extra_trainable_modules: tuple[str, ...] = ()
-        if embedding_dim is not None and int(embedding_dim) != self.native_dim:
-            if int(embedding_dim) <= 0:
-                raise ValueError(f"{name}: embedding_dim must be positive, got {embedding_dim}")
-            self.projection = nn.Linear(self.native_dim, int(embedding_dim), bias=False)
-            self.extra_trainable_modules = ("projection",)
-        self.embedding_dim = int(embedding_dim) if embedding_dim is not None else self.native_dim
+        attach_projection(self, model.num_classes or model.num_features, embedding_dim, name)
         self.default_lora_targets = ("q_proj", "v_proj")
 
     # ------------------------------------------------------------------ construction

@@ -50,7 +50,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from afr.models.base import Backbone, preprocess_chips
+from afr.models.base import Backbone, attach_projection, preprocess_chips, register_pixel_normalisation
 
 __all__ = [
     "CLIP_MEAN",
@@ -182,23 +182,12 @@ class HFViTBackbone(Backbone):
         default_mean, default_std = FAMILIES[self.family]
         mean = tuple(default_mean if mean is None else mean)
         std = tuple(default_std if std is None else std)
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"{name}: mean/std must hold 3 values each (std > 0), got {mean}, {std}")
-        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        register_pixel_normalisation(self, mean, std, name)
 
         config = model.config
         self.uses_clip_projection = isinstance(model, CLIPVisionModelWithProjection)
-        self.native_dim = int(config.projection_dim if self.uses_clip_projection else config.hidden_size)
-        self.projection: nn.Linear | None = None
-        #: modules outside the transformer that are new (random) and must stay trainable under LoRA
-        self.extra_trainable_modules: tuple[str, ...] = ()
-        if embedding_dim is not None and int(embedding_dim) != self.native_dim:
-            if int(embedding_dim) <= 0:
-                raise ValueError(f"{name}: embedding_dim must be positive, got {embedding_dim}")
-            self.projection = nn.Linear(self.native_dim, int(embedding_dim), bias=False)
-            self.extra_trainable_modules = ("projection",)
-        self.embedding_dim = int(embedding_dim) if embedding_dim is not None else self.native_dim
+        attach_projection(self, config.projection_dim if self.uses_clip_projection else config.hidden_size,
+                          embedding_dim, name)
         # instance attribute shadows the (empty) class default of Backbone
         self.default_lora_targets = attention_projection_names(model)
 
