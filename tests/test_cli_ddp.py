@@ -319,3 +319,28 @@ def test_each_process_evaluates_on_its_own_device(monkeypatch):
         assert TrainConfig(device="auto").resolve_device() == torch.device("cuda:1")
     else:
         assert TrainConfig(device="auto").resolve_device() == torch.device("cpu")
+
+
+def test_the_ranks_shares_of_an_outer_step_are_the_steps_episodes_in_order():
+    """task_batches(..., rank, N): rank r draws the r-th contiguous block of the step's episodes, so the N shares
+    together are exactly one process's episodes of that step, in the same order."""
+    import numpy as np
+
+    from afr.meta.data import MamlData, task_batches
+    from afr.meta.episodes import EpisodeSampler
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 4)
+    collections = np.array(["a"] * 24 + ["b"] * 24)
+    chips = [rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in labels]
+    data = MamlData(chips, labels, collections, None, 8)
+    sampler = EpisodeSampler(labels, collections, 3, 1, 1, seed=5)
+    for step in (0, 3):
+        whole = task_batches(data, sampler, 4, step)
+        shares = [task for rank in range(2) for task in task_batches(data, sampler, 4, step, rank, 2)]
+        assert len(shares) == len(whole) == 4
+        for task, one in zip(shares, whole):
+            assert task.domain == one.domain and torch.equal(task.support_images, one.support_images)
+            assert torch.equal(task.query_labels, one.query_labels)
+    with pytest.raises(ValueError, match="cannot be split over 3"):
+        task_batches(data, sampler, 4, 0, 0, 3)
