@@ -5,8 +5,9 @@ variables: torchrun would take ``--log...`` for an abbreviation of its own ``--l
 * torch's global RNG is seeded (``torch.manual_seed(0)``): torch seeds it randomly at start-up, and the tiny test
   backbones are random models drawn from it, so without this two runs (or a single run and a DDP run's rank 0) would
   train different models (the real backbones load their weights);
-* ``CLI_WORKER_LOG=DIR``: every test-pack scoring (``evaluate_on_packs`` as the recipes call it) and every file the
-  records layer writes (records, tables) appends one JSON line ``{"rank", "what", ...}`` to ``DIR/rank<r>.jsonl``;
+* ``CLI_WORKER_LOG=DIR``: every test-pack scoring (``evaluate_on_packs`` as the recipes call it, the cross-domain
+  recipe's ``score_packs``), every file the records layer writes (records, tables), every meta-training checkpoint
+  and every saved meta-learned adapter appends one JSON line ``{"rank", "what", ...}`` to ``DIR/rank<r>.jsonl``;
 * ``CLI_WORKER_JOINT_OF=N`` (single process only): the recipes' training config takes ``batch_size / N`` images per
   batch and accumulates ``N`` batches per optimizer step, i.e. the joint batch of an N-process run whose sampler
   gives rank r the batches r, r + N, ... of the single-process stream (the identity sampler of notebook 03).
@@ -31,18 +32,35 @@ def _log(folder: Path, entry: dict) -> None:
 
 def _spy(folder: Path) -> None:
     import afr.experiments.baseline as baseline
+    import afr.experiments.crossdomain as crossdomain
     import afr.experiments.dalora_run as dalora_run
     import afr.experiments.dalora_vs_lora as dalora_vs_lora
+    import afr.experiments.maml_init as maml_init
     import afr.experiments.records as records
+    import afr.meta.maml as maml
+    import afr.meta.start as start
 
-    for module in (baseline, dalora_run, dalora_vs_lora):
-        scored = module.evaluate_on_packs
+    for module, name in ((baseline, "evaluate_on_packs"), (dalora_run, "evaluate_on_packs"),
+                         (dalora_vs_lora, "evaluate_on_packs"), (maml_init, "evaluate_on_packs"),
+                         (crossdomain, "score_packs")):
+        scored = getattr(module, name)
 
         def scoring(backbone, packs, *args, _scored=scored, _module=module.__name__, **kwargs):
             _log(folder, {"what": "score", "packs": sorted(packs), "module": _module})
             return _scored(backbone, packs, *args, **kwargs)
 
-        module.evaluate_on_packs = scoring
+        setattr(module, name, scoring)
+    saved, adapter = maml._save, start.save_adapter
+
+    def checkpoint(path, *args, **kwargs):
+        _log(folder, {"what": "checkpoint", "path": str(path)})
+        return saved(path, *args, **kwargs)
+
+    def saving(backbone, path, *args, **kwargs):
+        _log(folder, {"what": "adapter", "path": str(path)})
+        return adapter(backbone, path, *args, **kwargs)
+
+    maml._save, start.save_adapter = checkpoint, saving
     written = records.atomic_write_text
 
     def writing(path, *args, **kwargs):

@@ -1,6 +1,7 @@
 """``torchrun --nproc_per_node 2 -m afr baseline`` and ``... -m afr dalora`` on CPU (Gloo): rank 0 alone decides,
 writes, scores the test packs and prints; the run's tag and record carry the world size; the result equals one
-process's on the joint batch.
+process's on the joint batch. ``... -m afr maml`` and ``... crossdomain``: each outer step's episodes are split over
+the two processes, and the meta-training equals one process's on all the step's episodes.
 
 The commands run through tests/cli_worker.py (``afr.cli.main`` with torch's start-up seed fixed, and spies on the
 test-pack scoring and the records layer's writes), on the embedded benchmark with the tiny random DINOv2.
@@ -17,6 +18,8 @@ import pytest
 import torch
 
 from afr.experiments.settings import BaselineSettings, SettingsError
+from afr.experiments.settings.ablations import AblationSettings
+from afr.experiments.settings.crossdomain import CrossDomainSettings
 from afr.experiments.settings.dalora import DaLoraExperimentSettings
 from afr.experiments.settings.maml import MamlExperimentSettings
 from afr.paths import PROJECT_ROOT
@@ -142,6 +145,104 @@ def test_torchrun_ablations_rank_zero_meta_trains_the_start_and_the_run_equals_o
     _assert_same_result(record, single, record["test"], single["test"])
 
 
+#: the smallest meta-trainings: 3 (2) outer steps of 2 episodes, one per process under torchrun; meta_lr 1e-2 so the
+#: steps move the adapter (a wrong meta-gradient shows in the later steps' losses and the adapter)
+MAML = ["maml", "--backbone", "tiny-dinov2", "--rank", "2", "--methods", "maml", "--seeds", "0", "--meta-steps", "3",
+        "--tasks-per-step", "2", "--meta-lr", "0.01", "--shots", "1", "--steps", "0", "1", "--no-progress"]
+CROSSDOMAIN = ["crossdomain", "--backbone", "tiny-dinov2", "--rank", "2", "--methods", "dalora+maml", "--seeds", "0",
+               "--meta-steps", "2", "--tasks-per-step", "2", "--meta-lr", "0.01", "--inner-steps", "1", "--shots", "1",
+               "--adapt-steps", "1", "--no-progress"]
+
+
+def _rank_zero_meta_trained(entries: list[dict], single: list[dict]) -> None:
+    """Rank 0 alone scored, wrote records and tables, checkpointed and saved the adapter, each as often as one
+    process did."""
+    _check_rank_zero_did_everything(entries, single)
+    for what in ("checkpoint", "adapter", "write"):
+        assert len([e for e in entries if e["what"] == what]) == len([e for e in single if e["what"] == what]), what
+    assert any(entry["what"] == "checkpoint" for entry in entries)
+
+
+def _assert_same_meta_training(history: list[dict], single: list[dict], adapter: Path, single_adapter: Path) -> None:
+    """The same meta-losses at every outer step (every task of the step, in the same order) and the same adapter."""
+    from safetensors.torch import load_file
+
+    assert [entry["step"] for entry in history] == [entry["step"] for entry in single] and history
+    for ddp_step, one_step in zip(history, single):
+        assert set(ddp_step) == set(one_step)
+        for key in set(one_step) - {"step", "seconds"}:
+            assert ddp_step[key] == pytest.approx(one_step[key], rel=1e-4), (ddp_step["step"], key)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    single_tensors = load_file(single_adapter / "adapter_model.safetensors")
+    assert tensors.keys() == single_tensors.keys()
+    for name, tensor in single_tensors.items():
+        torch.testing.assert_close(tensors[name], tensor, rtol=1e-4, atol=1e-6)
+    # meta-training moved B away from LoRA's zero start: a wrong meta-gradient would show here
+    assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in single_tensors.items())
+
+
+@pytest.mark.slow
+def test_torchrun_maml_splits_each_steps_episodes_over_two_processes_and_equals_one_process(tmp_path,
+                                                                                          embedded_benchmark):
+    finished, entries = _run(tmp_path / "ddp", MAML, 2)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    (tag,) = json.loads(finished.stdout)["runs"].values()  # exactly one JSON document on stdout: rank 0's
+    results = tmp_path / "ddp" / "results"
+    assert _records(results) == [results / "maml" / f"{tag}.json"]  # one record, by rank 0
+    record = json.loads((results / "maml" / f"{tag}.json").read_text())
+    assert record["settings"]["world_size"] == 2 and record["settings"]["tasks_per_step"] == 2
+
+    alone, single_entries = _run(tmp_path / "one", MAML, 1)
+    assert alone.returncode == 0, alone.stderr[-4000:]
+    (single_tag,) = json.loads(alone.stdout)["runs"].values()
+    single = json.loads((tmp_path / "one" / "results" / "maml" / f"{single_tag}.json").read_text())
+    assert "world_size" not in single["settings"] and single_tag != tag
+    assert single_tag.rsplit("_", 1)[0] == tag.rsplit("_", 1)[0]
+    _rank_zero_meta_trained(entries, single_entries)
+    _assert_same_meta_training(record["meta_training"]["history"], single["meta_training"]["history"],
+                               tmp_path / "ddp" / "runs" / tag / "adapter",
+                               tmp_path / "one" / "runs" / single_tag / "adapter")
+    for shots, curve in single["curves"].items():  # rank 0's adaptation curves, from the same start
+        for steps, metrics in curve.items():
+            assert record["curves"][shots][steps]["auc"] == pytest.approx(metrics["auc"], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_crossdomain_meta_trains_the_start_over_two_processes_and_rank_zero_adapts(tmp_path,
+                                                                                           embedded_benchmark):
+    finished, entries = _run(tmp_path / "ddp", CROSSDOMAIN, 2)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    runs = json.loads(finished.stdout)["runs"]  # exactly one JSON document on stdout: rank 0's
+    tags = dict(runs)
+    results = tmp_path / "ddp" / "results" / "crossdomain"
+    assert _records(tmp_path / "ddp" / "results") == sorted(results / f"{tag}.json" for tag in set(tags.values()))
+    assert len(set(tags.values())) == 3  # zero-shot, the maml start, dalora+maml: one record each
+    start, adapted = (json.loads((results / f"{tags[key]}.json").read_text())
+                      for key in ("maml-start/seed0", "dalora+maml/seed0"))
+    assert start["settings"]["world_size"] == 2 and adapted["settings"]["world_size"] == 2
+
+    alone, single_entries = _run(tmp_path / "one", CROSSDOMAIN, 1)
+    assert alone.returncode == 0, alone.stderr[-4000:]
+    single_tags = json.loads(alone.stdout)["runs"]
+    single_results = tmp_path / "one" / "results" / "crossdomain"
+    single_start, single_adapted = (json.loads((single_results / f"{single_tags[key]}.json").read_text())
+                                    for key in ("maml-start/seed0", "dalora+maml/seed0"))
+    assert "world_size" not in single_start["settings"] and "world_size" not in single_adapted["settings"]
+    # the meta-trained start and the runs from it carry the world size; zero-shot (scored by rank 0) does not
+    assert tags["zero-shot/seed0"] == single_tags["zero-shot/seed0"]
+    assert all(tags[key] != single_tags[key] for key in ("maml-start/seed0", "dalora+maml/seed0"))
+    _rank_zero_meta_trained(entries, single_entries)
+    _assert_same_meta_training(start["meta_training"]["history"], single_start["meta_training"]["history"],
+                               tmp_path / "ddp" / "runs" / start["tag"] / "adapter",
+                               tmp_path / "one" / "runs" / single_start["tag"] / "adapter")
+    for record, one in ((start, single_start), (adapted, single_adapted)):
+        scores = record["test"] if record is start else record["test"]["k1"]
+        single_scores = one["test"] if one is single_start else one["test"]["k1"]
+        assert scores.keys() == single_scores.keys()
+        for pack, metrics in single_scores.items():
+            assert scores[pack]["auc"] == pytest.approx(metrics["auc"], rel=1e-4, abs=1e-5), (record["tag"], pack)
+
+
 def _assert_same_result(record: dict, single: dict, test: dict, single_test: dict) -> None:
     """Training loss, validation and test metrics of the DDP run equal the single process's (float tolerance)."""
     (ddp_epoch,), (one_epoch,) = record["train"]["history"], single["train"]["history"]
@@ -180,9 +281,29 @@ def test_a_job_of_several_processes_is_checked_before_any_work(monkeypatch):
     with pytest.raises(SettingsError, match="images per process"):
         DaLoraExperimentSettings.from_mapping({**values, "batch_size": 8, "images_per_identity": 8})
     assert DaLoraExperimentSettings.from_mapping({**values, "batch_size": 16, "images_per_identity": 8}).world_size == 2
-    maml = MamlExperimentSettings()  # built (the parser's defaults are), refused when it would run
-    with pytest.raises(SettingsError, match="does not train data-parallel"):
-        MamlExperimentSettings.from_mapping({name: getattr(maml, name) for name in maml.field_names()})
+    # maml and crossdomain split each outer step's episodes over the processes: tasks_per_step must divide
+    for settings_class in (MamlExperimentSettings, CrossDomainSettings):
+        defaults = settings_class()  # built (the parser's defaults are), refused when it would run
+        values = {name: getattr(defaults, name) for name in defaults.field_names()}
+        with pytest.raises(SettingsError, match="--tasks-per-step.*multiple of 2, got 3"):
+            settings_class.from_mapping({**values, "tasks_per_step": 3})
+        assert settings_class.from_mapping({**values, "tasks_per_step": 4}).world_size == 2
+    ablations = AblationSettings()  # the ablations meta-train their starts on rank 0 alone: any tasks_per_step
+    values = {name: getattr(ablations, name) for name in ablations.field_names()}
+    assert AblationSettings.from_mapping({**values, "tasks_per_step": 3}).tasks_per_step == 3
+
+
+def test_a_crossdomain_start_meta_trained_by_several_processes_has_its_own_tag(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    settings = CrossDomainSettings()
+    tags = {start: settings.start_tag(start) for start in ("pooled", "maml")}
+    zero = settings.for_run("zero-shot", 0).tag
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert {start: settings.start_tag(start) for start in tags} == tags
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for start, tag in tags.items():
+        assert settings.start_tag(start) != tag and settings.start_tag(start).rsplit("_", 1)[0] == tag.rsplit("_", 1)[0]
+    assert settings.for_run("zero-shot", 0).tag == zero  # scored once by rank 0: no world size
 
 
 def test_each_process_evaluates_on_its_own_device(monkeypatch):
@@ -198,3 +319,28 @@ def test_each_process_evaluates_on_its_own_device(monkeypatch):
         assert TrainConfig(device="auto").resolve_device() == torch.device("cuda:1")
     else:
         assert TrainConfig(device="auto").resolve_device() == torch.device("cpu")
+
+
+def test_the_ranks_shares_of_an_outer_step_are_the_steps_episodes_in_order():
+    """task_batches(..., rank, N): rank r draws the r-th contiguous block of the step's episodes, so the N shares
+    together are exactly one process's episodes of that step, in the same order."""
+    import numpy as np
+
+    from afr.meta.data import MamlData, task_batches
+    from afr.meta.episodes import EpisodeSampler
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 4)
+    collections = np.array(["a"] * 24 + ["b"] * 24)
+    chips = [rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in labels]
+    data = MamlData(chips, labels, collections, None, 8)
+    sampler = EpisodeSampler(labels, collections, 3, 1, 1, seed=5)
+    for step in (0, 3):
+        whole = task_batches(data, sampler, 4, step)
+        shares = [task for rank in range(2) for task in task_batches(data, sampler, 4, step, rank, 2)]
+        assert len(shares) == len(whole) == 4
+        for task, one in zip(shares, whole):
+            assert task.domain == one.domain and torch.equal(task.support_images, one.support_images)
+            assert torch.equal(task.query_labels, one.query_labels)
+    with pytest.raises(ValueError, match="cannot be split over 3"):
+        task_batches(data, sampler, 4, 0, 0, 3)

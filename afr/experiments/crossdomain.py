@@ -98,6 +98,7 @@ from afr.experiments.settings.crossdomain import (  # noqa: F401
     ALL_SHOTS, DATA_PROFILES, DIRECTIONS, EXPERTS, EXTRA_TERMS, FULL_PROFILE_FIELDS, MAML_START_FIELDS, METHODS,
     START_FIELDS, START_OF, STARTS, THERMAL_COLLECTIONS, THERMAL_PACKS, VISIBLE_COLLECTIONS, VISIBLE_PACKS,
     ZERO_SHOT_FIELDS, CrossDomainSettings, Direction, _parse_shots, forgetting_table, shots_label)
+from afr.experiments.settings.base import job_settings
 from afr.experiments.training_setup import evaluation_device
 from afr.io import atomic_write_text
 from afr.losses.contrastive import supervised_info_nce
@@ -110,7 +111,7 @@ from afr.models import create_backbone
 from afr.models.layout import fast_layout
 from afr.paths import results_root
 from afr.stats import paired_tests as paired
-from afr.train import seed_everything
+from afr.train import distributed, seed_everything
 
 __all__ = ["ALL_SHOTS", "DIRECTIONS", "Direction", "EXPERTS", "METHODS", "STARTS", "CrossDomainData",
            "CrossDomainSettings", "ThermalSplit", "adapt", "compare_with_committed", "dalora_from_start",
@@ -394,7 +395,12 @@ def _rows(record: Mapping[str, Any], settings: CrossDomainSettings, seeds: Seque
 
 def run_zero_shot(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str, Any]:
     """The pretrained backbone on every test pack, scored once (it has no seed); its rows are written for every
-    seed of the grid (and every seed they were written for before), so each method has a value per seed."""
+    seed of the grid (and every seed they were written for before), so each method has a value per seed. Under
+    torchrun rank 0 alone scores and writes; the other ranks get its record."""
+    return distributed.on_main(lambda: _zero_shot(settings, data))
+
+
+def _zero_shot(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str, Any]:
     settings = settings.for_run("zero-shot", 0)
     path = _record_path(settings.tag)
     fresh = settings.overwrite or not path.is_file()
@@ -462,16 +468,21 @@ def check_starts(settings: CrossDomainSettings) -> None:
 
 def _train_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, overwrite_folder: bool):
     """Meta-train a start into its run folder (:func:`afr.meta.start.meta_learned_start`: LoRA on the layers DA-LoRA
-    adapts, channels-last) and score it: ``(adapter, test scores, MetaTrainResult, config)``."""
-    device = evaluation_device(settings)
+    adapts, channels-last; under torchrun every rank takes its share of each outer step's episodes and rank 0 saves
+    the adapter): ``(adapter, MetaTrainResult, config)``. Every rank calls it; :func:`_score_start` scores it."""
     config = settings.meta_config(start)
     meta = meta_learned_start(settings.backbone, settings.weights, settings.rank, data.train,
                               stage1_sampler(settings, data), config, settings.start_dir(start), seed=settings.seed,
-                              device=device, targets=shared_targets, channels_last=True, resume=settings.resume,
-                              progress=settings.progress, overwrite=overwrite_folder)
-    test = score_packs(merge_dalora(dalora_from_start(settings, meta.adapter), settings.shift.experts[0]),
-                       data.test_packs, device)
-    return meta.adapter, test, meta.result, config
+                              device=evaluation_device(settings), targets=shared_targets, channels_last=True,
+                              resume=settings.resume, progress=settings.progress, overwrite=overwrite_folder,
+                              data_parallel=True)
+    return meta.adapter, meta.result, config
+
+
+def _score_start(settings: CrossDomainSettings, data: CrossDomainData, adapter: Path) -> dict[str, Any]:
+    """A start's test scores: its LoRA through the warm-started DA-LoRA's source expert, merged."""
+    return score_packs(merge_dalora(dalora_from_start(settings, adapter), settings.shift.experts[0]),
+                       data.test_packs, evaluation_device(settings))
 
 
 def run_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, need_adapter: bool = True,
@@ -483,29 +494,46 @@ def run_start(settings: CrossDomainSettings, data: CrossDomainData, start: str, 
     scores go to ``<start dir>/rebuilt.json``, and the returned record carries them (``rebuilt: true``)."""
     tag, run_dir = settings.start_tag(start), settings.start_dir(start)
     path = _record_path(tag)
-    if path.is_file() and not settings.overwrite:
+
+    def decide() -> tuple[str, dict[str, Any] | None]:  # rank 0: reuse (the record), rebuild (the record) or train
+        if not path.is_file() or settings.overwrite:
+            return "train", None
         record = reuse_record(path, settings.experiment, lambda found: _rows(found, settings, [found["seed"]]),
                               grid=settings.grid)
         if not need_adapter or (run_dir / "adapter").is_dir():
             rebuilt = run_dir / "rebuilt.json"
-            return {**record, **json.loads(rebuilt.read_text())} if rebuilt.is_file() else record
+            return "reuse", {**record, **json.loads(rebuilt.read_text())} if rebuilt.is_file() else record
         if not settings.rebuild_starts:
             raise missing_start_error([f"{tag} ({run_dir / 'adapter'})"], _NEEDED_BY, _REBUILT)
-        _, test, result, _ = _train_start(settings, data, start, overwrite_folder=not settings.resume)
-        rebuilt = {"rebuilt": True, "test": test, "rebuilt_steps": result.steps}
-        atomic_write_text(run_dir / "rebuilt.json", json.dumps(rebuilt, indent=1, default=json_default) + "\n")
-        return {**record, **rebuilt}
+        return "rebuild", record
+
+    # under torchrun rank 0 decides, scores and writes; every rank meta-trains its share of the episodes
+    action, record = distributed.on_main(decide)
+    if action == "reuse":
+        return record
     started = time.time()
-    adapter, test, result, config = _train_start(settings, data, start, overwrite_folder=settings.overwrite)
-    record = {"experiment": settings.experiment, "tag": tag, "method": f"{start}-start", "seed": settings.seed,
-              "shots": 0, "source": list(settings.shift.source),
-              "settings": {name: getattr(settings, name) for name in settings.start_fields(start)},
-              "meta_training": {"steps": result.steps, "history": result.history, "first_order": True,
-                                "inner_steps": config.inner_steps, "seconds_per_step": result.seconds_per_step},
-              "test": test, "environment": environment_info(evaluation_device(settings)),
-              "wall_seconds": round(time.time() - started, 1)}
-    _write_record(record, _rows(record, settings, [settings.seed]), overwrite=settings.overwrite, grid=settings.grid)
-    return record
+    overwrite_folder = not settings.resume if action == "rebuild" else settings.overwrite
+    adapter, result, config = _train_start(settings, data, start, overwrite_folder=overwrite_folder)
+
+    def finish() -> dict[str, Any]:
+        test = _score_start(settings, data, adapter)
+        if action == "rebuild":
+            rebuilt = {"rebuilt": True, "test": test, "rebuilt_steps": result.steps}
+            atomic_write_text(run_dir / "rebuilt.json", json.dumps(rebuilt, indent=1, default=json_default) + "\n")
+            return {**record, **rebuilt}
+        fresh = {"experiment": settings.experiment, "tag": tag, "method": f"{start}-start", "seed": settings.seed,
+                 "shots": 0, "source": list(settings.shift.source),
+                 "settings": {**{name: getattr(settings, name) for name in settings.start_fields(start)},
+                              **job_settings()},  # + world_size under torchrun
+                 "meta_training": {"steps": result.steps, "history": result.history, "first_order": True,
+                                   "inner_steps": config.inner_steps, "seconds_per_step": result.seconds_per_step},
+                 "test": test, "environment": environment_info(evaluation_device(settings)),
+                 "wall_seconds": round(time.time() - started, 1)}
+        _write_record(fresh, _rows(fresh, settings, [settings.seed]), overwrite=settings.overwrite,
+                      grid=settings.grid)
+        return fresh
+
+    return distributed.on_main(finish)
 
 
 def _adapted_model(settings: CrossDomainSettings, adapter: Path) -> tuple[nn.Module, dict[str, Tensor], ToParameters]:
@@ -525,13 +553,14 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
     """Adapt the method's start to thermal for every k and score it (zero-shot: :func:`run_zero_shot`); a k the
     method does not apply to is recorded under ``skipped`` with the reason. Reused when recorded, unless
     overwrite. The start is meta-trained first if it is not recorded; a recorded start whose adapter is missing is
-    rebuilt only with ``rebuild_starts`` (:func:`run_start`)."""
+    rebuilt only with ``rebuild_starts`` (:func:`run_start`). Under torchrun the ranks meta-train the start
+    together; rank 0 alone decides, adapts (small: one process), scores and writes, the others get its record."""
     if settings.method == "zero-shot":
         return run_zero_shot(settings, data)
     path = _record_path(settings.tag)
-    if path.is_file() and not settings.overwrite:
-        return reuse_record(path, settings.experiment, lambda record: _rows(record, settings, [record["seed"]]),
-                            grid=settings.grid)
+    if distributed.on_main(lambda: path.is_file() and not settings.overwrite):
+        return distributed.on_main(lambda: reuse_record(
+            path, settings.experiment, lambda record: _rows(record, settings, [record["seed"]]), grid=settings.grid))
     started = time.time()
     start = START_OF[settings.method]
     skipped = {shots_label(shots): settings.not_applicable(settings.method, shots) for shots in settings.shots}
@@ -540,7 +569,14 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
     start_record = {}
     if applicable:
         start_record = run_start(dataclasses.replace(settings, overwrite=False), data, start, need_adapter=True)
-        start_scores = start_record["test"]
+    return distributed.on_main(lambda: _adapt_and_record(settings, data, start, applicable, skipped, start_record,
+                                                         started))
+
+
+def _adapt_and_record(settings: CrossDomainSettings, data: CrossDomainData, start: str, applicable: list[int],
+                      skipped: dict[str, str], start_record: Mapping[str, Any], started: float) -> dict[str, Any]:
+    """:func:`run_method`'s stage 2 (rank 0): adapt the start for every applicable k, score, record."""
+    start_scores = start_record.get("test")
     adapter = settings.start_dir(start) / "adapter"
     device = evaluation_device(settings)
     test, adaptation = {}, {}
@@ -559,7 +595,7 @@ def run_method(settings: CrossDomainSettings, data: CrossDomainData) -> dict[str
     record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
               "seed": settings.seed, "shots": list(settings.shots), "direction": settings.direction,
               "start": settings.start_tag(start), **({"start_rebuilt": True} if start_record.get("rebuilt") else {}),
-              "settings": dataclasses.asdict(settings), "adaptation": adaptation, "test": test, "skipped": skipped,
+              "settings": settings.recorded_settings(), "adaptation": adaptation, "test": test, "skipped": skipped,
               "environment": environment_info(device), "wall_seconds": round(time.time() - started, 1)}
     _write_record(record, _rows(record, settings, [settings.seed]), overwrite=settings.overwrite, grid=settings.grid)
     return record
@@ -574,22 +610,28 @@ def run_grid(settings: CrossDomainSettings, data: CrossDomainData, report: Calla
     (:func:`check_starts`) and interrupted starts are refused
     (:func:`~afr.experiments.records.check_unfinished_runs`). Adapted runs recorded already are reused, and one line
     through ``report`` says so and names ``overwrite``."""
-    settings.check_world_size()  # not data-parallel: refused under torchrun with several processes
+    settings.check_world_size()  # a torchrun job of several processes: tasks_per_step splits over them
     check_outputs_writable(settings.experiment, settings.runs_folder)
     adapted = [(method, seed) for seed in settings.seeds for method in settings.adapted_methods()]
-    reused = [] if settings.overwrite else [
-        (method, seed) for method, seed in adapted if _record_path(settings.for_run(method, seed).tag).is_file()]
-    recorded = [] if settings.overwrite else [  # zero-shot and starts recorded before: reused, not trained now
-        *[("zero-shot", seed) for seed in settings.seeds
-          if _record_path(settings.for_run("zero-shot", 0).tag).is_file()],
-        *[(f"{start}-start", seed) for seed in settings.seeds for start in settings.grid_starts()
-          if _record_path(settings.for_run("lora", seed).start_tag(start)).is_file()]]
-    check_starts(settings)
+
+    def recorded_runs() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        reused = [] if settings.overwrite else [
+            (method, seed) for method, seed in adapted if _record_path(settings.for_run(method, seed).tag).is_file()]
+        recorded = [] if settings.overwrite else [  # zero-shot and starts recorded before: reused, not trained now
+            *[("zero-shot", seed) for seed in settings.seeds
+              if _record_path(settings.for_run("zero-shot", 0).tag).is_file()],
+            *[(f"{start}-start", seed) for seed in settings.seeds for start in settings.grid_starts()
+              if _record_path(settings.for_run("lora", seed).start_tag(start)).is_file()]]
+        return reused, recorded
+
+    # under torchrun rank 0 checks, decides and reports (distributed.on_main); the ranks meta-train the starts together
+    reused, recorded = distributed.on_main(recorded_runs)
+    distributed.on_main(lambda: check_starts(settings))
     starts = {(start, seed) for seed in settings.seeds for start in settings.grid_starts()}
     starts |= {(START_OF[method], seed) for seed in settings.seeds for method in settings.adapted_methods()}
-    check_unfinished_runs([(_record_path(settings.for_run("lora", seed).start_tag(start)),
-                            settings.for_run("lora", seed).start_dir(start)) for start, seed in sorted(starts)],
-                          settings.resume, settings.overwrite)
+    distributed.on_main(lambda: check_unfinished_runs(
+        [(_record_path(settings.for_run("lora", seed).start_tag(start)), settings.for_run("lora", seed).start_dir(start))
+         for start, seed in sorted(starts)], settings.resume, settings.overwrite))
     zero = run_zero_shot(settings, data)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in settings.seeds:
@@ -599,7 +641,7 @@ def run_grid(settings: CrossDomainSettings, data: CrossDomainData, report: Calla
                                                           need_adapter=False)
         for method in settings.adapted_methods():
             records[(method, seed)] = run_method(settings.for_run(method, seed), data)
-    if reused and report is not None:
+    if reused and report is not None and distributed.job_rank() == 0:
         report(reuse_note([_record_path(settings.for_run(method, seed).tag) for method, seed in reused],
                           [seed for _, seed in reused]))
     return GridRuns(records, reused + recorded)

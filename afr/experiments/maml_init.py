@@ -48,6 +48,7 @@ from afr.meta.data import MamlData, load_training_chips, task_batches  # noqa: F
 from afr.meta.episodes import EpisodeSampler, few_shot_support
 from afr.meta.start import meta_learned_start
 from afr.paths import results_root
+from afr.train import distributed
 
 __all__ = ["METHODS", "MamlData", "MamlExperimentSettings", "adaptation_curves", "curve_table", "episode_sampler",
            "load_data", "run_method", "run_grid"]
@@ -108,7 +109,7 @@ def initialisation(settings: MamlExperimentSettings, data: MamlData) -> tuple[nn
     start = meta_learned_start(settings.backbone, settings.weights, settings.rank, data,
                                episode_sampler(settings, data) if meta else None, config, settings.run_dir,
                                seed=settings.seed, device=evaluation_device(settings), resume=settings.resume,
-                               progress=settings.progress, overwrite=settings.overwrite)
+                               progress=settings.progress, overwrite=settings.overwrite, data_parallel=True)
     if start.result is None:
         return start.backbone, {"steps": 0}
     result = start.result
@@ -154,22 +155,31 @@ def record_path(settings: MamlExperimentSettings) -> Path:
 
 
 def run_method(settings: MamlExperimentSettings, data: MamlData) -> dict[str, Any]:
-    """Meta-train (or not), adapt to the target for every k, record; a recorded run is reused unless overwrite."""
+    """Meta-train (or not), adapt to the target for every k, record; a recorded run is reused unless overwrite.
+
+    Under torchrun (several processes) the ranks meta-train together, each on its share of every outer step's
+    episodes (:func:`afr.meta.meta_train`); rank 0 alone decides (reuse or train), saves, runs the adaptation
+    curves (small: one process) and writes; the others get its record (:func:`afr.train.distributed.on_main`)."""
     path = record_path(settings)
-    if path.is_file() and not settings.overwrite:
-        return reuse_record(path, settings.experiment, lambda record: curve_rows(record, settings), grid=settings.grid)
+    if distributed.on_main(lambda: path.is_file() and not settings.overwrite):
+        return distributed.on_main(lambda: reuse_record(
+            path, settings.experiment, lambda record: curve_rows(record, settings), grid=settings.grid))
     started = time.time()
     backbone, meta = initialisation(settings, data)
     trainable, total = trainable_parameters(backbone)
-    curves = adaptation_curves(backbone, data, settings)
-    record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
-              "seed": settings.seed, "settings": dataclasses.asdict(settings),
-              "meta_training": {**meta, "adapter_parameters": trainable, "backbone_parameters": total - trainable},
-              "curves": curves, "environment": environment_info(evaluation_device(settings)),
-              "wall_seconds": round(time.time() - started, 1)}
-    write_record(path, record, settings.experiment, curve_rows(record, settings), overwrite=settings.overwrite,
-                 grid=settings.grid)
-    return record
+
+    def finish() -> dict[str, Any]:
+        curves = adaptation_curves(backbone, data, settings)
+        record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
+                  "seed": settings.seed, "settings": settings.recorded_settings(),  # + world_size under torchrun
+                  "meta_training": {**meta, "adapter_parameters": trainable, "backbone_parameters": total - trainable},
+                  "curves": curves, "environment": environment_info(evaluation_device(settings)),
+                  "wall_seconds": round(time.time() - started, 1)}
+        write_record(path, record, settings.experiment, curve_rows(record, settings), overwrite=settings.overwrite,
+                     grid=settings.grid)
+        return record
+
+    return distributed.on_main(finish)
 
 
 def curve_rows(record: Mapping[str, Any], settings: MamlExperimentSettings) -> list[dict[str, Any]]:
@@ -193,14 +203,16 @@ def run_grid(settings: MamlExperimentSettings, data: MamlData, report: Callable[
     (:func:`~afr.experiments.records.check_outputs_writable`), and interrupted meta-trainings of the grid are refused
     unless ``resume`` or ``overwrite`` (:func:`~afr.experiments.records.check_unfinished_runs`). Runs recorded
     already are reused, and one line through ``report`` says so and names ``overwrite``."""
-    settings.check_world_size()  # not data-parallel: refused under torchrun with several processes
+    settings.check_world_size()  # a torchrun job of several processes: tasks_per_step splits over them
     check_outputs_writable(settings.experiment, settings.runs_folder)
     runs = {(method, seed): settings.for_run(method, seed) for seed in settings.seeds for method in settings.methods}
-    check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()], settings.resume,
-                          settings.overwrite)
-    reused = [] if settings.overwrite else [key for key, run in runs.items() if record_path(run).is_file()]
+    # under torchrun rank 0 checks, decides and reports (distributed.on_main); the ranks meta-train each run together
+    distributed.on_main(lambda: check_unfinished_runs([(record_path(run), run.run_dir) for run in runs.values()],
+                                                      settings.resume, settings.overwrite))
+    reused = [] if settings.overwrite else distributed.on_main(
+        lambda: [key for key, run in runs.items() if record_path(run).is_file()])
     records = GridRuns({key: run_method(run, data) for key, run in runs.items()}, reused)
-    if reused and report is not None:
+    if reused and report is not None and distributed.job_rank() == 0:
         report(reuse_note([record_path(runs[key]) for key in reused], [seed for _, seed in reused]))
     return records
 

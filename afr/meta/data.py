@@ -48,10 +48,17 @@ def load_training_chips(embedded_root: str | None, target: str) -> MamlData:
                     collection_pack(benchmark, target, "test"), benchmark.config.image_size)
 
 
-def task_batches(data: MamlData, sampler: EpisodeSampler, count: int, step: int) -> list[TaskBatch]:
-    """The ``count`` episodes of outer step ``step`` (deterministic in the step, so a resumed run draws the same)."""
+def task_batches(data: MamlData, sampler: EpisodeSampler, count: int, step: int, rank: int = 0,
+                 world_size: int = 1) -> list[TaskBatch]:
+    """The ``count`` episodes of outer step ``step`` (deterministic in the step, so a resumed run draws the same);
+    with ``world_size`` N > 1, rank ``rank``'s share: the ``rank``-th of N contiguous blocks of ``count / N``
+    (episode ``step * count + j`` is the same episode whichever process draws it)."""
+    if count % world_size or not 0 <= rank < world_size:
+        raise ValueError(f"task_batches: {count} episodes cannot be split over {world_size} processes (rank {rank})")
+    share = count // world_size
+    first = step * count + rank * share
     batches = []
-    for index in range(step * count, (step + 1) * count):
+    for index in range(first, first + share):
         episode = sampler.episode(index)
         batches.append(TaskBatch(
             support_images=data.images(episode.support), support_labels=torch.as_tensor(episode.support_labels()),

@@ -51,7 +51,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from afr.adapters.dalora import dalora_state, has_dalora, set_domains
 from afr.io import atomic_writer, claim_folder
 from afr.losses.margin import CosFaceMargin
 from afr.losses.prototype import prototype_margin_loss, prototypes  # re-exported: part of afr.meta's API
+from afr.train import distributed
 from afr.train.checkpoint import CheckpointError, load_tensors_only, seed_everything
 from afr.train.engine import RunExistsError
 
@@ -297,8 +298,26 @@ def _route(backbone: nn.Module, task: TaskBatch) -> None:
         set_domains(backbone, [task.domain])
 
 
+def _all_reduce_gradients(params: Sequence[nn.Parameter]) -> None:
+    """Sum the parameters' ``.grad`` over the ranks (one all-reduce of one flat buffer), in place. A gradient no rank
+    has stays None (AdamW then leaves the parameter alone, as one process would); one some ranks lack counts as 0."""
+    import torch.distributed as dist
+
+    device = params[0].device
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
+    dist.all_reduce(present)
+    dist.all_reduce(flat)
+    offset = 0
+    for parameter, has in zip(params, present.tolist()):
+        size = parameter.numel()
+        parameter.grad = flat[offset:offset + size].view_as(parameter).to(parameter.dtype) if has else None
+        offset += size
+
+
 def meta_step(
-    backbone: nn.Module, tasks: Sequence[TaskBatch], config: MetaConfig, optimizer: torch.optim.Optimizer
+    backbone: nn.Module, tasks: Sequence[TaskBatch], config: MetaConfig, optimizer: torch.optim.Optimizer,
+    data_parallel: bool = False,
 ) -> dict[str, float]:
     """One outer update: adapt to each task from the current adapter, average the query losses,
     back-propagate into the adapter parameters and step ``optimizer``.
@@ -309,9 +328,16 @@ def meta_step(
     ``meta_loss/<domain>`` per domain present and ``seconds`` (wall time of the step). A non-finite
     meta loss raises FloatingPointError before the optimizer step. After the call the adapter
     parameters' ``.grad`` hold the meta-gradient.
+
+    ``data_parallel`` in a process group of N ranks (torchrun): ``tasks`` is this rank's share of the step's
+    tasks, every rank holding as many; each task's loss is divided by the total task count, the gradients are
+    summed over the ranks (all-reduce) before the optimizer step, and the numbers returned are those of all the
+    step's tasks in rank order: one process averaging every task, up to rounding. Every rank keeps identical
+    parameters. Every rank must call it at the same point.
     """
     if not tasks:
         raise ValueError("meta_step needs at least one task")
+    world = distributed.get_world_size() if data_parallel else 1
     start = time.perf_counter()
     params = adapter_parameters(backbone)
     if not params:
@@ -330,19 +356,29 @@ def meta_step(
                               config.inner_steps, config.inner_lr, config.first_order)
         loss = query_loss(backbone, adapted, task.support_images, task.support_labels, task.query_images,
                           task.query_labels, task.n_classes, margin)
-        (loss / len(tasks)).backward()
+        (loss / (len(tasks) * world)).backward()
         losses.append(loss.detach())
-    values = torch.stack(losses).tolist()
+    values, before_values = torch.stack(losses).tolist(), torch.stack(before).tolist()
+    domains = [task.domain for task in tasks]
+    if world > 1:  # every task of the step, in rank order (each rank holds a contiguous share)
+        shares = distributed.all_gather_objects((values, before_values, domains))
+        if len({len(share[0]) for share in shares}) != 1:
+            raise ValueError(f"meta_step: the ranks hold {[len(share[0]) for share in shares]} tasks: every rank "
+                             "needs an equal share of the step's tasks")
+        values, before_values, domains = ([item for share in shares for item in share[part]] for part in range(3))
     meta_loss = sum(values) / len(values)
-    if not math.isfinite(meta_loss):
+    if not math.isfinite(meta_loss):  # the same on every rank: all raise together
         raise FloatingPointError(f"non-finite meta loss {meta_loss} (task losses {values})")
+    if world > 1:
+        _all_reduce_gradients(list(params.values()))
     optimizer.step()
     by_domain: dict[str, list[float]] = defaultdict(list)
-    for task, value in zip(tasks, values):
-        by_domain[task.domain].append(value)
+    for domain, value in zip(domains, values):
+        by_domain[domain].append(value)
     return {
         "meta_loss": meta_loss,
-        "pre_adapt_query_loss": float(torch.stack(before).mean()),
+        "pre_adapt_query_loss": (float(torch.stack(before).mean()) if world == 1
+                                 else sum(before_values) / len(before_values)),
         **{f"meta_loss/{domain}": sum(v) / len(v) for domain, v in by_domain.items()},
         "seconds": time.perf_counter() - start,
     }
@@ -364,14 +400,21 @@ def _save(path: Path, params: dict[str, nn.Parameter], optimizer: torch.optim.Op
         torch.save(state, handle)
 
 
-def _restore(path: Path, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
-             config: MetaConfig) -> tuple[int, list[dict[str, Any]]]:
-    """Load a :func:`_save` checkpoint into ``params`` and ``optimizer``; return its step and history."""
-    device = next(iter(params.values())).device
+def _load(path: Path, device: torch.device | str) -> dict[str, Any]:
+    """A :func:`_save` checkpoint's state (checked to be one)."""
     # truncated, not a torch file, unsafe content: a CheckpointError naming the file
     state = load_tensors_only(path, device, "meta-training checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a meta-training checkpoint (format {CHECKPOINT_FORMAT!r})")
+    return state
+
+
+def _restore(path: Path, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+             config: MetaConfig, state: dict[str, Any] | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """Load a :func:`_save` checkpoint (``state``: already loaded from ``path``) into ``params`` and ``optimizer``;
+    return its step and history."""
+    device = next(iter(params.values())).device
+    state = _load(path, device) if state is None else state
     saved = state["adapter"]
     if set(saved) != set(params):
         raise CheckpointError(
@@ -383,7 +426,7 @@ def _restore(path: Path, params: dict[str, nn.Parameter], optimizer: torch.optim
             if saved[name].shape != parameter.shape:
                 raise CheckpointError(f"{path}: {name} has shape {tuple(saved[name].shape)}, the backbone's "
                                       f"{tuple(parameter.shape)}")
-            parameter.copy_(saved[name])
+            parameter.copy_(saved[name].to(parameter.device))
     optimizer.load_state_dict(state["optimizer"])
     current = asdict(config)
     changed = [f.name for f in fields(MetaConfig) if f.name not in _RESUMABLE_CHANGES
@@ -405,12 +448,13 @@ def _summary_writer(output_dir: Path, step: int) -> Any:
 
 def meta_train(
     backbone: nn.Module,
-    sample_tasks: Callable[[int], Sequence[TaskBatch]],
+    sample_tasks: Callable[..., Sequence[TaskBatch]],
     config: MetaConfig,
     output_dir: Path,
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    data_parallel: bool = False,
 ) -> MetaTrainResult:
     """Meta-train the adapter of ``backbone`` in place for ``config.meta_steps`` outer steps.
 
@@ -430,13 +474,29 @@ def meta_train(
     ``overwrite=True`` (told to) deletes ``output_dir`` with everything in it first, then starts afresh.
     Another process meta-training into ``output_dir`` meanwhile makes it refuse at once
     (:class:`~afr.io.FolderInUseError`).
+
+    ``data_parallel`` under torchrun with N > 1 processes (every rank calls it with the same arguments): the
+    step's ``config.tasks_per_step`` tasks are split over the ranks, rank r's contiguous share being
+    ``sample_tasks(i, r, N)`` (``tasks_per_step / N`` tasks, the r-th block of the step's tasks: the same tasks as
+    one process's, so the split must divide); the meta-gradients are summed over the ranks before each outer step
+    (:func:`meta_step`), so every rank keeps the same parameters and the history equals one process's up to
+    rounding. Rank 0 alone claims the folder, decides (refuse, overwrite, resume: its checkpoint is sent to the
+    others), writes the checkpoints and TensorBoard and shows the progress bar; every rank returns the same
+    history. Without it (or in one process) nothing here talks to other processes, so rank 0 may call it alone
+    (inside :func:`afr.train.distributed.on_main`).
     """
-    with claim_folder(output_dir):
-        return _meta_train(backbone, sample_tasks, config, Path(output_dir), resume, progress, overwrite)
+    parallel = data_parallel and distributed.job_world_size() > 1
+    if parallel:
+        distributed.ensure_initialized()
+    with ExitStack() as claims:
+        return _meta_train(backbone, sample_tasks, config, Path(output_dir), resume, progress, overwrite, parallel,
+                           claims)
 
 
-def _meta_train(backbone: nn.Module, sample_tasks: Callable[[int], Sequence[TaskBatch]], config: MetaConfig,
-                output_dir: Path, resume: bool, progress: bool, overwrite: bool) -> MetaTrainResult:
+def _prepare(output_dir: Path, resume: bool, overwrite: bool, claims: ExitStack) -> dict[str, Any] | None:
+    """Claim ``output_dir`` (held until ``claims`` closes), clear it (``overwrite``) or refuse a finished run in it;
+    the checkpoint's state to resume from (on the CPU), or None."""
+    claims.enter_context(claim_folder(output_dir))
     checkpoint = output_dir / "checkpoints" / CHECKPOINT_NAME
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or start it again")
@@ -448,30 +508,46 @@ def _meta_train(backbone: nn.Module, sample_tasks: Callable[[int], Sequence[Task
             "Python) to continue it, --overwrite (overwrite=True) to delete it and start again, "
             "or choose another output directory"
         )
+    state = _load(checkpoint, "cpu") if resume and checkpoint.is_file() else None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return state
+
+
+def _meta_train(backbone: nn.Module, sample_tasks: Callable[..., Sequence[TaskBatch]], config: MetaConfig,
+                output_dir: Path, resume: bool, progress: bool, overwrite: bool, parallel: bool,
+                claims: ExitStack) -> MetaTrainResult:
+    checkpoint = output_dir / "checkpoints" / CHECKPOINT_NAME
     params = adapter_parameters(backbone)
     if not params:
         raise ValueError("the backbone has no trainable adapter parameters (apply_lora / apply_dalora it first)")
+    rank, world = (distributed.get_rank(), distributed.get_world_size()) if parallel else (0, 1)
+    if config.tasks_per_step % world:
+        raise ValueError(f"tasks_per_step {config.tasks_per_step} cannot be split over {world} processes: it must "
+                         f"be a multiple of {world}")
+    # rank 0 decides and reads the checkpoint; every rank gets its decision (or error) and the state
+    prepare = lambda: _prepare(output_dir, resume, overwrite, claims)  # noqa: E731
+    state = distributed.on_main(prepare) if parallel else prepare()
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.meta_lr, weight_decay=config.weight_decay)
     step, history = 0, []
-    if resume and checkpoint.is_file():
-        step, history = _restore(checkpoint, params, optimizer, config)
+    if state is not None:
+        step, history = _restore(checkpoint, params, optimizer, config, state)
         log.info("resumed %s at step %d", checkpoint, step)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    main = rank == 0
 
     was_training = backbone.training
     backbone.eval()
-    writer = _summary_writer(output_dir, step)
+    writer = _summary_writer(output_dir, step) if main else None
     bar = tqdm(total=config.meta_steps, initial=min(step, config.meta_steps), desc="meta-train",
-               disable=not progress, dynamic_ncols=True, leave=False)
+               disable=not (progress and main), dynamic_ncols=True, leave=False)
     seconds: list[float] = []
     try:
         while step < config.meta_steps:
             seed_everything(config.seed * 1_000_003 + step)
-            tasks = sample_tasks(step)
-            if len(tasks) != config.tasks_per_step:
+            tasks = sample_tasks(step, rank, world) if parallel else sample_tasks(step)
+            if len(tasks) != config.tasks_per_step // world:
                 raise ValueError(f"sample_tasks({step}) returned {len(tasks)} tasks, MetaConfig.tasks_per_step "
-                                 f"is {config.tasks_per_step}")
-            stats = meta_step(backbone, tasks, config, optimizer)
+                                 f"is {config.tasks_per_step}" + (f" over {world} processes" if parallel else ""))
+            stats = meta_step(backbone, tasks, config, optimizer, data_parallel=parallel)
             step += 1
             history.append({"step": step, **stats})
             seconds.append(stats["seconds"])
@@ -480,7 +556,7 @@ def _meta_train(backbone: nn.Module, sample_tasks: Callable[[int], Sequence[Task
                     writer.add_scalar(key, value, step)
             bar.update(1)
             bar.set_postfix(meta_loss=f"{stats['meta_loss']:.4f}", refresh=False)
-            if step == config.meta_steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            if main and (step == config.meta_steps or (config.checkpoint_every and step % config.checkpoint_every == 0)):
                 _save(checkpoint, params, optimizer, step, history, config)
     finally:
         bar.close()

@@ -21,7 +21,7 @@ from afr.meta.episodes import EpisodeSampler
 from afr.meta.maml import MetaConfig, MetaTrainResult, meta_train
 from afr.models import create_backbone
 from afr.models.layout import fast_layout
-from afr.train import seed_everything
+from afr.train import distributed, seed_everything
 
 __all__ = ["MetaStart", "lora_backbone", "meta_learned_start"]
 
@@ -55,13 +55,16 @@ def lora_backbone(backbone_name: str, weights: str | None, rank: int, targets: T
 def meta_learned_start(backbone_name: str, weights: str | None, rank: int, data: MamlData,
                        sampler: EpisodeSampler | None, config: MetaConfig | None, run_dir: str | Path, *, seed: int,
                        device: torch.device | str = "cpu", targets: Targets = None, channels_last: bool = False,
-                       resume: bool = False, progress: bool = True, overwrite: bool = False) -> MetaStart:
+                       resume: bool = False, progress: bool = True, overwrite: bool = False,
+                       data_parallel: bool = False) -> MetaStart:
     """Seed with ``seed``, build :func:`lora_backbone`, meta-train its LoRA tensors into ``run_dir`` on
     ``config.tasks_per_step`` episodes of ``sampler`` per outer step (:func:`~afr.meta.data.task_batches` of
     ``data``), and save the adapter to ``run_dir / "adapter"``.
 
     ``config`` None: no meta-training (LoRA's own start, ``B = 0``: the pretrained backbone), nothing saved.
-    ``resume`` / ``overwrite``: as :func:`~afr.meta.maml.meta_train`.
+    ``resume`` / ``overwrite``: as :func:`~afr.meta.maml.meta_train`. ``data_parallel`` (every rank of a torchrun
+    job calls it): each outer step's episodes are split over the ranks (:func:`~afr.meta.maml.meta_train`), every
+    rank ends with the same adapter, and rank 0 alone saves it (the others get its path).
     """
     seed_everything(seed)
     backbone = lora_backbone(backbone_name, weights, rank, targets, device, channels_last)
@@ -69,7 +72,11 @@ def meta_learned_start(backbone_name: str, weights: str | None, rank: int, data:
         return MetaStart(backbone, None, None)
     if sampler is None:
         raise ValueError("meta_learned_start: meta-training (a config) needs an episode sampler")
-    result = meta_train(backbone, lambda step: task_batches(data, sampler, config.tasks_per_step, step), config,
-                        run_dir, resume=resume, progress=progress, overwrite=overwrite)
-    adapter = save_adapter(backbone, Path(run_dir) / "adapter")
+    def sample(step: int, rank: int = 0, world_size: int = 1):
+        return task_batches(data, sampler, config.tasks_per_step, step, rank, world_size)
+
+    result = meta_train(backbone, sample, config, run_dir, resume=resume, progress=progress, overwrite=overwrite,
+                        data_parallel=data_parallel)
+    save = lambda: save_adapter(backbone, Path(run_dir) / "adapter")  # noqa: E731
+    adapter = distributed.on_main(save) if data_parallel else save()
     return MetaStart(backbone, result, adapter)

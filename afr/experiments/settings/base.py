@@ -130,6 +130,9 @@ class ExperimentSettings:
     #: writes and scores, ``batch_size`` is the global batch split over the processes); the others refuse a job of
     #: several processes before any work
     DATA_PARALLEL: ClassVar[bool] = False
+    #: whether its meta-training splits each outer step's ``tasks_per_step`` episodes over the processes (which must
+    #: then divide it); the ablations meta-train their starts on rank 0 alone
+    SPLITS_TASKS: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Subclasses call this first in their own ``__post_init__``: every setting is checked on construction."""
@@ -205,6 +208,12 @@ class ExperimentSettings:
                 f"{flag_of('batch_size')} (setting batch_size) {batch} over {world} processes gives {batch // world} "
                 f"images per process, not a multiple of {flag_of('images_per_identity')} {per_identity}: "
                 f"each process's batch holds P identities x M images", "batch_size", "images_per_identity")
+        tasks = getattr(self, "tasks_per_step", None)
+        if self.SPLITS_TASKS and tasks is not None and tasks % world:
+            raise SettingsError(
+                f"{flag_of('tasks_per_step')} (setting tasks_per_step) is split over the {world} processes of this "
+                f"torchrun job (each meta-trains on its share of every outer step's episodes): it must be a multiple "
+                f"of {world}, got {tasks}", "tasks_per_step")
 
     def recorded_settings(self) -> dict[str, Any]:
         """The settings as a run's record holds them: every field, plus ``world_size`` and the per-process batch

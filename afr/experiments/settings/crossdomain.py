@@ -97,6 +97,9 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
     target, the grid's methods, the adaptation: stage 2)."""
 
     experiment: ClassVar[str] = "crossdomain"
+    #: torchrun: each outer step's episodes are split over the processes, rank 0 decides, writes and adapts
+    DATA_PARALLEL: ClassVar[bool] = True
+    SPLITS_TASKS: ClassVar[bool] = True
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (*ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds",
                                                    "rebuild_starts")
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
@@ -200,8 +203,12 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
 
     def start_tag(self, start: str) -> str:
         """The tag of this seed's stage-1 run ``start``: it depends on the stage-1 settings only (and on the source
-        collections where they are not the default direction's)."""
-        digest = self._digest(start, self.start_fields(start))
+        collections where they are not the default direction's), and on the job's world size when it is not 1 (the
+        start meta-trains data-parallel)."""
+        values = self.digest_values(self.start_fields(start))
+        if self.world_size != 1:  # meta-trained over several processes (one process's start tags are unchanged)
+            values["world_size"] = self.world_size
+        digest = digest_of(f"{self.experiment}/{start}", values)
         if self.shift.source != DIRECTIONS["visible->thermal"].source:
             digest = sha8(f"{digest}:{'+'.join(self.shift.source)}")
         return f"{self.experiment}_{start}-start_seed{self.seed}_{digest}"

@@ -34,6 +34,9 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Meta
     (embedded ``thermal_und``, full ``thermal``)."""
 
     experiment: ClassVar[str] = "maml"
+    #: torchrun: each outer step's episodes are split over the processes, rank 0 decides, writes and adapts
+    DATA_PARALLEL: ClassVar[bool] = True
+    SPLITS_TASKS: ClassVar[bool] = True
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
         *ExperimentSettings.EXECUTION_FIELDS, "methods", "seeds", "checkpoint_every")
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
