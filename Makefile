@@ -171,6 +171,7 @@ SHOTS ?= 10 50 100
 META_STEPS ?= 200
 ADAPT_STEPS ?= 50
 ADAPT_BATCH ?= 128
+TASKS ?= 2
 WORKERS ?= 8
 DEVICE ?= auto
 GPUS ?= 1
@@ -184,7 +185,7 @@ full: $(STAMP)
 	  $(if $(THERMAL),--thermal "$(THERMAL)") --domain-labels "$(DOMAIN_LABELS)" --backbone $(BACKBONE) \
 	  --identities $(IDENTITIES) --val-identities $(VAL_IDENTITIES) --rank $(RANK) --batch $(BATCH) --lr $(LR) \
 	  --epochs $(EPOCHS) --seeds $(SEEDS) --shots $(SHOTS) --meta-steps $(META_STEPS) --adapt-steps $(ADAPT_STEPS) \
-	  --adapt-batch $(ADAPT_BATCH) --workers $(WORKERS) --device $(DEVICE) --gpus $(GPUS) --notebooks-out $(RUN_DIR) \
+	  --adapt-batch $(ADAPT_BATCH) --tasks $(TASKS) --workers $(WORKERS) --device $(DEVICE) --gpus $(GPUS) --notebooks-out $(RUN_DIR) \
 	  $(if $(SMOKE),--smoke)
 
 # Notebook 06's committed grid: 3 seeds, the component table and every sweep (rank, K, λ1, λ2, MAML inner steps),

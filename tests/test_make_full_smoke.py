@@ -74,12 +74,22 @@ def test_several_gpus_run_the_data_parallel_recipes_under_torchrun_with_the_note
 
     settings = ChainSettings(data="d", bins="b", weights="w", thermal="t", gpus=4)
     steps = {step.name.split(" (")[0]: step.command for step in chain_steps(settings)}
-    for name, command in (("notebook 02, seed 0", "baseline"), ("notebook 03", "dalora"), ("notebook 06", "ablations")):
+    for name, command in (("notebook 02, seed 0", "baseline"), ("notebook 03", "dalora"), ("notebook 04", "maml"),
+                          ("notebook 05", "crossdomain"), ("notebook 06", "ablations")):
         assert steps[name][2:7] == ["torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m"], name
         arguments = steps[name][8:]
         assert arguments[0] == command
         parsed = vars(build_parser().parse_args(arguments))  # the options are the command's own
-        assert parsed["data_profile"] == "full" and parsed["batch_size"] == settings.batch
-    assert "papermill" in steps["notebook 04"] and "papermill" in steps["notebook 07"]
+        assert parsed["data_profile"] == "full"
+    assert "papermill" in " ".join(steps["notebook 07"])
     assert all("torch.distributed.run" not in step.command for step in chain_steps(
         ChainSettings(data="d", bins="b", weights="w", gpus=1)))
+
+
+def test_several_gpus_need_tasks_and_batch_they_divide_before_any_work(tmp_path):
+    settings = ChainSettings(data=str(tmp_path), bins=str(tmp_path), weights=str(tmp_path), gpus=4, tasks=2)
+    for name in ("train.rec", "train.idx", "property", *(f"{pack}.bin" for pack in FULL_BENCHMARKS)):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="TASKS \\(2\\).*multiples of 4"):
+        settings.check_inputs()
+    ChainSettings(data=str(tmp_path), bins=str(tmp_path), weights=str(tmp_path), gpus=4, tasks=8).check_inputs()

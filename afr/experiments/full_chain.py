@@ -20,9 +20,9 @@ the same settings a user would type, so every record, table row and figure lands
 
 Defaults follow FRoundation's recipe where it states one (CosFace s = 64, m = 0.35; LoRA on the attention's q and v;
 a 1,000-identity CASIA-WebFace subset; rank 16); the rest are this project's defaults, fixed in advance, not tuned.
-``--gpus N`` (N > 1) runs the recipes that train data-parallel (02, 03, 06: their settings' ``DATA_PARALLEL``) as
-``torchrun --nproc_per_node N -m afr <command>`` with the same settings (``--batch`` is then the global batch); the
-others stay notebooks in one process, and 07 and the paper read every record.
+``--gpus N`` (N > 1) runs the recipes that train data-parallel (their settings' ``DATA_PARALLEL``: 02 to 06) as
+``torchrun --nproc_per_node N -m afr <command>`` with the same settings (``--batch`` is then the global batch), and
+07 and the paper read every record.
 ``--smoke`` runs the whole chain in miniature on CPU: one seed, one epoch, the smallest budgets, 4 validation
 identities; its numbers only show that the chain runs.
 """
@@ -67,6 +67,7 @@ class ChainSettings:
     meta_steps: int = 200
     adapt_steps: int = 50
     adapt_batch: int = 128
+    tasks: int = 2
     workers: int = 8
     device: str = "auto"
     gpus: int = 1
@@ -78,6 +79,7 @@ class ChainSettings:
         if self.smoke:  # the chain in miniature: every step runs, nothing here is a result
             self.seeds, self.epochs, self.identities, self.val_identities = (self.seeds[0],), 1, None, 4
             self.batch, self.shots, self.meta_steps, self.adapt_steps, self.adapt_batch = 16, (1,), 2, 2, 8
+            self.tasks = 2
             self.workers, self.methods, self.gpus = 0, ("lora", "dalora-classifier"), 1
 
     def check_inputs(self) -> None:
@@ -89,6 +91,9 @@ class ChainSettings:
         missing += [path for path in (self.weights, self.thermal) if path and not Path(path).is_dir()]
         if missing:
             raise MissingResourceError("make full: not found: " + ", ".join(missing))
+        if self.gpus > 1 and (self.tasks % self.gpus or self.batch % self.gpus):
+            raise ValueError(f"make full: GPUS={self.gpus} splits each outer step's TASKS ({self.tasks}) and each "
+                             f"batch (BATCH={self.batch}) over the GPUs: both must be multiples of {self.gpus}")
 
     def full_data(self) -> dict[str, Any]:
         """The data and model settings every full-profile notebook is given."""
@@ -194,11 +199,13 @@ def chain_steps(settings: ChainSettings) -> list[Step]:
         steps.append(_training_step("notebook 04", "04_maml", out, {
             **casia, **common, "target_dir": _absolute(settings.thermal), "rank": settings.rank,
             "domain_labels": _absolute(str(labels)), "seeds": list(settings.seeds), "shots": list(settings.shots),
-            "meta_steps": settings.meta_steps, "steps": sorted({0, 1, 5, settings.adapt_steps})}, settings))
+            "meta_steps": settings.meta_steps, "tasks_per_step": settings.tasks,
+            "steps": sorted({0, 1, 5, settings.adapt_steps})}, settings))
         steps.append(_training_step("notebook 05", "05_crossdomain", out, {
             **settings.full_data(), **common, "target_dir": _absolute(settings.thermal), "rank": settings.rank,
             "seeds": list(settings.seeds), "shots": list(settings.shots), "meta_steps": settings.meta_steps,
-            "adapt_steps": settings.adapt_steps, "adapt_batch": settings.adapt_batch}, settings))
+            "tasks_per_step": settings.tasks, "adapt_steps": settings.adapt_steps,
+            "adapt_batch": settings.adapt_batch}, settings))
     steps.append(_training_step("notebook 06", "06_ablations", out, {
         **settings.full_data(), **training, **common, "domain_labels": _absolute(str(labels)),
         "seeds": list(settings.seeds), "meta_steps": settings.meta_steps, **ablation_grid(settings)}, settings))
@@ -255,7 +262,7 @@ def _parse(argv: Sequence[str] | None) -> ChainSettings:
     parser.add_argument("--backbone", default=defaults["backbone"], choices=("dinov2-vits14", "clip-vitb16"))
     parser.add_argument("--identities", default="1000", help="CASIA-WebFace identity subset; 'all' for every one")
     for name in ("val_identities", "rank", "batch", "epochs", "meta_steps", "adapt_steps", "adapt_batch", "workers",
-                 "gpus"):
+                 "gpus", "tasks"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name])
     parser.add_argument("--lr", type=float, default=defaults["lr"])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults["seeds"]))
@@ -274,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _parse(argv)
     try:
         done = run_chain(settings)
-    except (MissingResourceError, RuntimeError) as error:
+    except (MissingResourceError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"settings": asdict(settings), "steps": done}, indent=2, default=str))
