@@ -340,11 +340,17 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
 
 # ------------------------------------------------------------------------------------------ tables
 def grid_table(cells: Sequence[Cell], outcomes: Mapping[str, Any]):
-    """Long table (group, cell, method, seed, split, domain, metric, value) of every cell, test and validation."""
+    """Long table (group, cell, method, seed, split, domain, metric, value) of every cell, test and validation;
+    flagged runs (:mod:`afr.experiments.health`) are left out, a line each printed."""
     import pandas as pd
 
+    from afr.experiments.health import healthy_records
+
+    kept, _ = healthy_records({cell.settings.tag: outcomes[cell.settings.tag] for cell in cells})
     rows = []
     for cell in cells:
+        if cell.settings.tag not in kept:
+            continue
         record = outcomes[cell.settings.tag].record
         for split, packs in (("test", record["test"] or {}), ("val", final_validation_metrics(record["train"]["history"]))):
             for domain, metrics in packs.items():

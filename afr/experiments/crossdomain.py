@@ -654,9 +654,14 @@ def skipped_rows(records: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[s
 
 # ------------------------------------------------------------------------------------------ tables
 def grid_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
-    """Long table (method, seed, shots, domain, metric, value) of the grid; shots 0: zero-shot and the starts."""
+    """Long table (method, seed, shots, domain, metric, value) of the grid; shots 0: zero-shot and the starts. Flagged
+    runs (:mod:`afr.experiments.health`: not fitted, collapsed, diverged, or adapted from such a start) are left
+    out, a line each printed."""
     import pandas as pd
 
+    from afr.experiments.health import healthy_records
+
+    records, _ = healthy_records(records)
     rows = []
     for (method, seed), record in records.items():
         for shots, packs in _tests_by_shots(record).items():

@@ -227,7 +227,8 @@ def run_method(settings: DaLoraRunSettings, data: BenchmarkData, adapter: DaLora
         record = {
             "experiment": settings.experiment, "tag": settings.tag, "method": settings.method, "seed": settings.seed,
             "settings": {**settings.recorded, **job_settings(settings.batch_size)},  # + world_size under torchrun
-            "train": {"steps": result.step, "history": result.history, "adapter_parameters": trainable,
+            "train": {"steps": result.step, "history": result.history, "num_classes": data.train.num_classes,
+                      "adapter_parameters": trainable,
                       "backbone_parameters": total - trainable, "run_dir": str(result.output_dir)},
             "test": test, "environment": environment_info(evaluation_device(settings)),
             "wall_seconds": round(time.time() - started, 1),

@@ -88,15 +88,20 @@ def run_grid(settings: DaLoraExperimentSettings, data: BenchmarkData,
 
 
 def grid_table(outcomes: Mapping[tuple[str, int], RunOutcome], zero: Mapping[str, Mapping] | None = None):
-    """Long table (method, seed, domain, metric, value) of the grid's test metrics, zero-shot included."""
+    """Long table (method, seed, domain, metric, value) of the grid's test metrics, zero-shot included; flagged runs
+    (:mod:`afr.experiments.health`: not fitted, collapsed) are left out, a line each printed."""
     import pandas as pd
 
+    from afr.experiments.health import healthy_records
+
+    seeds = sorted({seed for _, seed in outcomes})
+    outcomes, _ = healthy_records(outcomes)
     rows = []
     for (method, seed), outcome in outcomes.items():
         for domain, metrics in (outcome.record["test"] or {}).items():
             for metric, value in grid_metric_values(metrics):
                 rows.append({"method": method, "seed": seed, "domain": domain, "metric": metric, "value": value})
-    for seed in sorted({seed for _, seed in outcomes}):
+    for seed in seeds:
         for domain, metrics in (zero or {}).items():
             for metric, value in grid_metric_values(metrics):
                 rows.append({"method": "zero-shot", "seed": seed, "domain": domain, "metric": metric,
@@ -139,12 +144,19 @@ def committed_grid(grid: str = "dalora"):
     """The committed 3-seed grid as notebook 03 shows it: its test rows from the project's
     ``results/tables/dalora.csv`` (``method, seed, domain, metric, value``; rows whose ``grid`` column names
     ``grid``) and the committed records of its DA-LoRA classifier runs (their gates), whatever ``$AFR_RESULTS``
-    says. ``(empty table, [])`` when nothing is committed."""
+    says, without the flagged runs (:func:`afr.experiments.health.healthy_rows`, a line each printed).
+    ``(empty table, [])`` when nothing is committed."""
     from afr.experiments.reference import committed_grid_rows, committed_result
+
+    from afr.experiments.health import excluded_note, healthy_rows
+    from afr.paths import PROJECT_ROOT
 
     rows = committed_grid_rows(DaLoraExperimentSettings.experiment, grid)
     if not len(rows):
         return rows, []
+    rows, excluded = healthy_rows(rows, PROJECT_ROOT / "results", report=True)
+    if excluded:
+        print(excluded_note(excluded))
     rows = rows[rows["metric"].isin(["auc", "accuracy", "eer"])]
     runs = dict.fromkeys(rows.loc[rows["method"] == "dalora-classifier", "run"])
     records = [record for record in (committed_result(run, DaLoraExperimentSettings.experiment) for run in runs)

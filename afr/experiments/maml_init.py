@@ -218,9 +218,13 @@ def run_grid(settings: MamlExperimentSettings, data: MamlData, report: Callable[
 
 
 def curve_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
-    """Long table (method, seed, shots, steps, metric, value) of the grid's target curves."""
+    """Long table (method, seed, shots, steps, metric, value) of the grid's target curves; flagged starts
+    (:mod:`afr.experiments.health`: diverged meta-training, collapsed curves) are left out, a line each printed."""
     import pandas as pd
 
+    from afr.experiments.health import healthy_records
+
+    records, _ = healthy_records(records)
     rows = []
     for (method, seed), record in records.items():
         for shots, curve in record["curves"].items():

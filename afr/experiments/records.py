@@ -203,8 +203,11 @@ def write_record(path: str | Path, record: Mapping[str, Any], experiment: str,
     lock, so two identical runs cannot both record), and if the rows cannot be written (a full disk, say) the
     record is taken back (deleted, or the earlier one put back) before the error propagates. A process killed
     between the two writes leaves a record without rows, which :func:`reuse_record` repairs. ``grid``: the committed
-    grid the run belongs to (:data:`GRID_COLUMN`)."""
-    path, rows = Path(path), [dict(row) for row in rows]
+    grid the run belongs to (:data:`GRID_COLUMN`). The record gets its training health (``health``:
+    :func:`afr.experiments.health.run_health`, computed now; in place when it is a dict) unless it has one."""
+    from afr.experiments.health import with_health
+
+    path, rows, record = Path(path), [dict(row) for row in rows], with_health(record)
     with table_lock(experiment):
         if path.exists() and not overwrite:
             raise ResultExistsError(f"{path} already holds the result of a run with these settings; pass --overwrite "

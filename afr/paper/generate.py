@@ -22,14 +22,14 @@ from afr.io import atomic_write_text
 from afr.paper.architecture import save_architecture
 from afr.paper.figures import figures_tex
 from afr.paper.numbers import NumberBook
-from afr.paper.parts import ablations, analysis, baseline, benchmark, crossdomain, dalora, maml, published
+from afr.paper.parts import ablations, analysis, baseline, benchmark, crossdomain, dalora, health, maml, published
 from afr.paper.sources import load_sources
-from afr.paths import figures_root, results_root, shown_path
+from afr.paths import PROJECT_ROOT, figures_root, results_root, shown_path
 
 __all__ = ["GeneratedPaper", "PARTS", "build_generated", "default_output", "regenerate_paper", "write_generated"]
 
-#: the parts in the paper's order
-PARTS = (benchmark, baseline, dalora, maml, crossdomain, ablations, published, analysis)
+#: the parts in the paper's order (``health`` last: it counts the flagged runs the others left out)
+PARTS = (benchmark, baseline, dalora, maml, crossdomain, ablations, published, analysis, health)
 
 
 @dataclass
@@ -54,10 +54,12 @@ def build_generated(results: str | Path, figures: str | Path, out: str | Path,
     paper = GeneratedPaper(book)
     for part in PARTS:
         output = part.build(sources, book)
+        health.mark_flagged_cells(part.__name__.rsplit(".", 1)[1], output, sources)
         for name, table in output.tables.items():
             paper.files[f"tables/{name}.tex"] = table.to_tex()
         for name, table in output.supplementary.items():
             paper.files[f"supplementary/{name}.tex"] = table.to_tex()
+    health.mark_excluded_keys(book, sources, PROJECT_ROOT / "paper")  # the text these numbers serve
     paper.files["numbers.tex"] = book.to_tex()
     paper.files["numbers.json"] = book.to_json()
     paper.files["figures.tex"] = figures_tex(Path(figures).resolve(), Path(out).resolve().parent)

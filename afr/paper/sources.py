@@ -43,6 +43,32 @@ class PaperSources:
 
     root: Path
     grids: CommittedGrids = field(default_factory=CommittedGrids)
+    #: ``{table: {tag: Health}}``: the flagged runs (:mod:`afr.experiments.health`) that the paper's rows and records
+    #: left out, filled in as the parts read them
+    excluded: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------ training health
+    @cached_property
+    def flagged(self) -> dict[str, Any]:
+        """``{tag: Health}`` of the flagged runs under ``root``: they are in no mean of the paper."""
+        from afr.experiments.health import flagged_runs
+
+        return flagged_runs(self.root)
+
+    def healthy(self, table: str, frame):
+        """``frame`` (rows of ``tables/<table>.csv``) without the flagged runs' rows, noting which were left out."""
+        from afr.experiments.health import healthy_rows
+
+        kept, excluded = healthy_rows(frame, flagged=self.flagged, report=True)
+        self.excluded.setdefault(table, {}).update(excluded)
+        return kept
+
+    def healthy_record(self, table: str, tag: str, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``record`` unless its run is flagged (then None, noted in :attr:`excluded`)."""
+        if record is not None and tag in self.flagged:
+            self.excluded.setdefault(table, {})[tag] = self.flagged[tag]
+            return None
+        return record
 
     # ------------------------------------------------------------------------------------------ raw files
     @cached_property
@@ -79,14 +105,15 @@ class PaperSources:
 
     def _rows(self, table: str, tags: Iterable[str], split: str = "test"):
         frame = self.tables[table]
-        return frame[frame["run"].isin(set(tags)) & (frame["split"] == split)].copy()
+        return self.healthy(table, frame[frame["run"].isin(set(tags)) & (frame["split"] == split)].copy())
 
     # ------------------------------------------------------------------------------------------ full profile
     def full_profile_test(self, table: str, from_records: Iterable[str] = ("num_identities",)):
         """Test rows of ``tables/<table>.csv`` from full-profile runs (CASIA-WebFace, the five InsightFace packs),
         with the column ``data_profile`` and the settings ``from_records`` filled in from the table or, where it
         lacks the column, the run's record (:func:`afr.analysis.committed.full_profile_rows`, as notebook 07)."""
-        return full_profile_rows(self.tables[table], self.root / RECORD_FOLDERS[table], tuple(from_records))
+        return full_profile_rows(self.healthy(table, self.tables[table]), self.root / RECORD_FOLDERS[table],
+                                 tuple(from_records))
 
     # ------------------------------------------------------------------------------------------ baseline (02)
     @property
@@ -142,7 +169,7 @@ class PaperSources:
 
     def dalora_records(self) -> dict[tuple[str, int], dict[str, Any]]:
         return {key: record for key, tag in self.dalora_tags().items()
-                if (record := self.record("dalora", tag)) is not None}
+                if (record := self.healthy_record("dalora", tag, self.record("dalora", tag))) is not None}
 
     # ------------------------------------------------------------------------------------------ MAML (04)
     def maml_tags(self) -> dict[tuple[str, int], str]:
@@ -154,7 +181,7 @@ class PaperSources:
 
     def maml_records(self) -> dict[tuple[str, int], dict[str, Any]]:
         return {key: record for key, tag in self.maml_tags().items()
-                if (record := self.record("maml", tag)) is not None}
+                if (record := self.healthy_record("maml", tag, self.record("maml", tag))) is not None}
 
     # ------------------------------------------------------------------------------------------ cross-domain (05)
     def crossdomain_tags(self, grid: str = "thermal") -> dict[tuple[str, int], str]:
@@ -170,15 +197,17 @@ class PaperSources:
 
     def crossdomain_records(self, grid: str = "thermal") -> dict[tuple[str, int], dict[str, Any]]:
         return {key: record for key, tag in self.crossdomain_tags(grid).items()
-                if (record := self.record("crossdomain", tag)) is not None}
+                if (record := self.healthy_record("crossdomain", tag, self.record("crossdomain", tag))) is not None}
 
     # ------------------------------------------------------------------------------------------ ablations (06)
-    def ablations_test(self):
+    def ablations_test(self, healthy: bool = True):
         """Test rows of the committed grid's runs in ``tables/ablations.csv`` (columns ``group`` and ``cell`` say
-        which ablation), if any; the demo's runs with a shorter MAML start are not the grid's."""
+        which ablation), if any; the demo's runs with a shorter MAML start are not the grid's. ``healthy``: without
+        the flagged runs' rows (False: all, for the table's layout only)."""
         frame = self.tables["ablations"]
         if len(frame):
             frame = frame[frame["run"].isin(grid_runs(self.grids.ablations))]
+            frame = self.healthy("ablations", frame) if healthy else frame
         if not len(frame):
             return frame
         return frame[frame["split"] == "test"].copy() if "split" in frame else frame.copy()

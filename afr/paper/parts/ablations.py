@@ -37,7 +37,8 @@ def _planned_table() -> Table:
     return table
 
 
-def _measured_table(book: NumberBook, rows) -> Table:
+def _measured_table(book: NumberBook, rows, kept) -> Table:
+    """The grid's cells as ``rows`` (every run) lays them out; their means over ``kept`` (the healthy runs' rows)."""
     domains = [d for d in DOMAINS if d in set(rows["domain"])] or sorted(set(rows["domain"]))
     table = Table(label="tab:ablations", columns="ll" + "c" * len(domains), wide=True, size=r"\scriptsize",
                   caption="Notebook 06: component ablation and sensitivity, test AUC, mean $\\pm$ sd over seeds. "
@@ -49,7 +50,8 @@ def _measured_table(book: NumberBook, rows) -> Table:
         table.rules.add(len(table.rows))
         part = auc[auc["group"].astype(str) == group]
         for cell in dict.fromkeys(part["cell"].astype(str)):
-            chosen = part[part["cell"].astype(str) == cell]
+            chosen = kept[(kept["metric"] == "auc") & (kept["group"].astype(str) == group)
+                          & (kept["cell"].astype(str) == cell)]
             table.rows.append([GROUP_LABELS.get(group, escape(group)), escape(cell), *(
                 stats_cell(book, key("ablations", domain, "auc", group, cell),
                            chosen[chosen["domain"] == domain].groupby("seed")["value"].mean(), "auc")
@@ -58,9 +60,9 @@ def _measured_table(book: NumberBook, rows) -> Table:
 
 
 def build(sources: PaperSources, book: NumberBook) -> PartOutput:
-    rows = sources.ablations_test()
+    rows = sources.ablations_test(healthy=False)
     if not len(rows) or not {"group", "cell"} <= set(rows.columns):
         book.add("ablations.status", "not run", "plain")
         return PartOutput(tables={"ablations": _planned_table()})
     book.add("ablations.status", "run", "plain")
-    return PartOutput(tables={"ablations": _measured_table(book, rows)})
+    return PartOutput(tables={"ablations": _measured_table(book, rows, sources.ablations_test())})

@@ -127,6 +127,11 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
     _search(sources, book)
     tables = {"dalora": _grid_table(sources, book, rows, parameters), "dalora_tests": _tests(book, rows)}
     gates = _gates(book, records)
+    if gates is None and sources.excluded.get("dalora"):  # every gated run flagged (afr.experiments.health)
+        gates = Table(label="tab:dalora-gates", columns="l",
+                      caption="Notebook 03, DA-LoRA with the learned router: gates of the test packs.",
+                      header=[["gates"]], rows=[["flagged: every DA-LoRA classifier run failed the training-health "
+                                                 r"rules (Table~\ref{tab:health})"]])
     if gates is not None:
         tables["dalora_gates"] = gates
     return PartOutput(tables=tables, supplementary={"dalora_seeds": _per_seed(rows)})
