@@ -12,9 +12,10 @@ from afr.experiments.settings.dalora import DaLoraExperimentSettings
 from afr.validation import SettingsError
 
 #: largest |AUC(bf16) - AUC(fp32)| accepted per validation pack after one epoch of notebook 02's LoRA recipe (seed 0).
-#: The seed-to-seed spread of the same recipe (seeds 0 and 1, fp32, measured with the bench) is larger than this
-#: on the thermal pack, so a fixed 0.005 is the stricter bound: bf16 must not move a pack's AUC more than a
-#: rounding-level amount (see README, "Benchmarks")
+#: A fixed 0.005, below the recipe's seed-to-seed spread on the packs where AUC moves (committed baseline grid, lr 3e-4,
+#: 4 epochs, 5 seeds: standard deviation 0.0057 on lowquality, 0.0155 on thermal; controlled sits at 0.9999-1.0):
+#: bf16 must change a pack's AUC less than changing the seed does. Not a spread measured at one epoch: two more
+#: one-epoch runs did not fit the session (README, "Benchmarks")
 AUC_TOLERANCE = 0.005
 
 
