@@ -1,10 +1,12 @@
-"""The ``precision`` training setting: fp32 by default (the recorded runs' tags unchanged), bf16 autocast on request,
+"""The ``precision`` training setting: auto by default (bf16 on CUDA, fp32 on a CPU, as before; the recorded runs' tags
+unchanged), fp32 or bf16 autocast on request,
 and a bf16 run validates like the fp32 run (issue 18, item 6; speed: ``bench/cpu_training_step.py``)."""
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from afr.experiments.settings.ablations import AblationSettings
 from afr.experiments.settings.baseline import BaselineSettings
@@ -20,9 +22,9 @@ AUC_TOLERANCE = 0.005
 
 
 @pytest.mark.parametrize("settings_class", [BaselineSettings, DaLoraExperimentSettings, AblationSettings])
-def test_precision_defaults_to_fp32_and_enters_the_tag_only_when_changed(settings_class):
+def test_precision_defaults_to_auto_and_enters_the_tag_only_when_changed(settings_class):
     default = settings_class()
-    assert default.precision == "fp32"
+    assert default.precision == "auto"
     assert "precision" not in default.digest_values()  # the committed runs' tags stay valid
     bf16 = settings_class(precision="bf16")
     assert bf16.tag != default.tag
@@ -36,7 +38,10 @@ def test_dalora_runs_and_the_trainer_get_the_precision():
     run = DaLoraExperimentSettings(precision="bf16").run_settings()
     assert run.precision == "bf16"
     assert train_config(run, "unused", {}).precision == "bf16"
-    assert train_config(BaselineSettings(), "unused", {}).precision == "fp32"
+    config = train_config(BaselineSettings(), "unused", {})
+    assert config.precision == "auto"  # the engine's own default: bf16 on CUDA, fp32 on a CPU
+    assert config.resolve_precision(torch.device("cpu")) == "fp32"
+    assert config.resolve_precision(torch.device("cuda")) == "bf16"
 
 
 def final_val_aucs(settings: BaselineSettings, data) -> dict[str, float]:

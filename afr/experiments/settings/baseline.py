@@ -32,7 +32,7 @@ class BaselineSettings(ExperimentSettings, RunFields, TrainingFields, FullProfil
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "data_profile", "backbone", "rank", "margin", "head_init", "epochs", "batch_size", "lr", "head_lr",
         "score_test")
-    #: added after the baseline runs were recorded (in fp32): in the tag's digest only when not fp32
+    #: added after the baseline runs were recorded (at auto): in the tag's digest only when not auto
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("precision",)
 
     rank: int = setting(8, "LoRA rank r (FRoundation: 16)")

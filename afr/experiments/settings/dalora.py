@@ -139,8 +139,8 @@ class DaLoraRunSettings:
     progress: bool
     # notebook 03's own
     shared_expert: bool = False
-    # TrainingFields, added after the grids were recorded (fp32)
-    precision: str = "fp32"
+    # TrainingFields, added after the grids were recorded (at auto)
+    precision: str = "auto"
 
     #: the fields taken, by name, from the experiment's settings (the rest: naming, :meth:`of`)
     COPIED: ClassVar[tuple[str, ...]] = (
