@@ -73,6 +73,6 @@ def train_config(settings: Any, output_dir: str, notes: dict[str, Any], **option
         epochs=settings.epochs, batch_size=per_process_batch(settings.batch_size), lr=settings.lr, weight_decay=settings.weight_decay,
         warmup_epochs=settings.warmup_epochs, num_workers=settings.num_workers, seed=settings.seed,
         output_dir=output_dir, device=settings.device, overwrite=settings.overwrite, progress=settings.progress,
-        log_every=5, notes=notes,
+        log_every=5, notes=notes, precision=getattr(settings, "precision", "auto"),
     )
     return TrainConfig(**{**values, **options})

@@ -103,7 +103,8 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     #: the full profile's settings, added after the embedded grid was recorded: in the digest and the table's
     #: columns only when they differ from their defaults, so the embedded runs keep their tags and rows
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
-        "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels")
+        "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels",
+        "precision")
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
 
     inner_steps: int = setting(3, "first-order inner SGD steps of the MAML start")

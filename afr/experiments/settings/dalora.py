@@ -46,7 +46,8 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
     #: the full profile's settings, added after the embedded grid was recorded: in the digest and the table's
     #: columns only when they differ from their defaults, so the embedded runs keep their tags and rows
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
-        "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels")
+        "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels",
+        "precision")
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
 
     rank: int = setting(8, "rank r of LoRA and of each DA-LoRA expert (lora-matched: K·r)")
@@ -138,13 +139,15 @@ class DaLoraRunSettings:
     progress: bool
     # notebook 03's own
     shared_expert: bool = False
+    # TrainingFields, added after the grids were recorded (at auto)
+    precision: str = "auto"
 
     #: the fields taken, by name, from the experiment's settings (the rest: naming, :meth:`of`)
     COPIED: ClassVar[tuple[str, ...]] = (
         "method", "seed", "grid", "backbone", "weights", "embedded_root", "rank", "router_hidden", "router_lr",
         "lambda_contrastive", "lambda_domain", "temperature", "images_per_identity", "margin", "head_init", "epochs",
         "batch_size", "lr", "head_lr", "weight_decay", "warmup_epochs", "augment", "score_test", "num_workers",
-        "device", "resume", "overwrite", "progress")
+        "device", "resume", "overwrite", "progress", "precision")
 
     @classmethod
     def of(cls, settings: ExperimentSettings, shared_expert: bool = False) -> DaLoraRunSettings:

@@ -88,6 +88,10 @@ class TrainingFields:
     score_test: bool = setting(True, "score the test packs at the end (reported, never used to choose; off for "
                                "runs that only choose settings)")
     num_workers: int = setting(0, "DataLoader worker processes decoding the training pack")
+    precision: str = setting("auto", "training arithmetic: auto (bf16 autocast on CUDA, fp32 on a CPU: how every "
+                             "recorded run trained), fp32, or bf16 autocast (weights, gradients and AdamW stay fp32). "
+                             "bf16 on this project's CPU is slower than fp32 (bench/cpu_training_step.py, README). A "
+                             "run's tag changes only when it is not auto", choices=("auto", "fp32", "bf16"))
 
 
 @dataclass
