@@ -78,12 +78,20 @@ class FaceAugment(nn.Module):
                 out[chosen] = self.operations[operation](out[chosen])
         return out
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(augmented, clean)``: the augmented batch (what :meth:`forward` returns, from the same random
+        draws) and its flip-only view, the same flip of each image without RandAugment (what a DA-LoRA router
+        trained with ``router_view="clean"`` reads, :class:`~afr.models.domain_aware.DomainAwareRecognitionModel`).
+        In eval mode both are the images unchanged."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"FaceAugment expects (B, 3, H, W) images, got shape {tuple(images.shape)}")
         if not self.training:
-            return images
-        images = self.flip(images)
+            return images, images
+        flipped = self.flip(images)
+        augmented = flipped
         if self.settings.randaugment_ops:
-            images = self.apply_policies(images, self.draw_policies(images.shape[0]))
-        return images.clamp(0.0, 1.0)
+            augmented = self.apply_policies(flipped, self.draw_policies(images.shape[0]))
+        return augmented.clamp(0.0, 1.0), flipped.clamp(0.0, 1.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.views(images)[0]

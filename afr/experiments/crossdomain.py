@@ -669,7 +669,7 @@ def grid_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
                 for metric, value in grid_metric_values(metrics):
                     rows.append({"method": method, "seed": seed, "shots": shots, "domain": domain, "metric": metric,
                                  "value": value})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["method", "seed", "shots", "domain", "metric", "value"])
 
 
 def _shots_order(shots: int) -> tuple[bool, int]:

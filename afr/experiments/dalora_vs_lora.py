@@ -38,7 +38,7 @@ from afr.experiments.benchmark_data import GRID_DATA_SEED, BenchmarkData, load_b
 # one (method, seed) run and its pieces live in the library module afr.experiments.dalora_run; importable here too
 from afr.experiments.dalora_run import (ORACLE_EXPERT_OF, RunOutcome, adapt, evaluate_adapted,  # noqa: F401
                                         expert_domains, gate_evaluators, gate_table, parameter_groups, record_path,
-                                        run_method, run_rows, validation_evaluators)
+                                        routing_accuracy, routing_line, run_method, run_rows, validation_evaluators)
 from afr.experiments.records import (ResultExistsError, append_rows, check_outputs_writable, check_unfinished_runs,
                                      final_validation_metrics, grid_metric_values, metric_rows, reuse_note)
 # the settings, the methods and the learning-rate families live in the torch-free settings module; importable here too
@@ -52,7 +52,7 @@ from afr.train import distributed
 
 __all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcome", "choose_learning_rates",
            "expert_domains", "gate_table", "grid_table", "load_data", "paired_tests", "export_adapters",
-           "record_zero_shot", "run_experiment", "run_grid", "run_method", "zero_shot"]
+           "record_zero_shot", "routing_line", "run_experiment", "run_grid", "run_method", "zero_shot"]
 
 
 def load_data(settings: DaLoraExperimentSettings) -> BenchmarkData:
@@ -106,7 +106,7 @@ def grid_table(outcomes: Mapping[tuple[str, int], RunOutcome], zero: Mapping[str
             for metric, value in grid_metric_values(metrics):
                 rows.append({"method": "zero-shot", "seed": seed, "domain": domain, "metric": metric,
                              "value": value})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["method", "seed", "domain", "metric", "value"])  # columns even when empty
 
 
 def with_benchmark_average(table):

@@ -232,7 +232,7 @@ def curve_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
                 for metric, value in grid_metric_values(metrics):
                     rows.append({"method": method, "seed": seed, "shots": int(shots), "steps": int(steps),
                                  "metric": metric, "value": value})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["method", "seed", "shots", "steps", "metric", "value"])
 
 
 def run_experiment(settings: MamlExperimentSettings) -> dict[str, Any]:

@@ -25,7 +25,12 @@ def dalora_figure(table: pd.DataFrame, methods: Sequence[str], gate_records: Seq
     auc = table[table["metric"] == "auc"].groupby(["method", "domain"])["value"].agg(["mean", "std"])
     domains = list(domains if domains is not None else dict.fromkeys(table["domain"]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [1.6, 1, 1]})
-    width = 0.8 / len(methods)
+    drawn = set(auc.index.get_level_values("method"))
+    if any(method not in drawn for method in methods):  # flagged runs are left out of the table (training health)
+        axes[0].set_title("not drawn (flagged runs left out): " + ", ".join(m for m in methods if m not in drawn),
+                          fontsize=7)
+    methods = [method for method in methods if method in drawn]
+    width = 0.8 / max(len(methods), 1)
     for index, method in enumerate(methods):
         points = auc.loc[method].reindex(domains)
         axes[0].bar(np.arange(len(domains)) + (index - len(methods) / 2 + 0.5) * width, points["mean"], width,
@@ -33,7 +38,8 @@ def dalora_figure(table: pd.DataFrame, methods: Sequence[str], gate_records: Seq
     axes[0].set_xticks(np.arange(len(domains)), domains)
     axes[0].set_ylim(0.8, 1.005)
     axes[0].set_ylabel("test AUC (mean ± sd over seeds)")
-    axes[0].legend(fontsize=7, ncol=2)
+    if methods:
+        axes[0].legend(fontsize=7, ncol=2)
     from afr.analysis.plots import confusion_figure, gates_figure  # here: afr.analysis.plots imports afr.figures
 
     records = [record for record in gate_records if "gates" in record]

@@ -9,7 +9,17 @@
 * ``L_domain``: cross-entropy of the DA-LoRA router's logits against each image's domain (only when the
   backbone carries DA-LoRA with classifier gating: oracle and uniform gating have no router to train).
 
-With oracle gating the batch's domain codes are handed to the backbone before its forward pass. A plain
+With oracle gating the batch's domain codes are handed to the backbone before its forward pass.
+
+Which view the router reads in training (``router_view``): ``"augmented"`` (the default, the committed runs'
+behaviour) routes each training image by the stem statistics of the image the experts see, augmented by flip +
+RandAugment(4, 16); ``"clean"`` routes it by its flip-only view (``clean_images``, which the trainer hands over
+when :attr:`DomainAwareRecognitionModel.needs_clean_view`: :meth:`afr.data.augment.FaceAugment.views`, the same
+flip, no RandAugment). Test images are never augmented, so a router trained on augmented statistics routes
+another distribution than it learnt on; with ``"clean"`` both the domain loss's logits *and* the gates of the
+recognition forward come from the clean view (:func:`afr.adapters.dalora.route_by`: one extra pass through the
+frozen stem), so the experts are trained under the gates test images get, while they still see the augmented
+pixels. A plain
 (LoRA) backbone trains with the same margin and contrastive terms, so that a comparison of LoRA and
 DA-LoRA rows differs in the adapter only.
 """
@@ -18,11 +28,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from afr.adapters.dalora import dalora_state, has_dalora, set_domains
+from afr.adapters.dalora import dalora_state, has_dalora, route_by, set_domains
 from afr.losses import combine_losses, domain_classification_loss, supervised_info_nce
 from afr.models.recognizer import FaceRecognitionModel, RecognizerOutput
 
-__all__ = ["DomainAwareRecognitionModel"]
+__all__ = ["ROUTER_VIEWS", "DomainAwareRecognitionModel"]
+
+#: the view of a training image the classifier router reads (see the module docstring)
+ROUTER_VIEWS = ("augmented", "clean")
 
 
 class DomainAwareRecognitionModel(FaceRecognitionModel):
@@ -32,12 +45,17 @@ class DomainAwareRecognitionModel(FaceRecognitionModel):
         lambda_contrastive: λ1 (0 switches the term off).
         lambda_domain: λ2 (0 switches the term off; ignored without a classifier-gated router).
         temperature: InfoNCE temperature.
+        router_view: ``"augmented"`` or ``"clean"``: the view of each training image the classifier router reads
+            (see the module docstring); test-time forwards (no ``clean_images``) route by their own images.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, margin: str | nn.Module = "cosface", s: float = 64.0,
                  m: float | None = None, lambda_contrastive: float = 0.1, lambda_domain: float = 0.01,
-                 temperature: float = 0.1) -> None:
+                 temperature: float = 0.1, router_view: str = "augmented") -> None:
         super().__init__(backbone, num_classes, margin=margin, s=s, m=m)
+        if router_view not in ROUTER_VIEWS:
+            raise ValueError(f"router_view must be one of {ROUTER_VIEWS}, got {router_view!r}")
+        self.router_view = router_view
         if lambda_contrastive < 0 or lambda_domain < 0 or temperature <= 0:
             raise ValueError("lambda_contrastive and lambda_domain must be >= 0 and temperature > 0, got "
                              f"{lambda_contrastive}, {lambda_domain}, {temperature}")
@@ -45,17 +63,28 @@ class DomainAwareRecognitionModel(FaceRecognitionModel):
         self.lambda_domain = float(lambda_domain)
         self.temperature = float(temperature)
 
+    @property
+    def needs_clean_view(self) -> bool:
+        """Whether the trainer should hand the flip-only view of each batch as ``clean_images``."""
+        return self.router_view == "clean"
+
     def _gating(self) -> str | None:
         return dalora_state(self.backbone).mode if has_dalora(self.backbone) else None
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
-                domains: torch.Tensor | None = None) -> RecognizerOutput:
+                domains: torch.Tensor | None = None, clean_images: torch.Tensor | None = None) -> RecognizerOutput:
         gating = self._gating()
         if gating == "oracle":
             if domains is None:
                 raise ValueError("oracle gating needs the domain of every image (domains=...)")
             set_domains(self.backbone, domains)
-        embeddings = self.backbone(images)
+        if clean_images is not None and self.router_view == "clean" and gating == "classifier":
+            if clean_images.shape != images.shape:
+                raise ValueError(f"clean_images {tuple(clean_images.shape)} must match images {tuple(images.shape)}")
+            with route_by(self.backbone, clean_images):
+                embeddings = self.backbone(images)
+        else:
+            embeddings = self.backbone(images)
         if labels is None:
             return RecognizerOutput(loss=None, logits=self.head(embeddings) * self.s, embeddings=embeddings)
         logits, margin_loss = self.margin_loss(embeddings, labels)

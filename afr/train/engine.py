@@ -7,7 +7,9 @@ object with a scalar ``.loss`` tensor (or a mapping with a ``"loss"`` entry) and
 yields ``(image, label)`` or ``(image, label, domain)`` with ``image`` an ``HxWx3`` uint8 array;
 :func:`collate_samples` turns a list of them into ``{'images': float (B,3,H,W) in [0,1], 'labels':
 long (B,), 'domains': long (B,)}``. An optional ``augment`` callable maps the image batch to an
-augmented one on the training device before the forward pass. Random numbers a dataset draws
+augmented one on the training device before the forward pass; a model whose ``needs_clean_view`` is true
+also gets the batch's un-augmented view as ``clean_images`` (the augmentation's ``views(images) -> (augmented,
+clean)``, e.g. :meth:`afr.data.augment.FaceAugment.views`: the same flip, no RandAugment). Random numbers a dataset draws
 (python, numpy or torch global RNG) are seeded per batch from ``(seed, epoch, batch, rank)`` (see
 :mod:`afr.train.sampler`), so they do not depend on ``num_workers`` or on where a run was resumed.
 
@@ -332,6 +334,12 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_model = distributed.wrap_model(self.model, self.device, config.find_unused_parameters)
         self.augment = augment.to(self.device) if isinstance(augment, nn.Module) else augment
+        #: the model also takes the un-augmented view of each batch (``clean_images``; see the module docstring)
+        self.clean_view = bool(getattr(model, "needs_clean_view", False))
+        if self.clean_view and self.augment is not None and not callable(getattr(self.augment, "views", None)):
+            raise ConfigError(
+                f"the model reads the clean view of each batch (needs_clean_view), but the augmentation "
+                f"{type(self.augment).__name__} has no views(images) -> (augmented, clean) method (FaceAugment has)")
         self.evaluators = dict(evaluators or {})
         self.train_dataset = train_dataset
         self.sampler: ResumableSampler | IdentityBatchSampler
@@ -494,7 +502,13 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-        if self.augment is not None:
+        if self.clean_view:
+            if self.augment is None:
+                batch["clean_images"] = batch["images"]
+            else:
+                with torch.no_grad():
+                    batch["images"], batch["clean_images"] = self.augment.views(batch["images"])
+        elif self.augment is not None:
             with torch.no_grad():
                 batch["images"] = self.augment(batch["images"])
         return batch

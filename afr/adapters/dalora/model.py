@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,8 @@ __all__ = [
     "has_dalora",
     "load_dalora",
     "merge_dalora",
+    "route_by",
+    "router_logits_of",
     "save_dalora",
     "set_domains",
     "set_gating",
@@ -107,6 +110,47 @@ def _router(model: nn.Module) -> DomainRouter:
 def dalora_state(model: nn.Module) -> GateState:
     """The backbone's :class:`~afr.adapters.dalora.router.GateState`: mode, domains, last logits and gates."""
     return _router(model).state
+
+
+def router_logits_of(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The router's logits ``(B, K)`` for ``images``: the backbone's forward runs only up to the router input
+    module (the frozen stem: one cheap partial pass) and the router reads its statistics. Gradients flow into the
+    router; nothing else of the backbone runs and the gate state is left as it was."""
+    router = _router(model)
+    module = model.get_submodule(model.dalora_settings.router_input)
+    state = router.state
+    kept = (state.router_logits, state.gates, state.channel_gates)
+
+    def stop(_module: nn.Module, _args: object, output: torch.Tensor) -> None:
+        raise _ProbeStop(output)
+
+    handle = module.register_forward_hook(stop)
+    try:
+        model(images)
+    except _ProbeStop as seen:
+        features = seen.args[0]
+    else:
+        raise ValueError(f"the DA-LoRA router input of {_label(model)} did not run in a forward pass")
+    finally:
+        handle.remove()
+        state.router_logits, state.gates, state.channel_gates = kept
+    return router(features)
+
+
+@contextmanager
+def route_by(model: nn.Module, images: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Within the block, the backbone's forward passes take their router logits -- hence their ``classifier``
+    gates, and ``dalora_state(model).router_logits`` -- from ``images`` (:func:`router_logits_of`), another view
+    of the batch they see, instead of from their own router input. A DA-LoRA router trained with
+    ``router_view="clean"`` reads the flip-only view of each training image this way while the experts see its
+    augmented view (:class:`~afr.models.domain_aware.DomainAwareRecognitionModel`). Yields the logits."""
+    state = dalora_state(model)
+    logits = router_logits_of(model, images)
+    state.pinned_logits = logits
+    try:
+        yield logits
+    finally:
+        state.pinned_logits = None
 
 
 class _ProbeStop(Exception):

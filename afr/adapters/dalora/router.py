@@ -113,6 +113,9 @@ class GateState:
         self.mode = mode
         #: expert index per sample for oracle gating, or None
         self.domains: torch.Tensor | None = None
+        #: router logits computed elsewhere (:func:`afr.adapters.dalora.route_by`: from another view of the
+        #: batch) that the next forward passes take instead of their own router input's, or None
+        self.pinned_logits: torch.Tensor | None = None
         self.router_logits: torch.Tensor | None = None
         self.gates: torch.Tensor | None = None
         self.channel_gates: torch.Tensor | None = None
@@ -120,7 +123,7 @@ class GateState:
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles keep mode and domains but not the last pass's tensors (graph nodes that
         ``copy.deepcopy`` refuses)."""
-        return {**self.__dict__, "router_logits": None, "gates": None, "channel_gates": None}
+        return {**self.__dict__, "router_logits": None, "gates": None, "channel_gates": None, "pinned_logits": None}
 
     def begin_forward(self, module: nn.Module, args: Any) -> None:
         """Forward pre-hook of the backbone: forget the previous pass, so stale gates are never used."""
@@ -188,6 +191,7 @@ class DomainRouter(nn.Module):
         return self.mlp(statistics.to(self.mlp[0].weight.dtype))
 
     def observe(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        """Forward hook: compute the logits of this batch and hand them to the gate state."""
-        logits = self(output)
+        """Forward hook: compute the logits of this batch (or take the state's pinned logits) and hand them to
+        the gate state."""
+        logits = self.state.pinned_logits if self.state.pinned_logits is not None else self(output)
         self.state.update(logits, self.state.gates_from_logits(logits))

@@ -59,7 +59,7 @@ NATIVE_SCHEMES = (1, 3)
 SINGLE_EXPERT = "all"
 #: settings only a run with a MAML start depends on / only a DA-LoRA run depends on (left out of other tags)
 MAML_FIELDS = ("inner_steps", "inner_lr", "meta_steps", "tasks_per_step", "meta_lr", "n_way", "k_shot", "q_query")
-ROUTER_FIELDS = ("experts", "lambda_domain", "router_lr", "router_hidden", "maml_start")
+ROUTER_FIELDS = ("experts", "lambda_domain", "router_lr", "router_hidden", "router_view", "maml_start")
 #: what a MAML start depends on (its tag's digest)
 START_FIELDS = ("backbone", "weights", "embedded_root", "rank", *MAML_FIELDS, "seed")
 #: the full profile's data a MAML start depends on too (its episodes are drawn from the CASIA-WebFace training
@@ -100,12 +100,12 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "rank", "experts", "lambda_contrastive", "lambda_domain", "maml_start", "inner_steps", "meta_steps", "epochs",
         "lr")
-    #: the full profile's settings, added after the embedded grid was recorded: in the digest and the table's
-    #: columns only when they differ from their defaults, so the embedded runs keep their tags and rows
+    #: the full profile's settings and router_view, added after the embedded grid was recorded: in the digest and
+    #: the table's columns only when they differ from their defaults, so the embedded runs keep their tags and rows
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
         "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels",
-        "precision")
-    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
+        "precision", "router_view")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "router_view")
 
     inner_steps: int = setting(3, "first-order inner SGD steps of the MAML start")
     inner_lr: float = setting(1e-3, "inner SGD learning rate of the MAML start")

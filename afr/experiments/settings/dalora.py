@@ -43,12 +43,12 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "backbone", "rank", "epochs", "batch_size", "lr", "router_lr", "lambda_contrastive", "lambda_domain",
         "score_test")
-    #: the full profile's settings, added after the embedded grid was recorded: in the digest and the table's
-    #: columns only when they differ from their defaults, so the embedded runs keep their tags and rows
+    #: the full profile's settings and router_view, added after the embedded grid was recorded: in the digest and
+    #: the table's columns only when they differ from their defaults, so the embedded runs keep their tags and rows
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
         "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels",
-        "precision")
-    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
+        "precision", "router_view")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "router_view")
 
     rank: int = setting(8, "rank r of LoRA and of each DA-LoRA expert (lora-matched: K·r)")
     epochs: int = setting(2, "training epochs (2: the demo budget; make results trains 4)")
@@ -116,6 +116,7 @@ class DaLoraRunSettings:
     # DaLoraFields
     router_hidden: int
     router_lr: float
+    router_view: str
     lambda_contrastive: float
     lambda_domain: float
     temperature: float
@@ -145,7 +146,7 @@ class DaLoraRunSettings:
     #: the fields taken, by name, from the experiment's settings (the rest: naming, :meth:`of`)
     COPIED: ClassVar[tuple[str, ...]] = (
         "method", "seed", "grid", "backbone", "weights", "embedded_root", "rank", "router_hidden", "router_lr",
-        "lambda_contrastive", "lambda_domain", "temperature", "images_per_identity", "margin", "head_init", "epochs",
+        "router_view", "lambda_contrastive", "lambda_domain", "temperature", "images_per_identity", "margin", "head_init", "epochs",
         "batch_size", "lr", "head_lr", "weight_decay", "warmup_epochs", "augment", "score_test", "num_workers",
         "device", "resume", "overwrite", "progress", "precision")
 

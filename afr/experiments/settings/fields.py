@@ -22,6 +22,8 @@ __all__ = ["BackboneFields", "BenchmarkPackFields", "CasiaFields", "DaLoraFields
 MARGINS = ("cosface", "arcface")
 HEAD_INITS = ("random", "class-mean")
 DATA_PROFILES = ("embedded", "full")
+#: afr.models.domain_aware.ROUTER_VIEWS (this module imports no torch)
+ROUTER_VIEWS = ("augmented", "clean")
 
 
 @dataclass
@@ -100,6 +102,9 @@ class DaLoraFields:
 
     router_hidden: int = setting(64, "DA-LoRA router MLP width")
     router_lr: float = setting(1e-2, "AdamW learning rate of the DA-LoRA router (trained by the domain loss only)")
+    router_view: str = setting("augmented", "the view of each training image the DA-LoRA router reads: augmented "
+                               "(the image the experts see), or clean (its flip-only view, as test images are "
+                               "clean: the domain loss and the experts' gates come from it)", choices=ROUTER_VIEWS)
     lambda_contrastive: float = setting(0.1, "λ1: weight of the supervised InfoNCE term")
     lambda_domain: float = setting(0.01, "λ2: weight of the router's domain cross-entropy")
     temperature: float = setting(0.1, "InfoNCE temperature")
