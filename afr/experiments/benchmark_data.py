@@ -120,14 +120,15 @@ def open_domain_labels(settings: Any):
     return load_domain_labels(checked_domain_labels_folder(settings), open_casia(settings.train_rec))
 
 
-def _full_training_data(settings: Any, with_domains: bool, seed: int):
+def _full_training_data(settings: Any, with_domains: bool = False, seed: int | None = None):
     """CASIA-WebFace: ``val_identities`` held-out identities as a validation pack, a subset of the rest to train
-    (both drawn with ``seed``); ``with_domains``: every image carries its domain (:func:`domain_labels_folder`), kept
-    by the identity subset."""
+    (both drawn with ``seed``, default the settings'); ``with_domains``: every image carries its domain
+    (:func:`domain_labels_folder`), kept by the identity subset."""
     dataset = open_casia(settings.train_rec)
     if with_domains:
         dataset = DomainLabelledDataset.from_folder(dataset, checked_domain_labels_folder(settings))
     labels = dataset_labels(dataset)
+    seed = settings.seed if seed is None else seed
     held_out = holdout_identities(labels, settings.val_identities, seed)
     train = identity_subset(dataset, settings.num_identities, seed, exclude=held_out)
     return train, _holdout_pack(dataset, labels, held_out, seed)

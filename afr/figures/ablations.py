@@ -22,6 +22,12 @@ def ablations_figure(table: pd.DataFrame, settings,
     from afr.experiments.settings.ablations import COMPONENTS, GROUPS
 
     groups = [group for group in GROUPS if group in set(table["group"])]
+    if not groups:  # every run flagged by the training-health rules (or none recorded): nothing to draw
+        fig, axis = plt.subplots(figsize=(5, 2))
+        axis.text(0.5, 0.5, "no run to draw: every run of the grid is flagged\n(afr.experiments.health) or none is "
+                  "recorded", ha="center", va="center")
+        axis.axis("off")
+        return fig
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 1.5, 3.6), squeeze=False)
     colours = dict(zip(domains, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     auc = table[table["metric"] == "auc"]
