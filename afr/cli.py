@@ -34,6 +34,7 @@ Every command reports failures as one line ``error: ...`` on stderr and exits wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -523,7 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     handler: Callable[[argparse.Namespace], dict[str, Any]] = args.handler
     try:
-        output = handler(args)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON only: what a command prints goes to stderr
+            output = handler(args)
     except Exception as error:  # one clear line for the user; the traceback only with --debug
         if args.debug:
             raise
