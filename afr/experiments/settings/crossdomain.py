@@ -259,7 +259,10 @@ def forgetting_table(table, settings: CrossDomainSettings | None = None):
     start_of = {method: f"{START_OF[method]}-start" for method in START_OF} | {"zero-shot": "zero-shot"}
     after = after.assign(start=after["method"].map(start_of))
     after = after.join(before.rename("start_accuracy"), on=["start", "seed", "domain"])
-    after = after.join(before.xs("zero-shot").rename("zero_shot_accuracy"), on=["seed", "domain"])
+    if "zero-shot" in set(before.index.get_level_values("method")):
+        after = after.join(before.xs("zero-shot").rename("zero_shot_accuracy"), on=["seed", "domain"])
+    else:  # zero-shot left out (flagged by the training-health rules) or not run: no change against it
+        after = after.assign(zero_shot_accuracy=float("nan"))
     return after.assign(change_vs_start=after["accuracy"] - after["start_accuracy"],
                         change_vs_zero_shot=after["accuracy"] - after["zero_shot_accuracy"],
                         ).drop(columns=["start", "start_accuracy", "zero_shot_accuracy"]).reset_index(drop=True)
