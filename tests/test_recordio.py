@@ -293,3 +293,12 @@ def test_dataloader_workers_match_direct_indexing(tmp_path):
     for (image, label, domain), (expected_image, expected_label, expected_domain) in zip(loaded, direct):
         assert torch.equal(image, torch.from_numpy(np.array(expected_image))) and int(label) == expected_label
         assert int(domain) == expected_domain
+
+
+def test_a_binary_index_file_is_one_error_naming_it(tmp_path):
+    from afr.data.recordio import RecordIOError, read_index
+
+    idx = tmp_path / "train.idx"
+    idx.write_bytes(bytes(range(256)))
+    with pytest.raises(RecordIOError, match="train.idx: not a RecordIO index"):
+        read_index(idx, 1000)

@@ -290,25 +290,29 @@ def read_index(idx_path: Path, rec_size: int) -> dict[int, int]:
     if not idx_path.is_file():
         raise FileNotFoundError(f"RecordIO index not found: {idx_path}")
     index: dict[int, int] = {}
-    with idx_path.open() as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            try:
-                key, offset = int(fields[0]), int(fields[1])
-                if len(fields) != 2:
-                    raise ValueError
-            except (ValueError, IndexError):
-                raise RecordIOError(f"{idx_path}: line {number} is not 'key<TAB>offset': {line.rstrip()!r}") from None
-            if not 0 <= offset <= rec_size - _FRAME.size:
-                raise RecordIOError(
-                    f"{idx_path}: line {number}: record {key} at byte {offset} points past the end of the "
-                    f".rec file ({rec_size} bytes)"
-                )
-            if key in index:
-                raise RecordIOError(f"{idx_path}: line {number}: duplicate key {key}")
-            index[key] = offset
+    try:
+        text = idx_path.read_text()
+    except UnicodeDecodeError:
+        raise RecordIOError(f"{idx_path}: not a RecordIO index (binary data, expected text lines "
+                            "'key<TAB>offset')") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            key, offset = int(fields[0]), int(fields[1])
+            if len(fields) != 2:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise RecordIOError(f"{idx_path}: line {number} is not 'key<TAB>offset': {line.rstrip()!r}") from None
+        if not 0 <= offset <= rec_size - _FRAME.size:
+            raise RecordIOError(
+                f"{idx_path}: line {number}: record {key} at byte {offset} points past the end of the "
+                f".rec file ({rec_size} bytes)"
+            )
+        if key in index:
+            raise RecordIOError(f"{idx_path}: line {number}: duplicate key {key}")
+        index[key] = offset
     return index
 
 
