@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from afr.experiments.health import (CHANCE, NOT_FITTED, committed_health, healthy_records, healthy_rows, main,
+from afr.experiments.health import (CHANCE, FITTED_WELL, NOT_FITTED, committed_health, healthy_records, healthy_rows, main,
                                     run_health, uniform_margin_loss, with_health)
 from afr.losses.margin import MarginLoss, create_margin
 from afr.paths import PROJECT_ROOT
@@ -131,13 +131,20 @@ def committed():
     return committed_health(RESULTS)
 
 
-def test_the_committed_4_epoch_runs_of_notebook_03_did_not_fit(committed):
-    """Every 4-epoch run of the 03 grid ends its training with a margin loss near the uniform-logit value."""
+def test_the_committed_4_epoch_runs_of_notebook_03_did_not_fit_and_the_fitted_recipe_does(committed):
+    """Every 4-epoch run of the first 03 grid (random centres, RandAugment, uncentred) ends its training with a margin
+    loss near the uniform-logit value; every run of the fitted recipe (centred, class-mean, no augmentation) ends well
+    under half of it."""
     paths = sorted((RESULTS / "dalora").glob("*.json"))
     runs = [json.loads(path.read_text()) for path in paths]
     runs = [run for run in runs if run["settings"]["epochs"] == 4]
-    assert len(runs) >= 15
-    for run in runs:
+    first = [run for run in runs if not run["settings"].get("centre_embeddings")]
+    fitted = [run for run in runs if run["settings"].get("centre_embeddings") and not run["settings"]["augment"]]
+    assert len(first) >= 15 and len(fitted) >= 2
+    for run in fitted:
+        _, health = committed[run["tag"]]
+        assert health.status == "ok" and health.fitted_well and health.ratio < FITTED_WELL, run["tag"]
+    for run in first:
         _, health = committed[run["tag"]]
         final = run["train"]["history"][-1]["train_margin"]
         assert health.final_margin == final and health.classes == 71

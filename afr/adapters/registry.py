@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
 
 __all__ = [
+    "CENTRE_NAME",
     "CONFIG_NAME",
     "LEGACY_FILES",
     "WEIGHTS_NAME",
@@ -65,6 +66,8 @@ __all__ = [
 CONFIG_NAME = "adapter_config.json"
 #: the tensors of every adapter
 WEIGHTS_NAME = "adapter_model.safetensors"
+#: the embedding centre of an adapter trained on a centred backbone (:mod:`afr.models.centring`); absent otherwise
+CENTRE_NAME = "embedding_centre.safetensors"
 #: type -> (settings file, weights file) of adapters saved before the ``type`` field existed; read only, never
 #: written, never extended (a new type is saved with ``type`` from the start)
 LEGACY_FILES: dict[str, tuple[str, str]] = {
@@ -227,13 +230,24 @@ def merge_adapter(model: nn.Module, domain: str | int | None = None) -> nn.Modul
 def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     """Save the adapter ``model`` carries to ``directory`` with its type's saver; returns the directory.
 
-    The saved ``adapter_config.json`` is checked to record the type (ValueError otherwise)."""
+    The saved ``adapter_config.json`` is checked to record the type (ValueError otherwise). A centred backbone's
+    centre (:mod:`afr.models.centring`) goes beside it, to :data:`CENTRE_NAME`: the adapter was trained on centred
+    embeddings and means nothing without them."""
+    from afr.models.centring import embedding_centre
+
     entry = _carried(model, "save")
     directory = Path(entry.save(model, Path(directory)) or directory)
     saved = read_adapter_config(directory).get("type")
     if saved != entry.name:
         raise ValueError(f"the {entry.label} saver wrote {directory / CONFIG_NAME} with type {saved!r}, "
                          f"not {entry.name!r}")
+    centre = embedding_centre(model)
+    if centre is not None:
+        from safetensors.torch import save as save_safetensors
+
+        from afr.io import atomic_write_bytes
+
+        atomic_write_bytes(directory / CENTRE_NAME, save_safetensors({"centre": centre.detach().cpu().contiguous()}))
     return directory
 
 
@@ -241,13 +255,21 @@ def load_adapter(backbone: nn.Module, directory: str | Path, **options: Any) -> 
     """Load the adapter saved in ``directory`` onto ``backbone`` (in place), by the type its settings record.
 
     ``options`` go to the type's loader (e.g. DA-LoRA's ``gating``); an option a type's loader does not take
-    is left out (LoRA has no gating), so one call loads any type.
+    is left out (LoRA has no gating), so one call loads any type. A saved embedding centre (:data:`CENTRE_NAME`)
+    centres the backbone too.
     """
     entry = adapter_type(read_adapter_config(directory)["type"])
     parameters = inspect.signature(entry.load).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         options = {key: value for key, value in options.items() if key in parameters}
-    return entry.load(backbone, Path(directory), **options)
+    model = entry.load(backbone, Path(directory), **options)
+    if (Path(directory) / CENTRE_NAME).is_file():
+        from safetensors.torch import load_file
+
+        from afr.models.centring import centre_embeddings
+
+        centre_embeddings(model, load_file(str(Path(directory) / CENTRE_NAME))["centre"])
+    return model
 
 
 # ------------------------------------------------------------------------------------------------ files

@@ -242,7 +242,8 @@ def run_start(settings: AblationSettings, data: AblationData, retrain: bool = Fa
     sampler = _episode_sampler(settings, data)
     config = MetaConfig(inner_steps=settings.inner_steps, inner_lr=settings.inner_lr, first_order=True,
                         meta_lr=settings.meta_lr, meta_steps=settings.meta_steps, tasks_per_step=settings.tasks_per_step,
-                        seed=settings.seed)
+                        seed=settings.seed, max_grad_norm=settings.meta_grad_clip,
+                        stop_on_divergence=settings.stop_on_divergence)
     result = meta_learned_start(settings.backbone, settings.weights, settings.rank, data.chips, sampler, config,
                                 run_dir, seed=settings.seed, device=device, targets=shared_targets, channels_last=True,
                                 resume=settings.resume, progress=settings.progress,

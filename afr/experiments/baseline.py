@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from afr.adapters.lora import apply_lora, merge_lora, save_adapter, trainable_parameters
-from afr.data.augment import FaceAugment
 from afr.data.subsets import dataset_labels
 from afr.data.verification import VerificationPack
 # the run's data (both profiles) is the library piece afr.experiments.benchmark_data; importable here too
@@ -46,7 +45,9 @@ from afr.experiments.records import (ResultExistsError, check_outputs_writable, 
 from afr.experiments.settings.baseline import PUBLISHED_FROUNDATION, BaselineSettings
 from afr.models import FaceRecognitionModel, create_backbone
 from afr.paths import runs_root
-from afr.experiments.training_setup import evaluation_device, initialise_centres, optimizer_groups, train_config
+from afr.experiments.training_setup import (evaluation_device, frozen_backbone, initialise_centres, optimizer_groups,
+                                           train_config, training_augment)
+from afr.models.centring import embedding_centre
 from afr.train import Trainer, distributed, seed_everything
 
 __all__ = [
@@ -126,7 +127,7 @@ def train_lora(
              "tag": settings.tag}
     evaluators = pack_evaluators(val_packs) if val_packs and settings.eval_every_epoch else None
     trainer = Trainer(model, train_dataset, train_config(settings, str(run_dir(settings)), notes),
-                      augment=FaceAugment() if settings.augment else None, evaluators=evaluators,
+                      augment=training_augment(settings), evaluators=evaluators,
                       param_groups=optimizer_groups(model, settings))
     return model, trainer.fit(resume=settings.resume)
 
@@ -137,10 +138,12 @@ def score_test_packs(settings: BaselineSettings, adapted_backbone: nn.Module,
     """The test packs, scored once at the end: ``{"zero-shot": {pack: metrics}, "lora": {...}}``.
 
     The adapted backbone is scored with LoRA merged into a copy (the plain backbone's inference cost; the
-    model itself keeps its adapter). The zero-shot backbone is built afresh from the same weights.
+    model itself keeps its adapter). The zero-shot backbone is built afresh from the same weights (and centred by the
+    adapted run's centre when the run is centred).
     """
     device = evaluation_device(settings)
-    zero_shot = evaluate_on_packs(create_backbone(settings.backbone, settings.weights), test_packs, device=device)
+    zero_shot = evaluate_on_packs(frozen_backbone(settings, centre=embedding_centre(adapted_backbone)), test_packs,
+                                  device=device)
     adapted = evaluate_on_packs(merge_lora(copy.deepcopy(adapted_backbone)), test_packs, device=device)
     return {"zero-shot": zero_shot, "lora": adapted}
 

@@ -30,7 +30,6 @@ from torch import nn
 from afr.adapters import save_adapter
 from afr.adapters.dalora import DaLoraSettings, apply_dalora, gate_statistics, merge_dalora, set_domains, set_gating
 from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, trainable_parameters
-from afr.data.augment import FaceAugment
 from afr.data.verification import VerificationPack
 from afr.eval.extract import chips_to_tensor
 from afr.eval.packs import evaluate_on_packs, pack_evaluators
@@ -39,7 +38,8 @@ from afr.experiments.records import (environment_info, final_validation_metrics,
                                      write_record)
 from afr.experiments.settings.base import job_settings
 from afr.experiments.settings.dalora import DaLoraRunSettings
-from afr.experiments.training_setup import evaluation_device, initialise_centres, optimizer_groups, train_config
+from afr.experiments.training_setup import (evaluation_device, initialise_centres, optimizer_groups, train_config,
+                                           training_augment)
 from afr.models import create_backbone
 from afr.models.domain_aware import DomainAwareRecognitionModel
 from afr.paths import results_root
@@ -238,7 +238,7 @@ def run_method(settings: DaLoraRunSettings, data: BenchmarkData, adapter: DaLora
     evaluators = validation_evaluators(settings.method, data.val_packs)
     if settings.method == "dalora-classifier" and gate_statistics:
         evaluators.update(gate_evaluators(data.val_packs))
-    trainer = Trainer(model, data.train, config, augment=FaceAugment() if settings.augment else None,
+    trainer = Trainer(model, data.train, config, augment=training_augment(settings),
                       evaluators=evaluators, param_groups=parameter_groups(model, settings))
     result = trainer.fit(resume=settings.resume)
 

@@ -44,9 +44,8 @@ from afr.experiments.records import (ResultExistsError, append_rows, check_outpu
 # the settings, the methods and the learning-rate families live in the torch-free settings module; importable here too
 from afr.experiments.settings.dalora import (FAMILY_REPRESENTATIVE, METHODS, DaLoraExperimentSettings,  # noqa: F401
                                              DaLoraRunSettings, family)
-from afr.experiments.training_setup import evaluation_device
+from afr.experiments.training_setup import evaluation_device, frozen_backbone
 from afr.io import atomic_write_bytes, atomic_write_text
-from afr.models import create_backbone
 from afr.paths import results_root
 from afr.train import distributed
 
@@ -62,9 +61,9 @@ def load_data(settings: DaLoraExperimentSettings) -> BenchmarkData:
     return load_benchmark(settings, with_domains=True, data_seed=GRID_DATA_SEED)
 
 
-def zero_shot(settings: DaLoraExperimentSettings, packs: Mapping[str, VerificationPack]) -> dict[str, dict]:
-    """The pretrained backbone on every pack (no training, no seed)."""
-    return evaluate_on_packs(create_backbone(settings.backbone, settings.weights), packs,
+def zero_shot(settings: DaLoraExperimentSettings, data: BenchmarkData) -> dict[str, dict]:
+    """The pretrained backbone on every test pack (no training, no seed; centred as the runs are)."""
+    return evaluate_on_packs(frozen_backbone(settings, data.train), data.test_packs,
                              device=evaluation_device(settings))
 
 
@@ -216,7 +215,7 @@ def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:
     data = load_data(settings)
     learning_rates, _ = choose_learning_rates(settings, data)
     # under torchrun rank 0 scores and writes (distributed.on_main); the ranks train the runs together
-    zero = distributed.on_main(lambda: zero_shot(settings, data.test_packs))
+    zero = distributed.on_main(lambda: zero_shot(settings, data))
     distributed.on_main(lambda: record_zero_shot(settings, zero))
     outcomes = run_grid(settings, data, learning_rates)
     if settings.publish_adapters:

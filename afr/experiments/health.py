@@ -11,8 +11,9 @@ them to any experiment's record:
   :data:`NOT_FITTED` (0.9) × the *uniform reference*, the margin loss of uniform logits
   (:func:`uniform_margin_loss`) over the run's training identities. 0.9 is the flag: at 0.9 the classifier
   separates its identities hardly better than chance. The stricter level :data:`FITTED_WELL` (0.5) is reported
-  (:attr:`Health.fitted_well`) but does not flag: a margin loss with ``s = 64`` stays large for embeddings that
-  do verify well, so 0.5 would judge the loss scale rather than the fit. The few-shot adaptation of notebook 05
+  (:attr:`Health.fitted_well`) but does not flag the first grids' runs: on the pretrained descriptor's uncentred
+  embeddings (one narrow cone) no recipe reached it. The fitted recipe (centred embeddings, class-mean centres,
+  :mod:`afr.experiments.recipe_search`) is required to reach it. The few-shot adaptation of notebook 05
   (``adaptation.<k>.losses``: the CosFace loss over that split's identities, plus the weighted contrastive terms
   of the methods that have them, which only raise it) is judged by the same rule.
 * **collapsed** — any test accuracy (``accuracy_mean`` of a verification result anywhere under ``test`` or

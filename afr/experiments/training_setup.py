@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from afr.train import TrainConfig, collate_samples
 
-__all__ = ["class_mean_embeddings", "evaluation_device", "initialise_centres", "optimizer_groups", "per_process_batch",
+__all__ = ["class_mean_embeddings", "evaluation_device", "frozen_backbone", "initialise_centres", "training_augment", "optimizer_groups", "per_process_batch",
            "train_config"]
 
 
@@ -36,12 +36,52 @@ def class_mean_embeddings(backbone: nn.Module, dataset, batch_size: int, device:
 
 
 def initialise_centres(model: nn.Module, dataset, settings: Any) -> None:
-    """``settings.head_init == "class-mean"``: class centres = mean unit embeddings of the (still unadapted)
-    backbone; ``"random"`` keeps the head's own N(0, 0.01) draw."""
+    """The embedding space training starts from, measured once under the still unadapted backbone.
+
+    ``settings.centre_embeddings``: the backbone subtracts the mean unit embedding of the training images
+    (:mod:`afr.models.centring`); ``settings.head_init == "class-mean"``: class centres = the mean (centred) unit
+    embedding of each identity; ``"random"`` keeps the head's own N(0, 0.01) draw."""
+    from afr.models.centring import centre_embeddings, mean_unit_embedding
+
+    centre = getattr(settings, "centre_embeddings", False)
+    if settings.head_init != "class-mean" and not centre:
+        return
+    embeddings, labels = class_mean_embeddings(model.backbone, dataset, 64, evaluation_device(settings),
+                                               settings.num_workers)
+    if centre:
+        centre = mean_unit_embedding(embeddings)
+        centre_embeddings(model.backbone, centre)
+        embeddings = torch.nn.functional.normalize(embeddings.float(), dim=1) - centre
     if settings.head_init == "class-mean":
-        embeddings, labels = class_mean_embeddings(model.backbone, dataset, 64, evaluation_device(settings),
-                                                   settings.num_workers)
         model.head.initialise_from_embeddings(embeddings, labels)
+
+
+def frozen_backbone(settings: Any, train_dataset=None, centre: torch.Tensor | None = None) -> nn.Module:
+    """The pretrained backbone without adapters (the zero-shot reference), centred as the runs are when
+    ``settings.centre_embeddings``: by ``centre`` (an adapted run's own) or by the mean unit embedding of
+    ``train_dataset`` under it, the same centre the runs measure."""
+    from afr.models import create_backbone
+    from afr.models.centring import centre_embeddings, mean_unit_embedding
+
+    backbone = create_backbone(settings.backbone, settings.weights)
+    if getattr(settings, "centre_embeddings", False):
+        if centre is None:
+            if train_dataset is None:
+                raise ValueError("a centred zero-shot backbone needs the training images or the runs' centre")
+            embeddings, _ = class_mean_embeddings(backbone, train_dataset, 64, evaluation_device(settings),
+                                                  settings.num_workers)
+            centre = mean_unit_embedding(embeddings)
+        centre_embeddings(backbone, centre)
+    return backbone
+
+
+def training_augment(settings: Any) -> nn.Module | None:
+    """The training images' augmentation: flip + RandAugment(``randaugment_ops``, 16) with ``augment``, else None."""
+    if not settings.augment:
+        return None
+    from afr.data.augment import AugmentSettings, FaceAugment
+
+    return FaceAugment(AugmentSettings(randaugment_ops=getattr(settings, "randaugment_ops", 4)))
 
 
 def optimizer_groups(model: nn.Module, settings: Any) -> list[dict[str, Any]]:

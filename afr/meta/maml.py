@@ -50,7 +50,7 @@ import math
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -72,16 +72,20 @@ from afr.train.engine import RunExistsError
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "DIVERGENCE_WINDOW",
     "MetaConfig",
+    "MetaTrainingDiverged",
     "MetaTrainResult",
     "TaskBatch",
     "adapter_parameters",
+    "divergence",
     "inner_adapt",
     "meta_step",
     "meta_train",
     "prototype_margin_loss",
     "prototypes",
     "query_loss",
+    "uniform_query_loss",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,7 +94,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "afr-maml-1"
 #: config fields that may change between a run and its resumption without changing what it computes
-_RESUMABLE_CHANGES = ("meta_steps", "checkpoint_every")
+_RESUMABLE_CHANGES = ("meta_steps", "checkpoint_every", "stop_on_divergence")
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -251,6 +255,15 @@ class MetaConfig:
             5: an outer step takes seconds on a CPU, so a killed run loses at most a minute or so (an execution
             setting: a resumed run equals an uninterrupted one whatever it is).
         seed: seeds the global RNGs before each step (from ``seed`` and the step index).
+        max_grad_norm: clip the meta-gradient to this L2 norm before each outer step (None: no clipping, how the
+            first grids trained). Second-order meta-gradients through three inner steps at ``s = 64`` reach norms
+            far above the first-order ones; an AdamW step is bounded anyway, but one large gradient sets Adam's
+            second moment for many steps.
+        stop_on_divergence: check the meta-loss at every checkpoint and at the end, and raise
+            :class:`MetaTrainingDiverged` (no start is saved by the callers) when it has risen: the mean of the last
+            ``DIVERGENCE_WINDOW`` steps above the mean of the first (needs ``2 * DIVERGENCE_WINDOW`` steps), or sits
+            at the uniform value of equal cosines (:func:`uniform_query_loss`, above 0.9 of it). The same rule as
+            :mod:`afr.experiments.health`'s "diverged", applied while training instead of afterwards.
     """
 
     inner_steps: int = 3
@@ -264,8 +277,12 @@ class MetaConfig:
     margin_m: float = 0.35
     checkpoint_every: int = 5
     seed: int = 0
+    max_grad_norm: float | None = None
+    stop_on_divergence: bool = False
 
     def __post_init__(self) -> None:
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"MetaConfig.max_grad_norm must be positive or None, got {self.max_grad_norm}")
         for name in ("inner_steps", "meta_steps", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"MetaConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -371,6 +388,10 @@ def meta_step(
         raise FloatingPointError(f"non-finite meta loss {meta_loss} (task losses {values})")
     if world > 1:
         _all_reduce_gradients(list(params.values()))
+    # the meta-gradient's norm (before clipping), recorded every step; clipped when config.max_grad_norm says so
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm or math.inf))
+    if not math.isfinite(grad_norm):
+        raise FloatingPointError(f"non-finite meta-gradient norm {grad_norm}")
     optimizer.step()
     by_domain: dict[str, list[float]] = defaultdict(list)
     for domain, value in zip(domains, values):
@@ -380,6 +401,7 @@ def meta_step(
         "pre_adapt_query_loss": (float(torch.stack(before).mean()) if world == 1
                                  else sum(before_values) / len(before_values)),
         **{f"meta_loss/{domain}": sum(v) / len(v) for domain, v in by_domain.items()},
+        "meta_grad_norm": grad_norm,
         "seconds": time.perf_counter() - start,
     }
 
@@ -513,6 +535,40 @@ def _prepare(output_dir: Path, resume: bool, overwrite: bool, claims: ExitStack)
     return state
 
 
+#: outer steps averaged at the start and at the end by :func:`divergence`
+DIVERGENCE_WINDOW = 5
+
+
+class MetaTrainingDiverged(RuntimeError):
+    """Meta-training stopped because its meta-loss rose (:func:`divergence`); ``history`` holds its steps."""
+
+    def __init__(self, message: str, history: Sequence[Mapping[str, Any]]) -> None:
+        super().__init__(message)
+        self.history = list(history)
+
+
+def uniform_query_loss(n_classes: int, s: float, m: float) -> float:
+    """The CosFace loss of equal cosines over ``n_classes``: ``log(1 + (n - 1) * exp(s * m))``."""
+    return math.log1p((n_classes - 1) * math.exp(s * m))
+
+
+def divergence(history: Sequence[Mapping[str, Any]], n_classes: int, s: float, m: float) -> str | None:
+    """Why a meta-training ``history`` diverged, or None: the mean meta-loss of its last :data:`DIVERGENCE_WINDOW`
+    steps is above that of its first (at least twice as many steps), or above 0.9 x :func:`uniform_query_loss`."""
+    losses = [float(entry["meta_loss"]) for entry in history]
+    if len(losses) < DIVERGENCE_WINDOW:
+        return None
+    last = sum(losses[-DIVERGENCE_WINDOW:]) / DIVERGENCE_WINDOW
+    uniform = uniform_query_loss(n_classes, s, m)
+    if last > 0.9 * uniform:
+        return f"mean meta-loss of the last {DIVERGENCE_WINDOW} steps {last:.2f} is at the uniform value {uniform:.2f}"
+    if len(losses) >= 2 * DIVERGENCE_WINDOW:
+        first = sum(losses[:DIVERGENCE_WINDOW]) / DIVERGENCE_WINDOW
+        if last > first:
+            return f"mean meta-loss rose from {first:.2f} (first {DIVERGENCE_WINDOW} steps) to {last:.2f} (last)"
+    return None
+
+
 def _meta_train(backbone: nn.Module, sample_tasks: Callable[..., Sequence[TaskBatch]], config: MetaConfig,
                 output_dir: Path, resume: bool, progress: bool, overwrite: bool, parallel: bool,
                 claims: ExitStack) -> MetaTrainResult:
@@ -556,8 +612,15 @@ def _meta_train(backbone: nn.Module, sample_tasks: Callable[..., Sequence[TaskBa
                     writer.add_scalar(key, value, step)
             bar.update(1)
             bar.set_postfix(meta_loss=f"{stats['meta_loss']:.4f}", refresh=False)
-            if main and (step == config.meta_steps or (config.checkpoint_every and step % config.checkpoint_every == 0)):
+            at_checkpoint = step == config.meta_steps or (config.checkpoint_every and step % config.checkpoint_every == 0)
+            if main and at_checkpoint:
                 _save(checkpoint, params, optimizer, step, history, config)
+            if config.stop_on_divergence and at_checkpoint:  # every rank holds the same history: all stop together
+                reason = divergence(history, tasks[0].n_classes, config.margin_s, config.margin_m)
+                if reason:
+                    raise MetaTrainingDiverged(f"meta-training in {output_dir} diverged at step {step}: {reason}; "
+                                               "no start is saved (lower meta_lr or inner_lr, or clip the "
+                                               "meta-gradient: max_grad_norm)", history)
     finally:
         bar.close()
         if writer is not None:

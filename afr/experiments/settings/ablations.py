@@ -104,8 +104,9 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     #: the table's columns only when they differ from their defaults, so the embedded runs keep their tags and rows
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
         "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels",
-        "precision", "router_view")
-    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "router_view")
+        "precision", "router_view", "centre_embeddings", "randaugment_ops", "meta_grad_clip")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "router_view",
+                                                       "centre_embeddings", "randaugment_ops")
 
     inner_steps: int = setting(3, "first-order inner SGD steps of the MAML start")
     inner_lr: float = setting(1e-3, "inner SGD learning rate of the MAML start")

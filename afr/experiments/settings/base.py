@@ -59,6 +59,7 @@ FIELD_RULES: dict[str, Rule] = {
     **dict.fromkeys(("rank", "epochs", "batch_size", "router_hidden", "images_per_identity", "k_shot", "q_query",
                      "inner_steps", "meta_steps", "tasks_per_step", "adapt_steps", "experts", "checkpoint_every"),
                     _COUNT),
+    "randaugment_ops": Rule(kind="integer", low=0, high=16),  # 0 .. the 15 of afr.data.augment.RANDAUGMENT_POLICY
     "n_way": Rule(kind="integer", low=2),  # an episode tells identities apart
     "val_identities": Rule(kind="integer", low=2),  # a pack of different-identity pairs
     "unlabelled_batch": Rule(kind="integer", low=2),  # two-view InfoNCE needs negatives
@@ -116,7 +117,7 @@ class ExperimentSettings:
     experiment: ClassVar[str] = "experiment"
     #: fields that say how a run executes, not what it computes: left out of the tag's digest
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = (
-        "device", "num_workers", "output_dir", "progress", "resume", "overwrite", "grid")
+        "device", "num_workers", "output_dir", "progress", "resume", "overwrite", "grid", "stop_on_divergence")
     #: settings written as columns of every tidy-table row (the ones runs of this experiment differ by)
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ()
     #: settings added after results were recorded: they enter the digest only when they differ from their default,

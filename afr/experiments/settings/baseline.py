@@ -32,8 +32,9 @@ class BaselineSettings(ExperimentSettings, RunFields, TrainingFields, FullProfil
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "data_profile", "backbone", "rank", "margin", "head_init", "epochs", "batch_size", "lr", "head_lr",
         "score_test")
-    #: added after the baseline runs were recorded (at auto): in the tag's digest only when not auto
-    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("precision",)
+    #: added after the baseline runs were recorded (at auto / off): in the tag's digest only when not at the default
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("precision", "centre_embeddings", "randaugment_ops")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("centre_embeddings", "randaugment_ops")
 
     rank: int = setting(8, "LoRA rank r (FRoundation: 16)")
     output_dir: str | None = setting(None, "run folder (TensorBoard, checkpoints, adapter); default runs/<tag>")

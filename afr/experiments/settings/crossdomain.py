@@ -105,7 +105,7 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "backbone", "rank", "meta_steps", "inner_steps", "adapt_steps", "adapt_lr", "contrastive_weight",
         "unlabelled_weight")
-    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction", *FULL_PROFILE_FIELDS, "adapt_batch")
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction", *FULL_PROFILE_FIELDS, "adapt_batch", "meta_grad_clip")
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
     #: shots may be "all": checked when parsed (_parse_shots)
     RULES: ClassVar[dict[str, Any]] = {"shots": None}
@@ -222,7 +222,8 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
 
         return MetaConfig(inner_steps=self.inner_steps if STARTS[start] else 0, inner_lr=self.inner_lr,
                           first_order=True, meta_lr=self.meta_lr, meta_steps=self.meta_steps,
-                          tasks_per_step=self.tasks_per_step, seed=self.seed)
+                          tasks_per_step=self.tasks_per_step, seed=self.seed, max_grad_norm=self.meta_grad_clip,
+                          stop_on_divergence=self.stop_on_divergence)
 
     def dalora_settings(self):
         """Two experts named by the experts' own names (the domain codes are those names, not the embedded

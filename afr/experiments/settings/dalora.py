@@ -47,8 +47,9 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
     #: the table's columns only when they differ from their defaults, so the embedded runs keep their tags and rows
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
         "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels",
-        "precision", "router_view")
-    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "router_view")
+        "precision", "router_view", "centre_embeddings", "randaugment_ops")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "router_view",
+                                                       "centre_embeddings", "randaugment_ops")
 
     rank: int = setting(8, "rank r of LoRA and of each DA-LoRA expert (lora-matched: K·r)")
     epochs: int = setting(2, "training epochs (2: the demo budget; make results trains 4)")
@@ -140,15 +141,18 @@ class DaLoraRunSettings:
     progress: bool
     # notebook 03's own
     shared_expert: bool = False
-    # TrainingFields, added after the grids were recorded (at auto)
+    # TrainingFields, added after the grids were recorded (at auto / off)
     precision: str = "auto"
+    centre_embeddings: bool = False
+    randaugment_ops: int = 4
 
     #: the fields taken, by name, from the experiment's settings (the rest: naming, :meth:`of`)
     COPIED: ClassVar[tuple[str, ...]] = (
         "method", "seed", "grid", "backbone", "weights", "embedded_root", "rank", "router_hidden", "router_lr",
         "router_view", "lambda_contrastive", "lambda_domain", "temperature", "images_per_identity", "margin", "head_init", "epochs",
         "batch_size", "lr", "head_lr", "weight_decay", "warmup_epochs", "augment", "score_test", "num_workers",
-        "device", "resume", "overwrite", "progress", "precision")
+        "device", "resume", "overwrite", "progress", "precision", "centre_embeddings",
+        "randaugment_ops")
 
     @classmethod
     def of(cls, settings: ExperimentSettings, shared_expert: bool = False) -> DaLoraRunSettings:

@@ -78,6 +78,9 @@ class TrainingFields:
     margin: str = setting("cosface", "margin loss", choices=MARGINS)
     head_init: str = setting("random", "class centres: random N(0, 0.01) (InsightFace), or class-mean: the mean "
                              "unit embedding of each training identity under the frozen backbone", choices=HEAD_INITS)
+    centre_embeddings: bool = setting(False, "subtract the mean unit embedding of the training images (frozen backbone, "
+                                      "measured once) before the margin loss and at every evaluation: the fitted "
+                                      "recipe (README, Recipes that fit); off = how the first grids trained")
     epochs: int = setting(4, "training epochs")
     batch_size: int = setting(32, "images per optimizer step (with identity batches: a multiple of "
                               "images_per_identity)")
@@ -86,7 +89,9 @@ class TrainingFields:
     head_lr: float = setting(1e-2, "AdamW learning rate of the class centres")
     weight_decay: float = setting(0.05, "AdamW weight decay")
     warmup_epochs: float = setting(0.5, "linear warm-up length in epochs")
-    augment: bool = setting(True, "flip + per-image RandAugment(4, 16) during training")
+    augment: bool = setting(True, "flip + per-image RandAugment(randaugment_ops, 16) during training")
+    randaugment_ops: int = setting(4, "RandAugment operations per training image with augment (FRoundation: 4; 0: "
+                                   "flip only)")
     score_test: bool = setting(True, "score the test packs at the end (reported, never used to choose; off for "
                                "runs that only choose settings)")
     num_workers: int = setting(0, "DataLoader worker processes decoding the training pack")
@@ -124,6 +129,10 @@ class MetaStartFields:
     meta_steps: int = setting(10, "outer steps (10: the demo budget; make results runs 60)")
     tasks_per_step: int = setting(2, "episodes per outer step")
     meta_lr: float = setting(1e-3, "AdamW learning rate of the outer loop")
+    meta_grad_clip: float | None = setting(None, "clip the meta-gradient to this L2 norm before each outer step "
+                                           "(none: no clipping, how the first grids trained)")
+    stop_on_divergence: bool = setting(False, "stop a meta-training whose meta-loss rises or sits at its uniform "
+                                       "value (checked at each checkpoint) with an error, saving no start")
 
 
 @dataclass

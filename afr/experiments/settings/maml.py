@@ -45,7 +45,7 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Meta
     #: columns only when they differ from their defaults, so the embedded runs keep their tags and rows
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
         "data_profile", "train_rec", "num_identities", "target_dir",
-        "target_test_identities", "domain_labels")
+        "target_test_identities", "domain_labels", "meta_grad_clip")
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
     RULES: ClassVar[dict[str, Rule | None]] = {"sources": Rule(kind="name", many=True, empty=True)}  # empty: default
 
@@ -105,4 +105,5 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Meta
         return MetaConfig(inner_steps=self.inner_steps if uses_inner else 0, inner_lr=self.inner_lr,
                           first_order=first_order, meta_lr=self.meta_lr, meta_steps=self.meta_steps,
                           tasks_per_step=self.tasks_per_step, checkpoint_every=self.checkpoint_every,
-                          seed=self.seed)
+                          seed=self.seed, max_grad_norm=self.meta_grad_clip,
+                          stop_on_divergence=self.stop_on_divergence)
