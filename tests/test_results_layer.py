@@ -238,7 +238,7 @@ def test_the_grid_column_selects_exactly_the_runs_the_paper_reports():
     assert _with_grid(tables["baseline"], "baseline") == {sources.baseline_tag}
     assert _with_grid(tables["baseline"], "baseline-search") == set(sources.baseline_search()["run"])
     assert _with_grid(tables["maml"], "maml") == set(sources.maml_test()["run"]) == set(sources.maml_tags().values())
-    dalora = _with_grid(tables["dalora"], "dalora")
+    dalora = _with_grid(tables["dalora"], sources.grids.dalora.grid)
     assert set(sources.dalora_test()["run"]) <= dalora
     assert dalora - set(sources.dalora_test()["run"]) == {
         sources.grids.dalora.for_run(method, 0, lr=lr, score_test=False).tag

@@ -139,10 +139,11 @@ def summary_table(table, methods, metrics=("auc", "accuracy", "eer")):
     return pivot.reindex(index=pd.MultiIndex.from_tuples(rows, names=["metric", "method"]), columns=domains)
 
 
-def committed_grid(grid: str = "dalora"):
+def committed_grid(grid: str | None = None):
     """The committed 3-seed grid as notebook 03 shows it: its test rows from the project's
     ``results/tables/dalora.csv`` (``method, seed, domain, metric, value``; rows whose ``grid`` column names
-    ``grid``) and the committed records of its DA-LoRA classifier runs (their gates), whatever ``$AFR_RESULTS``
+    ``grid``, default the committed grid's: :class:`~afr.experiments.grids.CommittedGrids`) and the committed records
+    of its DA-LoRA classifier runs (their gates), whatever ``$AFR_RESULTS``
     says, without the flagged runs (:func:`afr.experiments.health.healthy_rows`, a line each printed).
     ``(empty table, [])`` when nothing is committed."""
     from afr.experiments.reference import committed_grid_rows, committed_result
@@ -150,7 +151,9 @@ def committed_grid(grid: str = "dalora"):
     from afr.experiments.health import excluded_note, healthy_rows
     from afr.paths import PROJECT_ROOT
 
-    rows = committed_grid_rows(DaLoraExperimentSettings.experiment, grid)
+    from afr.experiments.grids import CommittedGrids
+
+    rows = committed_grid_rows(DaLoraExperimentSettings.experiment, grid or CommittedGrids().dalora.grid)
     if not len(rows):
         return rows, []
     rows, excluded = healthy_rows(rows, PROJECT_ROOT / "results", report=True)

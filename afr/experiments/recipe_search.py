@@ -17,19 +17,22 @@ Fixed in advance (before any candidate ran):
   :data:`~afr.experiments.health.FITTED_WELL` (0.5) × its uniform-logit value is out; of the rest, the highest mean
   validation AUC of the last epoch over the validation packs and seeds wins.
 
-``python -m afr.experiments.recipe_search`` runs what is not recorded yet (recorded runs are reused), writes
-``results/tables/recipe_search.csv`` and prints the table and the choice.
+``python -m afr.experiments.recipe_search`` measures the frozen backbone's geometry on the training pack
+(:func:`embedding_geometry`, written once to ``results/tables/recipe_geometry.json``), runs what is not recorded yet
+(recorded runs are reused), writes ``results/tables/recipe_search.csv`` and prints the table and the choice.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CANDIDATES", "SEARCH_SEEDS", "candidate_settings", "choose", "main", "search_rows"]
+__all__ = ["CANDIDATES", "SEARCH_SEEDS", "candidate_settings", "choose", "embedding_geometry", "main", "search_rows"]
 
 #: candidate -> its settings over notebook 03's defaults (the recipe's fixed part: centring + class-mean centres)
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -48,6 +51,44 @@ def candidate_settings(name: str, **overrides: Any):
     return DaLoraExperimentSettings(methods=("lora",), seeds=SEARCH_SEEDS, epochs=4, lr=3e-4, centre_embeddings=True,
                                     head_init="class-mean", score_test=False, progress=False, grid=GRID,
                                     **{**CANDIDATES[name], **overrides})
+
+
+def embedding_geometry(settings, data) -> dict[str, Any]:
+    """The frozen backbone on the training pack, uncentred and centred (:mod:`afr.models.centring`): the mean cosine
+    between images of different identities, the mean cosine to the own class centre and to the nearest other one,
+    and the CosFace loss (s = 64, m = 0.35) of class-mean centres as a share of its uniform-logit value; and the
+    zero-shot validation AUC per pack both ways (validation packs only)."""
+    import torch
+    import torch.nn.functional as F
+
+    from afr.eval.packs import evaluate_on_packs
+    from afr.experiments.health import uniform_margin_loss
+    from afr.experiments.training_setup import class_mean_embeddings, evaluation_device, frozen_backbone
+    from afr.losses.margin import CosFaceMargin, MarginLoss
+    from afr.models.centring import mean_unit_embedding
+
+    device = evaluation_device(settings)
+    plain = frozen_backbone(dataclasses.replace(settings, centre_embeddings=False))
+    embeddings, labels = class_mean_embeddings(plain, data.train, 64, device)
+    classes = int(labels.max()) + 1
+    centre = mean_unit_embedding(embeddings)
+    result: dict[str, Any] = {"images": len(labels), "identities": classes,
+                              "uniform_margin_loss": uniform_margin_loss("cosface", classes=classes)}
+    different = labels[:, None] != labels[None, :]
+    for name, vectors in (("uncentred", F.normalize(embeddings, dim=1)),
+                          ("centred", F.normalize(F.normalize(embeddings, dim=1) - centre, dim=1))):
+        centres = F.normalize(torch.stack([vectors[labels == c].mean(0) for c in range(classes)]), dim=1)
+        cosine = vectors @ centres.T
+        own = cosine.gather(1, labels[:, None]).squeeze(1)
+        others = cosine.scatter(1, labels[:, None], -2.0).max(1).values
+        loss = float(MarginLoss(CosFaceMargin(64.0, 0.35))(cosine, labels))
+        result[name] = {"mean_cosine_different_identities": float((vectors @ vectors.T)[different].mean()),
+                        "cosine_own_centre": float(own.mean()), "cosine_nearest_other_centre": float(others.mean()),
+                        "class_mean_margin_loss": loss, "ratio_to_uniform": loss / result["uniform_margin_loss"]}
+    for name, backbone in (("uncentred", plain), ("centred", frozen_backbone(settings, centre=centre))):
+        result[name]["zero_shot_val_auc"] = {pack: metrics["auc"] for pack, metrics in
+                                             evaluate_on_packs(backbone, data.val_packs, device=device).items()}
+    return result
 
 
 def search_rows(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
@@ -95,6 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     first = candidate_settings(next(iter(CANDIDATES)))
     data = load_data(first)
+    geometry_path = tables_root() / "recipe_geometry.json"
+    if not geometry_path.is_file():
+        geometry_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(geometry_path, json.dumps(embedding_geometry(first, data), indent=1) + "\n")
+    print(f"the frozen backbone's geometry on the training pack: {geometry_path}")
     records = {name: [outcome.record for outcome in run_grid(candidate_settings(name), data).values()]
                for name in CANDIDATES}
     rows = search_rows(records)

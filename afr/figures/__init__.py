@@ -10,6 +10,7 @@ One module per notebook, named like its recipe in :mod:`afr.experiments`:
 ``maml``          (04)     :func:`maml_figure`: target AUC against adaptation steps, one panel per k
 ``crossdomain``   (05)     :func:`crossdomain_figure`: AUC against k and the forgetting
 ``ablations``     (06)     :func:`ablations_figure`: component rows and sensitivity sweeps
+``training``      (03)     :func:`training_curves_figure`: per-epoch fit and validation of a grid's runs
 =========================  ==========================================================================
 
 Notebook 07's figures are in :mod:`afr.analysis.plots`; its gate heatmaps and notebook 03's are drawn by the same
@@ -24,6 +25,7 @@ from afr.figures.crossdomain import crossdomain_figure
 from afr.figures.dalora import dalora_figure
 from afr.figures.data import samples_figure
 from afr.figures.maml import maml_figure
+from afr.figures.training import training_curves_figure
 
 __all__ = ["ablations_figure", "baseline_figure", "crossdomain_figure", "dalora_figure", "figure_bytes", "heatmap",
-           "maml_figure", "samples_figure", "save_png"]
+           "maml_figure", "samples_figure", "save_png", "training_curves_figure"]

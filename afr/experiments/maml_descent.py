@@ -1,0 +1,57 @@
+"""Does second-order MAML descend? Meta-training only (no target images, no test pack), by the health rules.
+
+The committed second-order starts of notebook 04 (``results/maml/maml_maml_seed{0,1,2}``) diverged: their meta-loss
+rose and seed 2 ended at the uniform value. This measures the meta-training of the same start (notebook 04's
+``maml`` method, its grid's settings: 60 outer steps, 3 inner steps at 1e-3, meta lr 1e-3) with a change fixed in
+advance — the meta-gradient clipped to norm 1 (``--meta-grad-clip``) — and reports whether the meta-loss falls
+(:func:`afr.meta.maml.divergence`: the mean of the last 5 steps against the first 5, and the uniform value). Only
+source-collection episodes are read, so nothing here looks at the held-out target or the test packs.
+
+``python -m afr.experiments.maml_descent --seed 2 --meta-grad-clip 1.0`` writes
+``results/maml/descent/<tag>.json`` (the settings, the history, the verdict; an existing record is kept).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m afr.experiments.maml_descent", description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--meta-grad-clip", type=float, default=1.0)
+    parser.add_argument("--meta-steps", type=int, default=60)
+    parser.add_argument("--method", default="maml", choices=("maml", "fomaml"))
+    args = parser.parse_args(argv)
+
+    from afr.experiments.maml_init import initialisation, load_data
+    from afr.experiments.settings.maml import MamlExperimentSettings
+    from afr.io import atomic_write_text
+    from afr.meta.maml import divergence
+    from afr.paths import results_root
+
+    settings = MamlExperimentSettings(method=args.method, seed=args.seed, meta_steps=args.meta_steps,
+                                      meta_grad_clip=args.meta_grad_clip, progress=False, resume=True)
+    path = results_root() / "maml" / "descent" / f"{settings.tag}.json"
+    if path.is_file():
+        print(f"{path} is recorded already (kept): {json.loads(path.read_text())['verdict']}")
+        return 0
+    _, summary = initialisation(settings, load_data(settings))
+    config = settings.meta_config()
+    reason = divergence(summary["history"], settings.n_way, config.margin_s, config.margin_m)
+    losses = [step["meta_loss"] for step in summary["history"]]
+    verdict = reason or (f"descends: mean meta-loss {sum(losses[:5]) / 5:.2f} (first 5 steps) -> "
+                         f"{sum(losses[-5:]) / 5:.2f} (last 5)")
+    record = {"tag": settings.tag, "method": settings.method, "seed": settings.seed,
+              "settings": settings.recorded_settings(), "meta_training": summary, "verdict": verdict}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    print(verdict)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
