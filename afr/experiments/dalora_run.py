@@ -37,7 +37,7 @@ from afr.experiments.benchmark_data import BenchmarkData
 from afr.experiments.records import (environment_info, final_validation_metrics, metric_rows, reuse_record,
                                      write_record)
 from afr.experiments.settings.base import job_settings
-from afr.experiments.settings.dalora import DaLoraRunSettings
+from afr.experiments.settings.dalora import DISTILL_DOMAINS, DaLoraRunSettings
 from afr.experiments.training_setup import (evaluation_device, initialise_centres, optimizer_groups, train_config,
                                            training_augment)
 from afr.models import create_backbone
@@ -45,7 +45,7 @@ from afr.models.domain_aware import DomainAwareRecognitionModel
 from afr.paths import results_root
 from afr.train import Trainer, distributed, seed_everything
 
-__all__ = ["ORACLE_EXPERT_OF", "RunOutcome", "adapt", "evaluate_adapted", "expert_domains", "gate_evaluators",
+__all__ = ["ORACLE_EXPERT_OF", "RunOutcome", "adapt", "distill_codes", "evaluate_adapted", "expert_domains", "gate_evaluators",
            "gate_table", "parameter_groups", "record_path", "routing_accuracy", "routing_line", "run_method", "run_rows",
            "validation_evaluators"]
 
@@ -59,6 +59,17 @@ def expert_domains(train_dataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
     names = tuple(train_dataset.domain_names)
     present = sorted(set(np.asarray(train_dataset.domains).tolist()))
     return tuple(names[code] for code in present), names
+
+
+def distill_codes(train_dataset) -> tuple[int, ...]:
+    """The domain codes of the training pack's visible-light domains (:data:`DISTILL_DOMAINS`) that it holds."""
+    names = tuple(train_dataset.domain_names)
+    present = set(np.asarray(train_dataset.domains).tolist())
+    codes = tuple(code for code, name in enumerate(names) if name in DISTILL_DOMAINS and code in present)
+    if not codes:
+        raise ValueError(f"lora-distill needs visible-light training images ({', '.join(DISTILL_DOMAINS)}); the "
+                         f"training pack holds {sorted(names[code] for code in present)}")
+    return codes
 
 
 def adapt(backbone: nn.Module, settings: DaLoraRunSettings, train_dataset,
@@ -224,9 +235,12 @@ def run_method(settings: DaLoraRunSettings, data: BenchmarkData, adapter: DaLora
     started = time.time()
     seed_everything(settings.seed)
     backbone = create_backbone(settings.backbone, settings.weights)
+    distill = settings.method == "lora-distill"
     model = DomainAwareRecognitionModel(
         backbone, data.train.num_classes, margin=settings.margin, lambda_contrastive=settings.lambda_contrastive,
-        lambda_domain=settings.lambda_domain, temperature=settings.temperature, router_view=settings.router_view)
+        lambda_domain=settings.lambda_domain, temperature=settings.temperature, router_view=settings.router_view,
+        lambda_distill=settings.lambda_distill if distill else 0.0,
+        distill_domains=distill_codes(data.train) if distill else ())
     initialise_centres(model, data.train, settings)
     adapt(backbone, settings, data.train, adapter, warm_start)
     if channels_last:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -44,6 +45,7 @@ __all__ = [
     "apply_lora",
     "has_lora",
     "load_adapter",
+    "lora_disabled",
     "merge_lora",
     "read_adapter_tensors",
     "resolve_targets",
@@ -225,6 +227,21 @@ def trainable_report(model: nn.Module) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- merge
+@contextmanager
+def lora_disabled(model: nn.Module):
+    """Inside the block ``model``'s LoRA layers add nothing (peft ``enable_adapters(False)``): the frozen backbone's
+    function, without a copy; restored on exit."""
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    states = [layer.disable_adapters for layer in layers]
+    try:
+        for layer in layers:
+            layer.enable_adapters(False)
+        yield model
+    finally:
+        for layer, disabled in zip(layers, states):
+            layer.enable_adapters(not disabled)
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every LoRA branch into its base layer and remove the peft wrappers, in place.
 

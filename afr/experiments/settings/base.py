@@ -53,7 +53,7 @@ FIELD_RULES: dict[str, Rule] = {
     "m": Rule(low=0, optional=True),
     "lora_dropout": Rule(low=0, high=1),
     # weights and lengths where 0 means "off"
-    **dict.fromkeys(("weight_decay", "warmup_epochs", "lambda_contrastive", "lambda_domain", "contrastive_weight",
+    **dict.fromkeys(("weight_decay", "warmup_epochs", "lambda_contrastive", "lambda_domain", "lambda_distill", "contrastive_weight",
                      "unlabelled_weight"), _NON_NEGATIVE),
     # counts of steps, epochs, images, identities, dimensions: at least 1
     **dict.fromkeys(("rank", "epochs", "batch_size", "router_hidden", "images_per_identity", "k_shot", "q_query",

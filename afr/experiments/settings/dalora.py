@@ -11,9 +11,12 @@ from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, Se
 from afr.experiments.settings.fields import (BackboneFields, DaLoraFields, FullProfileFields, GridFields, RunFields,
                                              TrainingFields)
 
-__all__ = ["DaLoraExperimentSettings", "DaLoraRunSettings", "FAMILY_REPRESENTATIVE", "METHODS", "family"]
+__all__ = ["DISTILL_DOMAINS", "DaLoraExperimentSettings", "DaLoraRunSettings", "FAMILY_REPRESENTATIVE", "METHODS",
+           "family"]
 
-METHODS = ("lora", "lora-matched", "dalora-classifier", "dalora-oracle", "dalora-uniform")
+METHODS = ("lora", "lora-matched", "lora-distill", "dalora-classifier", "dalora-oracle", "dalora-uniform")
+#: the domains whose images lora-distill keeps close to the frozen backbone's embeddings (visible light)
+DISTILL_DOMAINS = ("controlled", "wild")
 #: the run whose validation result picks the learning rate of each adapter family
 FAMILY_REPRESENTATIVE = {"lora": "lora", "dalora": "dalora-classifier"}
 
@@ -47,7 +50,7 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
     #: the table's columns only when they differ from their defaults, so the embedded runs keep their tags and rows
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
         "data_profile", "train_rec", "num_identities", "bins_dir", "benchmarks", "val_identities", "domain_labels",
-        "precision", "router_view", "centre_embeddings", "randaugment_ops")
+        "precision", "router_view", "centre_embeddings", "randaugment_ops", "lambda_distill")
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "router_view",
                                                        "centre_embeddings", "randaugment_ops")
 
@@ -59,6 +62,8 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
     search_lrs: tuple[float, ...] = setting((), "LoRA learning rates tried on the validation packs, the same for "
                                             "LoRA and DA-LoRA (empty: use lr)")
     shared_expert: bool = setting(False, "DA-LoRA: add an always-on shared expert")
+    lambda_distill: float = setting(1.0, "lora-distill: weight of the squared distance between the adapted and the "
+                                    "frozen backbone's unit embeddings of the visible training images (fixed in advance)")
     val_identities: int = setting(100, "full profile: CASIA-WebFace identities held out of training (never trained "
                                   "on) whose pairs are the validation pack")
     domain_labels: str | None = setting(None, "full profile: the folder of `python -m afr label-domains` (default: "
@@ -145,6 +150,8 @@ class DaLoraRunSettings:
     precision: str = "auto"
     centre_embeddings: bool = False
     randaugment_ops: int = 4
+    # notebook 03's own, read by lora-distill only (the ablations have no such row)
+    lambda_distill: float = 1.0
 
     #: the fields taken, by name, from the experiment's settings (the rest: naming, :meth:`of`)
     COPIED: ClassVar[tuple[str, ...]] = (
@@ -160,7 +167,8 @@ class DaLoraRunSettings:
         :data:`COPIED`, the experiment's naming (its tag, run folder, table columns) and its settings as recorded."""
         return cls(experiment=settings.experiment, tag=settings.tag, run_dir=settings.run_dir,
                    columns=settings.table_columns(), recorded=dataclasses.asdict(settings),
-                   shared_expert=shared_expert, **{name: getattr(settings, name) for name in cls.COPIED})
+                   shared_expert=shared_expert, lambda_distill=getattr(settings, "lambda_distill", 1.0),
+                   **{name: getattr(settings, name) for name in cls.COPIED})
 
     def table_columns(self) -> dict[str, Any]:
         """The experiment's settings columns of this run's tidy rows."""
