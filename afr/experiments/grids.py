@@ -40,6 +40,11 @@ class CommittedGrids:
     dalora: DaLoraExperimentSettings = field(default_factory=lambda: DaLoraExperimentSettings(
         seeds=SEEDS, epochs=4, search_lrs=(1e-4, 3e-4), centre_embeddings=True, head_init="class-mean", augment=False,
         progress=False, grid="dalora-fitted"))
+    #: notebook 03's first grid (random centres, RandAugment(4, 16); none of its runs fitted): its runs keep the grid
+    #: name ``dalora`` in the tables, and the paper counts them in its health table only
+    dalora_first: DaLoraExperimentSettings = field(default_factory=lambda: DaLoraExperimentSettings(
+        methods=("lora", "lora-matched", "dalora-classifier", "dalora-oracle", "dalora-uniform"), seeds=SEEDS,
+        epochs=4, search_lrs=(1e-4, 3e-4), publish_adapters=True, progress=False, grid="dalora"))
     maml: MamlExperimentSettings = field(default_factory=lambda: MamlExperimentSettings(
         seeds=SEEDS, meta_steps=60, steps=(0, 1, 3, 5, 10, 25), progress=False, grid="maml"))
     #: notebook 05's four grids (``CROSSDOMAIN_<name>``); they share the zero-shot run, the two thermal grids share
@@ -68,11 +73,13 @@ class CommittedGrids:
                 "lowquality": self.crossdomain_lowquality, "outdoor": self.crossdomain_outdoor}
 
     # ------------------------------------------------------------------------------------------ which runs
-    def dalora_learning_rates(self, dalora_table) -> dict[str, float]:
+    def dalora_learning_rates(self, dalora_table, grid: DaLoraExperimentSettings | None = None) -> dict[str, float]:
         """Notebook 03's choice of the learning rate per adapter family: the highest mean validation AUC (last
         epoch, over the validation packs) of the family's representative run at each searched rate, first seed,
-        read from the ``val`` rows of ``dalora_table``; the grid's ``lr`` when nothing was searched or recorded."""
-        grid, best = self.dalora, {name: self.dalora.lr for name in FAMILY_REPRESENTATIVE}
+        read from the ``val`` rows of ``dalora_table``; the grid's ``lr`` when nothing was searched or recorded.
+        ``grid``: the committed grid (default) or another, e.g. :attr:`dalora_first`."""
+        grid = grid or self.dalora
+        best = {name: grid.lr for name in FAMILY_REPRESENTATIVE}
         scores: dict[str, dict[float, float]] = {}
         for lr in grid.search_lrs:
             for name, method in FAMILY_REPRESENTATIVE.items():
@@ -85,14 +92,30 @@ class CommittedGrids:
             best[name] = max(by_lr, key=lambda lr: (by_lr[lr], -list(by_lr).index(lr)))  # the first of equals
         return best
 
-    def dalora_tags(self, dalora_table) -> dict[tuple[str, int], str]:
-        """Every (method, seed) run of notebook 03's grid, at the learning rates chosen on validation."""
-        grid, rates = self.dalora, self.dalora_learning_rates(dalora_table)
+    def dalora_tags(self, dalora_table, grid: DaLoraExperimentSettings | None = None) -> dict[tuple[str, int], str]:
+        """Every (method, seed) run of notebook 03's grid (``grid``: default the committed one), at the learning rates
+        chosen on validation."""
+        grid = grid or self.dalora
+        rates = self.dalora_learning_rates(dalora_table, grid)
         return {(method, seed): grid.for_run(method, seed, lr=rates[family(method)]).tag
                 for method in grid.methods for seed in grid.seeds}
 
-    def dalora_zero_shot_tag(self) -> str:
-        return f"{self.dalora.experiment}_zero-shot_{self.dalora.for_run('lora', 0).digest()}"
+    def dalora_zero_shot_tag(self, grid: DaLoraExperimentSettings | None = None) -> str:
+        grid = grid or self.dalora
+        return f"{grid.experiment}_zero-shot_{grid.for_run('lora', 0).digest()}"
+
+    def dalora_grid_runs(self, dalora_table, grid: DaLoraExperimentSettings) -> set[str]:
+        """Every run of a notebook 03 grid: its (method, seed) runs, its zero-shot rows and its learning-rate search."""
+        search = {grid.for_run(method, grid.seeds[0], lr=lr, score_test=False).tag
+                  for lr in grid.search_lrs for method in FAMILY_REPRESENTATIVE.values()}
+        return {*self.dalora_tags(dalora_table, grid).values(), self.dalora_zero_shot_tag(grid), *search}
+
+    @staticmethod
+    def recipe_search_tags() -> set[str]:
+        """The runs of ``make recipe-search`` (:mod:`afr.experiments.recipe_search`)."""
+        from afr.experiments.recipe_search import CANDIDATES, SEARCH_SEEDS, candidate_settings
+
+        return {candidate_settings(name).for_run("lora", seed).tag for name in CANDIDATES for seed in SEARCH_SEEDS}
 
     def baseline_search_tags(self) -> dict[str, tuple[str, float]]:
         """``{tag: (head_init, lr)}`` of notebook 02's validation search runs (test packs not scored)."""
@@ -121,12 +144,11 @@ class CommittedGrids:
         long table (notebook 03's grid depends on the learning rates its search chose, read from the table). The
         names are those of :data:`GRID_NAMES`, written in the tables' ``grid`` column."""
         dalora_table = tables["dalora"]
-        dalora_search = {self.dalora.for_run(method, self.dalora.seeds[0], lr=lr, score_test=False).tag
-                         for lr in self.dalora.search_lrs for method in FAMILY_REPRESENTATIVE.values()}
         return {
             "baseline": {"baseline": {self.baseline.tag}, "baseline-search": set(self.baseline_search_tags())},
-            "dalora": {self.dalora.grid: {*self.dalora_tags(dalora_table).values(), self.dalora_zero_shot_tag(),
-                                  *dalora_search}},
+            "dalora": {self.dalora_first.grid: self.dalora_grid_runs(dalora_table, self.dalora_first),
+                       self.dalora.grid: self.dalora_grid_runs(dalora_table, self.dalora),
+                       "recipe-search": self.recipe_search_tags()},
             "maml": {"maml": set(self.maml_tags().values())},
             "crossdomain": {f"crossdomain-{name}": set(self.crossdomain_tags(name).values())
                             for name in self.crossdomain_grids},
@@ -136,7 +158,7 @@ class CommittedGrids:
 
 #: the values of the tables' ``grid`` column (a run shared by grids names each, joined by ``;``); demo and search
 #: runs outside these grids have an empty cell
-GRID_NAMES = ("baseline", "baseline-search", "dalora", "dalora-fitted", "maml", "crossdomain-thermal", "crossdomain-thermal_kall",
+GRID_NAMES = ("baseline", "baseline-search", "dalora", "recipe-search", "dalora-fitted", "maml", "crossdomain-thermal", "crossdomain-thermal_kall",
               "crossdomain-lowquality", "crossdomain-outdoor", "ablations")
 
 

@@ -22,14 +22,15 @@ from afr.io import atomic_write_text
 from afr.paper.architecture import save_architecture
 from afr.paper.figures import figures_tex
 from afr.paper.numbers import NumberBook
-from afr.paper.parts import ablations, analysis, baseline, benchmark, crossdomain, dalora, health, maml, published
+from afr.paper.parts import (ablations, analysis, baseline, benchmark, crossdomain, dalora, health, maml, published,
+                             recipe)
 from afr.paper.sources import load_sources
 from afr.paths import PROJECT_ROOT, figures_root, results_root, shown_path
 
 __all__ = ["GeneratedPaper", "PARTS", "build_generated", "default_output", "regenerate_paper", "write_generated"]
 
 #: the parts in the paper's order (``health`` last: it counts the flagged runs the others left out)
-PARTS = (benchmark, baseline, dalora, maml, crossdomain, ablations, published, analysis, health)
+PARTS = (benchmark, baseline, recipe, dalora, maml, crossdomain, ablations, published, analysis, health)
 
 
 @dataclass

@@ -61,7 +61,7 @@ def _tests(book: NumberBook, rows) -> Table:
                     record_test(book, prefix, test, "delta" if metric == "auc" else "points")
                     cells.append(f"{book[prefix + '.diff'].text} ($p$ {book[prefix + '.p'].text})"
                                  if test.n else NOT_RUN)
-                if tested == "dalora-classifier" and other in ("lora", "lora-matched"):
+                if tested == "dalora-classifier" and other in ("lora", "lora-matched", "lora-distill"):
                     table.rows.append([f"{escape(tested)} $-$ {escape(other)}", metric, *cells])
     for method in METHODS:
         for metric in METRICS:
