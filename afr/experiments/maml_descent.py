@@ -8,7 +8,8 @@ advance — the meta-gradient clipped to norm 1 (``--meta-grad-clip``) — and r
 source-collection episodes are read, so nothing here looks at the held-out target or the test packs.
 
 ``python -m afr.experiments.maml_descent --seed 2 --meta-grad-clip 1.0`` writes
-``results/maml/descent/<tag>.json`` (the settings, the history, the verdict; an existing record is kept).
+``results/analysis/maml_descent/<tag>.json`` (the settings, the history, the verdict; an existing record is kept; under
+``analysis/``, so the training-health scan of the grids does not count it as a grid run).
 """
 from __future__ import annotations
 
@@ -27,19 +28,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method", default="maml", choices=("maml", "fomaml"))
     args = parser.parse_args(argv)
 
-    from afr.experiments.maml_init import initialisation, load_data
     from afr.experiments.settings.maml import MamlExperimentSettings
+    from afr.experiments.training_setup import evaluation_device
     from afr.io import atomic_write_text
+    from afr.meta.data import load_training_chips
+    from afr.meta.episodes import EpisodeSampler
     from afr.meta.maml import divergence
+    from afr.meta.start import meta_learned_start
     from afr.paths import results_root
 
     settings = MamlExperimentSettings(method=args.method, seed=args.seed, meta_steps=args.meta_steps,
                                       meta_grad_clip=args.meta_grad_clip, progress=False, resume=True)
-    path = results_root() / "maml" / "descent" / f"{settings.tag}.json"
+    path = results_root() / "analysis" / "maml_descent" / f"{settings.tag}.json"
     if path.is_file():
         print(f"{path} is recorded already (kept): {json.loads(path.read_text())['verdict']}")
         return 0
-    _, summary = initialisation(settings, load_data(settings))
+    # notebook 04's data and episodes (its recipe's load_data / episode_sampler, from the library pieces they use):
+    # the embedded benchmark's source collections, never the held-out target
+    data = load_training_chips(settings.embedded_root, settings.target)
+    sources = settings.sources or tuple(dict.fromkeys(c for c in data.collections.tolist() if c != settings.target))
+    sampler = EpisodeSampler(data.labels, data.collections, settings.n_way, settings.k_shot, settings.q_query,
+                             allowed=sources, seed=settings.seed)
+    start = meta_learned_start(settings.backbone, settings.weights, settings.rank, data, sampler,
+                               settings.meta_config(), settings.run_dir, seed=settings.seed,
+                               device=evaluation_device(settings), resume=True, progress=False)
+    summary = {"steps": start.result.steps, "history": start.result.history,
+               "seconds_per_step": start.result.seconds_per_step}
     config = settings.meta_config()
     reason = divergence(summary["history"], settings.n_way, config.margin_s, config.margin_m)
     losses = [step["meta_loss"] for step in summary["history"]]

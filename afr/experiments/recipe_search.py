@@ -130,19 +130,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m afr.experiments.recipe_search",
                                      description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    from afr.experiments.dalora_vs_lora import load_data, run_grid
+    from afr.experiments.benchmark_data import GRID_DATA_SEED, load_benchmark
+    from afr.experiments.dalora_run import run_method
     from afr.io import atomic_write_text
     from afr.paths import tables_root
 
     first = candidate_settings(next(iter(CANDIDATES)))
-    data = load_data(first)
+    data = load_benchmark(first, with_domains=True, data_seed=GRID_DATA_SEED)  # notebook 03's data
     geometry_path = tables_root() / "recipe_geometry.json"
     if not geometry_path.is_file():
         geometry_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(geometry_path, json.dumps(embedding_geometry(first, data), indent=1) + "\n")
     print(f"the frozen backbone's geometry on the training pack: {geometry_path}")
-    records = {name: [outcome.record for outcome in run_grid(candidate_settings(name), data).values()]
-               for name in CANDIDATES}
+    # each candidate's LoRA runs, as notebook 03's grid runs them (a recorded run is reused)
+    records = {name: [run_method(candidate_settings(name).for_run("lora", seed).run_settings(), data).record
+                      for seed in SEARCH_SEEDS] for name in CANDIDATES}
     rows = search_rows(records)
     table, chosen = choose(rows)
     buffer = io.StringIO()
