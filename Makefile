@@ -129,8 +129,9 @@ recipe-search: $(STAMP)
 # and DA-LoRA. Runs already recorded are reused (not retrained), so an interrupted grid resumes; the executed notebook
 # shows the search and tables. The first grid (random centres, RandAugment(4, 16); none of its runs fitted) keeps its
 # records and rows under the grid name `dalora`.
-DALORA_RESULTS := {seeds: [0, 1, 2], epochs: 4, search_lrs: [0.0001, 0.0003], centre_embeddings: true, \
-  head_init: class-mean, augment: false, progress: false, grid: dalora-fitted}
+DALORA_RESULTS := {methods: [lora, lora-matched, lora-distill, dalora-classifier, dalora-oracle, dalora-uniform], \
+  seeds: [0, 1, 2], epochs: 4, search_lrs: [0.0001, 0.0003], centre_embeddings: true, head_init: class-mean, \
+  augment: false, progress: false, grid: dalora-fitted}
 dalora-results: $(STAMP)
 	@mkdir -p $(RUN_DIR)
 	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(DALORA_RESULTS)' notebooks/03_dalora.ipynb \

@@ -17,6 +17,7 @@ from afr.experiments.settings.ablations import AblationSettings, grid_runs
 from afr.experiments.settings.baseline import BaselineSettings
 from afr.experiments.settings.crossdomain import CrossDomainSettings
 from afr.experiments.settings.dalora import FAMILY_REPRESENTATIVE, DaLoraExperimentSettings, family
+from afr.experiments.settings.dalora import METHODS as DALORA_METHODS
 from afr.experiments.settings.maml import MamlExperimentSettings
 
 __all__ = ["GRID_NAMES", "CommittedGrids", "SEEDS", "grid_labels"]
@@ -38,8 +39,8 @@ class CommittedGrids:
     #: notebook 03's grid with the fitted recipe (``make recipe-search``); the first grid (``grid="dalora"``: random
     #: centres, RandAugment(4, 16), publishing ``results/adapters/``) did not fit and is no longer reported
     dalora: DaLoraExperimentSettings = field(default_factory=lambda: DaLoraExperimentSettings(
-        seeds=SEEDS, epochs=4, search_lrs=(1e-4, 3e-4), centre_embeddings=True, head_init="class-mean", augment=False,
-        progress=False, grid="dalora-fitted"))
+        methods=DALORA_METHODS, seeds=SEEDS, epochs=4, search_lrs=(1e-4, 3e-4), centre_embeddings=True,
+        head_init="class-mean", augment=False, progress=False, grid="dalora-fitted"))
     #: notebook 03's first grid (random centres, RandAugment(4, 16); none of its runs fitted): its runs keep the grid
     #: name ``dalora`` in the tables, and the paper counts them in its health table only
     dalora_first: DaLoraExperimentSettings = field(default_factory=lambda: DaLoraExperimentSettings(

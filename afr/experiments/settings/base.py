@@ -50,6 +50,7 @@ FIELD_RULES: dict[str, Rule] = {
     # learning rates, scales, temperatures: finite and > 0
     **dict.fromkeys(("lr", "head_lr", "router_lr", "inner_lr", "meta_lr", "adapt_lr", "s", "temperature"), _POSITIVE),
     "alpha": Rule(low=0, strict=True, optional=True),
+    "meta_grad_clip": Rule(low=0, strict=True, optional=True),  # None: no clipping
     "m": Rule(low=0, optional=True),
     "lora_dropout": Rule(low=0, high=1),
     # weights and lengths where 0 means "off"
