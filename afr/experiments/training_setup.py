@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from afr.train import TrainConfig, collate_samples
 
-__all__ = ["class_mean_embeddings", "evaluation_device", "frozen_backbone", "initialise_centres", "training_augment", "optimizer_groups", "per_process_batch",
-           "train_config"]
+__all__ = ["class_mean_embeddings", "evaluation_device", "frozen_backbone", "initialise_centres", "optimizer_groups",
+           "per_process_batch", "train_config", "training_augment"]
 
 
 def evaluation_device(settings: Any) -> torch.device:
@@ -43,12 +43,12 @@ def initialise_centres(model: nn.Module, dataset, settings: Any) -> None:
     embedding of each identity; ``"random"`` keeps the head's own N(0, 0.01) draw."""
     from afr.models.centring import centre_embeddings, mean_unit_embedding
 
-    centre = getattr(settings, "centre_embeddings", False)
-    if settings.head_init != "class-mean" and not centre:
+    centred = getattr(settings, "centre_embeddings", False)
+    if settings.head_init != "class-mean" and not centred:
         return
     embeddings, labels = class_mean_embeddings(model.backbone, dataset, 64, evaluation_device(settings),
                                                settings.num_workers)
-    if centre:
+    if centred:
         centre = mean_unit_embedding(embeddings)
         centre_embeddings(model.backbone, centre)
         embeddings = torch.nn.functional.normalize(embeddings.float(), dim=1) - centre
