@@ -118,3 +118,12 @@ def test_the_zero_shot_reference_is_centred_like_the_runs(train_subset):
 def test_a_centre_of_the_wrong_size_is_refused():
     with pytest.raises(ValueError, match="128"):
         centre_embeddings(create_backbone("dlib-resnet29", None), torch.zeros(64))
+
+
+def test_a_corrupt_centre_file_is_one_error_naming_it(tmp_path):
+    backbone = apply_lora(create_backbone("tiny-dinov2"), LoraSettings(r=2, alpha=2.0))
+    centre_embeddings(backbone, torch.zeros(backbone.embedding_dim))
+    save_adapter(backbone, tmp_path / "adapter")
+    (tmp_path / "adapter" / CENTRE_NAME).write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=f"{CENTRE_NAME} is not a saved embedding centre"):
+        load_adapter(create_backbone("tiny-dinov2"), tmp_path / "adapter")

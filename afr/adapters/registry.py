@@ -263,12 +263,18 @@ def load_adapter(backbone: nn.Module, directory: str | Path, **options: Any) -> 
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         options = {key: value for key, value in options.items() if key in parameters}
     model = entry.load(backbone, Path(directory), **options)
-    if (Path(directory) / CENTRE_NAME).is_file():
+    centre_path = Path(directory) / CENTRE_NAME
+    if centre_path.is_file():
         from safetensors.torch import load_file
 
         from afr.models.centring import centre_embeddings
 
-        centre_embeddings(model, load_file(str(Path(directory) / CENTRE_NAME))["centre"])
+        try:
+            centre = load_file(str(centre_path))["centre"]
+        except Exception as error:  # safetensors' own errors do not name the file
+            raise ValueError(f"{centre_path} is not a saved embedding centre ({type(error).__name__}: {error}); "
+                             "save the adapter again") from error
+        centre_embeddings(model, centre)
     return model
 
 
