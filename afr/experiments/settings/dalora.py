@@ -164,6 +164,9 @@ class DaLoraRunSettings:
         "batch_size", "lr", "head_lr", "weight_decay", "warmup_epochs", "augment", "score_test", "num_workers",
         "device", "resume", "overwrite", "progress", "precision", "centre_embeddings",
         "randaugment_ops")
+    #: notebook 03's own fields, taken where the experiment's settings have them (the ablations' do not: the run
+    #: keeps its default above)
+    COPIED_IF_PRESENT: ClassVar[tuple[str, ...]] = ("lambda_distill",)
 
     @classmethod
     def of(cls, settings: ExperimentSettings, shared_expert: bool = False) -> DaLoraRunSettings:
@@ -171,8 +174,8 @@ class DaLoraRunSettings:
         :data:`COPIED`, the experiment's naming (its tag, run folder, table columns) and its settings as recorded."""
         return cls(experiment=settings.experiment, tag=settings.tag, run_dir=settings.run_dir,
                    columns=settings.table_columns(), recorded=dataclasses.asdict(settings),
-                   shared_expert=shared_expert, lambda_distill=getattr(settings, "lambda_distill", 1.0),
-                   **{name: getattr(settings, name) for name in cls.COPIED})
+                   shared_expert=shared_expert, **{name: getattr(settings, name) for name in cls.COPIED},
+                   **{name: getattr(settings, name) for name in cls.COPIED_IF_PRESENT if hasattr(settings, name)})
 
     def table_columns(self) -> dict[str, Any]:
         """The experiment's settings columns of this run's tidy rows."""
