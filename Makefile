@@ -124,13 +124,13 @@ baseline-search: $(STAMP)
 recipe-search: $(STAMP)
 	$(PY) -m afr.experiments.recipe_search
 
-# Notebook 03's committed grid: 3 seeds, 4 epochs, the fitted recipe (centred embeddings, class-mean centres, no
+# Notebook 03's committed grid: 5 seeds (a paired test decides its claim), 4 epochs, the fitted recipe (centred embeddings, class-mean centres, no
 # augmentation: make recipe-search), the learning rate chosen on validation among the same two candidates for LoRA
 # and DA-LoRA. Runs already recorded are reused (not retrained), so an interrupted grid resumes; the executed notebook
 # shows the search and tables. The first grid (random centres, RandAugment(4, 16); none of its runs fitted) keeps its
 # records and rows under the grid name `dalora`.
 DALORA_RESULTS := {methods: [lora, lora-matched, lora-distill, dalora-classifier, dalora-oracle, dalora-uniform], \
-  seeds: [0, 1, 2], epochs: 4, search_lrs: [0.0001, 0.0003], centre_embeddings: true, head_init: class-mean, \
+  seeds: [0, 1, 2, 3, 4], epochs: 4, search_lrs: [0.0001, 0.0003], centre_embeddings: true, head_init: class-mean, \
   augment: false, progress: false, grid: dalora-fitted}
 dalora-results: $(STAMP)
 	@mkdir -p $(RUN_DIR)
@@ -198,16 +198,25 @@ full: $(STAMP)
 	  --adapt-batch $(ADAPT_BATCH) --tasks $(TASKS) --workers $(WORKERS) --device $(DEVICE) --gpus $(GPUS) --notebooks-out $(RUN_DIR) \
 	  $(if $(SMOKE),--smoke)
 
-# Notebook 06's committed grid: 3 seeds, the component table and every sweep (rank, K, λ1, λ2, MAML inner steps),
-# 1 epoch per run, MAML starts of 20 outer steps; 66 runs and 24 starts, about 50 min of one core (records reused,
-# resumable).
+# Notebook 06's committed grid: 3 seeds, the component table and every sweep (rank, K, λ1, λ2, MAML inner steps), with
+# notebook 03's fitted recipe and budget (centred embeddings, class-mean centres, no augmentation, 4 epochs, lr 3e-4
+# as 03's validation search chose); MAML starts of 20 outer steps, the first grid's (rebuilt where their adapters are
+# not on this machine); 66 runs and 24 starts (records reused, resumable; ABLATION_GROUPS runs some groups only). The
+# first grid (1 epoch, random centres, RandAugment; not fitted) keeps its rows under the grid name `ablations`, and
+# reports the groups this grid has not run yet.
+empty :=
+space := $(empty) $(empty)
+comma := ,
+ABLATION_GROUPS ?= component lambda_contrastive lambda_domain inner_steps experts rank
 ABLATIONS_RESULTS := {seeds: [0, 1, 2], components: [lora, lora+router, dalora, dalora+maml, dalora+contrastive, full], \
   ranks: [2, 4, 8, 16, 32], expert_counts: [2, 3, 4, 5], \
   lambda_contrastive_values: [0.01, 0.05, 0.1, 0.5], lambda_domain_values: [0.01, 0.05, 0.1, 0.5], \
-  inner_steps_values: [1, 3, 5, 10], meta_steps: 20, progress: false, grid: ablations}
+  inner_steps_values: [1, 3, 5, 10], meta_steps: 20, epochs: 4, centre_embeddings: true, head_init: class-mean, \
+  augment: false, rebuild_starts: true, progress: false, grid: ablations-fitted}
 ablations-results: $(STAMP)
 	@mkdir -p $(RUN_DIR)
-	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(ABLATIONS_RESULTS)' notebooks/06_ablations.ipynb \
+	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(ABLATIONS_RESULTS)' \
+	  -y '{groups: [$(subst $(space),$(comma) ,$(strip $(ABLATION_GROUPS)))]}' notebooks/06_ablations.ipynb \
 	  $(RUN_DIR)/06_ablations_results.ipynb
 
 # The committed results that take long (hours on 2 CPU cores when nothing is recorded yet).

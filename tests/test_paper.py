@@ -13,6 +13,7 @@ import pytest
 from afr.experiments.health import flagged_runs
 from afr.paper.generate import build_generated, regenerate_paper, write_generated
 from afr.paper.numbers import NumberBook
+from afr.paper.parts.ablations import GROUP_LABELS
 from afr.paper.sources import load_sources
 from afr.paths import PROJECT_ROOT
 
@@ -49,14 +50,14 @@ def cell(mean: float, sd: float | None = None, scale: float = 1, decimals: int =
 def dalora_expected(table: pd.DataFrame, metric: str) -> dict[tuple[str, str], str]:
     """Notebook 03's committed grid computed with pandas alone: the rows whose grid cell names ``dalora-fitted``; the
     learning rate per family is the one with the best mean validation AUC of the search runs (seed 0, test packs not
-    scored); 4 epochs, seeds 0-2."""
+    scored); 4 epochs, seeds 0-4."""
     table = table[table["grid"].fillna("").astype(str).str.split(";").apply(lambda names: "dalora-fitted" in names)]
     search = table[(table["split"] == "val") & ~table["score_test"] & (table["seed"] == 0) & (table["epochs"] == 4)
                    & (table["metric"] == "auc") & table["method"].isin(["lora", "dalora-classifier"])]
     best = search.groupby(["method", "lr"])["value"].mean().groupby(level=0).idxmax()
     lr_of = {m: best["dalora-classifier" if m.startswith("dalora") else "lora"][1] for m in table["method"].unique()}
     test = table[(table["split"] == "test") & table["score_test"] & (table["epochs"] == 4) & (table["metric"] == metric)
-                 & table["seed"].isin([0, 1, 2])]
+                 & table["seed"].isin([0, 1, 2, 3, 4])]
     test = test[(test["lr"] == test["method"].map(lr_of)) | (test["method"] == "zero-shot")]
     kept = healthy(test)
     expected = {(method, domain): "flagged" for method, domain in zip(test["method"], test["domain"])}
@@ -76,6 +77,10 @@ def dalora_expected(table: pd.DataFrame, metric: str) -> dict[tuple[str, str], s
 def test_dalora_table_equals_the_committed_csv(committed):
     table = pd.read_csv(RESULTS / "tables" / "dalora.csv")
     tex = committed.files["tables/dalora.tex"]
+    fitted = table[table["grid"].fillna("").astype(str).str.contains("dalora-fitted") & (table["method"] != "zero-shot")]
+    seeds = sorted(fitted["seed"].unique())
+    assert f"over seeds {seeds[0]}--{seeds[-1]}" in tex and seeds == list(range(len(seeds)))  # the caption's seeds
+    assert f"{len(seeds) - 1} degrees of freedom" in committed.files["tables/dalora_tests.tex"]
     rows = table_rows(tex)
     auc_rows, accuracy_rows = rows[:len(rows) // 2], rows[len(rows) // 2:]
     for rows_of_metric, metric in ((auc_rows, "auc"), (accuracy_rows, "accuracy")):
@@ -417,7 +422,7 @@ def test_every_citation_exists_in_refs_bib(committed):
 
 def test_figures_tex_names_every_figure_and_a_missing_one_is_boxed(committed):
     figures = committed.files["figures.tex"]
-    for name in ("architecture.pdf", "dalora_dlib-resnet29_3seed.png", "fig_tsne.pdf", "fig_saliency.pdf"):
+    for name in ("architecture.pdf", "dalora_dlib-resnet29_5seed.png", "fig_tsne.pdf", "fig_saliency.pdf"):
         assert f"../figures/{name}" in figures
     style = (PAPER / "adaptface.sty").read_text()
     assert r"\IfFileExists{#1}" in style and "figure not generated" in style
@@ -434,14 +439,24 @@ def test_ablations_and_analysis_numbers_follow_their_files(tmp_path, committed):
     assert rows and all(row[2:] == ["not run"] * 4 for row in rows)
 
     table = pd.read_csv(RESULTS / "tables" / "ablations.csv")
-    grid = table[~(table["maml_start"] & (table["meta_steps"] != 20))]  # the grid's MAML starts: 20 outer steps
-    assert len(grid) < len(table)  # the demo's run is in the table, and must be left out
-    got = {(row[0], row[1]): row[2:] for row in table_rows(committed.files["tables/ablations.tex"])}
+    grids = table["grid"].fillna("").astype(str).str.split(";")
+    first, fitted = (table[grids.apply(lambda names: name in names)] for name in ("ablations", "ablations-fitted"))
+    assert len(first) + len(fitted) < len(table)  # the demo's runs are in the table, and must be left out
+    # a group from the fitted grid once it has every run (3 seeds), else from the first grid, never mixed
+    fitted_groups = {group for group, rows in fitted.groupby("group") if rows["seed"].nunique() == 3 and len(
+        rows[["run", "cell"]].drop_duplicates()) == 3 * first[first["group"] == group]["cell"].nunique()}
+    assert "component" in fitted_groups  # the fitted grid's component table is committed
+    grid = pd.concat([fitted[fitted["group"].isin(fitted_groups)], first[~first["group"].isin(fitted_groups)]])
+    rows = table_rows(committed.files["tables/ablations.tex"])
+    got = {(row[0], row[2]): row[3:] for row in rows}
+    recipes = {(row[0], row[2]): row[1] for row in rows}
     auc = grid[(grid["metric"] == "auc") & (grid["split"] == "test") & (grid["domain"] == "thermal")]
     checked = 0
     for (group, value), values in auc.groupby(["group", "cell"]):
         matches = [cells for (label, name), cells in got.items() if name == str(value).replace("_", r"\_")]
         assert len(values) == 3 and matches, (group, value)
+        assert recipes[GROUP_LABELS[group], str(value).replace("_", r"\_")] == (
+            "fitted, 4 ep." if group in fitted_groups else "first, 1 ep."), (group, value)
         values = healthy(values)  # a flagged run is in no cell; a cell without a healthy run reads "flagged"
         expected = "flagged" if not len(values) else cell(values["value"].mean()) if len(values) == 1 else \
             cell(values["value"].mean(), values["value"].std())
@@ -454,6 +469,30 @@ def test_ablations_and_analysis_numbers_follow_their_files(tmp_path, committed):
     paper = build_generated(results, tmp_path / "figures", tmp_path / "generated")
     assert paper.numbers["analysis.figures.roc-auc-thermal-zero-shot"].value == pytest.approx(0.91234)
     assert "analysis.figures.note" not in paper.numbers
+
+
+def test_an_ablation_group_is_reported_from_the_fitted_grid_only_once_every_run_of_it_is_recorded():
+    """Notebook 06's groups: the first grid's runs until the fitted grid has recorded a whole group, never a mix."""
+    from afr.experiments.grids import CommittedGrids
+    from afr.experiments.settings.ablations import GROUPS, grid_cells
+
+    grids = CommittedGrids()
+
+    def tags(grid, group):
+        return sorted({cell.settings.tag for cell in grid_cells(grid) if cell.group == group})
+
+    first = {group: tags(grids.ablations_first, group) for group in GROUPS}
+    fitted = {group: tags(grids.ablations, group) for group in GROUPS}
+    assert all(first[group] and fitted[group] and not set(first[group]) & set(fitted[group]) for group in GROUPS)
+    recorded = [tag for group in GROUPS for tag in first[group]] + fitted["component"][:-1]
+    reported = grids.reported_ablation_runs(pd.DataFrame({"run": recorded}))
+    assert {group: sorted(runs) for group, runs in reported.items()} == first  # one component run missing
+    assert grids.fitted_ablation_groups(pd.DataFrame({"run": recorded})) == ()
+    recorded.append(fitted["component"][-1])
+    reported = grids.reported_ablation_runs(pd.DataFrame({"run": recorded}))
+    assert sorted(reported["component"]) == fitted["component"]
+    assert all(sorted(reported[group]) == first[group] for group in GROUPS if group != "component")
+    assert grids.fitted_ablation_groups(pd.DataFrame({"run": recorded})) == ("component",)
 
 
 def test_number_book_rejects_a_key_written_twice_and_an_unsafe_key():

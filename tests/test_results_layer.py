@@ -245,8 +245,17 @@ def test_the_grid_column_selects_exactly_the_runs_the_paper_reports():
         for lr in sources.grids.dalora.search_lrs for method in ("lora", "dalora-classifier")}  # the lr search
     for name in sources.grids.crossdomain_grids:
         assert _with_grid(tables["crossdomain"], f"crossdomain-{name}") == set(sources.crossdomain_test(name)["run"])
-    assert _with_grid(tables["ablations"], "ablations") == set(sources.ablations_test()["run"])
-    assert len(_with_grid(tables["ablations"], "ablations")) == 66
+    ablations = tables["ablations"]
+    first, fitted = _with_grid(ablations, "ablations"), _with_grid(ablations, "ablations-fitted")
+    assert len(first) == 66 and not first & fitted and fitted
+    reported = sources.ablations_test()
+    for group, rows in ablations[ablations["run"].isin(fitted | first)].groupby("group"):
+        in_fitted = rows[rows["run"].isin(fitted)]
+        cells = rows.loc[rows["run"].isin(first), "cell"].nunique()
+        complete = len(in_fitted[["run", "cell"]].drop_duplicates()) == 3 * cells
+        # a group comes whole from the fitted grid once it has every cell's 3 seeds, else whole from the first grid
+        assert set(reported.loc[reported["group"] == group, "run"]) == set(
+            (in_fitted if complete else rows[rows["run"].isin(first)])["run"]), group
 
 
 def test_rows_keep_their_grids_when_a_run_is_rewritten_or_reused(scratch):

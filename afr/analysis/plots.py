@@ -193,9 +193,11 @@ def benchmarks_figure(summary: pd.DataFrame) -> Figure:
     return fig
 
 
-def sensitivity_figure(summary: pd.DataFrame | None, domains: Sequence[str] = ("thermal", "lowquality")) -> Figure:
+def sensitivity_figure(summary: pd.DataFrame | None, domains: Sequence[str] = ("thermal", "lowquality"),
+                       recipes: Mapping[str, str] | None = None) -> Figure:
     """Ablation sensitivity (test AUC against each swept setting) and the component rows, or a note when the
-    ablations have not been run."""
+    ablations have not been run. ``recipes``: group -> the recipe its runs trained with, named in its panel's title
+    (notebook 06 reports a group from its first, unfitted grid until the fitted grid has run it)."""
     if summary is None or summary.empty:
         fig, ax = plt.subplots(figsize=(6, 2))
         ax.text(0.5, 0.5, "ablations not run yet\n(results/tables/ablations.csv not found)", ha="center",
@@ -228,7 +230,8 @@ def sensitivity_figure(summary: pd.DataFrame | None, domains: Sequence[str] = ("
                 ax.minorticks_off()  # the swept values themselves are the ticks
             values = sorted(rows["cell_value"].dropna().unique())
             ax.set_xticks(values, [f"{value:g}" for value in values])
-        ax.set_title(f"{group} ({int(rows['seeds'].max())} seed(s))", fontsize=9)
+        recipe = f", {recipes[group]}" if recipes and group in recipes else ""
+        ax.set_title(f"{group} ({int(rows['seeds'].max())} seed(s){recipe})", fontsize=9)
         ax.set_ylabel("test AUC")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()

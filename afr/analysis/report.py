@@ -288,13 +288,17 @@ class FigureReport:
         """The committed ablation grid's runs only (:class:`~afr.experiments.grids.CommittedGrids`): the table
         also holds the demo's runs, whose shorter MAML starts are not further seeds of the grid's cells."""
         from afr.experiments.grids import CommittedGrids
-        from afr.experiments.settings.ablations import grid_runs
 
         table = read_table(self.results_dir, "ablations")
-        if table is not None:
-            table = table[table["run"].isin(grid_runs(CommittedGrids().ablations))]
+        recipes = None
+        if table is not None:  # each group from the fitted grid once it has run, else from the first grid
+            grids = CommittedGrids()
+            reported = grids.reported_ablation_runs(table)
+            fitted = grids.fitted_ablation_groups(table)
+            recipes = {group: "fitted" if group in fitted else "first grid, not fitted" for group in reported}
+            table = table[[run in reported.get(group, ()) for run, group in zip(table["run"], table["group"])]]
         summary = ablation_sensitivity(table) if table is not None and len(table) else None
-        return sensitivity_figure(summary), summary
+        return sensitivity_figure(summary, recipes=recipes), summary
 
     def benchmarks(self):
         """Full profile: accuracy on the five benchmark packs per (backbone, method, identities), from the

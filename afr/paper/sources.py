@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from afr.analysis.committed import RECORD_FOLDERS, full_profile_rows
-from afr.experiments.settings.ablations import grid_runs
 from afr.experiments.settings.dalora import FAMILY_REPRESENTATIVE
 from afr.experiments.grids import CommittedGrids
 from afr.paths import MissingResourceError
@@ -200,13 +199,20 @@ class PaperSources:
                 if (record := self.healthy_record("crossdomain", tag, self.record("crossdomain", tag))) is not None}
 
     # ------------------------------------------------------------------------------------------ ablations (06)
+    def fitted_ablation_groups(self) -> tuple[str, ...]:
+        """The groups of notebook 06 whose reported rows are the fitted grid's."""
+        return self.grids.fitted_ablation_groups(self.tables["ablations"])
+
     def ablations_test(self, healthy: bool = True):
-        """Test rows of the committed grid's runs in ``tables/ablations.csv`` (columns ``group`` and ``cell`` say
-        which ablation), if any; the demo's runs with a shorter MAML start are not the grid's. ``healthy``: without
-        the flagged runs' rows (False: all, for the table's layout only)."""
+        """Test rows of the reported runs in ``tables/ablations.csv`` (columns ``group`` and ``cell`` say which
+        ablation), if any: each group from the fitted grid once it has run, else from the first grid
+        (:meth:`~afr.experiments.grids.CommittedGrids.reported_ablation_runs`); the demo's runs with a shorter MAML
+        start are neither's. ``healthy``: without the flagged runs' rows (False: all, for the table's layout only)."""
         frame = self.tables["ablations"]
         if len(frame):
-            frame = frame[frame["run"].isin(grid_runs(self.grids.ablations))]
+            reported = self.grids.reported_ablation_runs(frame)
+            groups = frame["group"] if "group" in frame else [None] * len(frame)
+            frame = frame[[run in reported.get(group, ()) for run, group in zip(frame["run"], groups)]]
             frame = self.healthy("ablations", frame) if healthy else frame
         if not len(frame):
             return frame

@@ -113,7 +113,7 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
     meta_steps: int = setting(5, "outer steps of the MAML start (5: the demo budget; the committed grid runs 20)")
     tasks_per_step: int = setting(1, "episodes per outer step of the MAML start")
     meta_lr: float = setting(1e-3, "AdamW learning rate of the MAML start's outer loop")
-    epochs: int = setting(1, "training epochs of every run (1: the CPU budget of a 66-run grid)")
+    epochs: int = setting(1, "training epochs of every run (1: the demo's budget; the committed grid trains 4, as 03)")
 
     groups: tuple[str, ...] = setting(GROUPS, "what to run: component (the component table) and the sweeps "
                                       + ", ".join(SWEEPS))

@@ -7,7 +7,7 @@ from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook, key_part
 from afr.paper.stats import record_stats, seed_stats
 
-__all__ = ["DOMAIN_LABELS", "KIND_OF_METRIC", "PartOutput", "key", "label", "stats_cell", "unseeded"]
+__all__ = ["DOMAIN_LABELS", "KIND_OF_METRIC", "PartOutput", "key", "label", "seed_span", "stats_cell", "unseeded"]
 
 DOMAIN_LABELS = {"controlled": "controlled", "wild": "wild", "thermal": "thermal (mixed)", "lowquality": "low quality",
                  "thermal_und": "thermal UND", "thermal_puj": "thermal PUJ"}
@@ -45,3 +45,13 @@ def unseeded(values):
     """The zero-shot backbone has no seed: the tables repeat its one value per seed. Keep one copy (so no
     "± 0" is printed as if it were a spread) — but only when the copies really are equal."""
     return values.iloc[:1] if len(values) and (values == values.iloc[0]).all() else values
+
+
+def seed_span(seeds) -> str:
+    """The seeds of a table as its caption names them: ``seeds 0--4`` for a run of consecutive seeds, else listed."""
+    seeds = sorted({int(seed) for seed in seeds})
+    if not seeds:
+        return "no seed"
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}--{seeds[-1]}"
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from afr.experiments.settings.dalora import METHODS
 from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook
-from afr.paper.parts.common import unseeded, KIND_OF_METRIC, PartOutput, key, label, stats_cell
+from afr.paper.parts.common import KIND_OF_METRIC, PartOutput, key, label, seed_span, stats_cell, unseeded
 from afr.paper.sources import PaperSources
 from afr.paper.stats import paired_test, record_test, seed_stats
 
@@ -23,9 +23,14 @@ def _values(rows, method: str, domain: str, metric: str):
     return unseeded(values) if method == "zero-shot" else values
 
 
+def _trained_seeds(rows) -> list[int]:
+    return sorted(rows.loc[rows["method"] != "zero-shot", "seed"].unique()) if len(rows) else []
+
+
 def _grid_table(sources: PaperSources, book: NumberBook, rows, parameters: dict[str, int]) -> Table:
     table = Table(label="tab:dalora", columns="lr" + "c" * len(TEST_DOMAINS), wide=True,
-                  caption="Notebook 03, test packs: mean $\\pm$ sd over seeds 0--2 (zero-shot: no seed). Top: AUC; "
+                  caption=f"Notebook 03, test packs: mean $\\pm$ sd over {seed_span(_trained_seeds(rows))} "
+                          "(zero-shot: no seed). Top: AUC; "
                           "bottom: accuracy in \\% (10-fold protocol). All rows train 4 epochs on the same data "
                           "with the same losses and sampler and differ in the adapter only.",
                   header=[["row", "adapter params", *(label(d) for d in TEST_DOMAINS)]])
@@ -47,9 +52,11 @@ def _grid_table(sources: PaperSources, book: NumberBook, rows, parameters: dict[
 
 def _tests(book: NumberBook, rows) -> Table:
     """Paired t-tests over seeds: each TESTED row against every other trained row; differences vs zero-shot."""
+    seeds = _trained_seeds(rows)
     table = Table(label="tab:dalora-tests", columns="ll" + "c" * len(TEST_DOMAINS),
-                  caption="Notebook 03: paired t-tests over seeds 0--2 (scipy \\texttt{ttest\\_rel}, 2 degrees of "
-                          "freedom): mean difference (AUC; accuracy in points) and two-sided $p$.",
+                  caption=f"Notebook 03: paired t-tests over {seed_span(seeds)} (scipy \\texttt{{ttest\\_rel}}, "
+                          f"{max(len(seeds) - 1, 0)} degrees of freedom): mean difference (AUC; accuracy in points) and "
+                          "two-sided $p$.",
                   header=[["comparison", "metric", *(label(d) for d in TEST_DOMAINS)]])
     for tested in TESTED:
         for other in (m for m in METHODS if m != tested):
@@ -84,7 +91,7 @@ def _gates(book: NumberBook, records) -> Table | None:
     experts = list(next(iter(gates.values()))[packs[0]])
     table = Table(label="tab:dalora-gates", columns="l" + "c" * len(experts),
                   caption="Notebook 03, DA-LoRA with the learned router: share (\\%) of each test pack's images whose "
-                          "largest gate is each expert, mean $\\pm$ sd over seeds 0--2.",
+                          f"largest gate is each expert, mean $\\pm$ sd over {seed_span(gates)}.",
                   header=[["test pack", *(f"{escape(e)} expert" for e in experts)]])
     for pack in packs:
         table.rows.append([label(pack), *(stats_cell(book, key("dalora", "gates", "argmax", pack, expert),
@@ -125,6 +132,7 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
         parameters[method] = record["train"]["adapter_parameters"]
         book.add("dalora.params.backbone", record["train"]["backbone_parameters"], "count")
     _search(sources, book)
+    book.add("dalora.seeds", len(_trained_seeds(rows)), "count")
     tables = {"dalora": _grid_table(sources, book, rows, parameters), "dalora_tests": _tests(book, rows)}
     gates = _gates(book, records)
     if gates is None and sources.excluded.get("dalora"):  # every gated run flagged (afr.experiments.health)
