@@ -285,18 +285,20 @@ class FigureReport:
         return curves_figure(maml_summary, cross_summary, full_summary), (maml_summary, cross_summary)
 
     def sensitivity(self):
-        """The committed ablation grid's runs only (:class:`~afr.experiments.grids.CommittedGrids`): the table
-        also holds the demo's runs, whose shorter MAML starts are not further seeds of the grid's cells."""
+        """The reported runs of notebook 06's committed grids only (each group from the fitted grid once it has run,
+        else from the first grid: :meth:`~afr.experiments.grids.CommittedGrids.reported_ablation_rows`), each panel
+        titled with its recipe: the table also holds the demo's runs, which are not further seeds of the grid's
+        cells."""
         from afr.experiments.grids import CommittedGrids
+        from afr.experiments.settings.ablations import GROUPS
 
         table = read_table(self.results_dir, "ablations")
         recipes = None
-        if table is not None:  # each group from the fitted grid once it has run, else from the first grid
+        if table is not None:
             grids = CommittedGrids()
-            reported = grids.reported_ablation_runs(table)
             fitted = grids.fitted_ablation_groups(table)
-            recipes = {group: "fitted" if group in fitted else "first grid, not fitted" for group in reported}
-            table = table[[run in reported.get(group, ()) for run, group in zip(table["run"], table["group"])]]
+            recipes = {group: "fitted" if group in fitted else "first grid, not fitted" for group in GROUPS}
+            table = grids.reported_ablation_rows(table)
         summary = ablation_sensitivity(table) if table is not None and len(table) else None
         return sensitivity_figure(summary, recipes=recipes), summary
 

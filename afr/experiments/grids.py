@@ -166,6 +166,13 @@ class CommittedGrids:
             reported[group] = fitted if fitted and fitted <= recorded else first
         return reported
 
+    def reported_ablation_rows(self, ablation_table):
+        """The rows of ``ablation_table`` (notebook 06's long table) that are reported: each one's run among its
+        group's :meth:`reported_ablation_runs` (a run serving cells of several groups is kept in each of them)."""
+        reported = self.reported_ablation_runs(ablation_table)
+        groups = ablation_table["group"] if "group" in ablation_table else [None] * len(ablation_table)
+        return ablation_table[[run in reported.get(group, ()) for run, group in zip(ablation_table["run"], groups)]]
+
     def fitted_ablation_groups(self, ablation_table) -> tuple[str, ...]:
         """The groups of notebook 06 reported from the fitted grid (:meth:`reported_ablation_runs`)."""
         fitted = grid_runs(self.ablations)

@@ -210,9 +210,7 @@ class PaperSources:
         start are neither's. ``healthy``: without the flagged runs' rows (False: all, for the table's layout only)."""
         frame = self.tables["ablations"]
         if len(frame):
-            reported = self.grids.reported_ablation_runs(frame)
-            groups = frame["group"] if "group" in frame else [None] * len(frame)
-            frame = frame[[run in reported.get(group, ()) for run, group in zip(frame["run"], groups)]]
+            frame = self.grids.reported_ablation_rows(frame)
             frame = self.healthy("ablations", frame) if healthy else frame
         if not len(frame):
             return frame
