@@ -69,17 +69,12 @@ class CommittedGrids:
     #: validation for both families); its MAML starts are the first grid's (a start does not depend on the recipe),
     #: rebuilt where their adapters are not on the machine. Run group by group: a group it has not run yet is
     #: reported from :attr:`ablations_first` (:meth:`reported_ablation_runs`)
-    ablations: AblationSettings = field(default_factory=lambda: AblationSettings(
-        seeds=SEEDS, components=ABLATION_COMPONENTS, ranks=(2, 4, 8, 16, 32), expert_counts=(2, 3, 4, 5),
-        lambda_contrastive_values=(0.01, 0.05, 0.1, 0.5), lambda_domain_values=(0.01, 0.05, 0.1, 0.5),
-        inner_steps_values=(1, 3, 5, 10), meta_steps=20, epochs=4, centre_embeddings=True, head_init="class-mean",
-        augment=False, rebuild_starts=True, progress=False, grid="ablations-fitted"))
+    ablations: AblationSettings = field(default_factory=lambda: dataclasses.replace(
+        _first_ablation_grid(), epochs=4, centre_embeddings=True, head_init="class-mean", augment=False,
+        rebuild_starts=True, grid="ablations-fitted"))
     #: notebook 06's first grid: 1 epoch, random centres, RandAugment(4, 16) (not fitted: issue 18); its rows keep the
     #: grid name ``ablations``
-    ablations_first: AblationSettings = field(default_factory=lambda: AblationSettings(
-        seeds=SEEDS, components=ABLATION_COMPONENTS, ranks=(2, 4, 8, 16, 32), expert_counts=(2, 3, 4, 5),
-        lambda_contrastive_values=(0.01, 0.05, 0.1, 0.5), lambda_domain_values=(0.01, 0.05, 0.1, 0.5),
-        inner_steps_values=(1, 3, 5, 10), meta_steps=20, progress=False, grid="ablations"))
+    ablations_first: AblationSettings = field(default_factory=lambda: _first_ablation_grid())
 
     @property
     def crossdomain_grids(self) -> dict[str, CrossDomainSettings]:
@@ -159,12 +154,9 @@ class CommittedGrids:
         fitted grid :attr:`ablations` once ``ablation_table`` holds every run of that group, else from the first grid
         :attr:`ablations_first` (a group is never mixed from the two)."""
         recorded = set(ablation_table["run"]) if ablation_table is not None and len(ablation_table) else set()
-        reported = {}
-        for group in GROUPS:
-            fitted = {cell.settings.tag for cell in grid_cells(self.ablations) if cell.group == group}
-            first = {cell.settings.tag for cell in grid_cells(self.ablations_first) if cell.group == group}
-            reported[group] = fitted if fitted and fitted <= recorded else first
-        return reported
+        fitted, first = _runs_by_group(self.ablations), _runs_by_group(self.ablations_first)
+        return {group: fitted[group] if fitted[group] and fitted[group] <= recorded else first[group]
+                for group in GROUPS}
 
     def reported_ablation_rows(self, ablation_table):
         """The rows of ``ablation_table`` (notebook 06's long table) that are reported: each one's run among its
@@ -195,6 +187,22 @@ class CommittedGrids:
             "ablations": {self.ablations_first.grid: grid_runs(self.ablations_first),
                           self.ablations.grid: grid_runs(self.ablations)},
         }
+
+
+def _first_ablation_grid() -> AblationSettings:
+    """Notebook 06's first committed grid (the fitted one is it with notebook 03's recipe and budget)."""
+    return AblationSettings(
+        seeds=SEEDS, components=ABLATION_COMPONENTS, ranks=(2, 4, 8, 16, 32), expert_counts=(2, 3, 4, 5),
+        lambda_contrastive_values=(0.01, 0.05, 0.1, 0.5), lambda_domain_values=(0.01, 0.05, 0.1, 0.5),
+        inner_steps_values=(1, 3, 5, 10), meta_steps=20, progress=False, grid="ablations")
+
+
+def _runs_by_group(grid: AblationSettings) -> dict[str, set[str]]:
+    """``{group: run tags}`` of an ablation grid's cells, every group of :data:`GROUPS` present."""
+    runs: dict[str, set[str]] = {group: set() for group in GROUPS}
+    for cell in grid_cells(grid):
+        runs[cell.group].add(cell.settings.tag)
+    return runs
 
 
 #: the values of the tables' ``grid`` column (a run shared by grids names each, joined by ``;``); demo and search
