@@ -199,3 +199,26 @@ def test_cli_options_are_the_settings_and_bad_values_are_one_clear_error():
         AblationSettings(expert_counts=(2, 7))
     with pytest.raises(ValueError, match="maml_start needs"):
         AblationSettings(method="lora")
+
+
+def test_a_grid_of_some_groups_keeps_the_rows_of_the_shared_runs_other_groups(tmp_path, monkeypatch, data):
+    """``make ablations-results ABLATION_GROUPS=rank`` after the other groups: the full model's run serves the rank
+    sweep's r = 8 cell and the component table's full row; its component rows stay in the table."""
+    from afr.experiments import ablations
+    from afr.experiments.dalora_run import RunOutcome
+    from afr.experiments.records import read_table
+
+    monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("AFR_RUNS", str(tmp_path / "runs"))
+    history = [{"epoch": 0, "val/thermal/auc": 0.9, "val/thermal/accuracy": 0.8}]
+    monkeypatch.setattr(ablations, "check_starts", lambda runs: None)
+    monkeypatch.setattr(ablations, "_run", lambda settings, data, retrained: RunOutcome(
+        {"tag": settings.tag, "test": {"thermal": {"auc": 0.95}}, "train": {"history": history}}, reused=True))
+    settings = AblationSettings(components=("lora", "full"), progress=False)
+    ablations.run_grid(dataclasses.replace(settings, groups=("component", "rank")), data, report=None)
+    full = settings.full_model(0).tag
+    before = read_table("ablations")
+    assert set(before.loc[before["run"] == full, "group"]) == {"component", "rank"}
+    ablations.run_grid(dataclasses.replace(settings, groups=("rank",)), data, report=None)
+    after = read_table("ablations")
+    assert len(after) == len(before) and set(after.loc[after["run"] == full, "group"]) == {"component", "rank"}

@@ -400,3 +400,24 @@ def test_rows_written_again_unchanged_leave_the_table_as_it_is(scratch):
     assert table_path("demo").read_bytes() == before
     append_rows("demo", [_row("a", 0.6)])  # a new value: the run's rows are replaced
     assert read_table("demo").set_index("run").loc["a", "value"] == 0.6
+
+
+def test_rows_replace_only_the_rows_that_share_their_key(scratch):
+    """Notebook 06's full model is a cell of every group: a grid of the rank group alone rewrites that run's rank rows
+    and keeps its component rows (key run, group, cell); by default a run's new rows replace all of its rows."""
+    from afr.experiments.ablations import ROW_KEY
+
+    def cell_row(group, cell, value=0.5):
+        return {**_row("full", value), "group": group, "cell": cell}
+
+    append_rows("demo", [cell_row("component", "full"), cell_row("rank", 8)], replaces=ROW_KEY)
+    append_rows("demo", [cell_row("rank", 8, 0.6)], replaces=ROW_KEY)  # the rank group run again
+    table = read_table("demo").set_index("group")
+    assert len(table) == 2 and table.loc["component", "value"] == 0.5 and table.loc["rank", "value"] == 0.6
+    before = table_path("demo").read_bytes()
+    append_rows("demo", [cell_row("rank", 8, 0.6)], replaces=ROW_KEY)  # written again unchanged: the file stays
+    assert table_path("demo").read_bytes() == before
+    append_rows("demo", [cell_row("rank", 8.0, 0.6)], replaces=ROW_KEY)  # 8 and 8.0: one cell, never two rows
+    assert len(read_table("demo")) == 2
+    append_rows("demo", [cell_row("rank", 8, 0.7)])  # the default key: the run's rows, all of them
+    assert read_table("demo")[["group", "value"]].values.tolist() == [["rank", 0.7]]

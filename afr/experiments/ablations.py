@@ -291,6 +291,11 @@ def _run(settings: AblationSettings, data: AblationData, retrained_starts: set[s
                       gate_statistics=False, channels_last=True)
 
 
+#: what one of a run's rows stands for: a run serves several cells (the full model is a cell of every group), and a
+#: grid may run some groups only, so a run's new rows replace its rows of the same cells and keep the others
+ROW_KEY = ("run", "group", "cell")
+
+
 def _rows(cells: Sequence[Cell], record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Tidy rows of one run for every cell it serves: test metrics (split ``test``) and the last epoch's validation
     metrics (split ``val``), with the cell's group and value and the run's settings."""
@@ -307,7 +312,8 @@ def _rows(cells: Sequence[Cell], record: Mapping[str, Any]) -> list[dict[str, An
 def run_grid(settings: AblationSettings, data: AblationData, progress: bool = True,
              report: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Every distinct run of the grid (``{tag: RunOutcome}``, in the cells' order); each run's rows are written
-    (for all its cells) as soon as it is done, so an interrupted grid leaves a consistent table. Before any work: the
+    (for all its cells) as soon as it is done, so an interrupted grid leaves a consistent table; they replace its
+    earlier rows of the same cells only (:data:`ROW_KEY`: its rows for the groups this grid does not run stay). Before any work: the
     results, tables and runs folders must accept files (:func:`~afr.experiments.records.check_outputs_writable`),
     recorded MAML starts must have their adapters (:func:`check_starts`), interrupted runs and starts are refused
     (:func:`~afr.experiments.records.check_unfinished_runs`). Runs recorded already are reused, and one line through
@@ -332,7 +338,7 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
     for tag, served in tqdm(by_tag.items(), desc="ablation runs", disable=not shown):
         outcomes[tag] = _run(served[0].settings, data, retrained)
         distributed.on_main(lambda: append_rows(settings.experiment, _rows(served, outcomes[tag].record),
-                                                grid=settings.grid))
+                                                grid=settings.grid, replaces=ROW_KEY))
     reused = [served[0].settings for tag, served in by_tag.items() if outcomes[tag].reused]
     if reused and report is not None and distributed.job_rank() == 0:
         report(reuse_note([record_path(run) for run in reused], [run.seed for run in reused]))

@@ -333,23 +333,28 @@ def read_table(experiment: str):
     return pd.read_csv(path)
 
 
-def append_rows(experiment: str, rows: Iterable[Mapping[str, Any]], grid: str | None = None) -> Path:
-    """Add ``rows`` to the experiment's table, replacing earlier rows of the same runs; atomic, and under
-    :func:`table_lock` (concurrent writers keep every row). Each row's :data:`GRID_COLUMN` names ``grid`` and the
-    grids the run's earlier rows named."""
+def append_rows(experiment: str, rows: Iterable[Mapping[str, Any]], grid: str | None = None,
+                replaces: Sequence[str] = ("run",)) -> Path:
+    """Add ``rows`` to the experiment's table, replacing the earlier rows that share a key ``replaces`` with one of
+    them (default: the earlier rows of the same runs; notebook 06 gives ``("run", "group", "cell")``, as one run
+    serves several cells and a grid may run some groups only); atomic, and under :func:`table_lock` (concurrent
+    writers keep every row). Each row's :data:`GRID_COLUMN` names ``grid`` and the grids the run's earlier rows
+    named."""
     rows = [dict(row) for row in rows]
     with table_lock(experiment):
-        return append_rows_unlocked(experiment, rows, grid=grid)
+        return append_rows_unlocked(experiment, rows, grid=grid, replaces=replaces)
 
 
-def append_rows_unlocked(experiment: str, rows: Sequence[Mapping[str, Any]], grid: str | None = None) -> Path:
+def append_rows_unlocked(experiment: str, rows: Sequence[Mapping[str, Any]], grid: str | None = None,
+                         replaces: Sequence[str] = ("run",)) -> Path:
     """:func:`append_rows` for a caller that holds :func:`table_lock` already (a read-check-write of its own)."""
     import pandas as pd
 
     new = pd.DataFrame([dict(row) for row in rows])
-    missing = [column for column in TABLE_COLUMNS if column not in new.columns]
+    missing = [column for column in (*TABLE_COLUMNS, *replaces) if column not in new.columns]
     if new.empty or missing:
-        raise ValueError(f"rows for {experiment} need the columns {TABLE_COLUMNS} (missing {missing})")
+        raise ValueError(f"rows for {experiment} need the columns {sorted(set(TABLE_COLUMNS) | set(replaces))} "
+                         f"(missing {missing})")
     old = read_table(experiment)
     earlier = {}  # the grids that a replaced run's rows named
     if len(old) and GRID_COLUMN in old:
@@ -357,19 +362,41 @@ def append_rows_unlocked(experiment: str, rows: Sequence[Mapping[str, Any]], gri
             earlier[run] = _joined(earlier.get(run), cell)
     new[GRID_COLUMN] = [_joined(earlier.get(run), new_cell, grid)
                         for run, new_cell in zip(new["run"], new[GRID_COLUMN] if GRID_COLUMN in new else [None] * len(new))]
-    if len(old) and _holds_rows(old, new):
+    replaced = _row_keys(old, replaces).isin(set(_row_keys(new, replaces))) if len(old) else None
+    if len(old) and _holds_rows(old[replaced], new):
         return table_path(experiment)  # the same rows again (a reused run): the file stays as it is, rows in place
-    kept = old[~old["run"].isin(set(new["run"]))] if len(old) else old
+    kept = old[~replaced] if len(old) else old
     table = pd.concat([frame for frame in (kept, new) if len(frame)], ignore_index=True)
     return _write_table(experiment, table)
 
 
-def _holds_rows(old, new) -> bool:
-    """Whether ``old`` holds exactly ``new``'s rows for ``new``'s runs (the columns of ``new``, any order)."""
-    if not set(new.columns) <= set(old.columns):
+def _row_keys(frame, columns: Sequence[str]):
+    """One string per row of ``frame`` from its ``columns``, numbers in one spelling (a table read back from csv holds
+    ``8.0`` or ``"8"`` where the rows written held ``8``); a column the frame lacks reads as empty."""
+    import numpy as np
+    import pandas as pd
+
+    def spelled(value) -> str:
+        if value is None or (isinstance(value, float) and value != value):
+            return ""
+        if isinstance(value, (bool, np.bool_)):
+            return str(bool(value))
+        try:
+            return repr(float(value))
+        except (TypeError, ValueError):
+            return str(value)
+
+    parts = [frame[column].map(spelled) if column in frame else pd.Series("", index=frame.index) for column in columns]
+    return pd.Series(["\x1f".join(values) for values in zip(*parts)], index=frame.index, dtype=object)
+
+
+def _holds_rows(mine, new) -> bool:
+    """Whether ``mine`` (the table's rows under ``new``'s keys) are exactly ``new``'s rows (``new``'s columns, any
+    order)."""
+    if not set(new.columns) <= set(mine.columns):
         return False
     columns = list(new.columns)
-    mine = old.loc[old["run"].isin(set(new["run"])), columns]
+    mine = mine[columns]
     if len(mine) != len(new):
         return False
 
