@@ -166,14 +166,18 @@ _OWN_MEANING = {BaselineSettings: {"seed"},  # the seed of the one run (no grid)
 
 
 def test_field_groups_declare_each_shared_setting_once():
-    """A setting used by several experiments comes from one field group (its help written once); an experiment
-    redeclares it only to change its default or narrow its help."""
+    """A setting used by several experiments comes from one field group (its help written once); an experiment,
+    or a variant of a group (its subclass, e.g. FittedTrainingFields), redeclares it only to change its default or
+    narrow its help."""
     from afr.experiments.settings import fields as groups
 
-    group_classes = [getattr(groups, name) for name in groups.__all__]
+    group_classes = [value for value in map(groups.__dict__.get, groups.__all__) if isinstance(value, type)]
     declared = {}
     for group in group_classes:
+        inherited = {name for base in group.__mro__[1:] for name in vars(base).get("__annotations__", {})}
         for name in vars(group).get("__annotations__", {}):  # its own fields (a group may combine others)
+            if name in inherited:  # a variant's new default: the field stays its base group's
+                continue
             assert name not in declared, (name, group, declared.get(name))
             declared[name] = group
     for settings_class in _SETTINGS_CLASSES:
@@ -207,9 +211,13 @@ def test_each_experiment_builds_an_explicit_dalora_run():
 
 
 def _recomputed_tag(settings_class, record):
-    """The tag a committed record's settings give today (starts and zero-shot: their own tags)."""
+    """The tag a committed record's settings give today (starts and zero-shot: their own tags). A record made
+    before a field was added lacks it: that run had the field's unrecorded value (e.g. ``centre_embeddings`` off)."""
     names = set(settings_class.field_names())
-    settings = settings_class(**{name: value for name, value in record["settings"].items() if name in names})
+    before = {name: value for name, value in settings_class.unrecorded_values().items()
+              if name in settings_class.ADDED_FIELDS}
+    settings = settings_class(**{**before, **{name: value for name, value in record["settings"].items()
+                                              if name in names}})
     method = record.get("method")
     if settings_class is CrossDomainSettings and method == "zero-shot":
         return {settings.for_run("zero-shot", 0).tag}

@@ -49,7 +49,8 @@ class CommittedGrids:
     #: name ``dalora`` in the tables, and the paper counts them in its health table only
     dalora_first: DaLoraExperimentSettings = field(default_factory=lambda: DaLoraExperimentSettings(
         methods=("lora", "lora-matched", "dalora-classifier", "dalora-oracle", "dalora-uniform"), seeds=SEEDS,
-        epochs=4, search_lrs=(1e-4, 3e-4), publish_adapters=True, progress=False, grid="dalora"))
+        epochs=4, search_lrs=(1e-4, 3e-4), centre_embeddings=False, head_init="random", augment=True,
+        publish_adapters=True, progress=False, grid="dalora"))
     maml: MamlExperimentSettings = field(default_factory=lambda: MamlExperimentSettings(
         seeds=SEEDS, meta_steps=60, steps=(0, 1, 3, 5, 10, 25), progress=False, grid="maml"))
     #: notebook 05's four grids (``CROSSDOMAIN_<name>``); they share the zero-shot run, the two thermal grids share
@@ -194,7 +195,8 @@ def _first_ablation_grid() -> AblationSettings:
     return AblationSettings(
         seeds=SEEDS, components=ABLATION_COMPONENTS, ranks=(2, 4, 8, 16, 32), expert_counts=(2, 3, 4, 5),
         lambda_contrastive_values=(0.01, 0.05, 0.1, 0.5), lambda_domain_values=(0.01, 0.05, 0.1, 0.5),
-        inner_steps_values=(1, 3, 5, 10), meta_steps=20, progress=False, grid="ablations")
+        inner_steps_values=(1, 3, 5, 10), meta_steps=20, centre_embeddings=False, head_init="random", augment=True,
+        progress=False, grid="ablations")
 
 
 def _runs_by_group(grid: AblationSettings) -> dict[str, set[str]]:

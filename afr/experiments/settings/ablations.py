@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 
 from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, SettingsError, digest_of, setting
 from afr.experiments.settings.dalora import DaLoraRunSettings
-from afr.experiments.settings.fields import (BackboneFields, DaLoraFields, FullProfileFields, GridFields,
-                                             MetaStartFields, RecordedStartFields, RunFields, TrainingFields)
+from afr.experiments.settings.fields import (FITTED_RECIPE_UNRECORDED, BackboneFields, DaLoraFields,
+                                             FittedTrainingFields, FullProfileFields, GridFields, MetaStartFields,
+                                             RecordedStartFields, RunFields)
 
 __all__ = ["COMPONENTS", "EXPERT_SCHEMES", "FULL_EXPERT_SCHEMES", "GROUPS", "MAML_FIELDS", "NATIVE_SCHEMES",
            "ROUTER_FIELDS", "SINGLE_EXPERT", "START_DATA_FIELDS", "START_FIELDS", "SWEEPS", "AblationSettings", "Cell",
@@ -73,17 +74,18 @@ def expert_schemes(data_profile: str) -> dict[int, dict[str, str]]:
 
 
 @dataclass
-class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedStartFields, TrainingFields,
+class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedStartFields, FittedTrainingFields,
                        DaLoraFields, MetaStartFields, GridFields, FullProfileFields, BackboneFields):
     """Notebook 06 / ``python -m afr ablations``: every field is a notebook parameter and a CLI option.
 
     The single-run fields are the full model's; :func:`grid_cells` derives every cell's settings from them. Fields:
     :class:`BackboneFields`, :class:`FullProfileFields`, :class:`GridFields`, :class:`MetaStartFields` (the MAML
-    start), :class:`DaLoraFields`, :class:`TrainingFields`, :class:`RecordedStartFields`, :class:`RunFields`, then its
-    own (what the grid runs, the sweeps' values, the adapter and its parts, the full profile's validation identities
-    and domain labels). Each run is a DA-LoRA training run (:func:`afr.experiments.dalora_run.run_method`) handed the
-    explicit :class:`~afr.experiments.settings.dalora.DaLoraRunSettings` of :meth:`run_settings`: named (tag from
-    these settings), recorded and tabled as an ablation run.
+    start), :class:`DaLoraFields`, :class:`FittedTrainingFields` (the fitted recipe by default),
+    :class:`RecordedStartFields`, :class:`RunFields`, then its own (what the grid runs, the sweeps' values, the
+    adapter and its parts, the full profile's validation identities and domain labels). Each run is a DA-LoRA
+    training run (:func:`afr.experiments.dalora_run.run_method`) handed the explicit
+    :class:`~afr.experiments.settings.dalora.DaLoraRunSettings` of :meth:`run_settings`: named (tag from these
+    settings), recorded and tabled as an ablation run.
 
     The full profile (notebook 03's data) trains every run on a seeded CASIA-WebFace identity subset whose images
     carry the domains of ``python -m afr label-domains`` (``domain_labels``), validates on ``val_identities``
@@ -107,6 +109,7 @@ class AblationSettings(MethodSeedGrid, ExperimentSettings, RunFields, RecordedSt
         "precision", "router_view", "centre_embeddings", "randaugment_ops", "meta_grad_clip")
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "router_view",
                                                        "centre_embeddings", "randaugment_ops")
+    UNRECORDED_VALUES: ClassVar[dict[str, Any]] = FITTED_RECIPE_UNRECORDED
 
     inner_steps: int = setting(3, "first-order inner SGD steps of the MAML start")
     inner_lr: float = setting(1e-3, "inner SGD learning rate of the MAML start")

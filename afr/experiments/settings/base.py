@@ -126,6 +126,9 @@ class ExperimentSettings:
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = ()
     #: settings added after rows were recorded: table columns only when they differ from their defaults
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ()
+    #: an added field whose default changed after it was added -> the value the runs recorded before it existed had:
+    #: that value (not the new default) is the one left out of digests and table columns, so their tags and rows stay
+    UNRECORDED_VALUES: ClassVar[dict[str, Any]] = {}
     #: this class's own rules, over :data:`FIELD_RULES` (a None rule: the field is checked by the class itself)
     RULES: ClassVar[dict[str, Rule | None]] = {}
     #: whether the experiment's training runs data-parallel under ``torchrun --nproc_per_node N`` (rank 0 decides,
@@ -224,13 +227,18 @@ class ExperimentSettings:
         values.update(job_settings(getattr(self, "batch_size", None)))
         return values
 
+    @classmethod
+    def unrecorded_values(cls) -> dict[str, Any]:
+        """Every field's value in runs recorded before it was added: :attr:`UNRECORDED_VALUES`, else its default."""
+        return {spec.name: cls.UNRECORDED_VALUES.get(spec.name, spec.default) for spec in dataclasses.fields(cls)}
+
     def digest_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """The settings a digest covers: ``names`` (default: all but :attr:`EXECUTION_FIELDS`, plus the job's
-        ``world_size`` when it is not 1), less the :attr:`ADDED_FIELDS` that hold their default."""
+        ``world_size`` when it is not 1), less the :attr:`ADDED_FIELDS` that hold their :meth:`unrecorded_values`."""
         values = dataclasses.asdict(self)
         all_names = names is None
         names = [name for name in values if name not in self.EXECUTION_FIELDS] if names is None else names
-        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in self.ADDED_FIELDS}
+        defaults = {name: value for name, value in self.unrecorded_values().items() if name in self.ADDED_FIELDS}
         digested = {name: values[name] for name in names
                     if not (name in defaults and values[name] == defaults[name])}
         if self.world_size != 1 and all_names:  # like an added field at its default 1: single-process tags unchanged
@@ -265,8 +273,8 @@ class ExperimentSettings:
 
     def table_columns(self) -> dict[str, Any]:
         """The :attr:`TABLE_SETTINGS` and their values: the settings columns of this run's tidy rows; then the
-        :attr:`ADDED_TABLE_SETTINGS` that differ from their defaults."""
-        defaults = {spec.name: spec.default for spec in dataclasses.fields(self)}
+        :attr:`ADDED_TABLE_SETTINGS` that differ from their :meth:`unrecorded_values`."""
+        defaults = self.unrecorded_values()
         added = {name: getattr(self, name) for name in self.ADDED_TABLE_SETTINGS if getattr(self, name) != defaults[name]}
         return {**{name: getattr(self, name) for name in self.TABLE_SETTINGS}, **added}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from afr.experiments.settings.base import ExperimentSettings, MethodSeedGrid, SettingsError, setting
-from afr.experiments.settings.fields import (BackboneFields, DaLoraFields, FullProfileFields, GridFields, RunFields,
-                                             TrainingFields)
+from afr.experiments.settings.fields import (FITTED_RECIPE_UNRECORDED, BackboneFields, DaLoraFields,
+                                             FittedTrainingFields, FullProfileFields, GridFields, RunFields)
 
 __all__ = ["DEFAULT_METHODS", "DISTILL_DOMAINS", "DaLoraExperimentSettings", "DaLoraRunSettings", "FAMILY_REPRESENTATIVE", "METHODS",
            "family"]
@@ -29,13 +29,14 @@ def family(method: str) -> str:
 
 
 @dataclass
-class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, TrainingFields, DaLoraFields,
+class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, FittedTrainingFields, DaLoraFields,
                                GridFields, FullProfileFields, BackboneFields):
     """Notebook 03 / ``python -m afr dalora``: every field is a notebook parameter and a CLI option.
 
     Fields: :class:`BackboneFields`, :class:`FullProfileFields`, :class:`GridFields`, :class:`DaLoraFields`,
-    :class:`TrainingFields`, :class:`RunFields`, then its own (the grid's methods, the learning-rate search, the shared
-    expert, the full profile's validation identities and domain labels).
+    :class:`FittedTrainingFields` (the fitted recipe by default), :class:`RunFields`, then its own (the grid's
+    methods, the learning-rate search, the shared expert, the full profile's validation identities and domain
+    labels).
 
     The full profile trains on a seeded CASIA-WebFace identity subset whose images carry the domains of
     ``python -m afr label-domains`` (``domain_labels``: one expert per domain), validates on ``val_identities``
@@ -56,6 +57,7 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Tr
         "precision", "router_view", "centre_embeddings", "randaugment_ops", "lambda_distill")
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "router_view",
                                                        "centre_embeddings", "randaugment_ops")
+    UNRECORDED_VALUES: ClassVar[dict[str, Any]] = FITTED_RECIPE_UNRECORDED
 
     rank: int = setting(8, "rank r of LoRA and of each DA-LoRA expert (lora-matched: K·r)")
     epochs: int = setting(2, "training epochs (2: the demo budget; make results trains 4)")

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from afr.experiments.settings.base import setting
 
-__all__ = ["BackboneFields", "BenchmarkPackFields", "CasiaFields", "DaLoraFields", "FullProfileFields", "GridFields",
-           "MetaStartFields", "RecordedStartFields", "RunFields", "TrainingFields"]
+__all__ = ["FITTED_RECIPE_UNRECORDED", "BackboneFields", "BenchmarkPackFields", "CasiaFields", "DaLoraFields",
+           "FittedTrainingFields", "FullProfileFields", "GridFields", "MetaStartFields", "RecordedStartFields",
+           "RunFields", "TrainingFields"]
 
 MARGINS = ("cosface", "arcface")
 HEAD_INITS = ("random", "class-mean")
@@ -99,6 +100,28 @@ class TrainingFields:
                              "recorded run trained), fp32, or bf16 autocast (weights, gradients and AdamW stay fp32). "
                              "bf16 on this project's CPU is slower than fp32 (bench/cpu_training_step.py, README). A "
                              "run's tag changes only when it is not auto", choices=("auto", "fp32", "bf16"))
+
+
+@dataclass
+class FittedTrainingFields(TrainingFields):
+    """:class:`TrainingFields` whose defaults are the fitted recipe notebook 03's validation search chose (``make
+    recipe-search``; README, Recipes that fit): centred embeddings, class-mean centres, no augmentation (notebooks
+    03, 06). The first grids trained with random centres and RandAugment(4, 16) and none of their runs fitted; they
+    name those values explicitly (:mod:`afr.experiments.grids`). Experiments using these fields leave
+    ``centre_embeddings`` out of their digests at its first value, off (:data:`FITTED_RECIPE_UNRECORDED`)."""
+
+    head_init: str = setting("class-mean", "class centres: class-mean, the mean unit embedding of each training "
+                             "identity under the frozen backbone (the fitted recipe), or random N(0, 0.01) "
+                             "(InsightFace; the first grids)", choices=HEAD_INITS)
+    centre_embeddings: bool = setting(True, "subtract the mean unit embedding of the training images (frozen backbone, "
+                                      "measured once) before the margin loss and at every evaluation: the fitted "
+                                      "recipe (README, Recipes that fit); off = how the first grids trained")
+    augment: bool = setting(False, "flip + per-image RandAugment(randaugment_ops, 16) during training (off: the fitted "
+                            "recipe; FRoundation and the first grids: on)")
+
+
+#: ``centre_embeddings`` was added at off and its default is now on: runs recorded before it keep their tags and rows
+FITTED_RECIPE_UNRECORDED = {"centre_embeddings": False}
 
 
 @dataclass
