@@ -12,7 +12,7 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: full venv demo test test-full test-timm test-timm-venv check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results results
+.PHONY: full venv demo test test-full test-timm test-timm-venv check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results publish-adapters results
 
 help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU) into build/demo/"
@@ -137,6 +137,12 @@ dalora-results: $(STAMP)
 	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(DALORA_RESULTS)' notebooks/03_dalora.ipynb \
 	  $(RUN_DIR)/03_dalora_results.ipynb
 
+# The adapters notebook 07 draws, copied from notebook 03's committed grid's run folders to
+# results/adapters/dalora-fitted/<method>_seed<k>/ (LoRA and the DA-LoRA classifier, seed 0: afr/experiments/publish.py);
+# an adapter another run published there is replaced only with `python -m afr.experiments.publish --overwrite`.
+publish-adapters: $(STAMP)
+	$(PY) -m afr.experiments.publish
+
 # Notebook 04's committed grid: 3 seeds, 60 outer steps, curves to 25 adaptation steps (records reused, resumable).
 MAML_RESULTS := {seeds: [0, 1, 2], meta_steps: 60, steps: [0, 1, 3, 5, 10, 25], progress: false, grid: maml}
 maml-results: $(STAMP)
@@ -221,7 +227,8 @@ ablations-results: $(STAMP)
 
 # The committed results that take long (hours on 2 CPU cores when nothing is recorded yet).
 # Runs already recorded are kept, so an interrupted `make results` resumes.
-results: $(STAMP) baseline-search recipe-search dalora-results maml-results crossdomain-results ablations-results
+results: $(STAMP) baseline-search recipe-search dalora-results publish-adapters maml-results crossdomain-results \
+  ablations-results
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) "$$script"; done

@@ -379,3 +379,24 @@ def test_committed_notebook_07_is_clean():
     dpi = float(re.search(r'rcParams\["figure.dpi"\]\s*=\s*([0-9.]+)', code).group(1))
     assert dpi >= 90
     assert "overwrite = False" in code and "widget_frontend()" in code and "live_frontend" not in code
+
+
+@pytest.mark.shared("weights/dlib_resnet29")
+def test_the_zero_shot_reference_is_centred_as_the_fitted_adapters_and_mixed_centres_are_refused(tmp_path, monkeypatch):
+    """The default adapters (notebook 03's fitted grid) carry the centre their runs subtracted: the zero-shot reference
+    subtracts it too (it reproduces notebook 03's centred zero-shot rows, checked cell by cell in notebook 07 under
+    nbval); an adapter of the first grid (no centre) beside one of the fitted grid is refused before any work."""
+    from afr.adapters.registry import CENTRE_NAME
+    from afr.analysis import report as report_module
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(report_module, "SCRATCH_DIR", tmp_path / "scratch")
+    report = FigureReport(AnalysisSettings(progress=False, interactive=False))
+    saved = load_file(str(RESULTS / "adapters" / "dalora-fitted" / "lora_seed0" / CENTRE_NAME))["centre"]
+    assert report.settings.adapters == report_module.DEFAULT_ADAPTERS
+    assert torch.equal(report.embedder.zero_shot_centre, saved)
+    zero = report.embedder.model("zero-shot", "thermal")
+    assert torch.equal(zero.embedding_centre, saved)
+    with pytest.raises(ValueError, match="different embedding centres"):
+        FigureReport(AnalysisSettings(adapters=("dalora-fitted/lora_seed0", "lora_seed0"), progress=False,
+                                      interactive=False))

@@ -194,11 +194,13 @@ def test_real_run_on_a_bin_pack(orl_folder, tmp_path, capsys):
 
 
 @pytest.mark.shared("weights/dlib_resnet29")
-@pytest.mark.parametrize("method", ["dalora-classifier", "lora-matched"])
-def test_a_committed_adapter_reproduces_its_committed_test_result(embedded_benchmark, capsys, method):
-    """`python -m afr evaluate --adapter results/adapters/<method>_seed0` scores the thermal test pack as the run that
-    trained it recorded (classifier gating for DA-LoRA, the record's own evaluation of that row)."""
-    adapter = PROJECT_ROOT / "results" / "adapters" / f"{method}_seed0"
+@pytest.mark.parametrize("name", ["dalora-classifier_seed0", "lora-matched_seed0",
+                                  "dalora-fitted/dalora-classifier_seed0", "dalora-fitted/lora_seed0"])
+def test_a_committed_adapter_reproduces_its_committed_test_result(embedded_benchmark, capsys, name):
+    """`python -m afr evaluate --adapter results/adapters/<name>` scores the thermal test pack as the run that trained it
+    recorded (classifier gating for DA-LoRA, the record's own evaluation of that row; the fitted grid's adapters carry
+    the embedding centre their runs subtracted)."""
+    adapter = PROJECT_ROOT / "results" / "adapters" / name
     record = json.loads((PROJECT_ROOT / json.loads((adapter / "source.json").read_text())["record"]).read_text())
     pack = embedded_benchmark.bin_path("thermal")
     result = evaluate_json(capsys, "--backbone", "dlib-resnet29", "--bin", str(pack), "--adapter", str(adapter))

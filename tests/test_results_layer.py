@@ -206,6 +206,17 @@ def test_publishing_never_replaces_another_runs_adapter(scratch):
     assert (published / "weights.bin").read_bytes() == b"committed"
     dalora.export_adapters({("lora", 0): outcome}, overwrite=True)
     assert (published / "weights.bin").read_bytes() == b"new"
+    # a grid publishes in a folder of its own: the adapters published before stay
+    fitted = dalora.adapters_folder("dalora-fitted")
+    assert fitted == dalora.results_root() / "adapters" / "dalora-fitted"
+    gone = dalora.RunOutcome({"tag": "dalora_lora_seed1_gone", "experiment": "dalora",
+                              "train": {"run_dir": str(scratch / "runs" / "elsewhere")}})
+    with pytest.raises(FileNotFoundError, match="dalora_lora_seed1_gone"):  # required: refused before any copy
+        dalora.export_adapters({("lora", 0): outcome, ("lora", 1): gone}, folder=fitted, required=True)
+    assert not fitted.exists()
+    dalora.export_adapters({("lora", 0): outcome}, folder=fitted)
+    assert (fitted / "lora_seed0" / "weights.bin").read_bytes() == b"new"
+    assert json.loads((published / "source.json").read_text())["tag"] == "dalora_lora_seed0_new"
 
 
 @pytest.mark.parametrize("experiment", ["dalora", "maml", "crossdomain", "ablations", "baseline"])

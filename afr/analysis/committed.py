@@ -4,8 +4,9 @@ Notebook 07 reads the committed ``results/`` folder (by default the project's ow
 ``make test`` that variable points at a scratch folder holding only what the test run wrote) and writes its
 figures and numbers elsewhere. Which runs count:
 
-* DA-LoRA: the runs whose adapters are published in ``results/adapters/<method>_seed<k>/`` (their
-  ``source.json`` names the record) -- the committed 3-seed grid, not the demo or search runs beside it;
+* DA-LoRA: the runs of notebook 03's committed grid (:func:`dalora_grid_records`; the gates) and those whose
+  adapters are published in ``results/adapters/<grid>/<method>_seed<k>/`` (their ``source.json`` names the
+  record) -- not the demo or search runs beside them;
 * MAML and cross-domain tables: the rows of the largest ``meta_steps`` in the table (the committed grid runs 60
   outer steps; the notebooks' demo rows, 10 steps, sit in the same table);
 * ablations: ``results/tables/ablations.csv`` when it exists (test split), grouped by its ``group``/``cell``;
@@ -23,8 +24,8 @@ import pandas as pd
 from afr.paths import PROJECT_ROOT
 
 __all__ = ["RECORD_FOLDERS", "ablation_sensitivity", "benchmark_summary", "committed_results_dir",
-           "crossdomain_curves", "full_profile_rows", "gate_matrices", "maml_curves", "published_records",
-           "read_table"]
+           "crossdomain_curves", "dalora_grid_records", "full_profile_rows", "gate_matrices", "maml_curves",
+           "published_records", "read_table"]
 
 #: where each table's JSON records are (``results/<folder>/<tag>.json``; the baseline's are in ``results/`` itself)
 RECORD_FOLDERS = {"baseline": "", "dalora": "dalora", "maml": "maml", "crossdomain": "crossdomain",
@@ -102,6 +103,21 @@ def benchmark_summary(results_dir: str | Path, metric: str = "accuracy") -> pd.D
     keys = ["backbone", "method", "identities"]
     rows = rows.drop_duplicates([*keys, "seed", "domain"], keep="last")
     return _summary(rows, [*keys, "domain"])
+
+
+def dalora_grid_records(results_dir: str | Path, method: str) -> list[dict]:
+    """The records of ``method``'s runs in notebook 03's committed grid
+    (:attr:`~afr.experiments.grids.CommittedGrids.dalora`, at the learning rates it chose on validation) that
+    ``results_dir`` holds, by seed."""
+    from afr.experiments.grids import CommittedGrids
+
+    table = read_table(results_dir, "dalora")
+    if table is None:
+        return []
+    tags = CommittedGrids().dalora_tags(table)
+    paths = [Path(results_dir) / RECORD_FOLDERS["dalora"] / f"{tags[key]}.json"
+             for key in sorted(tags, key=lambda key: key[1]) if key[0] == method]
+    return [json.loads(path.read_text()) for path in paths if path.is_file()]
 
 
 def published_records(results_dir: str | Path, method: str) -> list[dict]:

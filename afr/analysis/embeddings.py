@@ -10,6 +10,10 @@ so the numbers computed here can be checked against the committed records:
   :data:`afr.experiments.dalora_run.ORACLE_EXPERT_OF`);
 * DA-LoRA ``classifier`` / ``uniform``: unmerged, with the adapter's own gating (per-image router gates).
 
+The adapters of a grid that centred its embeddings (notebook 03's fitted grid, ``results/adapters/dalora-fitted/``)
+carry the centre their runs subtracted (:mod:`afr.models.centring`); the zero-shot reference beside them subtracts
+the same centre (``zero_shot_centre``), as notebook 03's zero-shot row did, so the two differ in the adapter only.
+
 Embeddings are InsightFace's flip-test embeddings (:func:`afr.eval.extract.extract_embeddings`) of each
 pack's distinct chips, computed once per (model, pack) and kept for the run (:class:`PackEmbedder`).
 """
@@ -22,17 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from afr.adapters import adapter_type_of, load_adapter, merge_adapter, read_adapter_settings
+from afr.adapters.registry import CENTRE_NAME
 from afr.analysis.packs import LabelledPack
 from afr.eval.extract import extract_embeddings
 from afr.eval.verification import pair_distances
 from afr.experiments.dalora_run import ORACLE_EXPERT_OF
 from afr.models import create_backbone
+from afr.models.centring import centre_embeddings
 from afr.paths import MissingResourceError
 
-__all__ = ["ZERO_SHOT", "ModelChoice", "PackEmbedder", "resolve_model"]
+__all__ = ["ZERO_SHOT", "ModelChoice", "PackEmbedder", "adapter_centre", "resolve_model"]
 
 #: the name of the pretrained backbone without any adapter
 ZERO_SHOT = "zero-shot"
@@ -57,20 +64,31 @@ class ModelChoice:
 
 
 def resolve_model(name: str, results_dir: str | Path) -> ModelChoice:
-    """``zero-shot`` or the adapter ``results_dir/adapters/<name>`` (with its ``source.json`` provenance)."""
+    """``zero-shot`` or the adapter ``results_dir/adapters/<name>`` (with its ``source.json`` provenance; ``name`` may
+    name a grid's folder, e.g. ``dalora-fitted/lora_seed0``)."""
     if name == ZERO_SHOT:
         return ModelChoice(ZERO_SHOT)
     results_dir = Path(results_dir)
     directory = results_dir / "adapters" / name
     source_path = directory / "source.json"
     if not source_path.is_file():
-        available = sorted(p.name for p in (results_dir / "adapters").glob("*") if p.is_dir())
+        available = sorted(path.parent.relative_to(results_dir / "adapters").as_posix()
+                           for path in (results_dir / "adapters").rglob("source.json"))
         raise MissingResourceError(f"no committed adapter {directory} (source.json missing); available: "
                                    f"{', '.join(available) or 'none'}")
     source = json.loads(source_path.read_text())
     # source.json names the record relative to the project root ("results/dalora/<tag>.json")
     record = results_dir / Path(source["record"]).relative_to("results") if "record" in source else None
     return ModelChoice(name, directory, source["method"], int(source["seed"]), record)
+
+
+def adapter_centre(choice: ModelChoice) -> torch.Tensor | None:
+    """The embedding centre a committed adapter's run subtracted (its ``embedding_centre.safetensors``), or None."""
+    if choice.adapter_dir is None or not (choice.adapter_dir / CENTRE_NAME).is_file():
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(str(choice.adapter_dir / CENTRE_NAME))["centre"]
 
 
 class PackEmbedder:
@@ -83,8 +101,10 @@ class PackEmbedder:
 
     def __init__(self, packs: Mapping[str, LabelledPack], results_dir: str | Path, backbone: str = "dlib-resnet29",
                  weights: str | Path | None = None, device: str = "cpu", batch_size: int = 64,
-                 progress: bool = False) -> None:
+                 progress: bool = False, zero_shot_centre: torch.Tensor | None = None) -> None:
         self.packs = dict(packs)
+        #: the embedding centre the zero-shot backbone subtracts (None: the backbone as pretrained)
+        self.zero_shot_centre = zero_shot_centre
         self.results_dir = Path(results_dir)
         self.backbone_name = backbone
         self.weights = weights
@@ -110,6 +130,8 @@ class PackEmbedder:
         key = (name, domain if per_domain else "*")
         if key not in self._models:
             model = copy.deepcopy(self._pretrained())
+            if choice.adapter_dir is None and self.zero_shot_centre is not None:
+                model = centre_embeddings(model, self.zero_shot_centre)
             if choice.adapter_dir is not None:
                 model = load_adapter(model, choice.adapter_dir)  # any registered type, by its saved type
                 if not adapter_type_of(model).per_domain:

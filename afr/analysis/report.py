@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from afr.analysis.committed import (RECORD_FOLDERS, ablation_sensitivity, benchmark_summary, committed_results_dir,
-                                    crossdomain_curves, full_profile_rows, gate_matrices, maml_curves,
-                                    published_records, read_table)
+                                    crossdomain_curves, dalora_grid_records, full_profile_rows, gate_matrices,
+                                    maml_curves, read_table)
 from afr.analysis.decisions import ProtocolDecisions
-from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder
+from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder, adapter_centre
 from afr.analysis.errors import FALSE_ACCEPT, common_traits, error_analysis, worst_errors
 from afr.analysis.explorer import ThresholdExplorer, answers_input
 from afr.analysis.packs import labelled_test_packs
@@ -58,10 +58,12 @@ __all__ = ["AnalysisSettings", "DEFAULT_ADAPTERS", "FigureReport", "SCRATCH_DIR"
 
 #: where a run without ``overwrite`` writes when the destination already holds outputs (git-ignored ``build/``)
 SCRATCH_DIR = PROJECT_ROOT / "build" / "07_figures"
-#: the adapters drawn by default, those of them that are published (notebook 03's ``make dalora-results``)
-DEFAULT_ADAPTERS = ("dalora-classifier_seed0", "lora_seed0")
+#: the adapters drawn by default, those of them that are published: notebook 03's fitted grid, seed 0
+#: (``make publish-adapters``, :mod:`afr.experiments.publish`)
+DEFAULT_ADAPTERS = ("dalora-fitted/dalora-classifier_seed0", "dalora-fitted/lora_seed0")
 #: what produces each input a figure may lack
-ADAPTERS_FROM = "notebook 03 (make dalora-results) publishes them in results/adapters/"
+ADAPTERS_FROM = ("notebook 03's committed grid (make dalora-results) trains them and make publish-adapters publishes "
+                 "them in results/adapters/dalora-fitted/")
 PACKS_FROM = "notebook 01 (make data, or python -m afr build-embedded) builds them"
 
 
@@ -161,6 +163,7 @@ class FigureReport:
         self.embedder = PackEmbedder(self.packs, self.results_dir, self.settings.backbone, self.settings.weights,
                                      progress=progress)
         self.settings.adapters = self._published_adapters()  # an adapter named by the user fails here, before any work
+        self.embedder.zero_shot_centre = self._shared_centre()  # adapters with different centres fail here too
         self.explorer = ThresholdExplorer(self.embedder, self.settings.models)
         if self.numbers_file.is_file() and (self.settings.overwrite or self.scratch):
             self.numbers_file.unlink()  # stale keys of an earlier run must not survive
@@ -181,6 +184,21 @@ class FigureReport:
             self.missing["adapters"] = (f"the default adapters {', '.join(absent)} are not in "
                                         f"{shown(self.results_dir / 'adapters')}/; {ADAPTERS_FROM}")
         return tuple(found)
+
+    def _shared_centre(self):
+        """The embedding centre every analysed adapter's run subtracted (the zero-shot reference subtracts it too), or
+        None when none did; adapters trained with different centres cannot share one zero-shot reference and are
+        refused (:class:`ValueError`, before any work)."""
+        centres = {name: adapter_centre(self.embedder.choice(name)) for name in self.settings.adapters}
+        first = next(iter(centres.values()), None)
+        for name, centre in centres.items():
+            same = (centre is None and first is None) or (
+                centre is not None and first is not None and torch.allclose(centre, first, atol=1e-6))
+            if not same:
+                raise ValueError(f"adapters {', '.join(centres)}: their runs subtracted different embedding centres "
+                                 f"({name} differs from {self.settings.adapters[0]}), so no one zero-shot reference "
+                                 "fits them; draw them in separate runs of this notebook")
+        return first
 
     def _not_drawn(self, name: str, *needs: str) -> bool:
         """Whether figure ``name`` cannot be drawn for lack of ``needs`` (``"packs"``, ``"adapters"``): if so its
@@ -250,16 +268,18 @@ class FigureReport:
         return tsne_figure(panels), panels
 
     def gates(self):
-        """DA-LoRA gate weights per test pack and expert, mean over the published seeds; and the confusion."""
+        """DA-LoRA gate weights per test pack and expert, mean over the seeds of notebook 03's committed grid; and the
+        confusion."""
         import pandas as pd
 
-        records = [record for record in published_records(self.results_dir, self.settings.gates_method)
+        records = [record for record in dalora_grid_records(self.results_dir, self.settings.gates_method)
                    if "gates" in record]
         method, n = self.settings.gates_method, len(records)
         if not records:
             for name in ("gates", "confusion"):
-                self.missing[name] = (f"{name}: not drawn: no published {method} adapter with gates in "
-                                      f"{shown(self.results_dir / 'adapters')}/; {ADAPTERS_FROM}")
+                self.missing[name] = (f"{name}: not drawn: no record of notebook 03's committed grid with {method} "
+                                      f"gates in {shown(self.results_dir / 'dalora')}/; make dalora-results "
+                                      "trains them")
             return None, None, (pd.DataFrame(), pd.DataFrame())
         mean, sd = gate_matrices(records, "mean")
         shares, shares_sd = gate_matrices(records, "argmax")
@@ -366,7 +386,32 @@ class FigureReport:
                                              f"{choice.record.name}")
             checked.append(name)
         return (f"{len(checked)} adapter(s) reproduce their committed records' test AUC and accuracy within "
-                f"{tolerance} on {len(self.packs)} packs")
+                f"{tolerance} on {len(self.packs)} packs; " + self._check_zero_shot(tolerance))
+
+    def _check_zero_shot(self, tolerance: float) -> str:
+        """Assert that the zero-shot reference's test AUC equals notebook 03's zero-shot rows of the committed grid
+        the adapters come from (centred as that grid was), within ``tolerance``; what was checked, in words."""
+        from afr.experiments.grids import CommittedGrids
+
+        table = read_table(self.results_dir, "dalora")
+        grids = CommittedGrids()
+        tags = set(grids.dalora_tags(table).values()) if table is not None else set()
+        records = {self.embedder.choice(name).record.stem for name in self.settings.adapters}
+        if not records <= tags:
+            return "the zero-shot reference is not checked (these adapters are not all of notebook 03's committed grid)"
+        zero_tag = grids.dalora_zero_shot_tag()
+        rows = table[(table["run"] == zero_tag) & (table["split"] == "test") & (table["metric"] == "auc")]
+        for domain in self.packs:
+            committed = rows.loc[rows["domain"] == domain, "value"]
+            if committed.empty:
+                raise FileNotFoundError(f"no zero-shot row {zero_tag} for {domain} in {shown(self.results_dir)}/tables/"
+                                        "dalora.csv")
+            auc = pack_roc(self.embedder, ZERO_SHOT, domain).auc
+            if abs(auc - float(committed.iloc[0])) > tolerance:
+                raise AssertionError(f"zero-shot on {domain}: AUC {auc:.4f} here, {float(committed.iloc[0]):.4f} in "
+                                     f"notebook 03's row {zero_tag}")
+        centred = "centred" if self.embedder.zero_shot_centre is not None else "uncentred"
+        return f"the {centred} zero-shot reference reproduces notebook 03's zero-shot rows ({zero_tag})"
 
     def _chip(self, domain: str, pair: int, side: int) -> np.ndarray:
         return self.packs[domain].pack.images[2 * pair + side]

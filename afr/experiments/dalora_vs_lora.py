@@ -49,9 +49,10 @@ from afr.io import atomic_write_bytes, atomic_write_text
 from afr.paths import results_root
 from afr.train import distributed
 
-__all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcome", "choose_learning_rates",
-           "expert_domains", "gate_table", "grid_table", "load_data", "paired_tests", "export_adapters",
-           "record_zero_shot", "routing_line", "run_experiment", "run_grid", "run_method", "zero_shot"]
+__all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcome", "adapters_folder",
+           "choose_learning_rates", "expert_domains", "export_adapters", "gate_table", "grid_table", "load_data",
+           "paired_tests", "record_zero_shot", "routing_line", "run_experiment", "run_grid", "run_method",
+           "zero_shot"]
 
 
 def load_data(settings: DaLoraExperimentSettings) -> BenchmarkData:
@@ -222,7 +223,8 @@ def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:
     distributed.on_main(lambda: record_zero_shot(settings, zero))
     outcomes = run_grid(settings, data, learning_rates)
     if settings.publish_adapters:
-        distributed.on_main(lambda: export_adapters(outcomes, overwrite=settings.overwrite))
+        distributed.on_main(lambda: export_adapters(outcomes, overwrite=settings.overwrite,
+                                                    folder=adapters_folder(settings.grid)))
     table = grid_table(outcomes, zero)
     summary = table.groupby(["method", "domain", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
     return {"experiment": settings.experiment, "learning_rates": learning_rates,
@@ -230,18 +232,32 @@ def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:
             "summary": summary.to_dict(orient="records")}
 
 
-def export_adapters(outcomes: Mapping[tuple[str, int], RunOutcome], overwrite: bool = False) -> list[Path]:
-    """Copy each run's adapter to ``results/adapters/<method>_seed<k>/`` (atomically, file by file), with
-    ``source.json`` naming the run whose record (``results/dalora/<tag>.json``) holds its settings and test metrics.
+def adapters_folder(grid: str | None) -> Path:
+    """Where a grid publishes its adapters: ``results/adapters/<grid>/`` (``results/adapters/`` for runs of no
+    grid; notebook 03's first grid published there too, before grids had folders of their own)."""
+    return results_root() / "adapters" / grid if grid else results_root() / "adapters"
+
+
+def export_adapters(outcomes: Mapping[tuple[str, int], RunOutcome], overwrite: bool = False,
+                    folder: Path | None = None, required: bool = False) -> list[Path]:
+    """Copy each run's adapter to ``<folder>/<method>_seed<k>/`` (default folder ``results/adapters``; atomically,
+    file by file), with ``source.json`` naming the run whose record (``results/dalora/<tag>.json``) holds its
+    settings and test metrics. A run whose folder is not on this machine (a reused record) is skipped, or, with
+    ``required``, refused before anything is copied.
 
     An adapter published there by another run (another tag in its ``source.json``) is replaced only with
     ``overwrite``; otherwise :class:`ResultExistsError` is raised before anything is copied."""
-    chosen = {}
+    folder = results_root() / "adapters" if folder is None else Path(folder)
+    chosen, absent = {}, []
     for (method, seed), outcome in outcomes.items():
         source = Path(outcome.record["train"]["run_dir"]) / "adapter"
         if not source.is_dir():
+            absent.append(f"{outcome.record['tag']} ({source})")
             continue  # a reused record whose run folder is not on this machine: its committed copy stays
-        chosen[method, seed] = (outcome, source, results_root() / "adapters" / f"{method}_seed{seed}")
+        chosen[method, seed] = (outcome, source, folder / f"{method}_seed{seed}")
+    if absent and required:
+        raise FileNotFoundError(f"no adapter on this machine for {', '.join(absent)}: these runs were trained "
+                                "elsewhere; retrain them (overwrite) to publish their adapters")
     taken = [f"{target} (run {json.loads((target / 'source.json').read_text())['tag']})"
              for outcome, _, target in chosen.values()
              if (target / "source.json").is_file()

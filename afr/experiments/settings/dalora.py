@@ -74,8 +74,9 @@ class DaLoraExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Fi
                                   "on) whose pairs are the validation pack")
     domain_labels: str | None = setting(None, "full profile: the folder of `python -m afr label-domains` (default: "
                                         "<train_rec>/domain_labels): the domain of every training image")
-    publish_adapters: bool = setting(False, "copy each run's adapter to results/adapters/<method>_seed<k>/ (the "
-                                     "committed grid; replaces the adapters published before)")
+    publish_adapters: bool = setting(False, "copy each run's adapter to results/adapters/<grid>/<method>_seed<k>/ "
+                                     "(results/adapters/ without a grid; an adapter another run published there is "
+                                     "replaced only with overwrite)")
 
     def __post_init__(self) -> None:
         super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), resume vs overwrite, batch shape
