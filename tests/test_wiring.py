@@ -268,6 +268,31 @@ def test_gate_table_shares_are_the_routers_argmax_per_true_domain():
         assert list(table["mean"][name].values()) == pytest.approx(mean, rel=1e-5)
 
 
+def test_pack_gates_run_each_distinct_chip_once_and_equal_every_images_own_gates():
+    """A pack repeats its chips across pairs: the router runs once per distinct chip, and every image gets the gates
+    it gets when run alone (the per-epoch gate statistics and the gate table read them)."""
+    from afr.adapters.dalora import DaLoraSettings, apply_dalora
+    from afr.eval.extract import chips_to_tensor
+    from afr.experiments.dalora_run import pack_gates
+    from afr.models import create_backbone
+
+    torch.manual_seed(0)
+    backbone = apply_dalora(create_backbone("tiny-dinov2"),
+                            DaLoraSettings(r=2, alpha=2.0, domains=("controlled", "thermal", "lowquality"))).eval()
+    rng = np.random.default_rng(1)
+    chips = [rng.integers(0, 256, (28, 28, 3), dtype=np.uint8) for _ in range(5)]
+    images = [chips[index].copy() for index in (0, 1, 0, 2, 3, 1, 4, 0, 2, 3)]
+    seen = []
+    backbone.dalora_router.register_forward_hook(lambda module, args, output: seen.append(len(output)))
+    with torch.no_grad():
+        gates = pack_gates(backbone, images, batch_size=4)
+        assert sum(seen) == 5  # the 5 distinct chips, not the 10 images
+        alone = torch.cat([(backbone(chips_to_tensor([image], backbone.input_size)),
+                            backbone.dalora_router.state.gates.float())[1] for image in images])
+    assert gates.shape == (10, 3) and torch.allclose(gates, alone, atol=1e-6)
+    assert torch.equal(gates[0], gates[2]) and torch.equal(gates[0], gates[7])
+
+
 # ------------------------------------------------------------------------------------------ 7: the lr search
 def test_learning_rate_search_picks_the_highest_mean_validation_auc(monkeypatch):
     # family -> lr -> validation AUC per pack; the best mean is not the best on every pack

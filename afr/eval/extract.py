@@ -15,7 +15,7 @@ from sklearn.preprocessing import normalize
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["chips_to_tensor", "extract_embeddings", "extract_unique_embeddings"]
+__all__ = ["chips_to_tensor", "distinct_chips", "extract_embeddings", "extract_unique_embeddings"]
 
 
 def _check_chip(index: int, chip: np.ndarray) -> np.ndarray:
@@ -119,6 +119,13 @@ def extract_unique_embeddings(
     of about 160 distinct images); identical pixels give identical embeddings, so the result equals
     :func:`extract_embeddings` on ``images`` while running the network only on the distinct ones.
     """
+    distinct, inverse = distinct_chips(images)
+    return extract_embeddings(backbone, distinct, batch_size, flip, device, progress)[inverse]
+
+
+def distinct_chips(images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The distinct chips of ``images`` (identical pixels once, in order of first appearance) and, per image, the
+    index of its chip: ``[distinct[i] for i in inverse]`` is ``images``."""
     first_of: dict[bytes, int] = {}
     inverse = np.empty(len(images), dtype=np.int64)
     distinct: list[np.ndarray] = []
@@ -129,4 +136,4 @@ def extract_unique_embeddings(
             first_of[key] = len(distinct)
             distinct.append(image)
         inverse[index] = first_of[key]
-    return extract_embeddings(backbone, distinct, batch_size, flip, device, progress)[inverse]
+    return distinct, inverse

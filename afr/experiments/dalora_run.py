@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from afr.adapters import save_adapter
-from afr.adapters.dalora import DaLoraSettings, apply_dalora, gate_statistics, merge_dalora, set_domains, set_gating
+from afr.adapters.dalora import DaLoraSettings, apply_dalora, gate_summary, merge_dalora, set_domains, set_gating
 from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, trainable_parameters
 from afr.data.verification import VerificationPack
-from afr.eval.extract import chips_to_tensor
+from afr.eval.extract import chips_to_tensor, distinct_chips
 from afr.eval.packs import evaluate_on_packs, pack_evaluators
 from afr.experiments.benchmark_data import BenchmarkData
 from afr.experiments.records import (environment_info, final_validation_metrics, metric_rows, reuse_record,
@@ -45,9 +45,9 @@ from afr.models.domain_aware import DomainAwareRecognitionModel
 from afr.paths import results_root
 from afr.train import Trainer, distributed, seed_everything
 
-__all__ = ["ORACLE_EXPERT_OF", "RunOutcome", "adapt", "distill_codes", "evaluate_adapted", "expert_domains", "gate_evaluators",
-           "gate_table", "parameter_groups", "record_path", "routing_accuracy", "routing_line", "run_method", "run_rows",
-           "validation_evaluators"]
+__all__ = ["ORACLE_EXPERT_OF", "RunOutcome", "adapt", "distill_codes", "evaluate_adapted", "expert_domains",
+           "gate_evaluators", "gate_table", "pack_gates", "parameter_groups", "record_path", "routing_accuracy",
+           "routing_line", "run_method", "run_rows", "validation_evaluators"]
 
 #: test domain -> the expert oracle gating routes it to (a domain with its own expert goes to it)
 ORACLE_EXPERT_OF = {"wild": "controlled"}
@@ -136,19 +136,32 @@ def validation_evaluators(method: str, packs: Mapping[str, VerificationPack]) ->
     return {key: routed(key.split("/", 1)[1], evaluate_pack) for key, evaluate_pack in evaluators.items()}
 
 
+def pack_gates(backbone: nn.Module, images, batch_size: int = 64) -> torch.Tensor:
+    """The router's gates ``(N, K)`` of every image of a pack, run once per distinct chip
+    (:func:`~afr.eval.extract.distinct_chips`: a pack repeats its chips across pairs, e.g. about 160 distinct of
+    the controlled pack's 1,200; a chip's gates do not depend on the batch it is in)."""
+    distinct, inverse = distinct_chips(images)
+    device = next(backbone.parameters()).device
+    gates = []
+    for start in range(0, len(distinct), batch_size):
+        backbone(chips_to_tensor(distinct[start:start + batch_size], backbone.input_size).to(device))
+        gates.append(backbone.dalora_router.state.gates.float().cpu())
+    return torch.cat(gates)[torch.as_tensor(inverse)]
+
+
 def gate_evaluators(packs: Mapping[str, VerificationPack], batch_size: int = 64) -> dict[str, Any]:
-    """Per-epoch gate entropy and expert usage of the router on each validation pack (history ``gates/<pack>/...``)."""
+    """Per-epoch gate entropy and expert usage of the router on each validation pack (history ``gates/<pack>/...``):
+    the mean over the pack's batches of ``batch_size`` images of their :func:`gate_statistics`."""
 
     def make(pack: VerificationPack):
         @torch.no_grad()
         def statistics(model: nn.Module) -> dict[str, float]:
             backbone = model.backbone
-            device = next(backbone.parameters()).device
+            gates = pack_gates(backbone, pack.images, batch_size)
+            batches = [gates[start:start + batch_size] for start in range(0, len(gates), batch_size)]
             sums: dict[str, float] = {}
-            batches = range(0, len(pack.images), batch_size)
-            for start in batches:
-                backbone(chips_to_tensor(pack.images[start:start + batch_size], backbone.input_size).to(device))
-                for key, value in gate_statistics(backbone).items():
+            for part in batches:
+                for key, value in gate_summary(part, backbone.dalora_settings.domains).items():
                     sums[key] = sums.get(key, 0.0) + value / len(batches)
             return sums
 
@@ -164,15 +177,10 @@ def gate_table(backbone: nn.Module, packs: Mapping[str, VerificationPack], gatin
     gate is each expert (``"argmax"``, the router's confusion matrix), under ``gating``."""
     set_gating(backbone, gating)
     backbone.eval()
-    device = next(backbone.parameters()).device
     experts = list(backbone.dalora_settings.domains)
     table: dict[str, dict[str, dict[str, float]]] = {"mean": {}, "argmax": {}}
     for name, pack in packs.items():
-        gates = []
-        for start in range(0, len(pack.images), batch_size):
-            backbone(chips_to_tensor(pack.images[start:start + batch_size], backbone.input_size).to(device))
-            gates.append(backbone.dalora_router.state.gates.float().cpu())
-        gates = torch.cat(gates)
+        gates = pack_gates(backbone, pack.images, batch_size)
         shares = torch.bincount(gates.argmax(1), minlength=len(experts)).float() / len(gates)
         table["mean"][name] = dict(zip(experts, gates.mean(0).tolist()))
         table["argmax"][name] = dict(zip(experts, shares.tolist()))
@@ -223,7 +231,7 @@ def run_method(settings: DaLoraRunSettings, data: BenchmarkData, adapter: DaLora
 
     ``adapter`` and ``warm_start``: see :func:`adapt` (the run's tag must tell them apart: the ablations' does).
     ``gate_statistics=False`` skips the classifier router's per-epoch gate statistics and the test gate table: each
-    is one more pass over every image of every pack (pairs not deduplicated), more than a training epoch here.
+    is one more pass over every distinct chip of every pack (:func:`pack_gates`).
     ``channels_last`` keeps the conv weights channels-last (:func:`afr.models.layout.fast_layout`): the same
     function up to rounding, about a fifth less CPU time for the dlib ResNet's convolutions."""
     # under torchrun (several processes) rank 0 decides (reuse or train), saves, scores the test packs and writes;

@@ -65,6 +65,7 @@ __all__ = [
     "apply_dalora",
     "dalora_state",
     "gate_statistics",
+    "gate_summary",
     "has_dalora",
     "load_dalora",
     "merge_dalora",
@@ -342,10 +343,14 @@ def gate_statistics(model: nn.Module) -> dict[str, float]:
     gates = dalora_state(model).gates
     if gates is None:
         raise ValueError(f"{_label(model)} has no gates yet: run a forward pass first")
+    return gate_summary(gates, model.dalora_settings.domains)
+
+
+def gate_summary(gates: torch.Tensor, domains: Sequence[str]) -> dict[str, float]:
+    """:func:`gate_statistics` of gates ``(N, K)`` (one row per image, experts in ``domains``' order)."""
     gates = gates.detach().float()
     entropy = -torch.special.xlogy(gates, gates).sum(dim=1).mean()
     usage = gates.mean(dim=0)
-    domains = model.dalora_settings.domains
     return {"gate_entropy": float(entropy), **{f"gate_usage/{d}": float(u) for d, u in zip(domains, usage)}}
 
 
