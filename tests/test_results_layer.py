@@ -15,7 +15,7 @@ from afr.experiments import records
 from afr.experiments.records import (ResultExistsError, append_rows, read_table, reuse_record, table_path,
                                      write_record)
 from afr.io import FolderInUseError, claim_folder
-from afr.paths import PROJECT_ROOT
+from afr.paths import PROJECT_ROOT, results_root
 
 COMMITTED = PROJECT_ROOT / "results"
 
@@ -195,7 +195,7 @@ def test_publishing_never_replaces_another_runs_adapter(scratch):
     run_dir = scratch / "runs" / "new"
     (run_dir / "adapter").mkdir(parents=True)
     (run_dir / "adapter" / "weights.bin").write_bytes(b"new")
-    published = dalora.results_root() / "adapters" / "lora_seed0"
+    published = results_root() / "adapters" / "lora_seed0"
     published.mkdir(parents=True)
     (published / "weights.bin").write_bytes(b"committed")
     (published / "source.json").write_text(json.dumps({"tag": "dalora_lora_seed0_old"}))
@@ -208,7 +208,7 @@ def test_publishing_never_replaces_another_runs_adapter(scratch):
     assert (published / "weights.bin").read_bytes() == b"new"
     # a grid publishes in a folder of its own: the adapters published before stay
     fitted = dalora.adapters_folder("dalora-fitted")
-    assert fitted == dalora.results_root() / "adapters" / "dalora-fitted"
+    assert fitted == results_root() / "adapters" / "dalora-fitted"
     gone = dalora.RunOutcome({"tag": "dalora_lora_seed1_gone", "experiment": "dalora",
                               "train": {"run_dir": str(scratch / "runs" / "elsewhere")}})
     with pytest.raises(FileNotFoundError, match="dalora_lora_seed1_gone"):  # required: refused before any copy

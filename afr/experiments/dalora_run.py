@@ -17,6 +17,7 @@ that knows its camera is visible-light would route them (:data:`ORACLE_EXPERT_OF
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,20 +35,21 @@ from afr.data.verification import VerificationPack
 from afr.eval.extract import chips_to_tensor, distinct_chips
 from afr.eval.packs import evaluate_on_packs, pack_evaluators
 from afr.experiments.benchmark_data import BenchmarkData
-from afr.experiments.records import (environment_info, final_validation_metrics, metric_rows, reuse_record,
-                                     write_record)
+from afr.experiments.records import (ResultExistsError, environment_info, final_validation_metrics, metric_rows,
+                                     reuse_record, write_record)
 from afr.experiments.settings.base import job_settings
 from afr.experiments.settings.dalora import DISTILL_DOMAINS, DaLoraRunSettings
 from afr.experiments.training_setup import (evaluation_device, initialise_centres, optimizer_groups, train_config,
                                            training_augment)
+from afr.io import atomic_write_bytes, atomic_write_text
 from afr.models import create_backbone
 from afr.models.domain_aware import DomainAwareRecognitionModel
 from afr.paths import results_root
 from afr.train import Trainer, distributed, seed_everything
 
-__all__ = ["ORACLE_EXPERT_OF", "RunOutcome", "adapt", "distill_codes", "evaluate_adapted", "expert_domains",
-           "gate_evaluators", "gate_table", "pack_gates", "parameter_groups", "record_path", "routing_accuracy",
-           "routing_line", "run_method", "run_rows", "validation_evaluators"]
+__all__ = ["ORACLE_EXPERT_OF", "RunOutcome", "adapt", "adapters_folder", "distill_codes", "evaluate_adapted",
+           "expert_domains", "export_adapters", "gate_evaluators", "gate_table", "pack_gates", "parameter_groups",
+           "record_path", "routing_accuracy", "routing_line", "run_method", "run_rows", "validation_evaluators"]
 
 #: test domain -> the expert oracle gating routes it to (a domain with its own expert goes to it)
 ORACLE_EXPERT_OF = {"wild": "controlled"}
@@ -298,3 +300,49 @@ def run_rows(settings: DaLoraRunSettings, record: Mapping[str, Any]) -> list[dic
     rows += metric_rows(settings.experiment, record["tag"], record["method"], record["seed"],
                         final_validation_metrics(record["train"]["history"]), {"split": "val", **columns})
     return rows
+
+
+# ------------------------------------------------------------------------------------------ publishing
+def adapters_folder(grid: str | None) -> Path:
+    """Where a grid publishes its adapters: ``results/adapters/<grid>/`` (``results/adapters/`` for runs of no
+    grid; notebook 03's first grid published there too, before grids had folders of their own)."""
+    return results_root() / "adapters" / grid if grid else results_root() / "adapters"
+
+
+def export_adapters(outcomes: Mapping[tuple[str, int], RunOutcome], overwrite: bool = False,
+                    folder: Path | None = None, required: bool = False) -> list[Path]:
+    """Copy each run's adapter to ``<folder>/<method>_seed<k>/`` (default folder ``results/adapters``; atomically,
+    file by file), with ``source.json`` naming the run whose record (``results/dalora/<tag>.json``) holds its
+    settings and test metrics. A run whose folder is not on this machine (a reused record) is skipped, or, with
+    ``required``, refused before anything is copied.
+
+    An adapter published there by another run (another tag in its ``source.json``) is replaced only with
+    ``overwrite``; otherwise :class:`ResultExistsError` is raised before anything is copied."""
+    folder = results_root() / "adapters" if folder is None else Path(folder)
+    chosen, absent = {}, []
+    for (method, seed), outcome in outcomes.items():
+        source = Path(outcome.record["train"]["run_dir"]) / "adapter"
+        if not source.is_dir():
+            absent.append(f"{outcome.record['tag']} ({source})")
+            continue  # a reused record whose run folder is not on this machine: its committed copy stays
+        chosen[method, seed] = (outcome, source, folder / f"{method}_seed{seed}")
+    if absent and required:
+        raise FileNotFoundError(f"no adapter on this machine for {', '.join(absent)}: these runs were trained "
+                                "elsewhere; retrain them (overwrite) to publish their adapters")
+    taken = [f"{target} (run {json.loads((target / 'source.json').read_text())['tag']})"
+             for outcome, _, target in chosen.values()
+             if (target / "source.json").is_file()
+             and json.loads((target / "source.json").read_text())["tag"] != outcome.record["tag"]]
+    if taken and not overwrite:
+        raise ResultExistsError(f"{', '.join(taken)} already holds the adapter another run published; pass "
+                                "--overwrite (overwrite=True) to replace it")
+    published = []
+    for (method, seed), (outcome, source, target) in chosen.items():
+        target.mkdir(parents=True, exist_ok=True)
+        for file in sorted(source.iterdir()):
+            atomic_write_bytes(target / file.name, file.read_bytes())
+        provenance = {"tag": outcome.record["tag"], "record": f"results/{outcome.record['experiment']}/"
+                      f"{outcome.record['tag']}.json", "method": method, "seed": seed}
+        atomic_write_text(target / "source.json", json.dumps(provenance, indent=1) + "\n")
+        published.append(target)
+    return published

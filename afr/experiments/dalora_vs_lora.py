@@ -24,9 +24,7 @@ from here.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,17 +34,16 @@ from afr.data.verification import VerificationPack
 from afr.eval.packs import evaluate_on_packs
 from afr.experiments.benchmark_data import GRID_DATA_SEED, BenchmarkData, load_benchmark
 # one (method, seed) run and its pieces live in the library module afr.experiments.dalora_run; importable here too
-from afr.experiments.dalora_run import (ORACLE_EXPERT_OF, RunOutcome, adapt, evaluate_adapted,  # noqa: F401
-                                        expert_domains, gate_evaluators, gate_table, parameter_groups, record_path,
-                                        routing_accuracy, routing_line, run_method, run_rows, validation_evaluators)
-from afr.experiments.records import (ResultExistsError, append_rows, check_outputs_writable, check_unfinished_runs,
+from afr.experiments.dalora_run import (ORACLE_EXPERT_OF, RunOutcome, adapt, adapters_folder,  # noqa: F401
+                                        evaluate_adapted, expert_domains, export_adapters, gate_evaluators,
+                                        gate_table, parameter_groups, record_path, routing_accuracy, routing_line,
+                                        run_method, run_rows, validation_evaluators)
+from afr.experiments.records import (append_rows, check_outputs_writable, check_unfinished_runs,
                                      final_validation_metrics, grid_metric_values, metric_rows, reuse_note)
 # the settings, the methods and the learning-rate families live in the torch-free settings module; importable here too
 from afr.experiments.settings.dalora import (FAMILY_REPRESENTATIVE, METHODS, DaLoraExperimentSettings,  # noqa: F401
                                              DaLoraRunSettings, family)
 from afr.experiments.training_setup import evaluation_device, frozen_backbone
-from afr.io import atomic_write_bytes, atomic_write_text
-from afr.paths import results_root
 from afr.train import distributed
 
 __all__ = ["METHODS", "ORACLE_EXPERT_OF", "DaLoraExperimentSettings", "RunOutcome", "adapters_folder",
@@ -230,48 +227,3 @@ def run_experiment(settings: DaLoraExperimentSettings) -> dict[str, Any]:
     return {"experiment": settings.experiment, "learning_rates": learning_rates,
             "runs": {f"{method}/seed{seed}": outcome.record["tag"] for (method, seed), outcome in outcomes.items()},
             "summary": summary.to_dict(orient="records")}
-
-
-def adapters_folder(grid: str | None) -> Path:
-    """Where a grid publishes its adapters: ``results/adapters/<grid>/`` (``results/adapters/`` for runs of no
-    grid; notebook 03's first grid published there too, before grids had folders of their own)."""
-    return results_root() / "adapters" / grid if grid else results_root() / "adapters"
-
-
-def export_adapters(outcomes: Mapping[tuple[str, int], RunOutcome], overwrite: bool = False,
-                    folder: Path | None = None, required: bool = False) -> list[Path]:
-    """Copy each run's adapter to ``<folder>/<method>_seed<k>/`` (default folder ``results/adapters``; atomically,
-    file by file), with ``source.json`` naming the run whose record (``results/dalora/<tag>.json``) holds its
-    settings and test metrics. A run whose folder is not on this machine (a reused record) is skipped, or, with
-    ``required``, refused before anything is copied.
-
-    An adapter published there by another run (another tag in its ``source.json``) is replaced only with
-    ``overwrite``; otherwise :class:`ResultExistsError` is raised before anything is copied."""
-    folder = results_root() / "adapters" if folder is None else Path(folder)
-    chosen, absent = {}, []
-    for (method, seed), outcome in outcomes.items():
-        source = Path(outcome.record["train"]["run_dir"]) / "adapter"
-        if not source.is_dir():
-            absent.append(f"{outcome.record['tag']} ({source})")
-            continue  # a reused record whose run folder is not on this machine: its committed copy stays
-        chosen[method, seed] = (outcome, source, folder / f"{method}_seed{seed}")
-    if absent and required:
-        raise FileNotFoundError(f"no adapter on this machine for {', '.join(absent)}: these runs were trained "
-                                "elsewhere; retrain them (overwrite) to publish their adapters")
-    taken = [f"{target} (run {json.loads((target / 'source.json').read_text())['tag']})"
-             for outcome, _, target in chosen.values()
-             if (target / "source.json").is_file()
-             and json.loads((target / "source.json").read_text())["tag"] != outcome.record["tag"]]
-    if taken and not overwrite:
-        raise ResultExistsError(f"{', '.join(taken)} already holds the adapter another run published; pass "
-                                "--overwrite (overwrite=True) to replace it")
-    published = []
-    for (method, seed), (outcome, source, target) in chosen.items():
-        target.mkdir(parents=True, exist_ok=True)
-        for file in sorted(source.iterdir()):
-            atomic_write_bytes(target / file.name, file.read_bytes())
-        provenance = {"tag": outcome.record["tag"], "record": f"results/{outcome.record['experiment']}/"
-                      f"{outcome.record['tag']}.json", "method": method, "seed": seed}
-        atomic_write_text(target / "source.json", json.dumps(provenance, indent=1) + "\n")
-        published.append(target)
-    return published

@@ -3,7 +3,7 @@
 ``python -m afr.experiments.publish`` copies the adapters of the committed grid's runs
 (:attr:`~afr.experiments.grids.CommittedGrids.dalora`, at the learning rates it chose on validation) from their run
 folders to ``results/adapters/<grid>/<method>_seed<k>/`` with a ``source.json`` naming each run's record
-(:func:`~afr.experiments.dalora_vs_lora.export_adapters`). By default only what notebook 07 draws is published:
+(:func:`~afr.experiments.dalora_run.export_adapters`). By default only what notebook 07 draws is published:
 LoRA and the DA-LoRA classifier of seed 0 (a DA-LoRA adapter is 3 MB; every run's record, gates included, is
 committed anyway). A run whose record is missing, or whose run folder is not on this machine, is refused before
 anything is copied; an adapter another run published there is replaced only with ``--overwrite``.
@@ -27,8 +27,7 @@ PUBLISHED_SEEDS = (0,)
 def publish(methods: Sequence[str] = PUBLISHED_METHODS, seeds: Sequence[int] = PUBLISHED_SEEDS,
             overwrite: bool = False) -> list[Path]:
     """Copy the committed grid's adapters of ``methods`` x ``seeds``; the folders written."""
-    from afr.experiments.dalora_run import RunOutcome
-    from afr.experiments.dalora_vs_lora import adapters_folder, export_adapters
+    from afr.experiments.dalora_run import RunOutcome, adapters_folder, export_adapters
     from afr.experiments.grids import CommittedGrids
     from afr.experiments.records import read_table, table_path
     from afr.paths import results_root
