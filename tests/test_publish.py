@@ -33,3 +33,13 @@ def test_a_method_or_seed_outside_the_grid_or_a_missing_record_is_refused_before
     with pytest.raises(FileNotFoundError, match="make dalora-results"):
         publish()  # a results folder without the grid's records
     assert not (tmp_path / "results" / "adapters").exists()
+
+
+def test_the_command_says_what_is_wrong_in_one_line(tmp_path, monkeypatch, capsys):
+    from afr.experiments.publish import main
+
+    monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "results"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["--seeds", "9"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("seeds 0, 1, 2, 3, 4)")

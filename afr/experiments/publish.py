@@ -60,7 +60,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(PUBLISHED_SEEDS), help="seeds to publish")
     parser.add_argument("--overwrite", action="store_true", help="replace an adapter another run published")
     args = parser.parse_args(argv)
-    for folder in publish(args.methods, args.seeds, args.overwrite):
+    try:
+        folders = publish(args.methods, args.seeds, args.overwrite)
+    except (SettingsError, FileNotFoundError, FileExistsError) as error:  # ResultExistsError is a FileExistsError
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    for folder in folders:
         print(folder)
 
 
