@@ -111,7 +111,8 @@ def test_notebook_07_on_a_results_folder_of_full_profile_runs_draws_what_exists(
     settings = AnalysisSettings(results_dir=str(full_results), progress=False, interactive=False)
     report = FigureReport(settings)
     assert settings.adapters == () and settings.adapted is None and settings.models == ("zero-shot",)
-    assert "dalora-classifier_seed0, lora_seed0" in report.missing["adapters"]
+    assert "dalora-fitted/dalora-classifier_seed0, dalora-fitted/lora_seed0" in report.missing["adapters"]
+    assert "make publish-adapters" in report.missing["adapters"]
     assert "notebook 03" in report.missing["adapters"]
     fig, panels = report.tsne()
     assert fig is None and panels == []
