@@ -142,6 +142,7 @@ dalora-results: $(STAMP)
 # an adapter another run published there is replaced only with `python -m afr.experiments.publish --overwrite`.
 publish-adapters: $(STAMP)
 	$(PY) -m afr.experiments.publish
+	$(PY) -m afr.model_card --adapters-dir results/adapters/dalora-fitted --overwrite
 
 # Notebook 04's committed grid: 3 seeds, 60 outer steps, curves to 25 adaptation steps (records reused, resumable).
 MAML_RESULTS := {seeds: [0, 1, 2], meta_steps: 60, steps: [0, 1, 3, 5, 10, 25], progress: false, grid: maml}

@@ -22,8 +22,9 @@ from typing import Any
 
 from afr.adapters.registry import read_adapter_config
 from afr.data.benchmarks import OTHER_BUILD_HINT
+from afr.analysis.committed import read_table
 from afr.io import atomic_write_text
-from afr.paths import PROJECT_ROOT
+from afr.paths import PROJECT_ROOT, shown_path
 
 __all__ = ["AdapterRecord", "DOMAINS", "ZERO_SHOT_RECORD", "load_adapter_records", "main", "render_model_card"]
 
@@ -46,6 +47,8 @@ TRAINING_SETTINGS = {
     "head_init": "class-centre start", "lambda_contrastive": "λ1 (supervised InfoNCE, DA-LoRA)",
     "lambda_domain": "λ2 (router domain cross-entropy, DA-LoRA)", "temperature": "InfoNCE temperature",
     "augment": "augmentation (flip + RandAugment 4/16)",
+    "centre_embeddings": "embeddings centred on the training images' mean (the centre travels with the adapter)",
+    "router_view": "view the router learns from (DA-LoRA)",
 }
 METHODS = {
     "lora": "LoRA r = 8",
@@ -77,6 +80,16 @@ class AdapterRecord:
 
     def test_metric(self, domain: str, key: str) -> float:
         return float(self.record["test"][domain][key])
+
+    def setting(self, key: str) -> Any:
+        """The record's value of ``key``; for a setting added after the record was written, the value such runs had."""
+        from afr.experiments.settings.dalora import DaLoraExperimentSettings
+
+        return self.record["settings"].get(key, DaLoraExperimentSettings.unrecorded_values().get(key))
+
+    @property
+    def centred(self) -> bool:
+        return bool(self.setting("centre_embeddings"))
 
 
 def load_adapter_records(adapters_dir: str | Path, project_root: str | Path = PROJECT_ROOT) -> list[AdapterRecord]:
@@ -131,16 +144,56 @@ def metric_table(rows_by_label: dict[str, dict[str, Any]], key: str, number_form
     return _table(("adapter", *DOMAINS), rows)
 
 
-def zero_shot_test(entries: Sequence[AdapterRecord], project_root: str | Path = PROJECT_ROOT) -> dict[str, Any]:
-    """The frozen network's test metrics, checked to come from the very packs (SHA-256) the adapters were scored on."""
-    test = json.loads((Path(project_root) / ZERO_SHOT_RECORD).read_text())["test"]["zero-shot"]
+def _check_same_packs(entries: Sequence[AdapterRecord], test: dict[str, Any]) -> None:
     for entry in entries:
         for domain in DOMAINS:
             mine, theirs = entry.record["test"][domain]["sha256"], test[domain]["sha256"]
             if mine != theirs:
                 raise ValueError(f"{entry.record_path} scored another {domain} pack than {ZERO_SHOT_RECORD} "
                                  f"(SHA-256 {mine[:12]}… vs {theirs[:12]}…): {OTHER_BUILD_HINT}")
-    return test
+
+
+def _centred_zero_shot(entries: Sequence[AdapterRecord], project_root: Path) -> tuple[str, dict[str, Any]]:
+    """Notebook 03's centred zero-shot rows of the committed grid the adapters were published from."""
+    from afr.experiments.grids import CommittedGrids
+
+    results_dir = project_root / "results"
+    table = read_table(results_dir, "dalora")
+    grids = CommittedGrids()
+    tags = set(grids.dalora_tags(table).values()) if table is not None else set()
+    outside = [e.name for e in entries if e.record["tag"] not in tags]
+    if outside:
+        raise ValueError(f"adapters {', '.join(outside)} were trained with centred embeddings but are not runs of "
+                         "notebook 03's committed grid, whose zero-shot rows are the only centred reference")
+    zero_tag = grids.dalora_zero_shot_tag()
+    rows = table[(table["run"] == zero_tag) & (table["split"] == "test")]
+    test: dict[str, Any] = {}
+    for domain in DOMAINS:
+        values = dict(zip(rows.loc[rows["domain"] == domain, "metric"], rows.loc[rows["domain"] == domain, "value"]))
+        missing = {"auc", "accuracy", "eer"} - set(values)
+        if missing:
+            raise FileNotFoundError(f"no zero-shot {', '.join(sorted(missing))} row {zero_tag} for {domain} in "
+                                    f"{shown_path(results_dir)}/tables/dalora.csv")
+        test[domain] = {"auc": values["auc"], "accuracy_mean": values["accuracy"], "eer": values["eer"]}
+    return zero_tag, test
+
+
+def zero_shot_test(entries: Sequence[AdapterRecord],
+                   project_root: str | Path = PROJECT_ROOT) -> tuple[str, str, dict[str, Any]]:
+    """The frozen network's test metrics on the very packs (SHA-256) the adapters were scored on: its row label, where
+    the numbers come from, and the test section. Adapters whose runs centred the embeddings are compared with the
+    zero-shot centred the same way (notebook 03's rows); adapters that disagree on centring are refused."""
+    project_root = Path(project_root)
+    uncentred = json.loads((project_root / ZERO_SHOT_RECORD).read_text())["test"]["zero-shot"]
+    _check_same_packs(entries, uncentred)
+    centring = {entry.centred for entry in entries}
+    if len(centring) > 1:
+        raise ValueError("some adapters centred their embeddings and others did not, so no one zero-shot row fits "
+                         "them; publish them in separate folders")
+    if centring == {True}:
+        zero_tag, test = _centred_zero_shot(entries, project_root)
+        return "zero-shot, centred (no adapter)", f"notebook 03's rows `{zero_tag}` in `results/tables/dalora.csv`", test
+    return "zero-shot (no adapter)", f"`{ZERO_SHOT_RECORD}`", uncentred
 
 
 def _grouped(by_method: dict[str, set[str]]) -> str:
@@ -157,7 +210,7 @@ def training_table(entries: Sequence[AdapterRecord]) -> str:
     for key, label in TRAINING_SETTINGS.items():
         by_method: dict[str, set[str]] = {}
         for entry in entries:
-            by_method.setdefault(entry.method, set()).add(json.dumps(entry.record["settings"].get(key)))
+            by_method.setdefault(entry.method, set()).add(json.dumps(entry.setting(key)))
         values = {value for method_values in by_method.values() for value in method_values}
         shown = json.loads(values.pop()) if len(values) == 1 else _grouped(by_method)
         rows.append((label, f"`{key}`", shown))
@@ -185,25 +238,37 @@ def render_model_card(adapters_dir: str | Path | None = None, stats_path: str | 
     environments = sorted({f"{e.record['environment']['cpu']}, torch {e.record['environment']['torch']}"
                            for e in entries})
     threads = sorted({int(e.record["environment"]["torch_threads"]) for e in entries})
-    rows_by_label = {"zero-shot (no adapter)": zero_shot_test(entries)}
+    zero_label, zero_source, zero_test = zero_shot_test(entries)
+    rows_by_label = {zero_label: zero_test}
     rows_by_label.update({f"`{e.name}`": e.record["test"] for e in entries})
     metric_sections = "\n\n".join(f"### {title}\n\n{metric_table(rows_by_label, key, fmt)}"
                                    for key, title, fmt in METRICS)
     thermal_auc = [e.test_metric("thermal", "auc") for e in entries]
     pairs = sorted({int(e.record["test"][d]["n_pairs"]) for e in entries for d in DOMAINS})
     method_lines = "\n".join(f"- `{m}`: {METHODS.get(m, m)}" for m in methods)
+    grids = sorted({e.setting("grid") or "dalora" for e in entries})
+    grid_words = ("grid " if len(grids) == 1 else "grids ") + ", ".join(f"`{name}`" for name in grids)
+    folder = shown_path(adapters_dir)
+    files = sorted({path.name for e in entries for path in (adapters_dir / e.name).iterdir()})
+    centred = entries[0].centred
+    centre_words = ("\nThe runs subtracted the training images' mean embedding before the margin loss and scoring;\n"
+                    "that centre travels with each adapter (`embedding_centre.safetensors`) and is subtracted\n"
+                    "whenever it is loaded." if centred else "")
+    oracle_words = ("\nThe oracle rows' thermal *accuracy* is low because the thermal expert can pull thermal embeddings\n"
+                    "so close together that the protocol's first threshold step accepts nearly every pair: read AUC\n"
+                    "and EER (threshold-free)." if "dalora-oracle" in methods else "")
     return f"""# Model card: AdaptFace adapters for the dlib ResNet-29 face network
 
-<!-- Generated by `python -m afr.model_card` from results/adapters/*/source.json, the records they name and
+<!-- Generated by `python -m afr.model_card` from {folder}/*/source.json, the records they name and
 results/embedded_stats.json. Do not edit by hand: change the template in afr/model_card.py and regenerate. -->
 
 ## What they are
 
-{len(entries)} adapters ({len(methods)} methods × seeds {", ".join(map(str, seeds))}) for the dlib ResNet-29 face-recognition
+{len(entries)} adapters ({len(methods)} methods × seed{"s" if len(seeds) > 1 else ""} {", ".join(map(str, seeds))}) for the dlib ResNet-29 face-recognition
 network (128-D embedding, {", ".join(f"{n:,}" for n in sorted(backbone_parameters))} parameters, kept frozen), published
-from the 3-seed grid of notebook 03 (`python -m afr dalora`, `make dalora-results`). Each folder holds the adapter
-tensors (`adapter_model.safetensors` + `lora_settings.json`, or `dalora_model.safetensors` + `dalora_settings.json`)
-and `source.json`, which names the record the numbers below come from.
+from notebook 03's {grid_words} (`python -m afr dalora`, `make dalora-results`). Each folder holds the
+adapter ({", ".join(f"`{name}`" for name in files if name != "source.json")})
+and `source.json`, which names the record the numbers below come from.{centre_words}
 
 {method_lines}
 
@@ -251,10 +316,8 @@ InsightFace's verification protocol (10 folds; thresholds on squared L2 distance
 flip test). DA-LoRA rows were scored with the gating of their name: `classifier` (the router), `oracle` (the
 pack's domain; the wild pack, which has no expert, goes to the controlled one) or `uniform`. Loading a DA-LoRA
 adapter without `--domain` uses classifier gating; `--domain NAME` merges that expert, which is what oracle
-gating computes on a pack of that domain. The oracle rows' thermal *accuracy* is low because the thermal
-expert can pull thermal embeddings so close together that the protocol's first threshold step accepts nearly
-every pair: read AUC and EER (threshold-free). The zero-shot row is the frozen network without adapter on the
-same packs (`{ZERO_SHOT_RECORD}`).
+gating computes on a pack of that domain.{oracle_words} The zero-shot row is the frozen network without adapter on
+the same packs ({zero_source}).
 
 {metric_sections}
 
@@ -265,7 +328,7 @@ same packs (`{ZERO_SHOT_RECORD}`).
 - **One network**: dlib ResNet-29 (a 2017 metric network trained on visible-light faces); nothing here was
   trained or tested on a ViT (no such weights on the machines used).
 - **Thermal is not solved**: thermal test AUC {min(thermal_auc):.4f}–{max(thermal_auc):.4f} across the adapters
-  (zero-shot {rows_by_label["zero-shot (no adapter)"]["thermal"]["auc"]:.4f}).
+  ({zero_label.split(" (")[0]} {zero_test["thermal"]["auc"]:.4f}).
 - Thermal images are pre-registered crops: MTCNN finds almost no face in them and they take the centred crop;
   photos from other thermal cameras may need their own alignment.
 - No evaluation across age, sex, skin tone or ethnicity was possible with these data.

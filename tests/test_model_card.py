@@ -4,15 +4,21 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import shutil
 
+import pandas as pd
 import pytest
 import yaml
 
 import afr
+from afr.experiments.grids import CommittedGrids
 from afr.model_card import DOMAINS, ZERO_SHOT_RECORD, main, render_model_card
 from afr.paths import PROJECT_ROOT
 
-CARD = PROJECT_ROOT / "results" / "adapters" / "MODEL_CARD.md"
+ADAPTERS = PROJECT_ROOT / "results" / "adapters"
+CARD = ADAPTERS / "MODEL_CARD.md"
+#: the fitted grid's adapters (make publish-adapters), with their own card
+FITTED = ADAPTERS / "dalora-fitted"
 #: card section title -> (record key, factor, decimals shown)
 SECTIONS = {
     "Test ROC AUC": ("auc", 1.0, 4),
@@ -43,8 +49,25 @@ def records_by_adapter() -> dict[str, dict]:
     return tests
 
 
-def test_committed_card_is_what_the_generator_writes_from_the_records():
-    assert CARD.read_text() == render_model_card(), "regenerate it: python -m afr.model_card --overwrite"
+@pytest.mark.parametrize("folder", [ADAPTERS, FITTED], ids=["first-grid", "fitted-grid"])
+def test_committed_card_is_what_the_generator_writes_from_the_records(folder):
+    assert (folder / "MODEL_CARD.md").read_text() == render_model_card(folder), (
+        f"regenerate it: python -m afr.model_card --adapters-dir {folder.relative_to(PROJECT_ROOT)} --overwrite")
+
+
+def test_centred_adapters_are_compared_with_the_centred_zero_shot_and_mixed_centring_is_refused(tmp_path):
+    text = (FITTED / "MODEL_CARD.md").read_text()
+    table = pd.read_csv(PROJECT_ROOT / "results" / "tables" / "dalora.csv")
+    zero_tag = CommittedGrids().dalora_zero_shot_tag()
+    rows = table[(table["run"] == zero_tag) & (table["split"] == "test") & (table["metric"] == "auc")]
+    centred_auc = [float(rows.loc[rows["domain"] == domain, "value"].iloc[0]) for domain in DOMAINS]
+    line = next(line for line in text.splitlines() if line.startswith("| zero-shot, centred (no adapter) |"))
+    assert [float(cell) for cell in line.strip("|").split("|")[1:]] == pytest.approx(centred_auc, abs=5e-5)
+    assert "| `centre_embeddings` | True |" in text and "| `centre_embeddings` | False |" in CARD.read_text()
+    for name in ("lora_seed0", "dalora-classifier_seed0"):  # one centred adapter beside one uncentred one
+        shutil.copytree((FITTED if name == "lora_seed0" else ADAPTERS) / name, tmp_path / name)
+    with pytest.raises(ValueError, match="some adapters centred their embeddings and others did not"):
+        render_model_card(tmp_path)
 
 
 def test_card_numbers_equal_the_records():
@@ -113,10 +136,10 @@ def test_a_record_scored_on_another_build_is_refused_with_what_to_do(tmp_path):
     (tmp_path / ZERO_SHOT_RECORD).parent.mkdir(parents=True)
     (tmp_path / ZERO_SHOT_RECORD).write_text(json.dumps(committed))
     test = {domain: dict(metrics) for domain, metrics in committed["test"]["zero-shot"].items()}
-    assert zero_shot_test([SimpleNamespace(record={"test": test}, record_path="r.json")], tmp_path)
+    assert zero_shot_test([SimpleNamespace(record={"test": test}, record_path="r.json", centred=False)], tmp_path)
     test["wild"]["sha256"] = "f" * 64
     with pytest.raises(ValueError) as error:
-        zero_shot_test([SimpleNamespace(record={"test": test}, record_path="r.json")], tmp_path)
+        zero_shot_test([SimpleNamespace(record={"test": test}, record_path="r.json", centred=False)], tmp_path)
     message = str(error.value)
     assert "r.json scored another wild pack" in message and "ffffffffffff" in message
     assert committed["test"]["zero-shot"]["wild"]["sha256"][:12] in message
