@@ -104,3 +104,35 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_promptly(tmp_path):
     assert "non-finite loss nan" in errors[1]["message"] and "another rank" in errors[0]["message"]
     assert all("step 2" in e["message"] for e in errors)
     assert abs(errors[0]["time"] - errors[1]["time"]) < 5 and elapsed < timeout_s, (errors, elapsed)
+
+
+LEAVER = """
+import os, sys, time
+from afr.train import distributed
+distributed.init_distributed(backend="gloo", timeout_s=60)
+if distributed.get_rank() == 1:
+    time.sleep(12)  # a peer stuck elsewhere, that never comes to the barrier
+    os._exit(3)
+time.sleep(1)
+started = time.monotonic()
+distributed.cleanup(wait_s=float(sys.argv[1]))
+print(f"left after {time.monotonic() - started:.1f}")
+"""
+
+
+@pytest.mark.parametrize("wait_s", [2.0])
+def test_an_error_path_cleanup_waits_for_a_stuck_peer_at_most_its_bound(wait_s):
+    """cleanup() on an error path waits for the other ranks (gloo's monitored_barrier) before tearing the group
+    down, but a peer that never comes costs at most ``wait_s``: the surviving rank leaves cleanly (exit 0)."""
+    env = dict(_torchrun_env(), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    command = [sys.executable, "-c", LEAVER, str(wait_s)]
+    ranks = [subprocess.Popen(command, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        outputs = [rank.communicate(timeout=45) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert [rank.returncode for rank in ranks] == [0, 3], outputs
+    waited = float(outputs[0][0].split("left after ")[1])
+    assert waited <= wait_s + 2.0, outputs

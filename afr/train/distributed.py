@@ -146,10 +146,24 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Leave and destroy the process group, if any (on an error path: the other ranks may be gone)."""
-    if is_initialized():
-        dist.destroy_process_group()
+#: how long a rank leaving on an error path waits for its peers before tearing the group down anyway
+ERROR_PATH_WAIT_S = 10.0
+
+
+def cleanup(wait_s: float = ERROR_PATH_WAIT_S) -> None:
+    """Leave and destroy the process group, if any. On an error path the other ranks may be gone, or may still be
+    raising the same error: with gloo a rank first waits up to ``wait_s`` seconds for its peers
+    (``monitored_barrier``), because a rank that tears its connections down while a peer still uses them can abort
+    that peer in gloo's teardown (``terminate called``, exit -6; seen twice in a 2-process test). A peer that never
+    comes costs ``wait_s``, not a hang."""
+    if not is_initialized():
+        return
+    if dist.get_backend() == "gloo" and wait_s > 0:
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=wait_s))
+        except RuntimeError:
+            pass  # a peer is gone or stuck elsewhere: tear down regardless
+    dist.destroy_process_group()
 
 
 def finish() -> None:
