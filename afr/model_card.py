@@ -22,7 +22,7 @@ from typing import Any
 
 from afr.adapters.registry import read_adapter_config
 from afr.data.benchmarks import OTHER_BUILD_HINT
-from afr.analysis.committed import read_table
+from afr.analysis.committed import dalora_grid_tags, read_table
 from afr.io import atomic_write_text
 from afr.paths import PROJECT_ROOT, shown_path
 
@@ -158,14 +158,13 @@ def _centred_zero_shot(entries: Sequence[AdapterRecord], project_root: Path) -> 
     from afr.experiments.grids import CommittedGrids
 
     results_dir = project_root / "results"
-    table = read_table(results_dir, "dalora")
-    grids = CommittedGrids()
-    tags = set(grids.dalora_tags(table).values()) if table is not None else set()
+    tags = set(dalora_grid_tags(results_dir).values())
     outside = [e.name for e in entries if e.record["tag"] not in tags]
     if outside:
         raise ValueError(f"adapters {', '.join(outside)} were trained with centred embeddings but are not runs of "
                          "notebook 03's committed grid, whose zero-shot rows are the only centred reference")
-    zero_tag = grids.dalora_zero_shot_tag()
+    zero_tag = CommittedGrids().dalora_zero_shot_tag()
+    table = read_table(results_dir, "dalora")
     rows = table[(table["run"] == zero_tag) & (table["split"] == "test")]
     test: dict[str, Any] = {}
     for domain in DOMAINS:

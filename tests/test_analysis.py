@@ -397,6 +397,7 @@ def test_the_zero_shot_reference_is_centred_as_the_fitted_adapters_and_mixed_cen
     assert torch.equal(report.embedder.zero_shot_centre, saved)
     zero = report.embedder.model("zero-shot", "thermal")
     assert torch.equal(zero.embedding_centre, saved)
+    assert report.model_label("zero-shot") == "zero-shot (centred)"  # the t-SNE panel says so
     with pytest.raises(ValueError, match="different embedding centres"):
         FigureReport(AnalysisSettings(adapters=("dalora-fitted/lora_seed0", "lora_seed0"), progress=False,
                                       interactive=False))

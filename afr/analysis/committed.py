@@ -24,8 +24,8 @@ import pandas as pd
 from afr.paths import PROJECT_ROOT
 
 __all__ = ["RECORD_FOLDERS", "ablation_sensitivity", "benchmark_summary", "committed_results_dir",
-           "crossdomain_curves", "dalora_grid_records", "full_profile_rows", "gate_matrices", "maml_curves",
-           "published_records", "read_table"]
+           "crossdomain_curves", "dalora_grid_records", "dalora_grid_tags", "full_profile_rows", "gate_matrices",
+           "maml_curves", "published_records", "read_table"]
 
 #: where each table's JSON records are (``results/<folder>/<tag>.json``; the baseline's are in ``results/`` itself)
 RECORD_FOLDERS = {"baseline": "", "dalora": "dalora", "maml": "maml", "crossdomain": "crossdomain",
@@ -105,16 +105,19 @@ def benchmark_summary(results_dir: str | Path, metric: str = "accuracy") -> pd.D
     return _summary(rows, [*keys, "domain"])
 
 
-def dalora_grid_records(results_dir: str | Path, method: str) -> list[dict]:
-    """The records of ``method``'s runs in notebook 03's committed grid
-    (:attr:`~afr.experiments.grids.CommittedGrids.dalora`, at the learning rates it chose on validation) that
-    ``results_dir`` holds, by seed."""
+def dalora_grid_tags(results_dir: str | Path) -> dict[tuple[str, int], str]:
+    """``(method, seed) -> tag`` of notebook 03's committed grid (:attr:`~afr.experiments.grids.CommittedGrids.dalora`,
+    at the learning rates it chose on validation) in ``results_dir``'s table; empty without the table."""
     from afr.experiments.grids import CommittedGrids
 
     table = read_table(results_dir, "dalora")
-    if table is None:
-        return []
-    tags = CommittedGrids().dalora_tags(table)
+    return CommittedGrids().dalora_tags(table) if table is not None else {}
+
+
+def dalora_grid_records(results_dir: str | Path, method: str) -> list[dict]:
+    """The records of ``method``'s runs in notebook 03's committed grid (:func:`dalora_grid_tags`) that
+    ``results_dir`` holds, by seed."""
+    tags = dalora_grid_tags(results_dir)
     paths = [Path(results_dir) / RECORD_FOLDERS["dalora"] / f"{tags[key]}.json"
              for key in sorted(tags, key=lambda key: key[1]) if key[0] == method]
     return [json.loads(path.read_text()) for path in paths if path.is_file()]

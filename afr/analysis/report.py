@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from afr.analysis.committed import (RECORD_FOLDERS, ablation_sensitivity, benchmark_summary, committed_results_dir,
-                                    crossdomain_curves, dalora_grid_records, full_profile_rows, gate_matrices,
-                                    maml_curves, read_table)
+                                    crossdomain_curves, dalora_grid_records, dalora_grid_tags, full_profile_rows,
+                                    gate_matrices, maml_curves, read_table)
 from afr.analysis.decisions import ProtocolDecisions
 from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder, adapter_centre
 from afr.analysis.errors import FALSE_ACCEPT, common_traits, error_analysis, worst_errors
@@ -189,12 +189,15 @@ class FigureReport:
         """The embedding centre every analysed adapter's run subtracted (the zero-shot reference subtracts it too), or
         None when none did; adapters trained with different centres cannot share one zero-shot reference and are
         refused (:class:`ValueError`, before any work)."""
+        def same(a, b) -> bool:
+            if (a is None) != (b is None):
+                return False
+            return a is None or torch.allclose(a, b, atol=1e-6)
+
         centres = {name: adapter_centre(self.embedder.choice(name)) for name in self.settings.adapters}
         first = next(iter(centres.values()), None)
         for name, centre in centres.items():
-            same = (centre is None and first is None) or (
-                centre is not None and first is not None and torch.allclose(centre, first, atol=1e-6))
-            if not same:
+            if not same(centre, first):
                 raise ValueError(f"adapters {', '.join(centres)}: their runs subtracted different embedding centres "
                                  f"({name} differs from {self.settings.adapters[0]}), so no one zero-shot reference "
                                  "fits them; draw them in separate runs of this notebook")
@@ -265,7 +268,13 @@ class FigureReport:
                          f"tsne.{model}.different_identity_cosine": cosines.different})
         self.record({"tsne.chips": len(panels[0][1]), "tsne.cross_domain_identities": panels[0][3].n_cross_identities,
                      "tsne.cross_domain_pairs": panels[0][3].n_cross_pairs})
-        return tsne_figure(panels), panels
+        return tsne_figure([(self.model_label(model), *rest) for model, *rest in panels]), panels
+
+    def model_label(self, model: str) -> str:
+        """``model`` as figures name it: the zero-shot reference says when it subtracts the adapters' centre."""
+        if model == ZERO_SHOT and self.embedder.zero_shot_centre is not None:
+            return f"{ZERO_SHOT} (centred)"
+        return model
 
     def gates(self):
         """DA-LoRA gate weights per test pack and expert, mean over the seeds of notebook 03's committed grid; and the
@@ -393,13 +402,11 @@ class FigureReport:
         the adapters come from (centred as that grid was), within ``tolerance``; what was checked, in words."""
         from afr.experiments.grids import CommittedGrids
 
-        table = read_table(self.results_dir, "dalora")
-        grids = CommittedGrids()
-        tags = set(grids.dalora_tags(table).values()) if table is not None else set()
         records = {self.embedder.choice(name).record.stem for name in self.settings.adapters}
-        if not records <= tags:
+        if not records <= set(dalora_grid_tags(self.results_dir).values()):
             return "the zero-shot reference is not checked (these adapters are not all of notebook 03's committed grid)"
-        zero_tag = grids.dalora_zero_shot_tag()
+        table = read_table(self.results_dir, "dalora")
+        zero_tag = CommittedGrids().dalora_zero_shot_tag()
         rows = table[(table["run"] == zero_tag) & (table["split"] == "test") & (table["metric"] == "auc")]
         for domain in self.packs:
             committed = rows.loc[rows["domain"] == domain, "value"]
