@@ -176,3 +176,27 @@ def test_cli_prints_every_record_and_the_counts(capsys):
     out = capsys.readouterr().out
     assert "not fitted" in out and "total" in out
     assert out.count("\n") > len(list((RESULTS / "dalora").glob("*.json")))
+
+
+def test_a_notebook_06_run_inherits_the_health_of_the_maml_start_its_settings_determine(committed):
+    """Notebook 06's records name no ``start``: the start is the one their settings determine (start_of). Every
+    committed 06 run whose start's meta-loss rose is flagged with it, and a run without a MAML start names none."""
+    from afr.experiments.health import start_of
+
+    runs = [json.loads(path.read_text()) for path in sorted((RESULTS / "ablations").glob("*.json"))]
+    starts = {run["tag"]: committed[run["tag"]][1] for run in runs if run["method"] == "maml-start"}
+    inherited = 0
+    for run in runs:
+        if run["method"] == "maml-start":
+            assert start_of(run) is None
+            continue
+        start = start_of(run)
+        assert (start is not None) == bool(run["settings"].get("maml_start")), run["tag"]
+        if start is None:
+            continue
+        assert start in starts, (run["tag"], start)  # every run's start is recorded
+        if starts[start].flagged:
+            health = committed[run["tag"]][1]
+            assert health.flagged and any(start in reason for reason in health.reasons), run["tag"]
+            inherited += 1
+    assert inherited > 0  # the committed grids hold runs from diverged starts (rank 32, the seed-1 starts)

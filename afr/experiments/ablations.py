@@ -348,12 +348,16 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
 # ------------------------------------------------------------------------------------------ tables
 def grid_table(cells: Sequence[Cell], outcomes: Mapping[str, Any]):
     """Long table (group, cell, method, seed, split, domain, metric, value) of every cell, test and validation;
-    flagged runs (:mod:`afr.experiments.health`) are left out, a line each printed."""
+    flagged runs (:mod:`afr.experiments.health`) are left out, a line each printed — a run whose recorded MAML start
+    diverged among them."""
     import pandas as pd
 
     from afr.experiments.health import healthy_records
 
-    kept, _ = healthy_records({cell.settings.tag: outcomes[cell.settings.tag] for cell in cells})
+    start_paths = {cell.settings.start_tag: _record_path(cell.settings.start_tag) for cell in cells
+                   if cell.settings.maml_start}
+    starts = {tag: json.loads(path.read_text()) for tag, path in start_paths.items() if path.is_file()}
+    kept, _ = healthy_records({**starts, **{cell.settings.tag: outcomes[cell.settings.tag] for cell in cells}})
     rows = []
     for cell in cells:
         if cell.settings.tag not in kept:

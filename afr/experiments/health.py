@@ -24,7 +24,8 @@ them to any experiment's record:
   meta-loss over the last :data:`WINDOW` (5) steps is above that of the first 5 (only with at least 10 steps), or
   is at the uniform value ``s·m + ln(n_way − 1)`` (above 0.9 × the reference of :func:`uniform_margin_loss` with
   ``n_way`` classes).
-* a run adapted from a recorded start (``start``: its tag) whose start is flagged is flagged with it.
+* a run adapted from a recorded start whose start is flagged is flagged with it (:func:`start_of`: the record's
+  ``start``, or for notebook 06's runs, whose records name none, the MAML start their settings determine).
 
 One status per run, the most severe of its findings: ``collapsed`` > ``diverged`` > ``not fitted`` > ``ok``; every
 finding is in :attr:`Health.reasons`.
@@ -50,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["CHANCE", "DEFAULT_M", "DEFAULT_S", "EMBEDDED_TRAIN_IDENTITIES", "FITTED_WELL", "Health", "NOT_FITTED",
-           "STATUSES", "UNTRAINED_METHODS", "WINDOW", "committed_health", "flagged_runs", "healthy_records", "healthy_rows", "main", "run_health",
-           "uniform_margin_loss", "with_health"]
+           "STATUSES", "UNTRAINED_METHODS", "WINDOW", "committed_health", "flagged_runs", "healthy_records",
+           "healthy_rows", "main", "run_health", "start_of", "uniform_margin_loss", "with_health"]
 
 #: the project's margin scale and margins (:mod:`afr.losses.margin`: ``s = 64``, CosFace 0.35, ArcFace 0.5)
 DEFAULT_S = 64.0
@@ -174,6 +175,23 @@ def _check_fit(health: Health, final: float, classes: int | None, margin: str, s
                                    f"({margin}, C={classes})")
 
 
+def start_of(record: Mapping[str, Any]) -> str | None:
+    """The tag of the recorded start ``record``'s run was adapted from, or None: its ``start`` (notebooks 04/05), or
+    for a notebook 06 run with a MAML start (``settings.maml_start``), whose record names none, the start its
+    settings determine (:attr:`~afr.experiments.settings.ablations.AblationSettings.start_tag`; a setting added
+    after the record was written takes the value such runs had)."""
+    start = record.get("start")
+    if isinstance(start, str):
+        return start
+    settings = record.get("settings")
+    if record.get("experiment") != "ablations" or record.get("method") == "maml-start" \
+            or not isinstance(settings, Mapping) or not settings.get("maml_start"):
+        return None
+    from afr.experiments.settings.ablations import AblationSettings
+
+    return AblationSettings.from_mapping({**AblationSettings.unrecorded_values(), **settings}).start_tag
+
+
 def run_health(record: Mapping[str, Any], starts: Mapping[str, Health] | None = None) -> Health:
     """The health of one run's record, by the rules of this module's docstring (fixed in advance).
 
@@ -227,8 +245,8 @@ def run_health(record: Mapping[str, Any], starts: Mapping[str, Health] | None = 
             health._flag("diverged", f"meta-loss rose: last {WINDOW} steps {last:.2f} > first {WINDOW} {first:.2f}")
         if last > NOT_FITTED * reference:
             health._flag("diverged", f"meta-loss {last:.2f} at its uniform value {reference:.2f} (n_way={n_way})")
-    start = record.get("start")
-    if starts and isinstance(start, str) and start in starts and starts[start].flagged:
+    start = start_of(record)
+    if starts and start is not None and start in starts and starts[start].flagged:
         health._flag(starts[start].status, f"its start {start} is {starts[start].status}")
     return health
 
@@ -258,7 +276,7 @@ def committed_health(results: str | Path | None = None) -> dict[str, tuple[dict[
             records[record["tag"]] = record
     judged: dict[str, Health] = {}
     for tag, record in records.items():
-        if not isinstance(record.get("start"), str):
+        if start_of(record) is None:
             judged[tag] = run_health(record)
     for tag, record in records.items():
         if tag not in judged:
@@ -327,7 +345,7 @@ def healthy_records(records: Mapping[Any, Any], show: bool = True) -> tuple[dict
         return getattr(item, "record", item)
 
     starts = {record_of(item).get("tag"): run_health(record_of(item)) for item in records.values()
-              if not isinstance(record_of(item).get("start"), str)}
+              if start_of(record_of(item)) is None}
     kept, excluded = {}, {}
     for key, item in records.items():
         record = record_of(item)
