@@ -401,3 +401,30 @@ def test_the_zero_shot_reference_is_centred_as_the_fitted_adapters_and_mixed_cen
     with pytest.raises(ValueError, match="different embedding centres"):
         FigureReport(AnalysisSettings(adapters=("dalora-fitted/lora_seed0", "lora_seed0"), progress=False,
                                       interactive=False))
+
+
+def test_the_figures_means_leave_the_flagged_runs_out(tmp_path, monkeypatch):
+    """Notebook 07's sensitivity and curve panels average only the runs the training-health check keeps, as the
+    paper's tables do: rank 32 of notebook 06 (every run flagged) has no point, rank 16 one seed, and notebook 04's
+    diverged second-order seeds are in no curve."""
+    from afr.analysis.committed import maml_curves
+    from afr.experiments.grids import CommittedGrids
+    from afr.experiments.health import flagged_runs, healthy_rows
+
+    monkeypatch.setattr(report_module, "SCRATCH_DIR", tmp_path / "scratch")
+    report = FigureReport(AnalysisSettings(progress=False, interactive=False))
+    flagged = set(flagged_runs(RESULTS))
+    _, summary = report.sensitivity()
+    table = CommittedGrids().reported_ablation_rows(pd.read_csv(RESULTS / "tables" / "ablations.csv"))
+    healthy = table[~table["run"].isin(flagged) & (table["metric"] == "auc") & (table["split"] == "test")]
+    expected = healthy.groupby(["group", "cell", "domain"])["seed"].nunique()
+    drawn = summary.set_index(["group", "cell", "domain"])["seeds"]
+    assert drawn.sort_index().to_dict() == expected.sort_index().to_dict()
+    rank = summary[summary["group"] == "rank"]
+    assert "32" not in set(rank["cell"].astype(str)) and set(rank.loc[rank["cell"].astype(str) == "16", "seeds"]) == {1}
+    _, (maml_summary, _) = report.curves()
+    maml = maml_curves(pd.read_csv(RESULTS / "tables" / "maml.csv"))  # every committed run, flagged or not
+    assert maml_summary.set_index(["method", "domain", "shots", "steps"])["seeds"].to_dict() == {
+        key: seeds for key, seeds in maml_curves(healthy_rows(pd.read_csv(RESULTS / "tables" / "maml.csv"), RESULTS))
+        .set_index(["method", "domain", "shots", "steps"])["seeds"].items()}
+    assert "maml" in set(maml["method"]) and "maml" not in set(maml_summary["method"])  # its 3 seeds diverged

@@ -124,10 +124,17 @@ def test_notebook_07_on_a_results_folder_of_full_profile_runs_draws_what_exists(
     assert report.save(fig, "benchmarks").startswith("fig_benchmarks.pdf and fig_benchmarks.png written")
     table = pd.read_csv(full_results / "tables" / "baseline.csv")
     lora = table[(table["split"] == "test") & (table["metric"] == "accuracy") & (table["method"] == "lora")]
+    # the bars average only the runs the health check keeps (one epoch on 12 identities may not fit)
+    flagged = {tag for tag, (_, health) in committed_health(full_results).items() if health.flagged}
+    lora = lora[~lora["run"].isin(flagged)]
     drawn = summary[summary["method"] == "lora"].set_index("domain")
-    assert set(drawn["identities"]) == {"12"} and (drawn["seeds"] == 2).all()
+    assert len(drawn) == lora["domain"].nunique()  # nothing drawn for a flagged run
+    if len(lora):
+        assert set(drawn["identities"]) == {"12"} and (drawn["seeds"] == lora["seed"].nunique()).all()
     for domain, values in lora.groupby("domain")["value"]:
         assert drawn.loc[domain, "mean"] == pytest.approx(values.mean())
+    zero = summary[summary["method"] == "zero-shot"]
+    assert len(zero) and set(zero["identities"]) == {"none"}  # the untrained rows are always kept
     fig, _ = report.curves()  # no maml / crossdomain table: the figure says so
     report.save(fig, "curves")
     assert "paper files regenerated" in regenerate_paper(report.results_dir, report.figures_dir, tmp_path / "paper")

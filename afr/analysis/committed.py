@@ -44,10 +44,19 @@ def committed_results_dir(results_dir: str | Path | None = None) -> Path:
     return path
 
 
-def read_table(results_dir: str | Path, name: str) -> pd.DataFrame | None:
-    """``results_dir/tables/<name>.csv`` as a DataFrame, or None when the table does not exist (yet)."""
+def read_table(results_dir: str | Path, name: str, healthy: bool = False) -> pd.DataFrame | None:
+    """``results_dir/tables/<name>.csv`` as a DataFrame, or None when the table does not exist (yet). ``healthy``:
+    without the rows of the runs the training-health check flags (:func:`afr.experiments.health.healthy_rows`), as
+    every mean a figure draws must be."""
     path = Path(results_dir) / "tables" / f"{name}.csv"
-    return pd.read_csv(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    if healthy:
+        from afr.experiments.health import healthy_rows
+
+        table = healthy_rows(table, results_dir)
+    return table
 
 
 def full_profile_rows(table: pd.DataFrame, records: str | Path,
@@ -91,7 +100,7 @@ def benchmark_summary(results_dir: str | Path, metric: str = "accuracy") -> pd.D
 
     frames = []
     for name in BENCHMARK_TABLES:
-        table = read_table(results_dir, name)
+        table = read_table(results_dir, name, healthy=True)
         if table is not None:
             rows = full_profile_rows(table, Path(results_dir) / RECORD_FOLDERS[name])
             frames.append(rows[(rows["metric"] == metric) & rows["domain"].isin(FULL_BENCHMARKS)])

@@ -231,7 +231,9 @@ def sensitivity_figure(summary: pd.DataFrame | None, domains: Sequence[str] = ("
             values = sorted(rows["cell_value"].dropna().unique())
             ax.set_xticks(values, [f"{value:g}" for value in values])
         recipe = f", {recipes[group]}" if recipes and group in recipes else ""
-        ax.set_title(f"{group} ({int(rows['seeds'].max())} seed(s){recipe})", fontsize=9)
+        low, high = int(rows["seeds"].min()), int(rows["seeds"].max())
+        seeds = f"{high} seed(s)" if low == high else f"{low}–{high} healthy seeds a point"
+        ax.set_title(f"{group} ({seeds}{recipe})", fontsize=9)
         ax.set_ylabel("test AUC")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()

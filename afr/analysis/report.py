@@ -277,12 +277,15 @@ class FigureReport:
         return model
 
     def gates(self):
-        """DA-LoRA gate weights per test pack and expert, mean over the seeds of notebook 03's committed grid; and the
-        confusion."""
+        """DA-LoRA gate weights per test pack and expert, mean over the healthy seeds of notebook 03's committed grid;
+        and the confusion."""
         import pandas as pd
 
-        records = [record for record in dalora_grid_records(self.results_dir, self.settings.gates_method)
-                   if "gates" in record]
+        from afr.experiments.health import healthy_records
+
+        recorded = {record["tag"]: record for record in dalora_grid_records(self.results_dir, self.settings.gates_method)
+                    if "gates" in record}
+        records = list(healthy_records(recorded, show=False)[0].values())  # a flagged run is in no mean
         method, n = self.settings.gates_method, len(records)
         if not records:
             for name in ("gates", "confusion"):
@@ -302,8 +305,9 @@ class FigureReport:
     def curves(self):
         """Notebook 04's and 05's curves on the embedded benchmark and, when recorded, notebook 05's full profile
         (accuracy on the thermal folder against k = 10, 50, 100: a panel of its own, its pack is not the embedded
-        thermal pack)."""
-        maml, cross = read_table(self.results_dir, "maml"), read_table(self.results_dir, "crossdomain")
+        thermal pack); healthy runs only, as in every figure's mean."""
+        maml = read_table(self.results_dir, "maml", healthy=True)
+        cross = read_table(self.results_dir, "crossdomain", healthy=True)
         full_summary = None
         if cross is not None:
             full = full_profile_rows(cross, self.results_dir / RECORD_FOLDERS["crossdomain"])
@@ -321,13 +325,15 @@ class FigureReport:
         from afr.experiments.grids import CommittedGrids
         from afr.experiments.settings.ablations import GROUPS
 
+        from afr.experiments.health import healthy_rows
+
         table = read_table(self.results_dir, "ablations")
         recipes = None
         if table is not None:
             grids = CommittedGrids()
-            fitted = grids.fitted_ablation_groups(table)
+            fitted = grids.fitted_ablation_groups(table)  # a group is the fitted grid's once all its runs are recorded
             recipes = {group: "fitted" if group in fitted else "first grid, not fitted" for group in GROUPS}
-            table = grids.reported_ablation_rows(table)
+            table = healthy_rows(grids.reported_ablation_rows(table), self.results_dir)  # then its healthy runs
         summary = ablation_sensitivity(table) if table is not None and len(table) else None
         return sensitivity_figure(summary, recipes=recipes), summary
 
