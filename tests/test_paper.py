@@ -448,8 +448,8 @@ def test_ablations_and_analysis_numbers_follow_their_files(tmp_path, committed):
     assert "component" in fitted_groups  # the fitted grid's component table is committed
     grid = pd.concat([fitted[fitted["group"].isin(fitted_groups)], first[~first["group"].isin(fitted_groups)]])
     rows = table_rows(committed.files["tables/ablations.tex"])
-    got = {(row[0], row[2]): row[3:] for row in rows}
-    recipes = {(row[0], row[2]): row[1] for row in rows}
+    got = {(row[0], row[2].split(" (")[0]): row[3:] for row in rows}  # a cell's label may add "(n/3 seeds)"
+    recipes = {(row[0], row[2].split(" (")[0]): row[1] for row in rows}
     auc = grid[(grid["metric"] == "auc") & (grid["split"] == "test") & (grid["domain"] == "thermal")]
     checked = 0
     for (group, value), values in auc.groupby(["group", "cell"]):
@@ -513,3 +513,17 @@ def test_cli_reports_a_missing_results_folder(tmp_path, capsys):
 
     assert main(["--results", str(tmp_path / "absent"), "--out", str(tmp_path / "out")]) == 2
     assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_an_ablation_cell_whose_runs_were_partly_flagged_says_how_many_seeds_its_mean_has():
+    """r = 32 of the fitted grid: 2 of its 3 runs collapsed, so its mean is one seed's, and the cell says (1/3 seeds)."""
+    from afr.paper.parts.ablations import _measured_table
+
+    rows = pd.DataFrame([{"metric": "auc", "group": "rank", "cell": cell, "domain": "thermal", "seed": seed,
+                          "value": 0.94 + 0.001 * seed} for cell in ("8", "32") for seed in (0, 1, 2)])
+    kept = rows[~((rows["cell"] == "32") & (rows["seed"] > 0))]
+    table = _measured_table(NumberBook(), rows, kept, ("rank",))
+    assert [row[2] for row in table.rows] == ["8", "32 (1/3 seeds)"]
+    assert table.rows[1][3] == "0.9400" and "$\\pm$" in table.rows[0][3]
+    assert "($n$/$N$ seeds)" in table.caption
+    assert "seeds)" not in _measured_table(NumberBook(), rows, rows, ("rank",)).caption

@@ -54,6 +54,7 @@ def _measured_table(book: NumberBook, rows, kept, fitted_groups) -> Table:
                           "the test packs were scored once per run.",
                   header=[["group", "recipe", "cell", *(f"AUC {label(d)}" for d in domains)]])
     auc = rows[rows["metric"] == "auc"]
+    partial = False
     order = {group: index for index, group in enumerate(PLANNED)}
     for group in sorted(auc["group"].astype(str).unique(), key=lambda g: (order.get(g, len(order)), g)):
         table.rules.add(len(table.rows))
@@ -64,8 +65,15 @@ def _measured_table(book: NumberBook, rows, kept, fitted_groups) -> Table:
             means = [stats_cell(book, key("ablations", domain, "auc", group, cell),
                                 chosen[chosen["domain"] == domain].groupby("seed")["value"].mean(), "auc")
                      for domain in domains]
-            table.rows.append([GROUP_LABELS.get(group, escape(group)), RECIPES[group in fitted_groups], escape(cell),
-                               *means])
+            run, healthy = part.loc[part["cell"].astype(str) == cell, "seed"].nunique(), chosen["seed"].nunique()
+            shown = escape(cell)
+            if 0 < healthy < run:
+                shown += f" ({healthy}/{run} seeds)"
+                partial = True
+            table.rows.append([GROUP_LABELS.get(group, escape(group)), RECIPES[group in fitted_groups], shown, *means])
+    if partial:
+        table.caption += (" ``($n$/$N$ seeds)'': $N - n$ of the cell's runs failed the training-health rules "
+                          r"(Table~\ref{tab:health}); the mean is over the other $n$.")
     return table
 
 
