@@ -12,7 +12,7 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: full venv demo test test-full test-timm test-timm-venv check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results publish-adapters results
+.PHONY: full venv demo test test-full test-timm test-timm-venv check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results crossdomain-results ablations-results ablations-inner1-results publish-adapters results
 
 help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU) into build/demo/"
@@ -226,10 +226,18 @@ ablations-results: $(STAMP)
 	  -y '{groups: [$(subst $(space),$(comma) ,$(strip $(ABLATION_GROUPS)))]}' notebooks/06_ablations.ipynb \
 	  $(RUN_DIR)/06_ablations_results.ipynb
 
+# The fitted grid's inner-step cells 1 (the validation choice) and 3 over 5 seeds, for the paired test of one inner
+# step against notebook 03's parameter-matched LoRA (seeds 0-2 are the fitted grid's runs, reused).
+ABLATIONS_INNER1 := {seeds: [0, 1, 2, 3, 4], groups: [inner_steps], inner_steps_values: [1, 3], grid: ablations-inner1}
+ablations-inner1-results: $(STAMP)
+	@mkdir -p $(RUN_DIR)
+	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(ABLATIONS_RESULTS)' -y '$(ABLATIONS_INNER1)' \
+	  notebooks/06_ablations.ipynb $(RUN_DIR)/06_ablations_inner1_results.ipynb
+
 # The committed results that take long (hours on 2 CPU cores when nothing is recorded yet).
 # Runs already recorded are kept, so an interrupted `make results` resumes.
 results: $(STAMP) baseline-search recipe-search dalora-results publish-adapters maml-results crossdomain-results \
-  ablations-results
+  ablations-results ablations-inner1-results
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) "$$script"; done

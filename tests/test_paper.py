@@ -308,6 +308,8 @@ def test_the_paper_grids_are_the_makefiles():
     assert grids.maml == MamlExperimentSettings(**yaml.safe_load(variables["MAML_RESULTS"]))
     assert grids.dalora == DaLoraExperimentSettings(**yaml.safe_load(variables["DALORA_RESULTS"]))
     assert grids.ablations == AblationSettings(**yaml.safe_load(variables["ABLATIONS_RESULTS"]))
+    assert grids.ablations_inner1 == AblationSettings(**{**yaml.safe_load(variables["ABLATIONS_RESULTS"]),
+                                                         **yaml.safe_load(variables["ABLATIONS_INNER1"])})
 
 
 def test_the_paper_grids_are_fully_recorded():
@@ -527,3 +529,31 @@ def test_an_ablation_cell_whose_runs_were_partly_flagged_says_how_many_seeds_its
     assert table.rows[1][3] == "0.9400" and "$\\pm$" in table.rows[0][3]
     assert "($n$/$N$ seeds)" in table.caption
     assert "seeds)" not in _measured_table(NumberBook(), rows, rows, ("rank",)).caption
+
+
+def test_one_inner_step_is_compared_with_the_matched_lora_paired_by_healthy_seed():
+    """ablations.inner1.*: notebook 06's one-inner-step DA-LoRA against notebook 03's parameter-matched LoRA, paired
+    by seed over the runs both keep; recomputed here from the records (test section), not from the tables."""
+    from scipy.stats import ttest_rel
+
+    from afr.experiments.settings.ablations import grid_cells
+    from afr.paper.parts.ablations import inner_step_comparison
+
+    sources = load_sources(RESULTS)
+    book = NumberBook()
+    inner_step_comparison(sources, book)
+    flagged = set(flagged_runs(RESULTS))
+    one = {cell.settings.seed: cell.settings.tag for cell in grid_cells(sources.grids.ablations_inner1)
+           if cell.value == 1}
+    matched = {seed: tag for (method, seed), tag in sources.dalora_tags().items() if method == "lora-matched"}
+
+    def auc(folder, tag):
+        path = RESULTS / folder / f"{tag}.json"
+        return json.loads(path.read_text())["test"]["thermal"]["auc"] if path.is_file() and tag not in flagged else None
+
+    pairs = [(auc("ablations", one[seed]), auc("dalora", matched[seed])) for seed in sorted(one) if seed in matched]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    prefix = "ablations.inner1.ttest.thermal.auc.inner-steps-1.vs.lora-matched"
+    assert book[f"{prefix}.n"].value == len(pairs) >= 3
+    assert book[f"{prefix}.diff"].value == pytest.approx(sum(a - b for a, b in pairs) / len(pairs))
+    assert book[f"{prefix}.p"].value == pytest.approx(ttest_rel(*zip(*pairs)).pvalue)

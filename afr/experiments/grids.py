@@ -76,6 +76,13 @@ class CommittedGrids:
     #: notebook 06's first grid: 1 epoch, random centres, RandAugment(4, 16) (not fitted: issue 18); its rows keep the
     #: grid name ``ablations``
     ablations_first: AblationSettings = field(default_factory=lambda: _first_ablation_grid())
+    #: the fitted grid's MAML inner-step cells 1 (the validation choice) and 3 (the full model) over the five seeds a
+    #: paired test against notebook 03's parameter-matched LoRA needs (``make ablations-inner1-results``; seeds 0-2
+    #: are the fitted grid's own runs, reused)
+    ablations_inner1: AblationSettings = field(default_factory=lambda: dataclasses.replace(
+        _first_ablation_grid(), epochs=4, centre_embeddings=True, head_init="class-mean", augment=False,
+        rebuild_starts=True, seeds=PAIRED_TEST_SEEDS, groups=("inner_steps",), inner_steps_values=(1, 3),
+        grid="ablations-inner1"))
 
     @property
     def crossdomain_grids(self) -> dict[str, CrossDomainSettings]:
@@ -186,7 +193,8 @@ class CommittedGrids:
             "crossdomain": {f"crossdomain-{name}": set(self.crossdomain_tags(name).values())
                             for name in self.crossdomain_grids},
             "ablations": {self.ablations_first.grid: grid_runs(self.ablations_first),
-                          self.ablations.grid: grid_runs(self.ablations)},
+                          self.ablations.grid: grid_runs(self.ablations),
+                          self.ablations_inner1.grid: grid_runs(self.ablations_inner1)},
         }
 
 
@@ -211,7 +219,7 @@ def _runs_by_group(grid: AblationSettings) -> dict[str, set[str]]:
 #: runs outside these grids have an empty cell
 GRID_NAMES = ("baseline", "baseline-search", "dalora", "recipe-search", "dalora-fitted", "maml", "crossdomain-thermal",
               "crossdomain-thermal_kall", "crossdomain-lowquality", "crossdomain-outdoor", "ablations",
-              "ablations-fitted")
+              "ablations-fitted", "ablations-inner1")
 
 
 def grid_labels(grids: CommittedGrids, tables: Mapping[str, Any]) -> dict[str, dict[str, str]]:

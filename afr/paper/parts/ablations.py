@@ -7,6 +7,7 @@ from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook
 from afr.paper.parts.common import PartOutput, key, label, stats_cell
 from afr.paper.sources import PaperSources
+from afr.paper.stats import paired_test, record_stats, record_test, seed_stats
 
 __all__ = ["PLANNED", "RECIPES", "build"]
 
@@ -77,6 +78,43 @@ def _measured_table(book: NumberBook, rows, kept, fitted_groups) -> Table:
     return table
 
 
+def _values(rows, domain: str):
+    """``{seed: value}`` of one run's test AUC rows on ``domain``."""
+    chosen = rows[(rows["domain"] == domain) & (rows["metric"] == "auc")]
+    return chosen.groupby("seed")["value"].mean()
+
+
+def inner_step_comparison(sources: PaperSources, book: NumberBook) -> None:
+    """One MAML inner step (the fitted grid's validation choice) against notebook 03's parameter-matched LoRA and
+    against the full model's three inner steps, paired by seed over the healthy runs of both sides, five seeds
+    planned (:attr:`~afr.experiments.grids.CommittedGrids.ablations_inner1`): ``ablations.inner1.*``."""
+    from afr.experiments.settings.ablations import grid_cells
+
+    frame = sources.tables["ablations"]
+    tags = {}
+    for cell in grid_cells(sources.grids.ablations_inner1):
+        tags.setdefault(str(cell.value), set()).add(cell.settings.tag)
+    if not len(frame) or not set(frame["run"]) & tags["1"]:
+        book.add("ablations.inner1.status", "not run", "plain")
+        return
+    book.add("ablations.inner1.status", "run", "plain")
+    test = frame[(frame["split"] == "test") & (frame["group"] == "inner_steps")]
+    one = sources.healthy("ablations", test[test["run"].isin(tags["1"])])
+    three = sources.healthy("ablations", test[test["run"].isin(tags["3"])])
+    matched = sources.dalora_test()
+    matched = sources.healthy("dalora", matched[matched["method"] == "lora-matched"])
+    book.add("ablations.inner1.planned", len(tags["1"]), "count")
+    for domain in DOMAINS:
+        a, b, c = _values(one, domain), _values(matched, domain), _values(three, domain)
+        record_stats(book, key("ablations", "inner1", domain, "auc", "inner-steps-1"), seed_stats(a), "auc")
+        record_stats(book, key("ablations", "inner1", domain, "auc", "inner-steps-3"), seed_stats(c), "auc")
+        record_stats(book, key("ablations", "inner1", domain, "auc", "lora-matched"), seed_stats(b), "auc")
+        record_test(book, key("ablations", "inner1", "ttest", domain, "auc", "inner-steps-1", "vs", "lora-matched"),
+                    paired_test(a, b), "delta")
+        record_test(book, key("ablations", "inner1", "ttest", domain, "auc", "inner-steps-1", "vs", "inner-steps-3"),
+                    paired_test(a, c), "delta")
+
+
 def build(sources: PaperSources, book: NumberBook) -> PartOutput:
     rows = sources.ablations_test(healthy=False)
     if not len(rows) or not {"group", "cell"} <= set(rows.columns):
@@ -84,4 +122,5 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
         return PartOutput(tables={"ablations": _planned_table()})
     book.add("ablations.status", "run", "plain")
     fitted = sources.fitted_ablation_groups()
+    inner_step_comparison(sources, book)
     return PartOutput(tables={"ablations": _measured_table(book, rows, sources.ablations_test(), fitted)})
