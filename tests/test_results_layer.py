@@ -354,7 +354,8 @@ def test_each_committed_grid_writes_the_name_its_runs_are_labelled_with():
     tables = {name: pd.read_csv(COMMITTED / "tables" / f"{name}.csv") for name in
               ("baseline", "dalora", "maml", "crossdomain", "ablations")}
     by_grid = grids.runs_by_grid(tables)
-    for settings in (grids.dalora, grids.maml, *grids.crossdomain_grids.values(), grids.ablations):
+    for settings in (grids.dalora, grids.maml, *grids.crossdomain_grids.values(), grids.ablations,
+                     grids.ablations_inner1):
         assert settings.grid in GRID_NAMES and settings.grid in by_grid[settings.experiment], settings.grid
 
 
