@@ -22,7 +22,7 @@ from typing import Any
 
 from afr.adapters.registry import read_adapter_config
 from afr.data.benchmarks import OTHER_BUILD_HINT
-from afr.analysis.committed import dalora_grid_tags, read_table
+from afr.analysis.committed import dalora_grid_tags, dalora_zero_shot_test, read_table
 from afr.io import atomic_write_text
 from afr.paths import PROJECT_ROOT, shown_path
 
@@ -155,26 +155,13 @@ def _check_same_packs(entries: Sequence[AdapterRecord], test: dict[str, Any]) ->
 
 def _centred_zero_shot(entries: Sequence[AdapterRecord], project_root: Path) -> tuple[str, dict[str, Any]]:
     """Notebook 03's centred zero-shot rows of the committed grid the adapters were published from."""
-    from afr.experiments.grids import CommittedGrids
-
     results_dir = project_root / "results"
     tags = set(dalora_grid_tags(results_dir).values())
     outside = [e.name for e in entries if e.record["tag"] not in tags]
     if outside:
         raise ValueError(f"adapters {', '.join(outside)} were trained with centred embeddings but are not runs of "
                          "notebook 03's committed grid, whose zero-shot rows are the only centred reference")
-    zero_tag = CommittedGrids().dalora_zero_shot_tag()
-    table = read_table(results_dir, "dalora")
-    rows = table[(table["run"] == zero_tag) & (table["split"] == "test")]
-    test: dict[str, Any] = {}
-    for domain in DOMAINS:
-        values = dict(zip(rows.loc[rows["domain"] == domain, "metric"], rows.loc[rows["domain"] == domain, "value"]))
-        missing = {"auc", "accuracy", "eer"} - set(values)
-        if missing:
-            raise FileNotFoundError(f"no zero-shot {', '.join(sorted(missing))} row {zero_tag} for {domain} in "
-                                    f"{shown_path(results_dir)}/tables/dalora.csv")
-        test[domain] = {"auc": values["auc"], "accuracy_mean": values["accuracy"], "eer": values["eer"]}
-    return zero_tag, test
+    return dalora_zero_shot_test(results_dir, DOMAINS)
 
 
 def zero_shot_test(entries: Sequence[AdapterRecord],

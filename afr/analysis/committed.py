@@ -25,7 +25,7 @@ from afr.paths import PROJECT_ROOT
 
 __all__ = ["RECORD_FOLDERS", "ablation_sensitivity", "benchmark_summary", "committed_results_dir",
            "crossdomain_curves", "dalora_grid_records", "dalora_grid_tags", "full_profile_rows", "gate_matrices",
-           "maml_curves", "published_records", "read_table"]
+           "maml_curves", "published_records", "read_table", "dalora_zero_shot_test"]
 
 #: where each table's JSON records are (``results/<folder>/<tag>.json``; the baseline's are in ``results/`` itself)
 RECORD_FOLDERS = {"baseline": "", "dalora": "dalora", "maml": "maml", "crossdomain": "crossdomain",
@@ -121,6 +121,29 @@ def dalora_grid_tags(results_dir: str | Path) -> dict[tuple[str, int], str]:
 
     table = read_table(results_dir, "dalora")
     return CommittedGrids().dalora_tags(table) if table is not None else {}
+
+
+def dalora_zero_shot_test(results_dir: str | Path, domains) -> tuple[str, dict[str, dict[str, float]]]:
+    """Notebook 03's committed grid's zero-shot test rows (centred as that grid is): ``(run tag, {domain: {"auc",
+    "accuracy_mean", "eer"}})`` for each of ``domains``; FileNotFoundError naming the table when one is missing."""
+    from afr.experiments.grids import CommittedGrids
+
+    from afr.paths import shown_path
+
+    zero_tag = CommittedGrids().dalora_zero_shot_tag()
+    table = read_table(results_dir, "dalora")
+    rows = table[(table["run"] == zero_tag) & (table["split"] == "test")] if table is not None else None
+    test: dict[str, dict[str, float]] = {}
+    for domain in domains:
+        values = {} if rows is None else dict(zip(rows.loc[rows["domain"] == domain, "metric"],
+                                                  rows.loc[rows["domain"] == domain, "value"]))
+        missing = {"auc", "accuracy", "eer"} - set(values)
+        if missing:
+            raise FileNotFoundError(f"no zero-shot {', '.join(sorted(missing))} row {zero_tag} for {domain} in "
+                                    f"{shown_path(results_dir)}/tables/dalora.csv")
+        test[domain] = {"auc": float(values["auc"]), "accuracy_mean": float(values["accuracy"]),
+                        "eer": float(values["eer"])}
+    return zero_tag, test
 
 
 def dalora_grid_records(results_dir: str | Path, method: str) -> list[dict]:

@@ -34,7 +34,7 @@ import torch
 
 from afr.analysis.committed import (RECORD_FOLDERS, ablation_sensitivity, benchmark_summary, committed_results_dir,
                                     crossdomain_curves, dalora_grid_records, dalora_grid_tags, full_profile_rows,
-                                    gate_matrices, maml_curves, read_table)
+                                    dalora_zero_shot_test, gate_matrices, maml_curves, read_table)
 from afr.analysis.decisions import ProtocolDecisions
 from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder, adapter_centre
 from afr.analysis.errors import FALSE_ACCEPT, common_traits, error_analysis, worst_errors
@@ -406,22 +406,14 @@ class FigureReport:
     def _check_zero_shot(self, tolerance: float) -> str:
         """Assert that the zero-shot reference's test AUC equals notebook 03's zero-shot rows of the committed grid
         the adapters come from (centred as that grid was), within ``tolerance``; what was checked, in words."""
-        from afr.experiments.grids import CommittedGrids
-
         records = {self.embedder.choice(name).record.stem for name in self.settings.adapters}
         if not records <= set(dalora_grid_tags(self.results_dir).values()):
             return "the zero-shot reference is not checked (these adapters are not all of notebook 03's committed grid)"
-        table = read_table(self.results_dir, "dalora")
-        zero_tag = CommittedGrids().dalora_zero_shot_tag()
-        rows = table[(table["run"] == zero_tag) & (table["split"] == "test") & (table["metric"] == "auc")]
+        zero_tag, committed = dalora_zero_shot_test(self.results_dir, self.packs)
         for domain in self.packs:
-            committed = rows.loc[rows["domain"] == domain, "value"]
-            if committed.empty:
-                raise FileNotFoundError(f"no zero-shot row {zero_tag} for {domain} in {shown(self.results_dir)}/tables/"
-                                        "dalora.csv")
             auc = pack_roc(self.embedder, ZERO_SHOT, domain).auc
-            if abs(auc - float(committed.iloc[0])) > tolerance:
-                raise AssertionError(f"zero-shot on {domain}: AUC {auc:.4f} here, {float(committed.iloc[0]):.4f} in "
+            if abs(auc - committed[domain]["auc"]) > tolerance:
+                raise AssertionError(f"zero-shot on {domain}: AUC {auc:.4f} here, {committed[domain]['auc']:.4f} in "
                                      f"notebook 03's row {zero_tag}")
         centred = "centred" if self.embedder.zero_shot_centre is not None else "uncentred"
         return f"the {centred} zero-shot reference reproduces notebook 03's zero-shot rows ({zero_tag})"
