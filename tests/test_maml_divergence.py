@@ -65,3 +65,21 @@ def vit_task_with_classes(backbone, n_classes: int):
     from tests.test_maml import make_task
 
     return make_task((3, backbone.input_size, backbone.input_size), n_classes=n_classes, seed=n_classes)
+
+
+def test_the_per_domain_descent_diagnostic_compares_each_domain_with_itself():
+    """Steps that alternate an easy and a hard pair of domains: the 5-step windows of the health rule hold them in
+    unequal shares, the per-domain diagnostic does not (the hard domains here sit at the same value throughout)."""
+    from afr.experiments.maml_descent import per_domain_descent
+
+    history = []
+    for step in range(12):
+        if step % 2:
+            history.append({"meta_loss/hard": 20.0, "meta_loss/harder": 22.0})
+        else:
+            history.append({"meta_loss/easy": 10.0 - step, "meta_loss/easier": 5.0})
+    means = per_domain_descent(history)
+    assert set(means) == {"easy", "easier", "hard", "harder"}
+    assert means["hard"] == {"first": 20.0, "last": 20.0} and means["harder"]["last"] == 22.0
+    assert means["easy"]["first"] == pytest.approx((10 + 8 + 6) / 3) and means["easy"]["last"] == pytest.approx((4 + 2 + 0) / 3)
+    assert per_domain_descent(history[:4]) == {}  # too few steps per domain for two windows
