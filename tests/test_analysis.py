@@ -427,4 +427,39 @@ def test_the_figures_means_leave_the_flagged_runs_out(tmp_path, monkeypatch):
     assert maml_summary.set_index(["method", "domain", "shots", "steps"])["seeds"].to_dict() == {
         key: seeds for key, seeds in maml_curves(healthy_rows(pd.read_csv(RESULTS / "tables" / "maml.csv"), RESULTS))
         .set_index(["method", "domain", "shots", "steps"])["seeds"].items()}
-    assert "maml" in set(maml["method"]) and "maml" not in set(maml_summary["method"])  # its 3 seeds diverged
+    grid_tags = CommittedGrids().maml_tags()
+    flagged_starts = {key for key, tag in grid_tags.items() if tag in flagged}
+    assert {("maml", 0), ("maml", 1)} <= flagged_starts  # second order diverged with the clipped meta-gradient too
+    for method in ("maml", "fomaml", "pooled-lora", "random"):  # each curve has the healthy seeds of its start
+        healthy = len([key for key in grid_tags if key[0] == method and key not in flagged_starts])
+        drawn = maml_summary.loc[maml_summary["method"] == method, "seeds"]
+        assert (int(drawn.max()) if len(drawn) else 0) == healthy, method
+    assert set(maml.loc[maml["method"] == "maml", "seeds"]) == {3}  # unfiltered, the flagged seeds would be drawn
+    assert set(maml_summary["split"]) == {"val"}  # the grid scored its test pack once, at the chosen step count
+
+
+def test_the_maml_curves_of_a_grid_that_chose_its_step_count_on_validation_are_its_validation_curves():
+    """A grid that scored its test pack once, at the step count validation chose, is drawn from its validation rows
+    (its test rows sit at a different step count per run and are no curve); a grid without the choice from its test
+    rows; runs with fewer outer steps (the demo) are not mixed in."""
+    from afr.analysis.committed import maml_curves
+
+    rows = []
+    for seed in (0, 1, 2):
+        for steps in (0, 1, 3):
+            rows.append({"method": "maml", "seed": seed, "shots": 1, "steps": steps, "metric": "auc", "split": "val",
+                         "value": 0.7 + 0.01 * steps, "meta_steps": 60, "choose_steps_on_validation": True,
+                         "domain": "thermal_und"})
+            rows.append({"method": "maml", "seed": seed, "shots": 1, "steps": steps, "metric": "auc", "split": "test",
+                         "value": 0.5, "meta_steps": 60, "choose_steps_on_validation": None, "domain": "thermal_und"})
+            rows.append({"method": "maml", "seed": seed, "shots": 1, "steps": steps, "metric": "auc", "split": "test",
+                         "value": 0.4, "meta_steps": 10, "choose_steps_on_validation": None, "domain": "thermal_und"})
+        rows.append({"method": "maml", "seed": seed, "shots": 1, "steps": seed, "metric": "auc", "split": "test",
+                     "value": 0.9, "meta_steps": 60, "choose_steps_on_validation": True, "domain": "thermal_und"})
+    table = pd.DataFrame(rows)
+    chosen = maml_curves(table)
+    assert set(chosen["split"]) == {"val"} and chosen.set_index("steps")["mean"].round(4).to_dict() == {
+        0: 0.7, 1: 0.71, 3: 0.73}
+    assert set(chosen["seeds"]) == {3}
+    plain = maml_curves(table[table["choose_steps_on_validation"].isna()])
+    assert set(plain["split"]) == {"test"} and set(plain["mean"]) == {0.5}

@@ -9,7 +9,9 @@ from scipy.stats import ttest_rel
 
 from afr.adapters.lora import LoraSettings, apply_lora
 from afr.experiments.baseline import evaluate_on_packs
-from afr.experiments.maml_init import (MamlExperimentSettings, adaptation_curves, curve_rows, load_data, paired_tests)
+from afr.experiments.maml_init import (MamlExperimentSettings, adaptation_curves, curve_rows, load_data, paired_tests,
+                                       validation_chosen_adaptation)
+from afr.validation import SettingsError
 from afr.models import create_backbone
 
 
@@ -31,6 +33,43 @@ def test_adaptation_leaves_the_start_unchanged_and_step_zero_is_the_start(embedd
     before = evaluate_on_packs(backbone.eval(), {settings.target: data.target_pack})[settings.target]
     assert curve["0"]["auc"] == before["auc"] and curve["0"]["accuracy_mean"] == before["accuracy_mean"]
     assert curve["2"]["auc"] != curve["0"]["auc"]  # two SGD steps on the k = 1 support move the target metrics
+
+
+@pytest.mark.shared("weights/dlib_resnet29", "data/faces/thermal")
+def test_the_step_count_is_chosen_on_validation_and_the_test_pack_is_scored_once_at_it(embedded_benchmark, monkeypatch):
+    import afr.experiments.maml_init as maml_init
+
+    settings = MamlExperimentSettings(method="random", shots=(1,), steps=(0, 1, 3), progress=False,
+                                      choose_steps_on_validation=True, embedded_root=str(embedded_benchmark.root))
+    data = load_data(settings)
+    assert data.target_val_pack is not None
+    val_images = {np.asarray(image).tobytes() for image in data.target_val_pack.images}
+    test_images = {np.asarray(image).tobytes() for image in data.target_pack.images}
+    assert not val_images & test_images  # the validation identities are not the test identities
+    backbone = apply_lora(create_backbone("dlib-resnet29"), LoraSettings(r=8, alpha=8.0))
+    scored = []
+    score = maml_init._score
+    monkeypatch.setattr(maml_init, "_score", lambda model, name, pack: scored.append(pack) or score(model, name, pack))
+    chosen = validation_chosen_adaptation(backbone, data, settings)
+    assert [pack is data.target_pack for pack in scored].count(True) == 1  # the test pack, once
+    curve = chosen.curves["1"]
+    assert list(curve) == ["0", "1", "3"]
+    best = max(curve, key=lambda n: (curve[n]["auc"], -int(n)))
+    assert chosen.chosen_steps["1"] == int(best)
+    # the test metrics are those of the adapter at the chosen step count (the curve's own pass, scored on test)
+    test_curve = adaptation_curves(backbone, data, settings)["1"]
+    assert chosen.test["1"]["auc"] == pytest.approx(test_curve[best]["auc"], abs=1e-6)
+    # rows: validation rows at every step count, test rows at the chosen one only
+    record = {"tag": "t", "seed": 0, "method": "pooled-lora", "curves": chosen.curves, "curves_split": "val",
+              "chosen_steps": chosen.chosen_steps, "test": chosen.test}
+    rows = pd.DataFrame(curve_rows(record, settings))
+    assert sorted(set(rows[rows["split"] == "val"]["steps"])) == [0, 1, 3]
+    assert set(rows[rows["split"] == "test"]["steps"]) == {int(best)}
+
+
+def test_the_full_profile_refuses_a_step_count_chosen_on_validation_before_any_work():
+    with pytest.raises(SettingsError, match="no validation identities"):
+        MamlExperimentSettings(data_profile="full", target_dir="/nonexistent", choose_steps_on_validation=True)
 
 
 def test_random_start_at_step_zero_is_also_the_zero_shot_row():

@@ -248,7 +248,9 @@ def test_the_grid_column_selects_exactly_the_runs_the_paper_reports():
               ("baseline", "dalora", "maml", "crossdomain", "ablations")}
     assert _with_grid(tables["baseline"], "baseline") == {sources.baseline_tag}
     assert _with_grid(tables["baseline"], "baseline-search") == set(sources.baseline_search()["run"])
-    assert _with_grid(tables["maml"], "maml") == set(sources.maml_test()["run"]) == set(sources.maml_tags().values())
+    assert _with_grid(tables["maml"], sources.grids.maml.grid) == set(sources.maml_test()["run"]) \
+        == set(sources.maml_tags().values())
+    assert _with_grid(tables["maml"], "maml") == set(sources.grids.maml_tags(sources.grids.maml_first).values())
     dalora = _with_grid(tables["dalora"], sources.grids.dalora.grid)
     assert set(sources.dalora_test()["run"]) <= dalora
     assert dalora - set(sources.dalora_test()["run"]) == {

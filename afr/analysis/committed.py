@@ -196,10 +196,16 @@ def _summary(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def maml_curves(table: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
-    """Test ``metric`` per (method, shots, steps): mean, sd and number of seeds, committed grid only."""
+    """``metric`` per (method, shots, steps): mean, sd and number of seeds, committed grid only (the runs with the
+    most outer steps; of those, the runs that chose their step count on validation where there are any). Those
+    scored the test pack once, at the chosen step count, so their curves are the **validation** curves: the
+    column ``split`` says which (``val`` or ``test``)."""
     rows = _committed_grid(table)
-    rows = rows[(rows["metric"] == metric) & (rows["split"] == "test")]
-    return _summary(rows, ["method", "domain", "shots", "steps"])
+    chose = (rows["choose_steps_on_validation"].astype(str) == "True") if "choose_steps_on_validation" in rows \
+        else pd.Series(False, index=rows.index)
+    rows, split = (rows[chose], "val") if chose.any() else (rows, "test")
+    rows = rows[(rows["metric"] == metric) & (rows["split"] == split)]
+    return _summary(rows, ["method", "domain", "shots", "steps"]).assign(split=split)
 
 
 #: notebook 05's default shift, as its table names it (rows written before the column existed leave it empty)

@@ -142,9 +142,10 @@ def curves_figure(maml: pd.DataFrame | None, crossdomain: pd.DataFrame | None,
             ax.errorbar(curve["steps"].map(position), curve["mean"], yerr=curve["sd"].fillna(0), marker="o",
                         markersize=3, capsize=2, label=method)
         ax.set_xticks(range(len(labels)), labels)
-        ax.set_title(f"MAML (04): Notre Dame thermal, k = {k}", fontsize=9)
+        validation = "split" in rows and set(rows["split"]) == {"val"}
+        ax.set_title(f"MAML (04): Notre Dame thermal{' validation ids' if validation else ''}, k = {k}", fontsize=9)
         ax.set_xlabel("adaptation steps")
-        ax.set_ylabel("test AUC")
+        ax.set_ylabel("validation AUC" if validation else "test AUC")
     if shots:
         axes[0].legend(fontsize=7)
     ax = axes[-1]

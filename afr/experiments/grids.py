@@ -51,7 +51,15 @@ class CommittedGrids:
         methods=("lora", "lora-matched", "dalora-classifier", "dalora-oracle", "dalora-uniform"), seeds=SEEDS,
         epochs=4, search_lrs=(1e-4, 3e-4), centre_embeddings=False, head_init="random", augment=True,
         publish_adapters=True, progress=False, grid="dalora"))
+    #: notebook 04's grid with the meta-gradient clipped to norm 1 (fixed in advance from
+    #: ``python -m afr.experiments.maml_descent``, source episodes only) and the adaptation's step count chosen per run
+    #: and k on the held-out target's validation identities, its test pack scored once at that step count
     maml: MamlExperimentSettings = field(default_factory=lambda: MamlExperimentSettings(
+        seeds=SEEDS, meta_steps=60, steps=(0, 1, 3, 5, 10, 25), meta_grad_clip=1.0, choose_steps_on_validation=True,
+        progress=False, grid="maml-validated"))
+    #: notebook 04's first grid (no clipping: its second-order starts diverged; test pack scored at every step count):
+    #: its rows keep the grid name ``maml``
+    maml_first: MamlExperimentSettings = field(default_factory=lambda: MamlExperimentSettings(
         seeds=SEEDS, meta_steps=60, steps=(0, 1, 3, 5, 10, 25), progress=False, grid="maml"))
     #: notebook 05's four grids (``CROSSDOMAIN_<name>``); they share the zero-shot run, the two thermal grids share
     #: their starts, and so do low quality and outdoor (both start from ORL + Yale only)
@@ -140,8 +148,9 @@ class CommittedGrids:
         return {dataclasses.replace(self.baseline, head_init=init, lr=lr, seed=seed, score_test=False).tag: (init, lr)
                 for init, lr in self.baseline_search for seed in self.baseline_search_seeds}
 
-    def maml_tags(self) -> dict[tuple[str, int], str]:
-        grid = self.maml
+    def maml_tags(self, grid: MamlExperimentSettings | None = None) -> dict[tuple[str, int], str]:
+        """Every (method, seed) run of notebook 04's grid (``grid``: default the committed one)."""
+        grid = grid or self.maml
         return {(method, seed): grid.for_run(method, seed).tag for method in grid.methods for seed in grid.seeds}
 
     def crossdomain_tags(self, name: str = "thermal") -> dict[tuple[str, int], str]:
@@ -189,7 +198,8 @@ class CommittedGrids:
             "dalora": {self.dalora_first.grid: self.dalora_grid_runs(dalora_table, self.dalora_first),
                        self.dalora.grid: self.dalora_grid_runs(dalora_table, self.dalora),
                        "recipe-search": self.recipe_search_tags()},
-            "maml": {"maml": set(self.maml_tags().values())},
+            "maml": {self.maml_first.grid: set(self.maml_tags(self.maml_first).values()),
+                     self.maml.grid: set(self.maml_tags().values())},
             "crossdomain": {f"crossdomain-{name}": set(self.crossdomain_tags(name).values())
                             for name in self.crossdomain_grids},
             "ablations": {self.ablations_first.grid: grid_runs(self.ablations_first),
@@ -217,8 +227,8 @@ def _runs_by_group(grid: AblationSettings) -> dict[str, set[str]]:
 
 #: the values of the tables' ``grid`` column (a run shared by grids names each, joined by ``;``); demo and search
 #: runs outside these grids have an empty cell
-GRID_NAMES = ("baseline", "baseline-search", "dalora", "recipe-search", "dalora-fitted", "maml", "crossdomain-thermal",
-              "crossdomain-thermal_kall", "crossdomain-lowquality", "crossdomain-outdoor", "ablations",
+GRID_NAMES = ("baseline", "baseline-search", "dalora", "recipe-search", "dalora-fitted", "maml", "maml-validated",
+              "crossdomain-thermal", "crossdomain-thermal_kall", "crossdomain-lowquality", "crossdomain-outdoor", "ablations",
               "ablations-fitted", "ablations-inner1")
 
 

@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,8 @@ from afr.meta.start import meta_learned_start
 from afr.paths import results_root
 from afr.train import distributed
 
-__all__ = ["METHODS", "MamlData", "MamlExperimentSettings", "adaptation_curves", "curve_table", "episode_sampler",
+__all__ = ["METHODS", "ChosenAdaptation", "MamlData", "MamlExperimentSettings", "adaptation_curves", "chosen_table",
+           "curve_table", "episode_sampler", "validation_chosen_adaptation",
            "load_data", "run_method", "run_grid"]
 
 
@@ -61,7 +63,8 @@ def load_data(settings: MamlExperimentSettings) -> MamlData:
     (:func:`afr.meta.data.load_training_chips`); the full profile's: :func:`load_full_data`."""
     if settings.data_profile == "full":
         return load_full_data(settings)
-    return load_training_chips(settings.embedded_root, settings.target)
+    return load_training_chips(settings.embedded_root, settings.target,
+                               with_validation=settings.choose_steps_on_validation)
 
 
 def load_full_data(settings: MamlExperimentSettings) -> MamlData:
@@ -118,36 +121,80 @@ def initialisation(settings: MamlExperimentSettings, data: MamlData) -> tuple[nn
                             "inner_steps": config.inner_steps}
 
 
+def _adapted(backbone: nn.Module, data: MamlData, settings: MamlExperimentSettings, shots: int):
+    """Yield ``(steps, model)`` for every step count of ``settings.steps``: a copy of ``backbone`` after that many
+    SGD steps on the k-shot support of the target's training identities (the start is never changed; the same
+    model object is updated in place between yields)."""
+    device = next(backbone.parameters()).device
+    margin = CosFaceMargin()
+    support = few_shot_support(data.labels, data.collections, settings.target, shots, seed=settings.seed)
+    identities = sorted(support)
+    indices = [index for identity in identities for index in support[identity]]
+    labels = torch.as_tensor([way for way, identity in enumerate(identities) for _ in support[identity]])
+    images = data.images(indices).to(device)
+    work = copy.deepcopy(backbone)
+    params = {name: p.detach().clone().requires_grad_() for name, p in adapter_parameters(work).items()}
+    done = 0
+    for target_steps in tqdm(settings.steps, desc=f"{settings.method} k={shots}", disable=not settings.progress):
+        if target_steps > done:
+            params = inner_adapt(work, params, images, labels.to(device), len(identities), margin,
+                                 steps=target_steps - done, lr=settings.inner_lr, first_order=True)
+            params = {name: p.detach().requires_grad_() for name, p in params.items()}
+            done = target_steps
+        with torch.no_grad():
+            for name, parameter in work.named_parameters():
+                if name in params:
+                    parameter.copy_(params[name])
+        yield target_steps, work.eval()
+
+
+def _score(model: nn.Module, name: str, pack) -> dict[str, Any]:
+    return evaluate_on_packs(model, {name: pack}, device=next(model.parameters()).device)[name]
+
+
 def adaptation_curves(backbone: nn.Module, data: MamlData, settings: MamlExperimentSettings,
                       ) -> dict[str, dict[str, dict[str, Any]]]:
     """``{k: {steps: target test metrics}}``: SGD on the k-shot support of the target's training identities,
     scored on its test identities after every step count in ``settings.steps`` (the start is never changed)."""
-    device = next(backbone.parameters()).device
-    margin = CosFaceMargin()
-    curves: dict[str, dict[str, dict[str, Any]]] = {}
+    return {str(shots): {str(steps): _score(model, settings.target, data.target_pack)
+                         for steps, model in _adapted(backbone, data, settings, shots)}
+            for shots in settings.shots}
+
+
+@dataclass
+class ChosenAdaptation:
+    """The adaptation with its step count chosen on validation: ``curves`` ``{k: {steps: validation metrics}}``,
+    ``chosen_steps`` ``{k: steps}`` and ``test`` ``{k: test metrics at the chosen steps}``."""
+
+    curves: dict[str, dict[str, dict[str, Any]]]
+    chosen_steps: dict[str, int]
+    test: dict[str, dict[str, Any]]
+
+
+def validation_chosen_adaptation(backbone: nn.Module, data: MamlData, settings: MamlExperimentSettings,
+                                 ) -> ChosenAdaptation:
+    """Per k: the target's validation pack scored after every step count of ``settings.steps``, the step count with
+    the highest validation AUC chosen (of equals, the fewest steps), and the test pack scored **once**, with the
+    adapter tensors of that step count (kept aside while the curve goes on)."""
+    if data.target_val_pack is None:
+        raise ValueError("validation_chosen_adaptation: the data hold no validation pack of the target "
+                         "(load_data with choose_steps_on_validation)")
+    curves, chosen, test = {}, {}, {}
     for shots in settings.shots:
-        support = few_shot_support(data.labels, data.collections, settings.target, shots, seed=settings.seed)
-        identities = sorted(support)
-        indices = [index for identity in identities for index in support[identity]]
-        labels = torch.as_tensor([way for way, identity in enumerate(identities) for _ in support[identity]])
-        images = data.images(indices).to(device)
-        work = copy.deepcopy(backbone)
-        params = {name: p.detach().clone().requires_grad_() for name, p in adapter_parameters(work).items()}
-        curve, done = {}, 0
-        for target_steps in tqdm(settings.steps, desc=f"{settings.method} k={shots}", disable=not settings.progress):
-            if target_steps > done:
-                params = inner_adapt(work, params, images, labels.to(device), len(identities), margin,
-                                     steps=target_steps - done, lr=settings.inner_lr, first_order=True)
-                params = {name: p.detach().requires_grad_() for name, p in params.items()}
-                done = target_steps
-            with torch.no_grad():
-                for name, parameter in work.named_parameters():
-                    if name in params:
-                        parameter.copy_(params[name])
-            curve[str(target_steps)] = evaluate_on_packs(work.eval(), {settings.target: data.target_pack},
-                                                         device=device)[settings.target]
-        curves[str(shots)] = curve
-    return curves
+        curve, best, best_state, model = {}, None, None, None
+        for steps, model in _adapted(backbone, data, settings, shots):
+            metrics = _score(model, settings.target, data.target_val_pack)
+            curve[str(steps)] = metrics
+            if best is None or metrics["auc"] > curve[str(best)]["auc"]:
+                best = steps
+                best_state = {name: p.detach().clone() for name, p in adapter_parameters(model).items()}
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name in best_state:
+                    parameter.copy_(best_state[name])
+        curves[str(shots)], chosen[str(shots)] = curve, best
+        test[str(shots)] = _score(model.eval(), settings.target, data.target_pack)
+    return ChosenAdaptation(curves, chosen, test)
 
 
 def record_path(settings: MamlExperimentSettings) -> Path:
@@ -169,11 +216,16 @@ def run_method(settings: MamlExperimentSettings, data: MamlData) -> dict[str, An
     trainable, total = trainable_parameters(backbone)
 
     def finish() -> dict[str, Any]:
-        curves = adaptation_curves(backbone, data, settings)
+        if settings.choose_steps_on_validation:
+            adaptation = validation_chosen_adaptation(backbone, data, settings)
+            scored = {"curves": adaptation.curves, "curves_split": "val", "chosen_steps": adaptation.chosen_steps,
+                      "test": adaptation.test}
+        else:
+            scored = {"curves": adaptation_curves(backbone, data, settings)}
         record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
                   "seed": settings.seed, "settings": settings.recorded_settings(),  # + world_size under torchrun
                   "meta_training": {**meta, "adapter_parameters": trainable, "backbone_parameters": total - trainable},
-                  "curves": curves, "environment": environment_info(evaluation_device(settings)),
+                  **scored, "environment": environment_info(evaluation_device(settings)),
                   "wall_seconds": round(time.time() - started, 1)}
         write_record(path, record, settings.experiment, curve_rows(record, settings), overwrite=settings.overwrite,
                      grid=settings.grid)
@@ -183,17 +235,25 @@ def run_method(settings: MamlExperimentSettings, data: MamlData) -> dict[str, An
 
 
 def curve_rows(record: Mapping[str, Any], settings: MamlExperimentSettings) -> list[dict[str, Any]]:
-    """Tidy rows of a record's curves (``shots``, ``steps`` columns); ``random`` at step 0 is also ``zero-shot``."""
+    """Tidy rows of a record's curves (``shots``, ``steps`` columns; ``split`` ``test``, or ``val`` where the step
+    count was chosen on validation: then one ``test`` row set per k, at its chosen ``steps``); ``random`` at step 0
+    is also ``zero-shot``."""
     rows = []
-    columns = {"split": "test", **settings.table_columns()}
+
+    def add(split: str, shots: str, steps: int, metrics: Mapping[str, Any]) -> None:
+        nonlocal rows
+        extra = {"split": split, **settings.table_columns(), "shots": int(shots), "steps": int(steps)}
+        rows += metric_rows(settings.experiment, record["tag"], record["method"], record["seed"],
+                            {settings.target: metrics}, extra)
+        if record["method"] == "random" and int(steps) == 0:
+            rows += metric_rows(settings.experiment, record["tag"], "zero-shot", record["seed"],
+                                {settings.target: metrics}, extra)
+
     for shots, curve in record["curves"].items():
         for steps, metrics in curve.items():
-            extra = {**columns, "shots": int(shots), "steps": int(steps)}
-            rows += metric_rows(settings.experiment, record["tag"], record["method"], record["seed"],
-                                {settings.target: metrics}, extra)
-            if record["method"] == "random" and int(steps) == 0:
-                rows += metric_rows(settings.experiment, record["tag"], "zero-shot", record["seed"],
-                                    {settings.target: metrics}, extra)
+            add(record.get("curves_split", "test"), shots, int(steps), metrics)
+    for shots, metrics in (record.get("test") or {}).items():
+        add("test", shots, record["chosen_steps"][shots], metrics)
     return rows
 
 
@@ -235,6 +295,22 @@ def curve_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
     return pd.DataFrame(rows, columns=["method", "seed", "shots", "steps", "metric", "value"])
 
 
+def chosen_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
+    """Long table (method, seed, shots, steps, metric, value) of the test pack scored once per k, at the step count
+    chosen on the target's validation identities (records of a grid with ``choose_steps_on_validation``); flagged
+    starts left out as in :func:`curve_table`."""
+    import pandas as pd
+
+    from afr.experiments.health import healthy_records
+
+    records, _ = healthy_records(records)
+    rows = [{"method": method, "seed": seed, "shots": int(shots), "steps": int(record["chosen_steps"][shots]),
+             "metric": metric, "value": value}
+            for (method, seed), record in records.items() for shots, metrics in (record.get("test") or {}).items()
+            for metric, value in grid_metric_values(metrics)]
+    return pd.DataFrame(rows, columns=["method", "seed", "shots", "steps", "metric", "value"])
+
+
 def run_experiment(settings: MamlExperimentSettings) -> dict[str, Any]:
     """The whole of notebook 04 without its pictures; a JSON-ready summary (mean over seeds per point)."""
     data = load_data(settings)
@@ -264,12 +340,12 @@ def support_summary(data: MamlData, settings: MamlExperimentSettings) -> str:
     return "\n".join(lines)
 
 
-def paired_tests(table, against: str = "maml", metric: str = "auc"):
-    """Paired t-test over seeds (scipy) of ``against`` vs every other method, per (shots, steps)
-    (:func:`afr.stats.paired_tests`)."""
+def paired_tests(table, against: str = "maml", metric: str = "auc", by: tuple[str, ...] = ("shots", "steps")):
+    """Paired t-test over seeds (scipy) of ``against`` vs every other method, per ``by`` group (default: shots and
+    steps; ``("shots",)`` for :func:`chosen_table`, whose step counts differ by run) (:func:`afr.stats.paired_tests`)."""
     from afr.stats import paired_tests as paired
 
-    return paired(table, against, metric, by=("shots", "steps"))
+    return paired(table, against, metric, by=by)
 
 
 def _as_test_record(record: Mapping[str, Any]) -> dict[str, Any]:

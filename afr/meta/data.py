@@ -22,21 +22,24 @@ __all__ = ["MamlData", "load_training_chips", "task_batches"]
 
 @dataclass
 class MamlData:
-    """Training chips in memory with identity labels and collections, and the target's test pack."""
+    """Training chips in memory with identity labels and collections, the target's test pack and, where a choice is
+    made on it, the target's validation pack."""
 
     chips: list[np.ndarray]
     labels: np.ndarray
     collections: np.ndarray
     target_pack: VerificationPack
     image_size: int
+    target_val_pack: VerificationPack | None = None
 
     def images(self, indices) -> torch.Tensor:
         return chips_to_tensor([self.chips[i] for i in indices], self.image_size)
 
 
-def load_training_chips(embedded_root: str | None, target: str) -> MamlData:
+def load_training_chips(embedded_root: str | None, target: str, with_validation: bool = False) -> MamlData:
     """The embedded benchmark's training pack in memory (chips, identity labels, collection of every chip) and the
-    test pack of the ``target`` collection."""
+    test pack of the ``target`` collection; ``with_validation``: its validation pack too (identities disjoint from
+    its training and test identities)."""
     benchmark = load_embedded(embedded_root)
     dataset = benchmark.train_dataset()
     chips, labels = [], []
@@ -45,7 +48,8 @@ def load_training_chips(embedded_root: str | None, target: str) -> MamlData:
         chips.append(image)
         labels.append(label)
     return MamlData(chips, np.asarray(labels), training_collections(benchmark),
-                    collection_pack(benchmark, target, "test"), benchmark.config.image_size)
+                    collection_pack(benchmark, target, "test"), benchmark.config.image_size,
+                    collection_pack(benchmark, target, "val") if with_validation else None)
 
 
 def task_batches(data: MamlData, sampler: EpisodeSampler, count: int, step: int, rank: int = 0,

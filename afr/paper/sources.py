@@ -175,8 +175,20 @@ class PaperSources:
         return self.grids.maml_tags()
 
     def maml_test(self):
-        """Curve rows (columns ``shots``, ``steps``) of every (start, seed) of the grid, ``zero-shot`` included."""
+        """Test rows of every (start, seed) of the grid: one per k, at the step count its validation curve chose
+        (columns ``shots``, ``steps``)."""
         return self._rows("maml", self.maml_tags().values())
+
+    def maml_validation(self):
+        """Validation curve rows (columns ``shots``, ``steps``) of every (start, seed) of the grid, ``zero-shot``
+        (the random start at step 0) included."""
+        return self._rows("maml", self.maml_tags().values(), split="val")
+
+    def maml_zero_shot_test(self):
+        """The zero-shot backbone's test rows on notebook 04's target: the first grid's random start at step 0
+        (the same model and pack; the grid itself scores the test pack only at chosen step counts)."""
+        rows = self._rows("maml", self.grids.maml_tags(self.grids.maml_first).values())
+        return rows[(rows["method"] == "zero-shot") & (rows["steps"] == 0)]
 
     def maml_records(self) -> dict[tuple[str, int], dict[str, Any]]:
         return {key: record for key, tag in self.maml_tags().items()

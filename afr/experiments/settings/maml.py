@@ -45,8 +45,9 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Meta
     #: columns only when they differ from their defaults, so the embedded runs keep their tags and rows
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = (
         "data_profile", "train_rec", "num_identities", "target_dir",
-        "target_test_identities", "domain_labels", "meta_grad_clip")
-    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
+        "target_test_identities", "domain_labels", "meta_grad_clip", "choose_steps_on_validation")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "meta_grad_clip",
+                                                       "choose_steps_on_validation")
     RULES: ClassVar[dict[str, Rule | None]] = {"sources": Rule(kind="name", many=True, empty=True)}  # empty: default
 
     rank: int = setting(8, "LoRA rank r")
@@ -64,6 +65,11 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Meta
     shots: tuple[int, ...] = setting((1, 2, 4), "k: labelled target images per training identity")
     steps: tuple[int, ...] = setting((0, 1, 3, 5), "adaptation steps at which the target is scored (make results: "
                                      "0 1 3 5 10 25)")
+    choose_steps_on_validation: bool = setting(
+        False, "score the adaptation on the target's validation identities at every step count of `steps` and the test "
+        "pack once, at the step count with the highest validation AUC (per k; of equals the fewest steps); off: the "
+        "test pack at every step count (the first grid). Embedded profile only (the full profile's target folder has "
+        "no validation identities)")
     target_dir: str | None = setting(None, "full profile: target face crops, <dir>/<identity>/<image> (collection "
                                      "thermal)")
     target_test_identities: int | None = setting(None, "full profile: target identities held out as the test pack's "
@@ -84,6 +90,10 @@ class MamlExperimentSettings(MethodSeedGrid, ExperimentSettings, RunFields, Meta
         if self.data_profile == "full" and self.target not in (None, FULL_TARGET):
             raise SettingsError(f"--target: the full profile's target is the target_dir folder, collection "
                                 f"{FULL_TARGET!r}; got {self.target!r}", "target")
+        if self.data_profile == "full" and self.choose_steps_on_validation:
+            raise SettingsError("--choose-steps-on-validation: the full profile's target folder is split into training "
+                                "and test identities only, it has no validation identities to choose on",
+                                "choose_steps_on_validation", "data_profile")
         self.target = self.target or (FULL_TARGET if self.data_profile == "full" else EMBEDDED_TARGET)
         # the embedded default is resolved here (its runs were recorded with it); the full profile's default (every
         # labelled domain) is known once the labels are read
