@@ -423,18 +423,22 @@ def test_the_figures_means_leave_the_flagged_runs_out(tmp_path, monkeypatch):
     rank = summary[summary["group"] == "rank"]
     assert "32" not in set(rank["cell"].astype(str)) and set(rank.loc[rank["cell"].astype(str) == "16", "seeds"]) == {1}
     _, (maml_summary, _) = report.curves()
-    maml = maml_curves(pd.read_csv(RESULTS / "tables" / "maml.csv"))  # every committed run, flagged or not
+    reported = CommittedGrids().maml.grid
+    maml = maml_curves(pd.read_csv(RESULTS / "tables" / "maml.csv"), grid=reported)  # every run, flagged or not
     assert maml_summary.set_index(["method", "domain", "shots", "steps"])["seeds"].to_dict() == {
-        key: seeds for key, seeds in maml_curves(healthy_rows(pd.read_csv(RESULTS / "tables" / "maml.csv"), RESULTS))
+        key: seeds for key, seeds in maml_curves(healthy_rows(pd.read_csv(RESULTS / "tables" / "maml.csv"), RESULTS),
+                                                 grid=reported)
         .set_index(["method", "domain", "shots", "steps"])["seeds"].items()}
-    grid_tags = CommittedGrids().maml_tags()
+    grids = CommittedGrids()
+    clipped = grids.maml_tags(grids.maml_clipped)  # three inner steps: second order diverged with the clip too
+    assert {key for key, tag in clipped.items() if tag in flagged} >= {("maml", 0), ("maml", 1)}
+    grid_tags = grids.maml_tags()
     flagged_starts = {key for key, tag in grid_tags.items() if tag in flagged}
-    assert {("maml", 0), ("maml", 1)} <= flagged_starts  # second order diverged with the clipped meta-gradient too
     for method in ("maml", "fomaml", "pooled-lora", "random"):  # each curve has the healthy seeds of its start
         healthy = len([key for key in grid_tags if key[0] == method and key not in flagged_starts])
         drawn = maml_summary.loc[maml_summary["method"] == method, "seeds"]
         assert (int(drawn.max()) if len(drawn) else 0) == healthy, method
-    assert set(maml.loc[maml["method"] == "maml", "seeds"]) == {3}  # unfiltered, the flagged seeds would be drawn
+    assert set(maml.loc[maml["method"] == "maml", "seeds"]) == {3}  # every seed, flagged or not
     assert set(maml_summary["split"]) == {"val"}  # the grid scored its test pack once, at the chosen step count
 
 
@@ -463,3 +467,8 @@ def test_the_maml_curves_of_a_grid_that_chose_its_step_count_on_validation_are_i
     assert set(chosen["seeds"]) == {3}
     plain = maml_curves(table[table["choose_steps_on_validation"].isna()])
     assert set(plain["split"]) == {"test"} and set(plain["mean"]) == {0.5}
+    # two grids that both chose on validation: the named one is drawn, never a mix
+    other = table[table["split"] == "val"].assign(value=0.6, grid="maml-other")
+    both = pd.concat([table.assign(grid="maml-a"), other], ignore_index=True)
+    assert set(maml_curves(both, grid="maml-other")["mean"]) == {0.6}
+    assert maml_curves(both, grid="maml-a").set_index("steps")["mean"].round(4).to_dict() == {0: 0.7, 1: 0.71, 3: 0.73}

@@ -104,7 +104,7 @@ def test_baseline_and_maml_tables_equal_the_committed_csv(committed):
     # notebook 04: validation AUC per step count, the chosen step counts by seed, the test AUC scored once at them;
     # healthy runs of the committed grid only
     maml = pd.read_csv(RESULTS / "tables" / "maml.csv")
-    maml = healthy(maml[(maml["grid"] == "maml-validated") & (maml["metric"] == "auc")])
+    maml = healthy(maml[(maml["grid"] == "maml-inner1") & (maml["metric"] == "auc")])
     validation = maml[maml["split"] == "val"].groupby(["method", "shots", "steps"])["value"].agg(["mean", "std", "count"])
     test_rows = maml[maml["split"] == "test"]
     rows = table_rows(committed.files["tables/maml.tex"])
@@ -308,7 +308,9 @@ def test_the_paper_grids_are_the_makefiles():
     for name in names:
         values = yaml.safe_load(expand(variables[f"CROSSDOMAIN_{name}"]))
         assert grids.crossdomain_grids[name] == CrossDomainSettings(**values), name
-    assert grids.maml == MamlExperimentSettings(**yaml.safe_load(variables["MAML_RESULTS"]))
+    assert grids.maml_clipped == MamlExperimentSettings(**yaml.safe_load(variables["MAML_RESULTS"]))
+    assert grids.maml == MamlExperimentSettings(**{**yaml.safe_load(variables["MAML_RESULTS"]),
+                                                   **yaml.safe_load(variables["MAML_INNER1"])})
     assert grids.dalora == DaLoraExperimentSettings(**yaml.safe_load(variables["DALORA_RESULTS"]))
     assert grids.ablations == AblationSettings(**yaml.safe_load(variables["ABLATIONS_RESULTS"]))
     assert grids.ablations_inner1 == AblationSettings(**{**yaml.safe_load(variables["ABLATIONS_RESULTS"]),

@@ -195,12 +195,15 @@ def _summary(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return grouped.agg(mean="mean", sd="std", seeds="count").reset_index()
 
 
-def maml_curves(table: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
-    """``metric`` per (method, shots, steps): mean, sd and number of seeds, committed grid only (the runs with the
-    most outer steps; of those, the runs that chose their step count on validation where there are any). Those
-    scored the test pack once, at the chosen step count, so their curves are the **validation** curves: the
-    column ``split`` says which (``val`` or ``test``)."""
-    rows = _committed_grid(table)
+def maml_curves(table: pd.DataFrame, metric: str = "auc", grid: str | None = None) -> pd.DataFrame:
+    """``metric`` per (method, shots, steps): mean, sd and number of seeds, committed grid only: the rows whose
+    ``grid`` cell names ``grid`` where there are any, else the runs with the most outer steps; of those, the runs
+    that chose their step count on validation where there are any. Those scored the test pack once, at the chosen
+    step count, so their curves are the **validation** curves: the column ``split`` says which (``val`` or
+    ``test``)."""
+    named = table["grid"].fillna("").astype(str).str.split(";").apply(lambda names: grid in names) \
+        if grid is not None and "grid" in table else pd.Series(False, index=table.index)
+    rows = table[named] if named.any() else _committed_grid(table)
     chose = (rows["choose_steps_on_validation"].astype(str) == "True") if "choose_steps_on_validation" in rows \
         else pd.Series(False, index=rows.index)
     rows, split = (rows[chose], "val") if chose.any() else (rows, "test")

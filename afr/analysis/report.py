@@ -313,7 +313,9 @@ class FigureReport:
             full = full_profile_rows(cross, self.results_dir / RECORD_FOLDERS["crossdomain"])
             cross = cross.drop(index=full.index)
             full_summary = crossdomain_curves(full, "accuracy", target=None) if len(full) else None
-        maml_summary = maml_curves(maml) if maml is not None else None
+        from afr.experiments.grids import CommittedGrids
+
+        maml_summary = maml_curves(maml, grid=CommittedGrids().maml.grid) if maml is not None else None
         cross_summary = crossdomain_curves(cross) if cross is not None and len(cross) else None
         return curves_figure(maml_summary, cross_summary, full_summary), (maml_summary, cross_summary)
 

@@ -171,27 +171,28 @@ class PaperSources:
                 if (record := self.healthy_record("dalora", tag, self.record("dalora", tag))) is not None}
 
     # ------------------------------------------------------------------------------------------ MAML (04)
-    def maml_tags(self) -> dict[tuple[str, int], str]:
-        return self.grids.maml_tags()
+    def maml_tags(self, grid=None) -> dict[tuple[str, int], str]:
+        """Every (start, seed) run of notebook 04's reported grid (``grid``: another, e.g. ``grids.maml_clipped``)."""
+        return self.grids.maml_tags(grid)
 
-    def maml_test(self):
+    def maml_test(self, grid=None):
         """Test rows of every (start, seed) of the grid: one per k, at the step count its validation curve chose
         (columns ``shots``, ``steps``)."""
-        return self._rows("maml", self.maml_tags().values())
+        return self._rows("maml", self.maml_tags(grid).values())
 
-    def maml_validation(self):
+    def maml_validation(self, grid=None):
         """Validation curve rows (columns ``shots``, ``steps``) of every (start, seed) of the grid, ``zero-shot``
         (the random start at step 0) included."""
-        return self._rows("maml", self.maml_tags().values(), split="val")
+        return self._rows("maml", self.maml_tags(grid).values(), split="val")
 
     def maml_zero_shot_test(self):
         """The zero-shot backbone's test rows on notebook 04's target: the first grid's random start at step 0
-        (the same model and pack; the grid itself scores the test pack only at chosen step counts)."""
+        (the same model and pack; the grids that choose their step count score the test pack only there)."""
         rows = self._rows("maml", self.grids.maml_tags(self.grids.maml_first).values())
         return rows[(rows["method"] == "zero-shot") & (rows["steps"] == 0)]
 
-    def maml_records(self) -> dict[tuple[str, int], dict[str, Any]]:
-        return {key: record for key, tag in self.maml_tags().items()
+    def maml_records(self, grid=None) -> dict[tuple[str, int], dict[str, Any]]:
+        return {key: record for key, tag in self.maml_tags(grid).items()
                 if (record := self.healthy_record("maml", tag, self.record("maml", tag))) is not None}
 
     # ------------------------------------------------------------------------------------------ cross-domain (05)

@@ -1,5 +1,7 @@
 """Notebook 04: the target's validation AUC against adaptation steps per start and k, the test AUC once at the step
-count each run's validation curve chose, paired t-tests, meta-training cost."""
+count each run's validation curve chose, paired t-tests, meta-training cost; for the reported grid (one inner step,
+keys ``maml.*``, ``tab:maml``) and the grid with three inner steps whose second-order starts mostly diverged (keys
+``maml-inner3.*``, supplementary ``tab:supp-maml-inner3``)."""
 from __future__ import annotations
 
 from afr.experiments.settings.maml import METHODS
@@ -31,13 +33,14 @@ def _chosen_steps(rows, method: str, shots: int) -> str:
     return ", ".join(str(int(n)) for n in steps.sort_values("seed")["steps"]) or "--"
 
 
-def _main_table(sources: PaperSources, book: NumberBook, validation, test) -> Table:
-    grid = sources.grids.maml
+def _main_table(sources: PaperSources, book: NumberBook, grid, prefix: str, label_name: str, validation, test
+                ) -> Table:
     target = grid.target
     steps = grid.steps
     seeds = sorted(set(test["seed"])) if len(test) else []
-    table = Table(label="tab:maml", columns="lc" + "c" * len(steps) + "cc", wide=True, size=r"\scriptsize",
-                  caption=f"Notebook 04: {label(target)} \\emph{{validation}} AUC after $n$ SGD adaptation steps on "
+    table = Table(label=label_name, columns="lc" + "c" * len(steps) + "cc", wide=True, size=r"\scriptsize",
+                  caption=f"Notebook 04 ({grid.inner_steps} inner step{'s' if grid.inner_steps != 1 else ''}): "
+                          f"{label(target)} \\emph{{validation}} AUC after $n$ SGD adaptation steps on "
                           "$k$ labelled images per target training identity (the target's validation identities), "
                           "the step count each run's validation curve chose (per seed), and the \\emph{test} AUC "
                           "scored once, at that step count; mean $\\pm$ sd over the healthy runs of "
@@ -45,29 +48,28 @@ def _main_table(sources: PaperSources, book: NumberBook, validation, test) -> Ta
                           "(diverged meta-training) is left out of every cell.",
                   header=[["start", "$k$", *(f"val.\\ {n}" for n in steps), "chosen $n$", "test AUC"]])
     zero = _values(sources.maml_zero_shot_test(), "zero-shot", grid.shots[0], 0)
-    stats_cell(book, key("maml", target, "auc", "zero-shot"), zero, "auc")
+    stats_cell(book, key(prefix, target, "auc", "zero-shot"), zero, "auc")
     for shots in grid.shots:
         table.rules.add(len(table.rows))
         for method in METHODS:
-            cells = [stats_cell(book, key("maml", "val", target, "auc", method, f"k{shots}", f"s{n}"),
+            cells = [stats_cell(book, key(prefix, "val", target, "auc", method, f"k{shots}", f"s{n}"),
                                 _values(validation, method, shots, n), "auc") for n in steps]
-            chosen = stats_cell(book, key("maml", target, "auc", method, f"k{shots}"), _values(test, method, shots),
+            chosen = stats_cell(book, key(prefix, target, "auc", method, f"k{shots}"), _values(test, method, shots),
                                 "auc")
-            stats_cell(book, key("maml", target, "accuracy", method, f"k{shots}"),
+            stats_cell(book, key(prefix, target, "accuracy", method, f"k{shots}"),
                        _values(test, method, shots, metric="accuracy"), "accuracy")
             table.rows.append([escape(method), str(shots), *cells, _chosen_steps(test, method, shots), chosen])
     return table
 
 
-def _tests(sources: PaperSources, book: NumberBook, validation, test) -> None:
-    grid = sources.grids.maml
+def _tests(book: NumberBook, grid, prefix: str, validation, test) -> None:
     for tested in ("maml", "fomaml"):
         for other in (m for m in METHODS if m != tested):
             for shots in grid.shots:
-                record_test(book, key("maml", "ttest", grid.target, "auc", tested, "vs", other, f"k{shots}"),
+                record_test(book, key(prefix, "ttest", grid.target, "auc", tested, "vs", other, f"k{shots}"),
                             paired_test(_values(test, tested, shots), _values(test, other, shots)), "delta")
                 for n in grid.steps:  # on the validation curves: where the targets' "within 5 steps" is read
-                    record_test(book, key("maml", "val", "ttest", grid.target, "auc", tested, "vs", other,
+                    record_test(book, key(prefix, "val", "ttest", grid.target, "auc", tested, "vs", other,
                                           f"k{shots}", f"s{n}"),
                                 paired_test(_values(validation, tested, shots, n), _values(validation, other, shots, n)),
                                 "delta")
@@ -76,37 +78,45 @@ def _tests(sources: PaperSources, book: NumberBook, validation, test) -> None:
                  for k in shots for n in steps]
         tests = [test for test in tests if test.n >= 2]
         if tests:
-            prefix = f"{key('maml', 'val', 'range', tested, 'vs', other)}.{suffix}"
-            book.add(f"{prefix}.diff-min", min(t.diff for t in tests), "delta")
-            book.add(f"{prefix}.diff-max", max(t.diff for t in tests), "delta")
-            book.add(f"{prefix}.p-min", min(t.p for t in tests), "p")
-            book.add(f"{prefix}.n", min(t.n for t in tests), "count")
+            at = f"{key(prefix, 'val', 'range', tested, 'vs', other)}.{suffix}"
+            book.add(f"{at}.diff-min", min(t.diff for t in tests), "delta")
+            book.add(f"{at}.diff-max", max(t.diff for t in tests), "delta")
+            book.add(f"{at}.p-min", min(t.p for t in tests), "p")
+            book.add(f"{at}.n", min(t.n for t in tests), "count")
 
 
-def _cost(book: NumberBook, records) -> None:
+def _cost(book: NumberBook, prefix: str, records) -> None:
     seconds = {}
     for (method, _), record in records.items():
         meta = record.get("meta_training") or {}
         if meta.get("seconds_per_step"):
             seconds.setdefault(method, []).append(meta["seconds_per_step"])
         if meta.get("adapter_parameters"):
-            book.add("maml.params.lora", meta["adapter_parameters"], "count")
+            book.add(f"{prefix}.params.lora", meta["adapter_parameters"], "count")
     for method, values in seconds.items():
-        stats_cell(book, key("maml", "cost", method, "seconds-per-step"), values, "seconds")
+        stats_cell(book, key(prefix, "cost", method, "seconds-per-step"), values, "seconds")
     if "maml" in seconds and "fomaml" in seconds:
-        book.add("maml.cost.ratio.maml.vs.fomaml", seed_stats(seconds["maml"]).mean / seed_stats(seconds["fomaml"]).mean,
-                 "ratio")
+        book.add(f"{prefix}.cost.ratio.maml.vs.fomaml",
+                 seed_stats(seconds["maml"]).mean / seed_stats(seconds["fomaml"]).mean, "ratio")
 
 
-def _per_seed(sources: PaperSources, validation, test) -> Table:
-    steps = sources.grids.maml.steps
-    table = Table(label="tab:supp-maml", columns="lcc" + "c" * len(steps) + "cc", size=r"\scriptsize",
-                  caption=f"Notebook 04 per seed: {label(sources.grids.maml.target)} validation AUC after $n$ "
-                          "adaptation steps, the chosen $n$ and the test AUC at it (healthy runs).",
+def _health(sources: PaperSources, book: NumberBook, prefix: str, grid) -> None:
+    """How many of each start's seeds the training-health check keeps (``<prefix>.healthy.<method>``)."""
+    for method in METHODS:
+        tags = [tag for (name, _), tag in sources.maml_tags(grid).items() if name == method]
+        book.add(key(prefix, "healthy", method), sum(tag not in sources.flagged for tag in tags), "count")
+
+
+def _per_seed(grid, label_name: str, validation, test) -> Table:
+    steps = grid.steps
+    table = Table(label=label_name, columns="lcc" + "c" * len(steps) + "cc", size=r"\scriptsize",
+                  caption=f"Notebook 04 per seed ({grid.inner_steps} inner step{'s' if grid.inner_steps != 1 else ''}):"
+                          f" {label(grid.target)} validation AUC after $n$ adaptation steps, the chosen $n$ and the "
+                          "test AUC at it (healthy runs).",
                   header=[["start", "$k$", "seed", *(f"$n={n}$" for n in steps), "chosen", "test"]])
     val_auc, test_auc = validation[validation["metric"] == "auc"], test[test["metric"] == "auc"]
     for method in METHODS:
-        for shots in sources.grids.maml.shots:
+        for shots in grid.shots:
             table.rules.add(len(table.rows))
             chosen = val_auc[(val_auc["method"] == method) & (val_auc["shots"] == shots)]
             for seed, group in chosen.groupby("seed"):
@@ -121,8 +131,19 @@ def _per_seed(sources: PaperSources, validation, test) -> Table:
 
 
 def build(sources: PaperSources, book: NumberBook) -> PartOutput:
-    validation, test = sources.maml_validation(), sources.maml_test()
-    table = _main_table(sources, book, validation, test)
-    _tests(sources, book, validation, test)
-    _cost(book, sources.maml_records())
-    return PartOutput(tables={"maml": table}, supplementary={"maml_seeds": _per_seed(sources, validation, test)})
+    tables, supplementary = {}, {}
+    for grid, prefix, main, per_seed, name in (
+            (sources.grids.maml, "maml", "tab:maml", "tab:supp-maml", "maml"),
+            (sources.grids.maml_clipped, "maml-inner3", "tab:supp-maml-inner3", "tab:supp-maml-inner3-seeds",
+             "maml_inner3")):
+        validation, test = sources.maml_validation(grid), sources.maml_test(grid)
+        table = _main_table(sources, book, grid, prefix, main, validation, test)
+        _tests(book, grid, prefix, validation, test)
+        _cost(book, prefix, sources.maml_records(grid))
+        _health(sources, book, prefix, grid)
+        if prefix == "maml":
+            tables[name] = table
+        else:
+            supplementary[name] = table
+        supplementary[f"{name}_seeds"] = _per_seed(grid, per_seed, validation, test)
+    return PartOutput(tables=tables, supplementary=supplementary)
