@@ -110,6 +110,13 @@ def digest_of(prefix: str, values: Mapping[str, Any]) -> str:
     return sha8(f"{prefix}:{json.dumps(values, sort_keys=True, default=str)}")
 
 
+def _same_value(value: Any, default: Any) -> bool:
+    """``value == default``, a list equal to a tuple (a record's JSON turns tuples into lists)."""
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return tuple(value) == tuple(default)
+    return value == default
+
+
 @dataclass
 class ExperimentSettings:
     """Base of the experiments' settings: run bookkeeping shared by every experiment."""
@@ -176,7 +183,7 @@ class ExperimentSettings:
         profile = getattr(self, "data_profile", "embedded")
         defaults = {spec.name: spec.default for spec in dataclasses.fields(self)}
         unused = FULL_PROFILE_ONLY if profile == "embedded" else ("embedded_root",)
-        given = [name for name in unused if name in defaults and getattr(self, name) != defaults[name]]
+        given = [name for name in unused if name in defaults and not _same_value(getattr(self, name), defaults[name])]
         if given:
             flags = ", ".join(f"{flag_of(name)} (setting {name})" for name in given)
             other = "full" if profile == "embedded" else "embedded"
