@@ -201,8 +201,9 @@ def maml_curves(table: pd.DataFrame, metric: str = "auc", grid: str | None = Non
     that chose their step count on validation where there are any. Those scored the test pack once, at the chosen
     step count, so their curves are the **validation** curves: the column ``split`` says which (``val`` or
     ``test``)."""
-    named = table["grid"].fillna("").astype(str).str.split(";").apply(lambda names: grid in names) \
-        if grid is not None and "grid" in table else pd.Series(False, index=table.index)
+    from afr.experiments.records import in_grid
+
+    named = in_grid(table, grid) if grid is not None else pd.Series(False, index=table.index)
     rows = table[named] if named.any() else _committed_grid(table)
     chose = (rows["choose_steps_on_validation"].astype(str) == "True") if "choose_steps_on_validation" in rows \
         else pd.Series(False, index=rows.index)

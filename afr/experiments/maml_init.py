@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from afr.adapters.dalora.experts import load_parameters
 from afr.adapters.lora import trainable_parameters
 from afr.eval.packs import evaluate_on_packs
 from afr.experiments.records import (check_outputs_writable, check_unfinished_runs, environment_info,
@@ -141,10 +142,7 @@ def _adapted(backbone: nn.Module, data: MamlData, settings: MamlExperimentSettin
                                  steps=target_steps - done, lr=settings.inner_lr, first_order=True)
             params = {name: p.detach().requires_grad_() for name, p in params.items()}
             done = target_steps
-        with torch.no_grad():
-            for name, parameter in work.named_parameters():
-                if name in params:
-                    parameter.copy_(params[name])
+        load_parameters(work, params)
         yield target_steps, work.eval()
 
 
@@ -188,10 +186,7 @@ def validation_chosen_adaptation(backbone: nn.Module, data: MamlData, settings: 
             if best is None or metrics["auc"] > curve[str(best)]["auc"]:
                 best = steps
                 best_state = {name: p.detach().clone() for name, p in adapter_parameters(model).items()}
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name in best_state:
-                    parameter.copy_(best_state[name])
+        load_parameters(model, best_state)
         curves[str(shots)], chosen[str(shots)] = curve, best
         test[str(shots)] = _score(model.eval(), settings.target, data.target_pack)
     return ChosenAdaptation(curves, chosen, test)

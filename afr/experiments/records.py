@@ -32,7 +32,7 @@ from afr.paths import MissingResourceError, results_root, shown_path, tables_roo
 __all__ = ["GRID_COLUMN", "GRID_METRICS", "GridRuns", "MissingStartError", "ResultExistsError", "TABLE_COLUMNS",
            "UnfinishedRunError", "append_rows", "append_rows_unlocked", "check_outputs_writable",
            "check_start_adapters", "check_unfinished_runs", "environment_info", "file_lock",
-           "final_validation_metrics", "grid_metric_values", "has_rows", "json_default", "label_runs", "metric_rows",
+           "final_validation_metrics", "grid_metric_values", "grid_names", "has_rows", "in_grid", "json_default", "label_runs", "metric_rows",
            "missing_start_error", "read_table", "result_path", "reuse_note", "reuse_record", "save_result",
            "table_lock", "table_path", "write_record"]
 
@@ -273,12 +273,21 @@ def reuse_note(paths: Sequence[str | Path], seeds: Iterable[int] = ()) -> str:
     return f"reusing {what}; {RETRAIN_HINT}"
 
 
-def _grid_names(cell: Any) -> list[str]:
+def grid_names(cell: Any) -> list[str]:
+    """The grid names of a table's :data:`GRID_COLUMN` cell (``;``-joined; empty or missing: none)."""
     return [name for name in str(cell).split(";") if name] if isinstance(cell, str) else []
 
 
+def in_grid(table, grid: str):
+    """A boolean Series: which rows of a tidy table belong to the committed grid ``grid`` (their grid cell names it;
+    all False when the table has no grid column)."""
+    if GRID_COLUMN not in table:
+        return table.index.to_series().map(lambda _: False).astype(bool)
+    return table[GRID_COLUMN].map(lambda cell: grid in grid_names(cell)).astype(bool)
+
+
 def _joined(*cells: Any) -> str:
-    return ";".join(dict.fromkeys(name for cell in cells for name in _grid_names(cell)))
+    return ";".join(dict.fromkeys(name for cell in cells for name in grid_names(cell)))
 
 
 def label_runs(experiment: str, labels: Mapping[str, str]) -> Path | None:
