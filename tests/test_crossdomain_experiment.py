@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 
@@ -17,6 +18,7 @@ from afr.adapters.dalora.experts import expert_blocks, load_parameters, shared_t
 from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, save_adapter
 from afr.data.collections import collection_identities
 from afr.data.verification import VerificationPack
+from afr.experiments.settings.base import SettingsError
 from afr.experiments import crossdomain
 from afr.experiments.crossdomain import (ALL_SHOTS, METHODS, CrossDomainData, CrossDomainSettings, ThermalSplit, adapt,
                                          dalora_from_start, forgetting_table, grid_table, load_data, run_method,
@@ -119,6 +121,61 @@ def test_without_extra_terms_an_adaptation_step_is_inner_adapt(tmp_path):
         torch.testing.assert_close(ours[name], theirs[name].detach(), rtol=1e-6, atol=1e-7)
 
 
+def _support_pack(data: CrossDomainData) -> VerificationPack:
+    """Pairs of the support's own chips (identities 0-2): a pack the adaptation must improve, so the curve moves."""
+    same = [(0, 1), (2, 3), (4, 5)] * 4
+    different = [(0, 2), (0, 4), (1, 3), (1, 5), (2, 4), (3, 5)] * 2
+    pairs = [pair for both in zip(same, different) for pair in both]
+    images = [data.train.chips[index] for pair in pairs for index in pair]
+    return VerificationPack("thermal", images, np.array([pair in same for pair in pairs]), "0" * 64)
+
+
+@pytest.mark.parametrize("method", ["lora", "dalora"])
+def test_stage2_step_count_is_chosen_on_validation_and_the_kept_tensors_are_that_step_counts(tmp_path, method):
+    _, adapter = _tiny_start(tmp_path)
+    settings = CrossDomainSettings(**{**TINY, "adapt_steps": 4}, method=method, choose_steps_on_validation=True)
+    assert settings.validation_step_counts == (0, 1, 3, 4)
+    data = _tiny_data()
+    data = dataclasses.replace(data, validation_pack=_support_pack(data))
+    split = ThermalSplit(2, {0: [0, 1], 1: [2, 3], 2: [4, 5]}, ())
+    torch.manual_seed(0)
+    backbone, params, to_parameters = crossdomain._adapted_model(settings, adapter)
+    choice = crossdomain.ValidationChoice(backbone, to_parameters, settings, data)
+    start = {name: tensor.clone() for name, tensor in params.items()}
+    adapt(backbone, params, to_parameters, data, split, settings, at_step=choice.score)
+
+    assert list(choice.curve) == ["0", "1", "3", "4"]
+    aucs = {int(steps): metrics["auc"] for steps, metrics in choice.curve.items()}
+    assert len(set(aucs.values())) > 1  # the choice is not a tie of equal curves
+    assert choice.chosen_steps == min(steps for steps, auc in aucs.items() if auc == max(aucs.values()))
+    # the kept tensors are those after the chosen step count: the same adaptation stopped there
+    again = start if choice.chosen_steps == 0 else adapt(
+        backbone, start, to_parameters, data, split,
+        dataclasses.replace(settings, adapt_steps=choice.chosen_steps, choose_steps_on_validation=False))[0]
+    for name in start:
+        torch.testing.assert_close(choice.best_tensors[name], again[name], rtol=0, atol=0)
+    # the validation score of the chosen step is the merged model's on the validation pack
+    model = choice._merged(choice.best_tensors)
+    assert crossdomain.score_packs(model, {"thermal": data.validation_pack})["thermal"]["auc"] == \
+        aucs[choice.chosen_steps]
+    assert choice.to_dict()["validation_pack"] == "val/thermal"
+
+
+def test_choosing_stage2_steps_on_validation_is_refused_where_there_is_no_validation_or_no_stage2():
+    with pytest.raises(SettingsError, match="no validation identities"):
+        CrossDomainSettings(data_profile="full", train_rec="/x", target_dir="/y", bins_dir="/z",
+                            choose_steps_on_validation=True)
+    with pytest.raises(SettingsError, match="no stage 2"):
+        CrossDomainSettings(direction="indoor->outdoor", choose_steps_on_validation=True)
+    plain = CrossDomainSettings()
+    assert plain.validation_step_counts == ()
+    assert CrossDomainSettings(adapt_steps=30, choose_steps_on_validation=True).validation_step_counts == \
+        (0, 1, 3, 5, 10, 25, 30)
+    # an added field: in the digest only when set (runs recorded before it keep their tags)
+    assert "choose_steps_on_validation" not in plain.digest_values()
+    assert CrossDomainSettings(choose_steps_on_validation=True).tag != plain.tag
+
+
 def test_the_contrastive_rows_add_their_terms_to_the_adaptation_loss(tmp_path):
     from torch.func import functional_call
 
@@ -173,6 +230,50 @@ def test_support_and_unlabelled_images_are_disjoint_thermal_training_images(embe
         assert all(len(indices) == shots for indices in split.support.values())
         assert not {data.identities[i] for i in unlabelled} & test_identities
         assert len(unlabelled) == len(split.unlabelled)
+
+
+def test_the_validation_pack_holds_no_training_or_test_chip(embedded_benchmark):
+    """Stage 2's step count is chosen on val/thermal.bin: none of its chips is a thermal training chip (support or
+    unlabelled) or a chip of the thermal test packs."""
+    data = load_data(CrossDomainSettings(embedded_root=str(embedded_benchmark.root), choose_steps_on_validation=True))
+    assert data.validation_pack is not None and data.validation_pack.path.parent.name == "val"
+    digest = lambda image: hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()  # noqa: E731
+    validation = {digest(image) for image in data.validation_pack.images}
+    thermal = np.flatnonzero(np.isin(data.train.collections, ("thermal_und", "thermal_puj")))
+    training = {digest(data.train.chips[index]) for index in thermal}
+    test = {digest(image) for name in ("thermal_und", "thermal_puj", "thermal") for image in data.test_packs[name].images}
+    assert validation and not validation & training and not validation & test
+    assert load_data(CrossDomainSettings(embedded_root=str(embedded_benchmark.root))).validation_pack is None
+
+
+@pytest.mark.parametrize("grid", ["thermal_validated", "thermal_kall_validated"])
+def test_the_committed_validated_grids_kept_the_validation_best_step_count(grid):
+    """Every adapted run of the reported thermal grids scored 0 1 3 5 10 25 steps on validation, chose the first
+    best, and its table rows are its record's test scores at that choice; the chosen-steps table reads them back."""
+    from afr.experiments.grids import CommittedGrids
+    from afr.experiments.records import read_table
+    from afr.paths import results_root
+
+    settings = CommittedGrids().crossdomain_grids[grid]
+    records, table = {}, read_table("crossdomain")
+    for method in settings.adapted_methods():
+        for seed in settings.seeds:
+            record = json.loads((results_root() / "crossdomain" / f"{settings.for_run(method, seed).tag}.json")
+                                .read_text())
+            records[(method, seed)] = record
+            for key, adaptation in record["adaptation"].items():
+                aucs = {int(steps): metrics["auc"] for steps, metrics in adaptation["validation"].items()}
+                assert list(aucs) == [0, 1, 3, 5, 10, 25] and adaptation["validation_pack"] == "val/thermal"
+                assert adaptation["chosen_steps"] == min(steps for steps, auc in aucs.items() if auc == max(aucs.values()))
+                rows = table[(table["run"] == record["tag"]) & (table["metric"] == "auc") & (table["domain"] == "thermal")
+                             & (table["shots"] == (ALL_SHOTS if key == "kall" else int(key[1:])))]
+                assert rows["value"].tolist() == [record["test"][key]["thermal"]["auc"]]
+    validation = crossdomain.validation_table(records)
+    chosen = validation[validation["chosen"]]
+    assert len(chosen) == len(validation) // 6 == len(chosen.groupby(["method", "seed", "shots"]))
+    summary = crossdomain.chosen_steps_table(validation)
+    assert len(summary) == len(chosen.groupby(["method", "shots"]))
+    assert all(len(cell.split()) == len(settings.seeds) for cell in summary["chosen steps (per seed)"])
 
 
 def test_contrastive_rows_at_k1_are_skipped_with_a_reason(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from afr.analysis.committed import gate_matrices, published_records
 from afr.analysis.plots import gates_figure
 from afr.figures import (ablations_figure, baseline_figure, crossdomain_figure, dalora_figure, maml_figure,
                          samples_figure, save_png)
+from afr.experiments.records import in_grid
 from afr.figures.crossdomain import starts_figure
 from afr.paths import PROJECT_ROOT
 
@@ -39,7 +40,7 @@ def _titles(fig: Figure) -> list[str]:
 
 def _grid(table: pd.DataFrame, grid: str) -> pd.DataFrame:
     """The rows of a committed grid (``grid`` holds every grid a shared row belongs to, ``;``-joined)."""
-    return table[table["grid"].fillna("").str.split(";").apply(lambda grids: grid in grids)]
+    return table[in_grid(table, grid)]
 
 
 # ---------------------------------------------------------------------------------------------- 01
@@ -151,6 +152,31 @@ def test_crossdomain_figure_from_the_committed_thermal_grid():
     assert _titles(plot_results(table, forgetting, settings)) == _titles(fig)
 
 
+def test_validation_curves_figure_from_the_committed_validated_grid():
+    """Notebook 05's stage-2 validation curves: a panel per k, a line per method over the scored step counts, and
+    one circle per (method, seed) at its chosen step count, on that method's mean curve."""
+    import json
+
+    from afr.experiments.crossdomain import validation_table
+    from afr.experiments.grids import CommittedGrids
+    from afr.figures.crossdomain import validation_curves_figure
+
+    settings = CommittedGrids().crossdomain_validated
+    records = {(method, seed): json.loads((PROJECT_ROOT / "results" / "crossdomain" /
+                                           f"{settings.for_run(method, seed).tag}.json").read_text())
+               for method in settings.adapted_methods() for seed in settings.seeds}
+    validation = validation_table(records)
+    fig = validation_curves_figure(validation, settings)
+    assert _titles(fig) == ["k = 1", "k = 2", "k = 4"]
+    for axis, k in zip(fig.axes, (1, 2, 4)):
+        assert [label.get_text() for label in axis.get_xticklabels()] == ["0", "1", "3", "5", "10", "25"]
+        part = validation[validation["shots"] == k]
+        lines = [line for line in axis.get_lines() if line.get_label() in set(part["method"])]
+        assert {line.get_label() for line in lines} == set(part["method"])
+        circles = sum(len(line.get_xdata()) for line in axis.get_lines() if line.get_marker() == "o")
+        assert circles == int(part["chosen"].sum())
+
+
 def test_starts_figure_for_a_direction_without_target_training_images():
     from afr.experiments.crossdomain import DIRECTIONS
 
@@ -243,3 +269,20 @@ def test_drawing_in_this_process_keeps_the_backend():
     test = {m: {"thermal": {"accuracy_mean": 0.8, "accuracy_std": 0.0}} for m in ("zero-shot", "lora")}
     baseline_figure(test, pd.DataFrame({"epoch": [0], "val/thermal/auc": [0.6]}), ["thermal"], "b", 8, "cosface")
     assert matplotlib.get_backend() == before
+
+
+def test_crossdomain_figure_says_so_when_every_adapted_run_is_flagged():
+    """The demo's adapted runs are all flagged, so its forgetting table is empty: the panel says why, and drawing
+    it warns about nothing (a committed notebook output must be clean)."""
+    import warnings
+
+    from afr.experiments.crossdomain import DIRECTIONS, forgetting_table
+
+    table = _grid(pd.read_csv(TABLES / "crossdomain.csv"), "crossdomain-thermal")
+    table = table[~table["method"].isin(["lora", "dalora", "dalora+maml", "dalora+maml+contrastive",
+                                         "dalora+maml+contrastive+semi"])]
+    settings = SimpleNamespace(shift=DIRECTIONS["visible->thermal"], shots=(1, 2, 4), direction="visible->thermal")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = crossdomain_figure(table, forgetting_table(table, settings), settings)
+    assert [text.get_text() for text in fig.axes[1].texts] == ["no healthy adapted run\n(flagged runs are left out)"]

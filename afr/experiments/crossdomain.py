@@ -64,6 +64,7 @@ is missing.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -114,11 +115,12 @@ from afr.stats import paired_tests as paired
 from afr.train import distributed, seed_everything
 
 __all__ = ["ALL_SHOTS", "DIRECTIONS", "Direction", "EXPERTS", "METHODS", "STARTS", "CrossDomainData",
+           "chosen_steps_table",
            "CrossDomainSettings", "ThermalSplit", "adapt", "compare_with_committed", "dalora_from_start",
            "data_summary", "figure_name", "forgetting_table", "grid_table", "load_data", "load_full_data",
            "paired_tests", "plot_results", "run_experiment", "run_grid", "run_method", "run_start", "run_zero_shot",
            "score_dalora", "score_packs", "shots_label", "skipped_rows", "stage1_sampler", "summary_table",
-           "support_batch", "thermal_split", "view_contrastive_loss"]
+           "support_batch", "thermal_split", "validation_table", "ValidationChoice", "view_contrastive_loss"]
 
 #: how the tensors an adaptation trains become backbone parameters (by name)
 ToParameters = Callable[[dict[str, Tensor]], dict[str, Tensor]]
@@ -132,6 +134,9 @@ class CrossDomainData:
     train: MamlData
     identities: np.ndarray
     test_packs: dict[str, VerificationPack]
+    #: the target's validation pack (its identities are neither training nor test identities); loaded only when
+    #: stage 2's step count is chosen on it (``choose_steps_on_validation``)
+    validation_pack: VerificationPack | None = None
 
     def packs(self, names: Sequence[str]) -> dict[str, VerificationPack]:
         return {name: self.test_packs[name] for name in names}
@@ -150,7 +155,9 @@ def load_data(settings: CrossDomainSettings) -> CrossDomainData:
             identities[int(row["record"])] = row["identity"]
     packs = {"thermal_und": train.target_pack, "thermal_puj": collection_pack(benchmark, "thermal_puj", "test"),
              **{name: load_pack(benchmark.bin_path(name)) for name in ("thermal", *VISIBLE_PACKS)}}
-    return CrossDomainData(train, identities, packs)
+    validation = (load_pack(benchmark.bin_path(settings.shift.validation_pack, "val"))
+                  if settings.choose_steps_on_validation else None)
+    return CrossDomainData(train, identities, packs, validation)
 
 
 def load_full_data(settings: CrossDomainSettings) -> CrossDomainData:
@@ -276,9 +283,11 @@ def view_contrastive_loss(first: Tensor, second: Tensor, temperature: float) -> 
 
 
 def adapt(backbone: nn.Module, params: dict[str, Tensor], to_parameters: ToParameters, data: CrossDomainData,
-          split: ThermalSplit, settings: CrossDomainSettings) -> tuple[dict[str, Tensor], list[float]]:
+          split: ThermalSplit, settings: CrossDomainSettings,
+          at_step: Callable[[int, dict[str, Tensor]], None] | None = None) -> tuple[dict[str, Tensor], list[float]]:
     """``settings.adapt_steps`` first-order SGD steps on the thermal support from ``params``; the adapted tensors
-    and the loss of every step.
+    and the loss of every step. ``at_step(steps, tensors)`` is called with the tensors after each step count of
+    ``settings.validation_step_counts`` (0: the start's).
 
     ``to_parameters`` maps the trained tensors to backbone parameters by name (the identity for LoRA; for a
     DA-LoRA expert, its blocks into the stacked matrices); the backbone is called functionally and not changed.
@@ -298,6 +307,9 @@ def adapt(backbone: nn.Module, params: dict[str, Tensor], to_parameters: ToParam
     augment = FaceAugment().train()
     seed_everything(settings.seed)
     losses = []
+    checkpoints = set(settings.validation_step_counts) if at_step is not None else set()
+    if 0 in checkpoints:
+        at_step(0, params)
     for step in tqdm(range(settings.adapt_steps), desc=f"{settings.method} k={shots_label(split.shots)}",
                      disable=not settings.progress, leave=False):
         if not whole:
@@ -324,6 +336,8 @@ def adapt(backbone: nn.Module, params: dict[str, Tensor], to_parameters: ToParam
                                        extra_loss=extra_terms if supervised or unlabelled else None)
         params = {name: tensor.detach() for name, tensor in params.items()}
         losses.append(float(loss.detach()))
+        if step + 1 in checkpoints:
+            at_step(step + 1, params)
     return params, losses
 
 
@@ -359,6 +373,43 @@ def score_dalora(backbone: nn.Module, start_visible: Mapping[str, Tensor], start
                            "scores would not be the start's")
     adapted = score_packs(merge_dalora(backbone, target), data.packs(shift.target_packs), device)
     return {name: adapted[name] if name in adapted else dict(start_scores[name]) for name in data.test_packs}
+
+
+class ValidationChoice:
+    """Stage 2's step count chosen on the target's validation identities: :meth:`score` (``adapt``'s ``at_step``)
+    scores the adapted tensors of each step count on ``data.validation_pack``, on a copy of the model with the
+    tensors merged as the test packs will see them, and keeps aside the tensors of the step count with the highest
+    validation AUC (of equals, the fewest steps: the first seen)."""
+
+    def __init__(self, backbone: nn.Module, to_parameters: ToParameters, settings: CrossDomainSettings,
+                 data: CrossDomainData) -> None:
+        if data.validation_pack is None:
+            raise ValueError("ValidationChoice: the data hold no validation pack (load_data with "
+                             "choose_steps_on_validation)")
+        self.backbone, self.to_parameters, self.settings, self.data = backbone, to_parameters, settings, data
+        self.curve: dict[str, dict[str, Any]] = {}
+        self.chosen_steps: int | None = None
+        self.best_tensors: dict[str, Tensor] = {}
+
+    def _merged(self, tensors: Mapping[str, Tensor]) -> nn.Module:
+        model = copy.deepcopy(self.backbone)
+        load_parameters(model, self.to_parameters(dict(tensors)))
+        if self.settings.method == "lora":
+            return merge_lora(model)
+        return merge_dalora(model, self.settings.shift.experts[1])
+
+    def score(self, steps: int, tensors: Mapping[str, Tensor]) -> None:
+        pack = self.data.validation_pack
+        metrics = score_packs(self._merged(tensors), {pack.name: pack}, next(self.backbone.parameters()).device)
+        self.curve[str(steps)] = metrics[pack.name]
+        if self.chosen_steps is None or metrics[pack.name]["auc"] > self.curve[str(self.chosen_steps)]["auc"]:
+            self.chosen_steps = steps
+            self.best_tensors = {name: tensor.detach().clone() for name, tensor in tensors.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record's fields: the validation pack, its curve ``{steps: metrics}`` and the chosen step count."""
+        return {"validation_pack": f"val/{self.data.validation_pack.name}", "validation": self.curve,
+                "chosen_steps": self.chosen_steps}
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -584,14 +635,18 @@ def _adapt_and_record(settings: CrossDomainSettings, data: CrossDomainData, star
         split = thermal_split(data, shots, settings.seed, settings.shift.target)
         backbone, params, to_parameters = _adapted_model(settings, adapter)
         start_visible = None if settings.method == "lora" else expert_blocks(backbone, settings.shift.experts[0])
-        params, losses = adapt(backbone, params, to_parameters, data, split, settings)
-        load_parameters(backbone, to_parameters(params))
+        choice = ValidationChoice(backbone, to_parameters, settings, data) if settings.choose_steps_on_validation \
+            else None
+        params, losses = adapt(backbone, params, to_parameters, data, split, settings,
+                               at_step=choice.score if choice else None)
+        load_parameters(backbone, to_parameters(choice.best_tensors if choice else params))
         key = f"k{shots_label(shots)}"
         test[key] = (score_packs(merge_lora(backbone), data.test_packs, device) if start_visible is None
                      else score_dalora(backbone, start_visible, start_scores, data, device, settings.shift))
         adaptation[key] = {"identities": len(split.support), "labelled_images": len(split.indices),
                            **({"adapt_batch": settings.adapt_batch} if settings.adapt_batch else {}),
-                           "unlabelled_images": len(split.unlabelled), "losses": losses}
+                           "unlabelled_images": len(split.unlabelled), "losses": losses,
+                           **(choice.to_dict() if choice else {})}
     record = {"experiment": settings.experiment, "tag": settings.tag, "method": settings.method,
               "seed": settings.seed, "shots": list(settings.shots), "direction": settings.direction,
               "start": settings.start_tag(start), **({"start_rebuilt": True} if start_record.get("rebuilt") else {}),
@@ -711,6 +766,42 @@ def paired_tests(table, settings: CrossDomainSettings, metric: str = "auc"):
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
+def validation_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
+    """Stage 2's validation curves of the runs whose step count was chosen on validation: one row per (method, seed,
+    k, steps) with the validation AUC and whether that step count was chosen (flagged runs left out, as in
+    :func:`grid_table`); empty when no run chose."""
+    import pandas as pd
+
+    from afr.experiments.health import healthy_records
+
+    healthy, _ = healthy_records(records, show=False)
+    rows = [{"method": method, "seed": seed, "shots": _parse_shots(key[1:]), "steps": int(steps),
+             "val_auc": metrics["auc"], "chosen": int(steps) == adaptation["chosen_steps"]}
+            for (method, seed), record in healthy.items()
+            for key, adaptation in record.get("adaptation", {}).items() if "validation" in adaptation
+            for steps, metrics in adaptation["validation"].items()]
+    return pd.DataFrame(rows, columns=["method", "seed", "shots", "steps", "val_auc", "chosen"])
+
+
+def chosen_steps_table(validation):
+    """Per (method, k): the chosen step count of each seed and the mean validation AUC before adaptation (step 0) and
+    at the chosen step count, from :func:`validation_table`."""
+    import pandas as pd
+
+    if not len(validation):
+        return pd.DataFrame(columns=["method", "k", "chosen steps (per seed)", "val AUC at 0", "val AUC chosen"])
+    order = list(METHODS)
+    rows = []
+    for (method, shots), part in sorted(validation.groupby(["method", "shots"]),
+                                        key=lambda item: (order.index(item[0][0]), _shots_order(item[0][1]))):
+        chosen = part[part["chosen"]].sort_values("seed")
+        rows.append({"method": method, "k": shots_label(shots),
+                     "chosen steps (per seed)": " ".join(str(steps) for steps in chosen["steps"]),
+                     "val AUC at 0": round(float(part.loc[part["steps"] == 0, "val_auc"].mean()), 4),
+                     "val AUC chosen": round(float(chosen["val_auc"].mean()), 4)})
+    return pd.DataFrame(rows)
+
+
 def compare_with_committed(records: Mapping[Any, Mapping[str, Any]]) -> str:
     """Every run's test metrics (``k<k>/<pack>`` for adapted methods) against the committed record of its tag,
     within :data:`afr.experiments.reference.TOLERANCES`; one line."""
@@ -729,8 +820,9 @@ def plot_results(table, forgetting, settings: CrossDomainSettings):
 
 
 def figure_name(settings: CrossDomainSettings) -> str:
-    """``crossdomain_<backbone>_<n>seed[_full][_<direction>][_k<...>].png``: the profile when not embedded, the direction when not the default and the
-    k values when they include ``all`` (its runs are a grid of their own), so no grid replaces another's figure."""
+    """``crossdomain_<backbone>_<n>seed[_full][_<direction>][_k<...>][_validated].png``: the profile when not embedded,
+    the direction when not the default, the k values when they include ``all`` (its runs are a grid of their own) and
+    ``_validated`` when stage 2's step count is chosen on validation, so no grid replaces another's figure."""
     name = f"{settings.experiment}_{settings.backbone}_{len(settings.seeds)}seed"
     if settings.data_profile != CrossDomainSettings.data_profile:
         name += f"_{settings.data_profile}"
@@ -738,6 +830,8 @@ def figure_name(settings: CrossDomainSettings) -> str:
         name += "_" + settings.direction.replace("->", "-to-")
     if ALL_SHOTS in settings.shots:
         name += "_k" + "-".join(shots_label(shots) for shots in settings.shots)
+    if settings.choose_steps_on_validation:
+        name += "_validated"
     return name + ".png"
 
 

@@ -7,7 +7,36 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-__all__ = ["crossdomain_figure", "starts_figure"]
+__all__ = ["crossdomain_figure", "starts_figure", "validation_curves_figure"]
+
+
+def validation_curves_figure(validation: pd.DataFrame, settings) -> Figure:
+    """Stage 2 on the target's validation identities: validation AUC against adaptation steps, one panel per k,
+    a line per method (mean over seeds, band: min-max), each seed's chosen step count marked (a dot on its
+    method's line). ``validation``: :func:`afr.experiments.crossdomain.validation_table`."""
+    from afr.experiments.settings.crossdomain import shots_label
+
+    shots = sorted(validation["shots"].unique(), key=lambda k: (k < 0, k))
+    fig, axes = plt.subplots(1, len(shots), figsize=(max(4.8, 3.6 * len(shots)), 3.6), sharey=True, squeeze=False)
+    for axis, k in zip(axes[0], shots):
+        part = validation[validation["shots"] == k]
+        for method, curve in part.groupby("method", sort=False):
+            stats = curve.groupby("steps")["val_auc"].agg(["mean", "min", "max"])
+            x = np.arange(len(stats))  # step counts are 0 1 3 5 10 25 ...: evenly spaced positions
+            line, = axis.plot(x, stats["mean"], marker=".", label=method)
+            axis.fill_between(x, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+            chosen = curve[curve["chosen"]]
+            axis.plot([list(stats.index).index(steps) for steps in chosen["steps"]],
+                      stats["mean"].reindex(chosen["steps"]).to_numpy(), "o", color=line.get_color(), ms=6,
+                      mfc="none")
+        axis.set_xticks(range(len(stats)), [str(steps) for steps in stats.index])
+        axis.set_xlabel("adaptation steps")
+        axis.set_title(f"k = {shots_label(int(k))}", fontsize=9)
+    axes[0][0].set_ylabel(f"validation AUC ({settings.shift.validation_pack} val. identities)")
+    axes[0][-1].legend(fontsize=6)
+    fig.suptitle("stage 2 on validation (circles: chosen step counts)", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def starts_figure(table: pd.DataFrame, settings) -> Figure:
@@ -78,6 +107,10 @@ def crossdomain_figure(table: pd.DataFrame, forgetting: pd.DataFrame, settings) 
     right.set_xticks(range(len(settings.shots)), [f"k = {shots_label(k)}" for k in settings.shots])
     right.set_ylabel("source accuracy change vs the start")
     right.set_title(f"forgetting (mean over {', '.join(settings.shift.source_packs)})", fontsize=9)
-    right.legend(fontsize=7)
+    if methods:
+        right.legend(fontsize=7)
+    else:  # every adapted run flagged (e.g. the demo's): nothing to draw, and the panel says why
+        right.text(0.5, 0.5, "no healthy adapted run\n(flagged runs are left out)", ha="center", va="center",
+                   transform=right.transAxes, fontsize=9)
     fig.tight_layout()
     return fig

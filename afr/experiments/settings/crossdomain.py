@@ -16,8 +16,8 @@ from afr.experiments.settings.fields import (DATA_PROFILES, BackboneFields, Full
 
 __all__ = ["ALL_SHOTS", "DATA_PROFILES", "DIRECTIONS", "Direction", "EXPERTS", "EXTRA_TERMS", "FULL_PROFILE_FIELDS",
            "MAML_START_FIELDS", "METHODS", "START_FIELDS", "START_OF", "STARTS", "THERMAL_COLLECTIONS",
-           "THERMAL_PACKS", "VISIBLE_COLLECTIONS", "VISIBLE_PACKS", "ZERO_SHOT_FIELDS", "CrossDomainSettings",
-           "forgetting_table", "shots_label"]
+           "THERMAL_PACKS", "VALIDATION_STEP_COUNTS", "VISIBLE_COLLECTIONS", "VISIBLE_PACKS", "ZERO_SHOT_FIELDS",
+           "CrossDomainSettings", "forgetting_table", "shots_label"]
 
 METHODS = ("zero-shot", "lora", "dalora", "dalora+maml", "dalora+maml+contrastive", "dalora+maml+contrastive+semi")
 #: the stage-1 starts: start -> inner SGD steps from the settings? (always first order)
@@ -31,6 +31,9 @@ VISIBLE_COLLECTIONS = ("orl", "yale", "lowquality")
 THERMAL_COLLECTIONS = ("thermal_und", "thermal_puj")
 THERMAL_PACKS = ("thermal_und", "thermal_puj", "thermal")
 VISIBLE_PACKS = ("controlled", "wild", "lowquality")
+#: the step counts at which stage 2 is scored on the validation identities (``choose_steps_on_validation``), those
+#: up to ``adapt_steps``; ``adapt_steps`` itself is always one of them
+VALIDATION_STEP_COUNTS = (0, 1, 3, 5, 10, 25, 50, 100)
 #: ``k`` meaning every labelled training image of each target identity (``shots: [all]`` in the settings)
 ALL_SHOTS = -1
 
@@ -47,15 +50,18 @@ class Direction:
     target_packs: tuple[str, ...]
     source_packs: tuple[str, ...]
     experts: tuple[str, str]
+    #: the embedded benchmark's validation pack of the target domain (``val/<name>.bin``; its identities are neither
+    #: training nor test identities): stage 2's step count is chosen on it (``choose_steps_on_validation``)
+    validation_pack: str | None = None
 
 
 #: the shifts notebook 05 studies; the first is the default (its runs' tags do not name it)
 DIRECTIONS = {
     "visible->thermal": Direction(VISIBLE_COLLECTIONS, THERMAL_COLLECTIONS, THERMAL_PACKS, VISIBLE_PACKS,
-                                  ("visible", "thermal")),
+                                  ("visible", "thermal"), validation_pack="thermal"),
     # the low-quality chips are degraded copies of ORL/Yale identities' images: the same people, a new camera
     "visible->lowquality": Direction(("orl", "yale"), ("lowquality",), ("lowquality",), ("controlled", "wild"),
-                                     ("visible", "lowquality")),
+                                     ("visible", "lowquality"), validation_pack="lowquality"),
     # the wild photos have no training identities: a start trained on the controlled (indoor) collections only
     "indoor->outdoor": Direction(("orl", "yale"), (), ("wild",), ("controlled",), ("indoor", "outdoor")),
 }
@@ -105,8 +111,9 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
     TABLE_SETTINGS: ClassVar[tuple[str, ...]] = (
         "backbone", "rank", "meta_steps", "inner_steps", "adapt_steps", "adapt_lr", "contrastive_weight",
         "unlabelled_weight")
-    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction", *FULL_PROFILE_FIELDS, "adapt_batch", "meta_grad_clip")
-    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities")
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction", *FULL_PROFILE_FIELDS, "adapt_batch", "meta_grad_clip",
+                                               "choose_steps_on_validation")
+    ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "choose_steps_on_validation")
     #: shots may be "all": checked when parsed (_parse_shots)
     RULES: ClassVar[dict[str, Any]] = {"shots": None}
 
@@ -133,6 +140,11 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
     shots: tuple[str, ...] = setting((1, 4), "k: labelled target images per target training identity (or all)")
     adapt_steps: int = setting(10, "SGD steps of the adaptation to thermal")
     adapt_lr: float = setting(1e-3, "SGD learning rate of the adaptation to thermal")
+    choose_steps_on_validation: bool = setting(
+        False, "score stage 2 on the target's validation identities (embedded val/<target>.bin) after 0, 1, 3, 5, 10, "
+        "25, 50, 100 steps up to adapt_steps and after adapt_steps, and score the test packs once, with the adapter of "
+        "the step count with the highest validation AUC (per k; of equals the fewest steps); off: the test packs after "
+        "adapt_steps (the first grids). Embedded profile only")
     adapt_batch: int | None = setting(None, "images per adaptation step, identity-balanced draws from the support "
                                       "(default: the whole support every step; the full profile needs a bound)")
     contrastive_weight: float = setting(0.1, "weight of the supervised InfoNCE over the support (contrastive rows)")
@@ -159,9 +171,25 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
         stems = [Path(path).stem for path in self.target_bins]
         if len(set(stems)) < len(stems) or set(stems) & {"thermal", *FULL_BENCHMARKS}:
             raise ValueError(f"target_bins must have distinct file names other than thermal and the benchmarks': {stems}")
+        if self.choose_steps_on_validation and self.data_profile == "full":
+            raise SettingsError("--choose-steps-on-validation: the full profile's target folder is split into training "
+                                "and test identities only, it has no validation identities to choose on",
+                                "choose_steps_on_validation", "data_profile")
+        if self.choose_steps_on_validation and not self.shift.target:
+            raise SettingsError(f"--choose-steps-on-validation: {self.direction} has no stage 2 (no labelled target "
+                                "images), so there is no step count to choose", "choose_steps_on_validation",
+                                "direction")
         if not self.shots:
             raise SettingsError("--shots (setting shots) must name at least one k (a number of labelled images per "
                                 "identity, or all)", "shots")
+
+    @property
+    def validation_step_counts(self) -> tuple[int, ...]:
+        """The step counts at which stage 2 is scored on validation (``choose_steps_on_validation``; else none)."""
+        if not self.choose_steps_on_validation:
+            return ()
+        return tuple(sorted({*(steps for steps in VALIDATION_STEP_COUNTS if steps <= self.adapt_steps),
+                             self.adapt_steps}))
 
     def for_run(self, method: str, seed: int) -> CrossDomainSettings:
         """The settings of one run; zero-shot has no seed (it is always seed 0)."""
