@@ -16,6 +16,7 @@ figures and numbers elsewhere. Which runs count:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -216,12 +217,20 @@ def maml_curves(table: pd.DataFrame, metric: str = "auc", grid: str | None = Non
 THERMAL_TARGET = "thermal_und+thermal_puj"
 
 
-def crossdomain_curves(table: pd.DataFrame, metric: str = "auc", target: str | None = THERMAL_TARGET) -> pd.DataFrame:
+def crossdomain_curves(table: pd.DataFrame, metric: str = "auc", target: str | None = THERMAL_TARGET,
+                       grids: Sequence[str] = ()) -> pd.DataFrame:
     """Test ``metric`` per (method, domain, shots) of the shift to ``target`` (None: every row): mean, sd and number
-    of seeds, committed grid only; ``shots`` -1 is k = "all" (:data:`afr.experiments.crossdomain.ALL_SHOTS`)."""
+    of seeds, committed grid only: the rows whose ``grid`` cell names one of ``grids`` where there are any (e.g. the
+    reported thermal grids, which share their starts and zero-shot rows with the first ones), else the runs with the
+    most outer steps; ``shots`` -1 is k = "all" (:data:`afr.experiments.crossdomain.ALL_SHOTS`)."""
+    from afr.experiments.records import in_grid
+
     if target is not None and "target" in table:
         table = table[table["target"].isna() | (table["target"] == target)]
-    rows = _committed_grid(table)
+    named = pd.Series(False, index=table.index)
+    for grid in grids:
+        named |= in_grid(table, grid)
+    rows = table[named] if named.any() else _committed_grid(table)
     rows = rows[(rows["metric"] == metric) & (rows["split"] == "test")]
     return _summary(rows, ["method", "domain", "shots"])
 

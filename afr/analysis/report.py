@@ -315,8 +315,10 @@ class FigureReport:
             full_summary = crossdomain_curves(full, "accuracy", target=None) if len(full) else None
         from afr.experiments.grids import CommittedGrids
 
-        maml_summary = maml_curves(maml, grid=CommittedGrids().maml.grid) if maml is not None else None
-        cross_summary = crossdomain_curves(cross) if cross is not None and len(cross) else None
+        grids = CommittedGrids()
+        maml_summary = maml_curves(maml, grid=grids.maml.grid) if maml is not None else None
+        reported = (grids.crossdomain_validated.grid, grids.crossdomain_kall_validated.grid)
+        cross_summary = crossdomain_curves(cross, grids=reported) if cross is not None and len(cross) else None
         return curves_figure(maml_summary, cross_summary, full_summary), (maml_summary, cross_summary)
 
     def sensitivity(self):
