@@ -60,7 +60,7 @@ def test_cli_options_are_generated_from_the_settings_with_the_same_defaults():
 
 def test_run_tags_tell_apart_every_result_relevant_setting_and_nothing_else():
     base = BaselineSettings()
-    for change in ({"lr": 1e-3}, {"epochs": 5}, {"head_lr": 1e-3}, {"seed": 1}, {"head_init": "class-mean"},
+    for change in ({"lr": 1e-3}, {"epochs": 5}, {"head_lr": 1e-3}, {"seed": 1}, {"head_init": "random"},
                    {"benchmarks": ("thermal",)}, {"score_test": False}):
         assert dataclasses.replace(base, **change).tag != base.tag, change
     for change in ({"num_workers": 4}, {"device": "cpu"}, {"progress": False}, {"overwrite": True},

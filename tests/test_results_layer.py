@@ -246,8 +246,10 @@ def test_the_grid_column_selects_exactly_the_runs_the_paper_reports():
     sources.flagged = {}  # the selection by tag alone: the paper then leaves flagged runs out (tests/test_health.py)
     tables = {name: pd.read_csv(COMMITTED / "tables" / f"{name}.csv") for name in
               ("baseline", "dalora", "maml", "crossdomain", "ablations")}
-    assert _with_grid(tables["baseline"], "baseline") == {sources.baseline_tag}
-    assert _with_grid(tables["baseline"], "baseline-search") == set(sources.baseline_search()["run"])
+    assert _with_grid(tables["baseline"], "baseline-fitted") == {sources.baseline_tag}
+    assert _with_grid(tables["baseline"], "baseline-search-fitted") == set(sources.baseline_search()["run"])
+    assert _with_grid(tables["baseline"], "baseline") == {sources.grids.baseline_first.tag}
+    assert _with_grid(tables["baseline"], "baseline-search") == set(sources.grids.baseline_search_tags(first=True))
     assert _with_grid(tables["maml"], sources.grids.maml.grid) == set(sources.maml_test()["run"]) \
         == set(sources.maml_tags().values())
     assert _with_grid(tables["maml"], "maml") == set(sources.grids.maml_tags(sources.grids.maml_first).values())

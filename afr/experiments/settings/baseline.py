@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from afr.experiments.settings.base import ExperimentSettings, setting
-from afr.experiments.settings.fields import BackboneFields, FullProfileFields, RunFields, TrainingFields
+from afr.experiments.settings.fields import (FITTED_RECIPE_UNRECORDED, BackboneFields, FittedTrainingFields,
+                                             FullProfileFields, RunFields)
 
 __all__ = ["BaselineSettings", "PUBLISHED_FROUNDATION"]
 
@@ -21,11 +22,13 @@ PUBLISHED_FROUNDATION = [
 
 
 @dataclass
-class BaselineSettings(ExperimentSettings, RunFields, TrainingFields, FullProfileFields, BackboneFields):
+class BaselineSettings(ExperimentSettings, RunFields, FittedTrainingFields, FullProfileFields, BackboneFields):
     """One baseline run (notebook 02, ``python -m afr baseline``): zero-shot vs LoRA + margin loss.
 
-    Fields: :class:`BackboneFields`, :class:`FullProfileFields`, :class:`TrainingFields`, :class:`RunFields`, then
-    its own (the LoRA and margin details, the validation split, the seed)."""
+    Fields: :class:`BackboneFields`, :class:`FullProfileFields`, :class:`FittedTrainingFields` (the fitted recipe of
+    notebook 03 by default: centred embeddings, class-mean centres, no augmentation; the first runs trained with random
+    centres and RandAugment(4, 16) and did not fit), :class:`RunFields`, then its own (the LoRA and margin details, the
+    validation split, the seed)."""
 
     experiment: ClassVar[str] = "baseline"
     DATA_PARALLEL: ClassVar[bool] = True  # torchrun: rank 0 decides and writes, batch_size is the global batch
@@ -35,6 +38,8 @@ class BaselineSettings(ExperimentSettings, RunFields, TrainingFields, FullProfil
     #: added after the baseline runs were recorded (at auto / off): in the tag's digest only when not at the default
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("precision", "centre_embeddings", "randaugment_ops")
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("centre_embeddings", "randaugment_ops")
+    #: ``centre_embeddings`` was added at off: the runs recorded before it keep their tags
+    UNRECORDED_VALUES: ClassVar[dict[str, Any]] = FITTED_RECIPE_UNRECORDED
 
     rank: int = setting(8, "LoRA rank r (FRoundation: 16)")
     output_dir: str | None = setting(None, "run folder (TensorBoard, checkpoints, adapter); default runs/<tag>")

@@ -1,10 +1,13 @@
 """Notebook 05: adapting a start to a new domain with k labelled images, and the forgetting of the source domain.
 
-Three tables from the four committed grids (:attr:`~afr.experiments.grids.CommittedGrids.crossdomain_grids`):
+Three tables from the committed grids (:attr:`~afr.experiments.grids.CommittedGrids.crossdomain_grids`):
 
-* ``crossdomain``: visible -> thermal at k = 1, 2, 4 (grid ``thermal``) and k = all (grid ``thermal_kall``, the
-  same starts): thermal AUC per pack and the visible forgetting. Keys ``crossdomain.<pack>.<metric>.<row>.k<k>``
-  (``k0``: zero-shot and the starts; ``kall``: every labelled image);
+* ``crossdomain``: visible -> thermal at k = 1, 2, 4 (grid ``thermal_validated``) and k = all (grid
+  ``thermal_kall_validated``, the same starts), stage 2's step count chosen per run and k on the thermal validation
+  identities: thermal AUC per pack and the visible forgetting. Keys ``crossdomain.<pack>.<metric>.<row>.k<k>``
+  (``k0``: zero-shot and the starts; ``kall``: every labelled image). The first grids (``thermal``,
+  ``thermal_kall``: 10 steps fixed in advance) go to the supplement under the keys ``crossdomain-fixed10...``, with
+  the chosen step counts (``crossdomain.chosen-steps...``, ``crossdomain.val-auc...``);
 * ``crossdomain_lowquality``: visible -> low quality (stage 1 on ORL + Yale only): low-quality AUC and accuracy,
   forgetting on the controlled and wild packs. Keys ``crossdomain.to-lowquality.<pack>.<metric>.<row>.k<k>``;
 * ``crossdomain_outdoor``: indoor -> outdoor, where the target has no training identity: zero-shot against the two
@@ -152,21 +155,62 @@ def _shift_rows(book: NumberBook, prefix: str, table: Table, rows, settings: Cro
     return table
 
 
-def _thermal_table(book: NumberBook, rows, settings: CrossDomainSettings, shots, skipped: dict) -> Table:
-    table = Table(label="tab:crossdomain", columns="lc" + "c" * (len(THERMAL_PACKS) + len(VISIBLE_PACKS)),
+#: the thermal table's budget sentence: the reported grids (step count chosen on validation) and the first ones
+VALIDATED_BUDGET = ("stage 2 ran up to 25 SGD steps and each run kept, per $k$, the step count (0, 1, 3, 5, 10 or 25) "
+                    "with the highest AUC on the thermal validation identities; the test packs were scored once, "
+                    "with it")
+FIXED_BUDGET = "stage 2 ran 10 SGD steps for every $k$, fixed in advance, and the test packs were scored after them"
+
+
+def _thermal_table(book: NumberBook, rows, settings: CrossDomainSettings, shots, skipped: dict,
+                   prefix: str = "crossdomain", table_label: str = "tab:crossdomain",
+                   budget: str = VALIDATED_BUDGET) -> Table:
+    table = Table(label=table_label, columns="lc" + "c" * (len(THERMAL_PACKS) + len(VISIBLE_PACKS)),
                   wide=True, size=r"\scriptsize",
                   caption="Notebook 05, visible $\\rightarrow$ thermal: test AUC on the thermal packs after adapting "
                           "with $k$ labelled images per thermal training identity ($k=0$: before adaptation; "
-                          "$k=\\mathrm{all}$: every thermal training image labelled, the same 10 SGD steps), and the "
-                          "forgetting on the visible packs: accuracy change in points against the row's start. Mean "
+                          f"$k=\\mathrm{{all}}$: every thermal training image labelled); {budget}. Forgetting on the "
+                          "visible packs: accuracy change in points against the row's start. Mean "
                           "$\\pm$ sd over seeds 0--2 (zero-shot: no seed).",
                   header=[["row", "$k$", *(f"AUC {label(p)}" for p in THERMAL_PACKS),
                            *(rf"$\Delta$acc. {label(p)}" for p in VISIBLE_PACKS)]])
-    return _shift_rows(book, "crossdomain", table, rows, settings, shots, skipped,
+    return _shift_rows(book, prefix, table, rows, settings, shots, skipped,
                        [(pack, "auc") for pack in THERMAL_PACKS])
 
 
-def _thermal_tests(book: NumberBook, rows, shots) -> None:
+def _chosen_steps_table(book: NumberBook, records: list, prefix: str = "crossdomain") -> Table:
+    """Stage 2's step counts chosen on the thermal validation identities: per (row, k) each seed's choice and the mean
+    validation AUC at step 0 (the start) and at the chosen step count (keys ``<prefix>.chosen-steps...`` and
+    ``<prefix>.val-auc...``)."""
+    table = Table(label="tab:supp-crossdomain-chosen", columns="lcccc", size=r"\scriptsize",
+                  caption="Notebook 05, visible $\\rightarrow$ thermal, reported grids: the stage-2 step count each run "
+                          "chose on the thermal validation identities (per seed), and the validation AUC before "
+                          "adaptation (step 0, the start) and at the chosen step count, mean over seeds.",
+                  header=[["row", "$k$", "chosen steps (seeds 0--2)", "val.\\ AUC, step 0", "val.\\ AUC, chosen"]])
+    chosen: dict[tuple[str, int], dict[int, tuple[int, float, float]]] = {}
+    for record in records:
+        method, seed = record["method"], record["seed"]
+        for name, adaptation in (record.get("adaptation") or {}).items():
+            if "validation" in adaptation:
+                shots = ALL_SHOTS if name == "kall" else int(name[1:])
+                curve = adaptation["validation"]
+                chosen.setdefault((method, shots), {})[seed] = (
+                    adaptation["chosen_steps"], curve["0"]["auc"], curve[str(adaptation["chosen_steps"])]["auc"])
+    order = [method for method in METHODS if method in START_OF]
+    for method, shots in sorted(chosen, key=lambda item: (item[1] == ALL_SHOTS, item[1], order.index(item[0]))):
+        by_seed = chosen[method, shots]
+        steps = [by_seed[seed][0] for seed in sorted(by_seed)]
+        for seed in sorted(by_seed):
+            book.add(_key(prefix, "chosen-steps", method, _k(shots), f"seed{seed}"), by_seed[seed][0], "count")
+        table.rows.append([escape(method), shots_label(shots), " ".join(str(value) for value in steps),
+                           stats_cell(book, _key(prefix, "val-auc", method, _k(shots), "step0"),
+                                      [by_seed[seed][1] for seed in sorted(by_seed)], "auc"),
+                           stats_cell(book, _key(prefix, "val-auc", method, _k(shots), "chosen"),
+                                      [by_seed[seed][2] for seed in sorted(by_seed)], "auc")])
+    return table
+
+
+def _thermal_tests(book: NumberBook, rows, shots, prefix: str = "crossdomain") -> None:
     """The methods' pairs per k; LoRA against zero-shot per k; k = all against k = 4 per method (paired by seed:
     the same start)."""
     for k in shots:
@@ -175,14 +219,14 @@ def _thermal_tests(book: NumberBook, rows, shots) -> None:
                 a, b = _values(rows, first, k, pack), _values(rows, second, 0 if second == "zero-shot" else k, pack,
                                                               paired=True)
                 if len(a) and len(b):
-                    record_test(book, key("crossdomain", "ttest", pack, "auc", first, "vs", second, _k(k)),
+                    record_test(book, _key(prefix, "ttest", pack, "auc", first, "vs", second, _k(k)),
                                 paired_test(a, b), "delta")
     if ALL_SHOTS in shots and 4 in shots:
         for method in METHODS[1:]:
             for pack in THERMAL_PACKS:
                 a, b = _values(rows, method, ALL_SHOTS, pack), _values(rows, method, 4, pack)
                 if len(a) and len(b):
-                    record_test(book, key("crossdomain", "ttest", pack, "auc", method, "kall", "vs", "k4"),
+                    record_test(book, _key(prefix, "ttest", pack, "auc", method, "kall", "vs", "k4"),
                                 paired_test(a, b), "delta")
 
 
@@ -276,13 +320,24 @@ def _seed_cell(value: float, metric: str) -> str:
     return f"{100 * value:.2f}" if metric == "accuracy" else f"{value:.4f}"
 
 
+#: the reported visible -> thermal grids (step count chosen on validation) and the first ones (10 steps, fixed in
+#: advance; supplementary, keys under :data:`FIXED`)
+REPORTED, FIRST = ("thermal_validated", "thermal_kall_validated"), ("thermal", "thermal_kall")
+FIXED = "crossdomain-fixed10"
+
+
+def _thermal_grids(sources: PaperSources, names: tuple[str, str]):
+    """The rows, k values and skipped (row, k) of a pair of thermal grids (k = 1, 2, 4 and k = all)."""
+    grids = sources.grids.crossdomain_grids
+    shots = tuple(dict.fromkeys(k for name in names for k in grids[name].shots))
+    skipped = {key_: reason for name in names for key_, reason in _skipped(sources.crossdomain_records(name)).items()}
+    return sources.crossdomain_test(*names), grids[names[0]], shots, skipped
+
+
 def build(sources: PaperSources, book: NumberBook) -> PartOutput:
     grids = sources.grids
-    thermal = grids.crossdomain
-    thermal_shots = tuple(dict.fromkeys((*thermal.shots, *grids.crossdomain_kall.shots)))
-    thermal_rows = sources.crossdomain_test("thermal", "thermal_kall")
-    thermal_skipped = {**_skipped(sources.crossdomain_records("thermal")),
-                       **_skipped(sources.crossdomain_records("thermal_kall"))}
+    thermal_rows, thermal, thermal_shots, thermal_skipped = _thermal_grids(sources, REPORTED)
+    first_rows, first, first_shots, first_skipped = _thermal_grids(sources, FIRST)
     lowquality, outdoor = grids.crossdomain_lowquality, grids.crossdomain_outdoor
     lowquality_rows, outdoor_rows = sources.crossdomain_test("lowquality"), sources.crossdomain_test("outdoor")
     lowquality_skipped = _skipped(sources.crossdomain_records("lowquality"))
@@ -291,11 +346,14 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
               "crossdomain_lowquality": _lowquality_table(book, lowquality_rows, lowquality, lowquality_skipped),
               "crossdomain_outdoor": _outdoor_table(book, outdoor_rows, outdoor)}
     _thermal_tests(book, thermal_rows, thermal_shots)
-    _adaptation_sizes(book, "crossdomain", sources.crossdomain_records("thermal"),
-                      sources.crossdomain_records("thermal_kall"))
+    _thermal_tests(book, first_rows, first_shots, FIXED)
+    # every adapted run of both reported grids (the same (method, seed) runs once per grid: k = 1, 2, 4 and k = all)
+    reported_records = [record for name in REPORTED for (method, _), record in sources.crossdomain_records(name).items()
+                        if method in START_OF]
+    _adaptation_sizes(book, "crossdomain", *(sources.crossdomain_records(name) for name in REPORTED))
     _adaptation_sizes(book, _key("crossdomain", LOWQUALITY), sources.crossdomain_records("lowquality"))
     starts = {}
-    for (method, _), record in sources.crossdomain_records("thermal").items():
+    for (method, _), record in sources.crossdomain_records(REPORTED[0]).items():
         if method in STARTS and record.get("meta_training", {}).get("seconds_per_step"):
             starts.setdefault(method, []).append(record["meta_training"]["seconds_per_step"])
     for method, values in starts.items():
@@ -307,7 +365,10 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
         "crossdomain_seeds": _per_seed(
             thermal_rows, _row_shots(METHODS, thermal_shots), thermal_skipped, [(p, "auc") for p in packs],
             "tab:supp-crossdomain", "Notebook 05, visible $\\rightarrow$ thermal, per seed: test AUC on every pack "
-            "($k$ = all: every thermal training image labelled)."),
+            "($k$ = all: every thermal training image labelled; stage-2 step count chosen on validation)."),
+        "crossdomain_chosen": _chosen_steps_table(book, reported_records),
+        "crossdomain_fixed10": _thermal_table(book, first_rows, first, first_shots, first_skipped, FIXED,
+                                              "tab:supp-crossdomain-fixed10", FIXED_BUDGET),
         "crossdomain_lowquality_seeds": _per_seed(
             lowquality_rows, _row_shots(lowquality.methods, lowquality.shots), lowquality_skipped,
             [(p, m) for p in shift_packs for m in ("auc", "accuracy")], "tab:supp-crossdomain-lowquality",
