@@ -41,6 +41,12 @@ notebook 04: CosFace (s 64, m 0.35) against the prototypes of the support's iden
   never seen thermal is not (its zero-shot thermal accuracy is well below its visible accuracy); two views of one
   image are the same person without any clusterer. Skipped at ``k = 1`` with its supervised twin.
 
+**The step count of stage 2** is ``adapt_steps``, fixed in advance (the first grids: 10), or, with
+``choose_steps_on_validation`` (the reported grids), chosen per run and k on the target's *validation* identities
+(``val/thermal.bin``: neither training nor test identities): :class:`ValidationChoice` scores the adapter after 0, 1,
+3, 5, 10, 25, ... steps up to ``adapt_steps``, keeps the tensors of the best step count (0: the start itself), and the
+test packs are scored once, with them; the record keeps the validation curve and the chosen step count.
+
 **Scores** after adaptation, on the test identities: ``thermal_und`` and ``thermal_puj`` (one collection each),
 the mixed ``thermal`` pack, and the visible ``controlled``, ``wild``, ``lowquality`` packs. Forgetting is the
 visible accuracy after adaptation minus the start's (and minus zero-shot's). The starts are scored as their LoRA
@@ -115,12 +121,12 @@ from afr.stats import paired_tests as paired
 from afr.train import distributed, seed_everything
 
 __all__ = ["ALL_SHOTS", "DIRECTIONS", "Direction", "EXPERTS", "METHODS", "STARTS", "CrossDomainData",
-           "chosen_steps_table",
-           "CrossDomainSettings", "ThermalSplit", "adapt", "compare_with_committed", "dalora_from_start",
-           "data_summary", "figure_name", "forgetting_table", "grid_table", "load_data", "load_full_data",
-           "paired_tests", "plot_results", "run_experiment", "run_grid", "run_method", "run_start", "run_zero_shot",
-           "score_dalora", "score_packs", "shots_label", "skipped_rows", "stage1_sampler", "summary_table",
-           "support_batch", "thermal_split", "validation_table", "ValidationChoice", "view_contrastive_loss"]
+           "CrossDomainSettings", "ThermalSplit", "ValidationChoice", "adapt", "chosen_steps_table",
+           "compare_with_committed", "dalora_from_start", "data_summary", "figure_name", "forgetting_table",
+           "grid_table", "load_data", "load_full_data", "paired_tests", "plot_results", "run_experiment", "run_grid",
+           "run_method", "run_start", "run_zero_shot", "score_dalora", "score_packs", "shots_label", "skipped_rows",
+           "stage1_sampler", "summary_table", "support_batch", "thermal_split", "validation_table",
+           "view_contrastive_loss"]
 
 #: how the tensors an adaptation trains become backbone parameters (by name)
 ToParameters = Callable[[dict[str, Tensor]], dict[str, Tensor]]
