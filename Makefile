@@ -180,9 +180,12 @@ maml-inner1-results: $(STAMP)
 # without the contrastive terms: the CPU budget); indoor -> outdoor
 # (no target training identities: the two starts trained on ORL + Yale, scored on the wild photos).
 CROSSDOMAIN_GRID := seeds: [0, 1, 2], meta_steps: 60, progress: false
-CROSSDOMAIN_GRIDS := thermal thermal_kall thermal_validated thermal_kall_validated lowquality outdoor
-CROSSDOMAIN_thermal := {$(CROSSDOMAIN_GRID), shots: [1, 2, 4], grid: crossdomain-thermal}
-CROSSDOMAIN_thermal_kall := {$(CROSSDOMAIN_GRID), shots: [all], grid: crossdomain-thermal_kall}
+CROSSDOMAIN_GRIDS := thermal thermal_kall thermal_validated thermal_kall_validated lowquality lowquality_validated \
+  outdoor
+# the first grids: stage 2's step count fixed in advance (10; the notebook's default chooses it on validation)
+CROSSDOMAIN_FIXED := adapt_steps: 10, choose_steps_on_validation: false
+CROSSDOMAIN_thermal := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_FIXED), shots: [1, 2, 4], grid: crossdomain-thermal}
+CROSSDOMAIN_thermal_kall := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_FIXED), shots: [all], grid: crossdomain-thermal_kall}
 # the reported thermal grids: stage 2's step count chosen per run and k on the thermal validation identities among
 # 0 1 3 5 10 25 steps (learning rate 1e-3 kept after a validation-only check, results/analysis/crossdomain_lr/), the
 # test packs scored once at it; starts rebuilt where their adapters are not on this machine
@@ -191,8 +194,10 @@ CROSSDOMAIN_thermal_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED),
   grid: crossdomain-thermal_validated}
 CROSSDOMAIN_thermal_kall_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), shots: [all], \
   grid: crossdomain-thermal_kall_validated}
-CROSSDOMAIN_lowquality := {$(CROSSDOMAIN_GRID), direction: visible->lowquality, shots: [1, 4], \
+CROSSDOMAIN_lowquality := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_FIXED), direction: visible->lowquality, shots: [1, 4], \
   methods: [zero-shot, lora, dalora, dalora+maml], grid: crossdomain-lowquality}
+CROSSDOMAIN_lowquality_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), direction: visible->lowquality, \
+  shots: [1, 4], methods: [zero-shot, lora, dalora, dalora+maml], grid: crossdomain-lowquality_validated}
 CROSSDOMAIN_outdoor := {$(CROSSDOMAIN_GRID), direction: indoor->outdoor, methods: [zero-shot], \
   grid: crossdomain-outdoor}
 crossdomain-results: $(STAMP)

@@ -167,13 +167,28 @@ def test_choosing_stage2_steps_on_validation_is_refused_where_there_is_no_valida
                             choose_steps_on_validation=True)
     with pytest.raises(SettingsError, match="no stage 2"):
         CrossDomainSettings(direction="indoor->outdoor", choose_steps_on_validation=True)
-    plain = CrossDomainSettings()
-    assert plain.validation_step_counts == ()
+    plain = CrossDomainSettings(choose_steps_on_validation=False)
+    assert plain.validation_step_counts == () and plain.adapt_steps == 10  # the first grids' fixed budget
     assert CrossDomainSettings(adapt_steps=30, choose_steps_on_validation=True).validation_step_counts == \
         (0, 1, 3, 5, 10, 25, 30)
     # an added field: in the digest only when set (runs recorded before it keep their tags)
     assert "choose_steps_on_validation" not in plain.digest_values()
     assert CrossDomainSettings(choose_steps_on_validation=True).tag != plain.tag
+
+
+@pytest.mark.parametrize("given, chooses", [
+    ({}, True),  # embedded, visible -> thermal: val/thermal.bin
+    ({"direction": "visible->lowquality"}, True),  # val/lowquality.bin
+    ({"direction": "indoor->outdoor"}, False),  # no stage 2
+    ({"data_profile": "full", "train_rec": "/x", "target_dir": "/y", "bins_dir": "/z"}, False)])  # no validation
+def test_stage2_chooses_its_step_count_on_validation_by_default_wherever_the_target_has_validation_identities(
+        given, chooses):
+    """The default of ``choose_steps_on_validation`` is the reported grids' recipe where it can run, and off (never
+    refused) where it cannot."""
+    settings = CrossDomainSettings(**given)
+    assert settings.choose_steps_on_validation is chooses
+    assert settings.validation_step_counts == ((0, 1, 3, 5, 10) if chooses else ())
+    assert ("choose_steps_on_validation" in settings.digest_values()) is chooses
 
 
 def test_the_contrastive_rows_add_their_terms_to_the_adaptation_loss(tmp_path):
@@ -243,7 +258,8 @@ def test_the_validation_pack_holds_no_training_or_test_chip(embedded_benchmark):
     training = {digest(data.train.chips[index]) for index in thermal}
     test = {digest(image) for name in ("thermal_und", "thermal_puj", "thermal") for image in data.test_packs[name].images}
     assert validation and not validation & training and not validation & test
-    assert load_data(CrossDomainSettings(embedded_root=str(embedded_benchmark.root))).validation_pack is None
+    assert load_data(CrossDomainSettings(embedded_root=str(embedded_benchmark.root),
+                                         choose_steps_on_validation=False)).validation_pack is None
 
 
 @pytest.mark.parametrize("grid", ["thermal_validated", "thermal_kall_validated"])
@@ -312,7 +328,7 @@ def test_shots_all_is_every_target_training_image():
 
 
 def test_directions_name_their_sources_and_keep_the_default_tags():
-    base = CrossDomainSettings()
+    base = CrossDomainSettings(choose_steps_on_validation=False)  # as the runs recorded before directions existed
     assert base.tag == dataclasses.replace(base, direction="visible->thermal").tag
     # the default's digest does not name the direction: tags recorded before directions existed stay valid
     assert "direction" not in base.digest_values()

@@ -164,6 +164,7 @@ GRIDS = {"thermal": ("visible->thermal", [1, 2, 4], ("orl", "yale", "lowquality"
          "thermal_validated": ("visible->thermal", [1, 2, 4], ("orl", "yale", "lowquality"), True),
          "thermal_kall_validated": ("visible->thermal", [-1], ("orl", "yale", "lowquality"), True),
          "lowquality": ("visible->lowquality", [1, 4], ("orl", "yale")),
+         "lowquality_validated": ("visible->lowquality", [1, 4], ("orl", "yale"), True),
          "outdoor": ("indoor->outdoor", [], ("orl", "yale"))}
 
 
@@ -226,26 +227,33 @@ def test_crossdomain_table_with_k_all_equals_the_committed_csv(committed, grids,
     assert checked == 3 * (3 + 5 * 4 - 3)  # zero-shot, 2 starts, 5 methods x 4 k less the 3 not applicable
 
 
-def test_the_chosen_step_counts_of_the_supplement_are_the_records(committed):
+@pytest.mark.parametrize("grids, file, count", [
+    (("thermal_validated", "thermal_kall_validated"), "crossdomain_chosen", 17),  # 5 rows x k = 1, 2, 4 less the 2
+    # contrastive rows at k = 1; 4 at k = all
+    (("lowquality_validated",), "crossdomain_lowquality_chosen", 6)])  # 3 rows x k = 1, 4
+def test_the_chosen_step_counts_of_the_supplement_are_the_records(committed, grids, file, count):
     """Notebook 05's reported grids chose stage 2's step count on validation: the supplement lists, per (row, k), each
     seed's choice as its record holds it, read here from the records of those grids."""
     chosen: dict[tuple[str, str], dict[int, int]] = {}
-    for tag in grid_runs("thermal_validated", "thermal_kall_validated") - FLAGGED:
+    for tag in grid_runs(*grids) - FLAGGED:
         record = json.loads((RESULTS / "crossdomain" / f"{tag}.json").read_text())
         for key, adaptation in (record.get("adaptation") or {}).items():
             chosen.setdefault((record["method"], key[1:]), {})[record["seed"]] = adaptation["chosen_steps"]
-    rows = table_rows(committed.files["supplementary/crossdomain_chosen.tex"])
-    assert len(rows) == len(chosen) == 17  # 5 rows x k = 1, 2, 4 less the 2 contrastive rows at k = 1; 4 at k = all
+    rows = table_rows(committed.files[f"supplementary/{file}.tex"])
+    assert len(rows) == len(chosen) == count
     for row in rows:
         by_seed = chosen[row[0], row[1]]
         assert row[2] == " ".join(str(by_seed[seed]) for seed in sorted(by_seed)), row
 
 
-def test_other_shifts_tables_equal_the_committed_csv(committed):
-    """Visible -> low quality (k = 1, 4) and indoor -> outdoor (zero-shot against the starts trained on ORL + Yale
-    only): every cell from the committed rows of those runs (a run not recorded yet reads "not run")."""
-    frame = crossdomain_frame("lowquality")
-    rows = table_rows(committed.files["tables/crossdomain_lowquality.tex"])
+@pytest.mark.parametrize("grid, file", [("lowquality_validated", "tables/crossdomain_lowquality.tex"),
+                                        ("lowquality", "supplementary/crossdomain_lowquality_fixed10.tex")])
+def test_other_shifts_tables_equal_the_committed_csv(committed, grid, file):
+    """Visible -> low quality (k = 1, 4; the paper's table the grid whose step count was chosen on validation, the
+    supplement the first one) and indoor -> outdoor (zero-shot against the starts trained on ORL + Yale only): every
+    cell from the committed rows of those runs (a run not recorded yet reads "not run")."""
+    frame = crossdomain_frame(grid)
+    rows = table_rows(committed.files[file])
     methods = ("lora", "dalora", "dalora+maml")
     assert [(row[0], row[1]) for row in rows] == [("zero-shot", "--"), ("pooled-start", "0"), ("maml-start", "0"),
                                                   *((m, k) for k in ("1", "4") for m in methods)]
@@ -290,7 +298,7 @@ def test_crossdomain_numbers_and_per_seed_supplement_follow_the_committed_csv(co
 
     for name, frame, packs in (("crossdomain_seeds", thermal, [(p, "auc") for p in (
             "thermal_und", "thermal_puj", "thermal", "controlled", "wild", "lowquality")]),
-            ("crossdomain_lowquality_seeds", crossdomain_frame("lowquality"),
+            ("crossdomain_lowquality_seeds", crossdomain_frame("lowquality_validated"),
              [(p, m) for p in ("lowquality", "controlled", "wild") for m in ("auc", "accuracy")]),
             ("crossdomain_outdoor_seeds", crossdomain_frame("outdoor"),
              [(p, m) for p in ("wild", "controlled") for m in ("auc", "accuracy")])):

@@ -41,9 +41,10 @@ notebook 04: CosFace (s 64, m 0.35) against the prototypes of the support's iden
   never seen thermal is not (its zero-shot thermal accuracy is well below its visible accuracy); two views of one
   image are the same person without any clusterer. Skipped at ``k = 1`` with its supervised twin.
 
-**The step count of stage 2** is ``adapt_steps``, fixed in advance (the first grids: 10), or, with
-``choose_steps_on_validation`` (the reported grids), chosen per run and k on the target's *validation* identities
-(``val/thermal.bin``: neither training nor test identities): :class:`ValidationChoice` scores the adapter after 0, 1,
+**The step count of stage 2** is chosen per run and k on the target's *validation* identities wherever the target
+has them (``choose_steps_on_validation``, the default on the embedded profile with a stage 2, and the reported grids'
+recipe; ``val/thermal.bin``, ``val/lowquality.bin``: neither training nor test identities), or else it is
+``adapt_steps``, fixed in advance (the first grids: 10): :class:`ValidationChoice` scores the adapter after 0, 1,
 3, 5, 10, 25, ... steps up to ``adapt_steps``, keeps the tensors of the best step count (0: the start itself), and the
 test packs are scored once, with them; the record keeps the validation curve and the chosen step count.
 
@@ -99,12 +100,14 @@ from afr.experiments.records import (  # noqa: F401 (MissingStartError: importab
     GridRuns, MissingStartError, append_rows_unlocked, check_outputs_writable, check_start_adapters,
     check_unfinished_runs, environment_info, grid_metric_values, json_default, label_runs_unlocked, metric_rows,
     missing_start_error, read_table, reuse_note, reuse_record, table_lock, write_record)
-# the settings, methods, starts, directions and forgetting_table live in the torch-free settings module;
+# the settings, methods, starts, directions and the tables the paper reads (forgetting, validation curves, chosen
+# step counts) live in the torch-free settings module;
 # importable here too
 from afr.experiments.settings.crossdomain import (  # noqa: F401
     ALL_SHOTS, DATA_PROFILES, DIRECTIONS, EXPERTS, EXTRA_TERMS, FULL_PROFILE_FIELDS, MAML_START_FIELDS, METHODS,
     START_FIELDS, START_OF, STARTS, THERMAL_COLLECTIONS, THERMAL_PACKS, VISIBLE_COLLECTIONS, VISIBLE_PACKS,
-    ZERO_SHOT_FIELDS, CrossDomainSettings, Direction, _parse_shots, forgetting_table, shots_label)
+    ZERO_SHOT_FIELDS, CrossDomainSettings, Direction, _parse_shots, chosen_steps_table, forgetting_table, shots_label,
+    shots_order, validation_table)
 from afr.experiments.settings.base import job_settings
 from afr.experiments.training_setup import evaluation_device
 from afr.io import atomic_write_text
@@ -224,7 +227,8 @@ def thermal_split(data: CrossDomainData, shots: int, seed: int,
 
 
 def data_summary(data: CrossDomainData, settings: CrossDomainSettings) -> str:
-    """Stage-1 collections, the thermal support and unlabelled sets per k, the test packs (deterministic)."""
+    """Stage-1 collections, the thermal support and unlabelled sets per k, the test packs and the validation pack
+    (deterministic)."""
     shift = settings.shift
     lines = [f"direction {settings.direction}: stage 1 on {'+'.join(shift.source)}, stage 2 on "
              f"{'+'.join(shift.target) or 'nothing (no target training identities)'}"]
@@ -245,6 +249,11 @@ def data_summary(data: CrossDomainData, settings: CrossDomainSettings) -> str:
                 lines.append(f"  skipped: {reason}")
     for name, pack in data.test_packs.items():
         lines.append(f"test {name:<11} {len(pack.issame):>4} pairs ({int(np.sum(pack.issame))} same identity)")
+    if data.validation_pack is not None:  # stage 2's step count is chosen on it
+        pack = data.validation_pack
+        lines.append(f"validation ({pack.path.parent.name}/{pack.path.name}, chooses stage 2's step count among "
+                     f"{', '.join(map(str, settings.validation_step_counts))}) {len(pack.issame):>4} pairs "
+                     f"({int(np.sum(pack.issame))} same identity)")
     return "\n".join(lines)
 
 
@@ -733,10 +742,6 @@ def grid_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
     return pd.DataFrame(rows, columns=["method", "seed", "shots", "domain", "metric", "value"])
 
 
-def _shots_order(shots: int) -> tuple[bool, int]:
-    return shots == ALL_SHOTS, shots
-
-
 def summary_table(table, metric: str = "auc", settings: CrossDomainSettings | None = None):
     """``mean ± sd`` over seeds: rows (method, k), columns the direction's target packs then its source packs
     (then the other packs)."""
@@ -749,7 +754,7 @@ def summary_table(table, metric: str = "auc", settings: CrossDomainSettings | No
     wide = wide[first + [name for name in wide.columns if name not in first]]
     order = [*(f"{start}-start" for start in STARTS), *METHODS]
     wide = wide.sort_index(key=lambda index: index.map(order.index) if index.name == "method"
-                           else index.map(_shots_order))
+                           else index.map(shots_order))
     return wide.rename(index=shots_label, level="shots").rename_axis(index={"shots": "k"})
 
 
@@ -770,42 +775,6 @@ def paired_tests(table, settings: CrossDomainSettings, metric: str = "auc"):
                 frames.append(paired(part, first, metric, by=("shots",)).assign(domain=domain))
     columns = ["comparison", "shots", "domain", "metric", "seeds", "mean_difference", "p_value"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
-
-
-def validation_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
-    """Stage 2's validation curves of the runs whose step count was chosen on validation: one row per (method, seed,
-    k, steps) with the validation AUC and whether that step count was chosen (flagged runs left out, as in
-    :func:`grid_table`); empty when no run chose."""
-    import pandas as pd
-
-    from afr.experiments.health import healthy_records
-
-    healthy, _ = healthy_records(records, show=False)
-    rows = [{"method": method, "seed": seed, "shots": _parse_shots(key[1:]), "steps": int(steps),
-             "val_auc": metrics["auc"], "chosen": int(steps) == adaptation["chosen_steps"]}
-            for (method, seed), record in healthy.items()
-            for key, adaptation in record.get("adaptation", {}).items() if "validation" in adaptation
-            for steps, metrics in adaptation["validation"].items()]
-    return pd.DataFrame(rows, columns=["method", "seed", "shots", "steps", "val_auc", "chosen"])
-
-
-def chosen_steps_table(validation):
-    """Per (method, k): the chosen step count of each seed and the mean validation AUC before adaptation (step 0) and
-    at the chosen step count, from :func:`validation_table`."""
-    import pandas as pd
-
-    if not len(validation):
-        return pd.DataFrame(columns=["method", "k", "chosen steps (per seed)", "val AUC at 0", "val AUC chosen"])
-    order = list(METHODS)
-    rows = []
-    for (method, shots), part in sorted(validation.groupby(["method", "shots"]),
-                                        key=lambda item: (order.index(item[0][0]), _shots_order(item[0][1]))):
-        chosen = part[part["chosen"]].sort_values("seed")
-        rows.append({"method": method, "k": shots_label(shots),
-                     "chosen steps (per seed)": " ".join(str(steps) for steps in chosen["steps"]),
-                     "val AUC at 0": round(float(part.loc[part["steps"] == 0, "val_auc"].mean()), 4),
-                     "val AUC chosen": round(float(chosen["val_auc"].mean()), 4)})
-    return pd.DataFrame(rows)
 
 
 def compare_with_committed(records: Mapping[Any, Mapping[str, Any]]) -> str:

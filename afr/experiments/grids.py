@@ -30,6 +30,11 @@ ABLATION_COMPONENTS = ("lora", "lora+router", "dalora", "dalora+maml", "dalora+c
 PAIRED_TEST_SEEDS = (0, 1, 2, 3, 4)
 
 
+#: notebook 05's first grids: stage 2's step count fixed in advance, 10 (the settings' default now chooses it on
+#: validation where the target has validation identities)
+FIXED_BUDGET = {"adapt_steps": 10, "choose_steps_on_validation": False}
+
+
 @dataclass(frozen=True)
 class CommittedGrids:
     """The committed grids, as the Makefile's results targets run them (``*_RESULTS`` and ``BASELINE_SEARCH``);
@@ -77,12 +82,13 @@ class CommittedGrids:
     #: its rows keep the grid name ``maml``
     maml_first: MamlExperimentSettings = field(default_factory=lambda: MamlExperimentSettings(
         seeds=SEEDS, meta_steps=60, steps=(0, 1, 3, 5, 10, 25), progress=False, grid="maml"))
-    #: notebook 05's four grids (``CROSSDOMAIN_<name>``); they share the zero-shot run, the two thermal grids share
-    #: their starts, and so do low quality and outdoor (both start from ORL + Yale only)
+    #: notebook 05's grids (``CROSSDOMAIN_<name>``); they share the zero-shot run, the thermal grids share their
+    #: starts, and so do the low-quality grids and outdoor (both start from ORL + Yale only). The first grids took
+    #: 10 stage-2 steps fixed in advance (:data:`FIXED_BUDGET`)
     crossdomain: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
-        seeds=SEEDS, meta_steps=60, shots=(1, 2, 4), progress=False, grid="crossdomain-thermal"))
+        seeds=SEEDS, meta_steps=60, shots=(1, 2, 4), **FIXED_BUDGET, progress=False, grid="crossdomain-thermal"))
     crossdomain_kall: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
-        seeds=SEEDS, meta_steps=60, shots=("all",), progress=False, grid="crossdomain-thermal_kall"))
+        seeds=SEEDS, meta_steps=60, shots=("all",), **FIXED_BUDGET, progress=False, grid="crossdomain-thermal_kall"))
     #: notebook 05's visible -> thermal grids with stage 2's step count chosen per run and k on the thermal validation
     #: identities (``val/thermal.bin``) among 0 1 3 5 10 25 steps, the test packs scored once at it; the learning rate
     #: 1e-3 was kept after a validation-only check against 3e-4 (``results/analysis/crossdomain_lr/``); the starts are
@@ -95,8 +101,15 @@ class CommittedGrids:
         rebuild_starts=True, progress=False, grid="crossdomain-thermal_kall_validated"))
     crossdomain_lowquality: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
         seeds=SEEDS, meta_steps=60, direction="visible->lowquality", shots=(1, 4),
-        methods=("zero-shot", "lora", "dalora", "dalora+maml"), progress=False,
+        methods=("zero-shot", "lora", "dalora", "dalora+maml"), **FIXED_BUDGET, progress=False,
         grid="crossdomain-lowquality"))
+    #: notebook 05's visible -> low quality grid with stage 2's step count chosen per run and k on the low-quality
+    #: validation identities (``val/lowquality.bin``) as the thermal grids', the same candidates and learning rate
+    #: (fixed in advance: the thermal grids' check); its starts are the first low-quality grid's
+    crossdomain_lowquality_validated: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
+        seeds=SEEDS, meta_steps=60, direction="visible->lowquality", shots=(1, 4),
+        methods=("zero-shot", "lora", "dalora", "dalora+maml"), adapt_steps=25, choose_steps_on_validation=True,
+        rebuild_starts=True, progress=False, grid="crossdomain-lowquality_validated"))
     crossdomain_outdoor: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
         seeds=SEEDS, meta_steps=60, direction="indoor->outdoor", methods=("zero-shot",), progress=False,
         grid="crossdomain-outdoor"))
@@ -124,7 +137,8 @@ class CommittedGrids:
         return {"thermal": self.crossdomain, "thermal_kall": self.crossdomain_kall,
                 "thermal_validated": self.crossdomain_validated,
                 "thermal_kall_validated": self.crossdomain_kall_validated,
-                "lowquality": self.crossdomain_lowquality, "outdoor": self.crossdomain_outdoor}
+                "lowquality": self.crossdomain_lowquality,
+                "lowquality_validated": self.crossdomain_lowquality_validated, "outdoor": self.crossdomain_outdoor}
 
     # ------------------------------------------------------------------------------------------ which runs
     def dalora_learning_rates(self, dalora_table, grid: DaLoraExperimentSettings | None = None) -> dict[str, float]:
@@ -263,7 +277,8 @@ def _runs_by_group(grid: AblationSettings) -> dict[str, set[str]]:
 #: runs outside these grids have an empty cell
 GRID_NAMES = ("baseline", "baseline-search", "baseline-fitted", "baseline-search-fitted", "dalora", "recipe-search", "dalora-fitted", "maml", "maml-validated",
               "maml-inner1", "crossdomain-thermal", "crossdomain-thermal_kall", "crossdomain-thermal_validated",
-              "crossdomain-thermal_kall_validated", "crossdomain-lowquality", "crossdomain-outdoor", "ablations",
+              "crossdomain-thermal_kall_validated", "crossdomain-lowquality", "crossdomain-lowquality_validated",
+              "crossdomain-outdoor", "ablations",
               "ablations-fitted", "ablations-inner1")
 
 

@@ -282,7 +282,9 @@ def in_grid(table, grid: str):
     """A boolean Series: which rows of a tidy table belong to the committed grid ``grid`` (their grid cell names it;
     all False when the table has no grid column)."""
     if GRID_COLUMN not in table:
-        return table.index.to_series().map(lambda _: False).astype(bool)
+        import pandas as pd
+
+        return pd.Series(False, index=table.index)
     return table[GRID_COLUMN].map(lambda cell: grid in grid_names(cell)).astype(bool)
 
 

@@ -4,7 +4,7 @@ of run depends on; and :func:`forgetting_table`, which reads only these (the pap
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +17,8 @@ from afr.experiments.settings.fields import (DATA_PROFILES, BackboneFields, Full
 __all__ = ["ALL_SHOTS", "DATA_PROFILES", "DIRECTIONS", "Direction", "EXPERTS", "EXTRA_TERMS", "FULL_PROFILE_FIELDS",
            "MAML_START_FIELDS", "METHODS", "START_FIELDS", "START_OF", "STARTS", "THERMAL_COLLECTIONS",
            "THERMAL_PACKS", "VALIDATION_STEP_COUNTS", "VISIBLE_COLLECTIONS", "VISIBLE_PACKS", "ZERO_SHOT_FIELDS",
-           "CrossDomainSettings", "forgetting_table", "shots_label"]
+           "CrossDomainSettings", "chosen_steps_table", "forgetting_table", "shots_label", "shots_order",
+           "validation_table"]
 
 METHODS = ("zero-shot", "lora", "dalora", "dalora+maml", "dalora+maml+contrastive", "dalora+maml+contrastive+semi")
 #: the stage-1 starts: start -> inner SGD steps from the settings? (always first order)
@@ -114,6 +115,8 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
     ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("direction", *FULL_PROFILE_FIELDS, "adapt_batch", "meta_grad_clip",
                                                "choose_steps_on_validation")
     ADDED_TABLE_SETTINGS: ClassVar[tuple[str, ...]] = ("data_profile", "num_identities", "choose_steps_on_validation")
+    #: the runs recorded before stage 2's step count could be chosen on validation took a fixed one
+    UNRECORDED_VALUES: ClassVar[dict[str, Any]] = {"choose_steps_on_validation": False}
     #: shots may be "all": checked when parsed (_parse_shots)
     RULES: ClassVar[dict[str, Any]] = {"shots": None}
 
@@ -138,13 +141,15 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
     methods: tuple[str, ...] = setting(METHODS, "rows to run (subset of " + ", ".join(METHODS) + ")")
     method: str = setting("dalora+maml", "method of a single run (the grid sets it per run)", choices=METHODS)
     shots: tuple[str, ...] = setting((1, 4), "k: labelled target images per target training identity (or all)")
-    adapt_steps: int = setting(10, "SGD steps of the adaptation to thermal")
+    adapt_steps: int = setting(10, "SGD steps of stage 2, the adaptation to the target (with "
+                               "choose_steps_on_validation: the most it may choose); 10: the demo budget, the committed "
+                               "grids run 25")
     adapt_lr: float = setting(1e-3, "SGD learning rate of the adaptation to thermal")
-    choose_steps_on_validation: bool = setting(
-        False, "score stage 2 on the target's validation identities (embedded val/<target>.bin) after 0, 1, 3, 5, 10, "
+    choose_steps_on_validation: bool | None = setting(
+        None, "score stage 2 on the target's validation identities (embedded val/<target>.bin) after 0, 1, 3, 5, 10, "
         "25, 50, 100 steps up to adapt_steps and after adapt_steps, and score the test packs once, with the adapter of "
         "the step count with the highest validation AUC (per k; of equals the fewest steps); off: the test packs after "
-        "adapt_steps (the first grids). Embedded profile only")
+        "adapt_steps (the first grids). Embedded profile with a stage 2 only (default: on there, off elsewhere)")
     adapt_batch: int | None = setting(None, "images per adaptation step, identity-balanced draws from the support "
                                       "(default: the whole support every step; the full profile needs a bound)")
     contrastive_weight: float = setting(0.1, "weight of the supervised InfoNCE over the support (contrastive rows)")
@@ -153,6 +158,9 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
     unlabelled_batch: int = setting(32, "unlabelled thermal images per adaptation step (semi row)")
 
     def __post_init__(self) -> None:
+        if self.choose_steps_on_validation is None:  # on wherever the target has validation identities
+            shift = DIRECTIONS.get(self.direction)
+            self.choose_steps_on_validation = self.data_profile == "embedded" and bool(shift and shift.target)
         super().__post_init__()  # ranges (afr.experiments.settings.FIELD_RULES), choices, resume vs overwrite
         self.methods = tuple(self.methods)
         self.seeds = tuple(int(seed) for seed in self.seeds)
@@ -295,3 +303,45 @@ def forgetting_table(table, settings: CrossDomainSettings | None = None):
     return after.assign(change_vs_start=after["accuracy"] - after["start_accuracy"],
                         change_vs_zero_shot=after["accuracy"] - after["zero_shot_accuracy"],
                         ).drop(columns=["start", "start_accuracy", "zero_shot_accuracy"]).reset_index(drop=True)
+
+
+def shots_order(shots: int) -> tuple[bool, int]:
+    """Sort key of a k: the numbers, then k = all."""
+    return shots == ALL_SHOTS, shots
+
+
+def validation_table(records: Mapping[tuple[str, int], Mapping[str, Any]]):
+    """Stage 2's validation curves of the runs whose step count was chosen on validation: one row per (method, seed,
+    k, steps) with the validation AUC and whether that step count was chosen (flagged runs left out, as in
+    :func:`afr.experiments.crossdomain.grid_table`); empty when no run chose."""
+    import pandas as pd
+
+    from afr.experiments.health import healthy_records
+
+    healthy, _ = healthy_records(records, show=False)
+    rows = [{"method": method, "seed": seed, "shots": _parse_shots(key[1:]), "steps": int(steps),
+             "val_auc": metrics["auc"], "chosen": int(steps) == adaptation["chosen_steps"]}
+            for (method, seed), record in healthy.items()
+            for key, adaptation in record.get("adaptation", {}).items() if "validation" in adaptation
+            for steps, metrics in adaptation["validation"].items()]
+    return pd.DataFrame(rows, columns=["method", "seed", "shots", "steps", "val_auc", "chosen"]).astype(
+        {"seed": int, "shots": int, "steps": int, "val_auc": float, "chosen": bool})
+
+
+def chosen_steps_table(validation):
+    """Per (method, k): the chosen step count of each seed and the mean validation AUC before adaptation (step 0) and
+    at the chosen step count, from :func:`validation_table`."""
+    import pandas as pd
+
+    if not len(validation):
+        return pd.DataFrame(columns=["method", "k", "chosen steps (per seed)", "val AUC at 0", "val AUC chosen"])
+    order = list(METHODS)
+    rows = []
+    for (method, shots), part in sorted(validation.groupby(["method", "shots"]),
+                                        key=lambda item: (order.index(item[0][0]), shots_order(item[0][1]))):
+        chosen = part[part["chosen"]].sort_values("seed")
+        rows.append({"method": method, "k": shots_label(shots),
+                     "chosen steps (per seed)": " ".join(str(steps) for steps in chosen["steps"]),
+                     "val AUC at 0": round(float(part.loc[part["steps"] == 0, "val_auc"].mean()), 4),
+                     "val AUC chosen": round(float(chosen["val_auc"].mean()), 4)})
+    return pd.DataFrame(rows)

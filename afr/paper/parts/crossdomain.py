@@ -8,8 +8,10 @@ Three tables from the committed grids (:attr:`~afr.experiments.grids.CommittedGr
   (``k0``: zero-shot and the starts; ``kall``: every labelled image). The first grids (``thermal``,
   ``thermal_kall``: 10 steps fixed in advance) go to the supplement under the keys ``crossdomain-fixed10...``, with
   the chosen step counts (``crossdomain.chosen-steps...``, ``crossdomain.val-auc...``);
-* ``crossdomain_lowquality``: visible -> low quality (stage 1 on ORL + Yale only): low-quality AUC and accuracy,
-  forgetting on the controlled and wild packs. Keys ``crossdomain.to-lowquality.<pack>.<metric>.<row>.k<k>``;
+* ``crossdomain_lowquality``: visible -> low quality (stage 1 on ORL + Yale only; grid ``lowquality_validated``,
+  the step count chosen on the low-quality validation identities): low-quality AUC and accuracy, forgetting on the
+  controlled and wild packs. Keys ``crossdomain.to-lowquality.<pack>.<metric>.<row>.k<k>``; the first grid
+  (``lowquality``, 10 steps) goes to the supplement under ``crossdomain-fixed10.to-lowquality...``;
 * ``crossdomain_outdoor``: indoor -> outdoor, where the target has no training identity: zero-shot against the two
   starts trained on ORL + Yale only (the low-quality grid's starts), on the wild and controlled packs. Keys
   ``crossdomain.to-outdoor.<pack>.<metric>.<row>``.
@@ -20,7 +22,8 @@ comparisons the text makes; zero-shot, which has no seed, enters a paired test w
 from __future__ import annotations
 
 from afr.experiments.settings.crossdomain import (ALL_SHOTS, METHODS, START_OF, THERMAL_PACKS, VISIBLE_PACKS,
-                                                  CrossDomainSettings, forgetting_table, shots_label)
+                                                  CrossDomainSettings, forgetting_table, shots_label, shots_order,
+                                                  validation_table)
 from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook
 from afr.paper.parts.common import PartOutput, key, label, stats_cell, unseeded
@@ -178,36 +181,44 @@ def _thermal_table(book: NumberBook, rows, settings: CrossDomainSettings, shots,
                        [(pack, "auc") for pack in THERMAL_PACKS])
 
 
-def _chosen_steps_table(book: NumberBook, records: list, prefix: str = "crossdomain") -> Table:
-    """Stage 2's step counts chosen on the thermal validation identities: per (row, k) each seed's choice and the mean
-    validation AUC at step 0 (the start) and at the chosen step count (keys ``<prefix>.chosen-steps...`` and
-    ``<prefix>.val-auc...``)."""
-    table = Table(label="tab:supp-crossdomain-chosen", columns="lcccc", size=r"\scriptsize",
-                  caption="Notebook 05, visible $\\rightarrow$ thermal, reported grids: the stage-2 step count each run "
-                          "chose on the thermal validation identities (per seed), and the validation AUC before "
+def _chosen_steps_table(book: NumberBook, validation, prefix: str, table_label: str, target: str) -> Table:
+    """Stage 2's step counts chosen on the ``target`` validation identities (``validation``:
+    :func:`~afr.experiments.settings.crossdomain.validation_table` of the reported grids): per (row, k) each seed's
+    choice and the mean validation AUC at step 0 (the start) and at the chosen step count (keys
+    ``<prefix>.chosen-steps...`` and ``<prefix>.val-auc...``; ``<prefix>.chosen-steps.at-most.k<k>``: the runs that
+    chose the largest candidate, of ``<prefix>.chosen-steps.runs.k<k>``)."""
+    table = Table(label=table_label, columns="lcccc", size=r"\scriptsize",
+                  caption=f"Notebook 05, visible $\\rightarrow$ {target}, reported grids: the stage-2 step count each "
+                          f"run chose on the {target} validation identities (per seed), and the validation AUC before "
                           "adaptation (step 0, the start) and at the chosen step count, mean over seeds.",
                   header=[["row", "$k$", "chosen steps (seeds 0--2)", "val.\\ AUC, step 0", "val.\\ AUC, chosen"]])
-    chosen: dict[tuple[str, int], dict[int, tuple[int, float, float]]] = {}
-    for record in records:
-        method, seed = record["method"], record["seed"]
-        for name, adaptation in (record.get("adaptation") or {}).items():
-            if "validation" in adaptation:
-                shots = ALL_SHOTS if name == "kall" else int(name[1:])
-                curve = adaptation["validation"]
-                chosen.setdefault((method, shots), {})[seed] = (
-                    adaptation["chosen_steps"], curve["0"]["auc"], curve[str(adaptation["chosen_steps"])]["auc"])
+    chosen, before = validation[validation["chosen"]], validation[validation["steps"] == 0]
+    # per k: how many runs chose the largest candidate (their budget may be short), of how many
+    cap = validation.groupby(["method", "seed", "shots"])["steps"].max().rename("cap")
+    at_cap = chosen.join(cap, on=["method", "seed", "shots"])
+    for shots, part in at_cap.groupby("shots"):
+        book.add(_key(prefix, "chosen-steps", "at-most", _k(shots)), int((part["steps"] == part["cap"]).sum()), "count")
+        book.add(_key(prefix, "chosen-steps", "runs", _k(shots)), len(part), "count")
     order = [method for method in METHODS if method in START_OF]
-    for method, shots in sorted(chosen, key=lambda item: (item[1] == ALL_SHOTS, item[1], order.index(item[0]))):
-        by_seed = chosen[method, shots]
-        steps = [by_seed[seed][0] for seed in sorted(by_seed)]
-        for seed in sorted(by_seed):
-            book.add(_key(prefix, "chosen-steps", method, _k(shots), f"seed{seed}"), by_seed[seed][0], "count")
-        table.rows.append([escape(method), shots_label(shots), " ".join(str(value) for value in steps),
+    for (method, shots), part in sorted(chosen.groupby(["method", "shots"]),
+                                        key=lambda item: (shots_order(item[0][1]), order.index(item[0][0]))):
+        part = part.sort_values("seed")
+        start = before[(before["method"] == method) & (before["shots"] == shots)].sort_values("seed")
+        for seed, steps in zip(part["seed"], part["steps"]):
+            book.add(_key(prefix, "chosen-steps", method, _k(shots), f"seed{seed}"), int(steps), "count")
+        table.rows.append([escape(method), shots_label(shots), " ".join(str(steps) for steps in part["steps"]),
                            stats_cell(book, _key(prefix, "val-auc", method, _k(shots), "step0"),
-                                      [by_seed[seed][1] for seed in sorted(by_seed)], "auc"),
+                                      list(start["val_auc"]), "auc"),
                            stats_cell(book, _key(prefix, "val-auc", method, _k(shots), "chosen"),
-                                      [by_seed[seed][2] for seed in sorted(by_seed)], "auc")])
+                                      list(part["val_auc"]), "auc")])
     return table
+
+
+def _validation(sources: PaperSources, names):
+    """The validation curves of the runs of grids ``names`` (each (method, seed) once per grid)."""
+    import pandas as pd
+
+    return pd.concat([validation_table(sources.crossdomain_records(name)) for name in names], ignore_index=True)
 
 
 def _thermal_tests(book: NumberBook, rows, shots, prefix: str = "crossdomain") -> None:
@@ -231,18 +242,25 @@ def _thermal_tests(book: NumberBook, rows, shots, prefix: str = "crossdomain") -
 
 
 # ------------------------------------------------------------------------------------------ other shifts
-def _lowquality_table(book: NumberBook, rows, settings: CrossDomainSettings, skipped: dict) -> Table:
+#: the low-quality table's budget sentence: the reported grid (step count chosen on validation) and the first one
+LOWQUALITY_VALIDATED_BUDGET = ("stage 2 ran up to 25 SGD steps and each run kept, per $k$, the step count (0, 1, 3, 5, "
+                               "10 or 25) with the highest AUC on the low-quality validation identities; the test "
+                               "packs were scored once, with it")
+
+
+def _lowquality_table(book: NumberBook, rows, settings: CrossDomainSettings, skipped: dict,
+                      prefix: str = _key("crossdomain", LOWQUALITY), table_label: str = "tab:crossdomain-lowquality",
+                      budget: str = LOWQUALITY_VALIDATED_BUDGET) -> Table:
     """Visible -> low quality: AUC and accuracy on the target pack, forgetting on the source packs."""
     (target,), sources = settings.shift.target_packs, settings.shift.source_packs
-    table = Table(label="tab:crossdomain-lowquality", columns="lc" + "c" * (2 + len(sources)), size=r"\scriptsize",
+    table = Table(label=table_label, columns="lc" + "c" * (2 + len(sources)), size=r"\scriptsize",
                   caption="Notebook 05, other shifts: visible $\\rightarrow$ low quality. Stage 1 on ORL + Yale "
                           "only; stage 2 on $k$ labelled low-quality images per low-quality training identity "
-                          "($k=0$: before adaptation). Test AUC and accuracy (\\%) on the low-quality pack, and the "
-                          "forgetting on the visible packs: accuracy change in points against the row's start. Mean "
-                          "$\\pm$ sd over seeds 0--2 (zero-shot: no seed).",
+                          f"($k=0$: before adaptation); {budget}. Test AUC and accuracy (\\%) on the low-quality "
+                          "pack, and the forgetting on the visible packs: accuracy change in points against the row's "
+                          "start. Mean $\\pm$ sd over seeds 0--2 (zero-shot: no seed).",
                   header=[["row", "$k$", f"AUC {label(target)}", f"acc. {label(target)}",
                            *(rf"$\Delta$acc. {label(p)}" for p in sources)]])
-    prefix = _key("crossdomain", LOWQUALITY)
     _shift_rows(book, prefix, table, rows, settings, settings.shots, skipped, [(target, "auc"), (target, "accuracy")])
     for k in settings.shots:
         for first, second in LOWQUALITY_PAIRS:
@@ -324,6 +342,9 @@ def _seed_cell(value: float, metric: str) -> str:
 #: advance; supplementary, keys under :data:`FIXED`)
 REPORTED, FIRST = ("thermal_validated", "thermal_kall_validated"), ("thermal", "thermal_kall")
 FIXED = "crossdomain-fixed10"
+#: the reported visible -> low quality grid (step count chosen on validation) and the first one (10 steps;
+#: supplementary, keys under ``crossdomain-fixed10.to-lowquality``)
+LOWQUALITY_REPORTED, LOWQUALITY_FIRST = "lowquality_validated", "lowquality"
 
 
 def _thermal_grids(sources: PaperSources, names: tuple[str, str]):
@@ -338,20 +359,20 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
     grids = sources.grids
     thermal_rows, thermal, thermal_shots, thermal_skipped = _thermal_grids(sources, REPORTED)
     first_rows, first, first_shots, first_skipped = _thermal_grids(sources, FIRST)
-    lowquality, outdoor = grids.crossdomain_lowquality, grids.crossdomain_outdoor
-    lowquality_rows, outdoor_rows = sources.crossdomain_test("lowquality"), sources.crossdomain_test("outdoor")
-    lowquality_skipped = _skipped(sources.crossdomain_records("lowquality"))
+    lowquality, first_lowquality = (grids.crossdomain_grids[name] for name in (LOWQUALITY_REPORTED, LOWQUALITY_FIRST))
+    lowquality_rows, first_lowquality_rows = (sources.crossdomain_test(name)
+                                              for name in (LOWQUALITY_REPORTED, LOWQUALITY_FIRST))
+    lowquality_skipped, first_lowquality_skipped = (_skipped(sources.crossdomain_records(name))
+                                                    for name in (LOWQUALITY_REPORTED, LOWQUALITY_FIRST))
+    outdoor, outdoor_rows = grids.crossdomain_outdoor, sources.crossdomain_test("outdoor")
 
     tables = {"crossdomain": _thermal_table(book, thermal_rows, thermal, thermal_shots, thermal_skipped),
               "crossdomain_lowquality": _lowquality_table(book, lowquality_rows, lowquality, lowquality_skipped),
               "crossdomain_outdoor": _outdoor_table(book, outdoor_rows, outdoor)}
     _thermal_tests(book, thermal_rows, thermal_shots)
     _thermal_tests(book, first_rows, first_shots, FIXED)
-    # every adapted run of both reported grids (the same (method, seed) runs once per grid: k = 1, 2, 4 and k = all)
-    reported_records = [record for name in REPORTED for (method, _), record in sources.crossdomain_records(name).items()
-                        if method in START_OF]
     _adaptation_sizes(book, "crossdomain", *(sources.crossdomain_records(name) for name in REPORTED))
-    _adaptation_sizes(book, _key("crossdomain", LOWQUALITY), sources.crossdomain_records("lowquality"))
+    _adaptation_sizes(book, _key("crossdomain", LOWQUALITY), sources.crossdomain_records(LOWQUALITY_REPORTED))
     starts = {}
     for (method, _), record in sources.crossdomain_records(REPORTED[0]).items():
         if method in STARTS and record.get("meta_training", {}).get("seconds_per_step"):
@@ -366,14 +387,22 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
             thermal_rows, _row_shots(METHODS, thermal_shots), thermal_skipped, [(p, "auc") for p in packs],
             "tab:supp-crossdomain", "Notebook 05, visible $\\rightarrow$ thermal, per seed: test AUC on every pack "
             "($k$ = all: every thermal training image labelled; stage-2 step count chosen on validation)."),
-        "crossdomain_chosen": _chosen_steps_table(book, reported_records),
+        "crossdomain_chosen": _chosen_steps_table(book, _validation(sources, REPORTED), "crossdomain",
+                                                  "tab:supp-crossdomain-chosen", "thermal"),
         "crossdomain_fixed10": _thermal_table(book, first_rows, first, first_shots, first_skipped, FIXED,
                                               "tab:supp-crossdomain-fixed10", FIXED_BUDGET),
         "crossdomain_lowquality_seeds": _per_seed(
             lowquality_rows, _row_shots(lowquality.methods, lowquality.shots), lowquality_skipped,
             [(p, m) for p in shift_packs for m in ("auc", "accuracy")], "tab:supp-crossdomain-lowquality",
             "Notebook 05, visible $\\rightarrow$ low quality (stage 1 on ORL + Yale only), per seed: test AUC and "
-            "accuracy (\\%) on the low-quality pack and the visible packs."),
+            "accuracy (\\%) on the low-quality pack and the visible packs (stage-2 step count chosen on "
+            "validation)."),
+        "crossdomain_lowquality_chosen": _chosen_steps_table(
+            book, _validation(sources, (LOWQUALITY_REPORTED,)), _key("crossdomain", LOWQUALITY),
+            "tab:supp-crossdomain-lowquality-chosen", "low quality"),
+        "crossdomain_lowquality_fixed10": _lowquality_table(
+            book, first_lowquality_rows, first_lowquality, first_lowquality_skipped, _key(FIXED, LOWQUALITY),
+            "tab:supp-crossdomain-lowquality-fixed10", FIXED_BUDGET),
         "crossdomain_outdoor_seeds": _per_seed(
             outdoor_rows, [("zero-shot", 0), *((start, 0) for start in STARTS)], {}, OUTDOOR_COLUMNS,
             "tab:supp-crossdomain-outdoor", "Notebook 05, indoor $\\rightarrow$ outdoor (starts meta-trained on "
