@@ -344,12 +344,13 @@ def healthy_records(records: Mapping[Any, Any], show: bool = True) -> tuple[dict
     def record_of(item: Any) -> Mapping[str, Any]:
         return getattr(item, "record", item)
 
-    starts = {record_of(item).get("tag"): run_health(record_of(item)) for item in records.values()
-              if start_of(record_of(item)) is None}
+    # each record judged once: the runs without a recorded start first, then those adapted from one
+    judged = {key: run_health(record_of(item)) for key, item in records.items() if start_of(record_of(item)) is None}
+    starts = {record_of(records[key]).get("tag"): health for key, health in judged.items()}
     kept, excluded = {}, {}
     for key, item in records.items():
         record = record_of(item)
-        health = run_health(record, starts)
+        health = judged[key] if key in judged else run_health(record, starts)
         if health.flagged:
             excluded[str(record.get("tag", key))] = health
         else:

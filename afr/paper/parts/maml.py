@@ -19,6 +19,11 @@ VALIDATION_RANGES = {("fomaml", "pooled-lora", (1, 2), (0, 1, 3, 5)): "k1-2.s0-5
                      ("maml", "pooled-lora", (1, 2), (0, 1, 3, 5)): "k1-2.s0-5"}
 
 
+def _before_adaptation(values, method: str, steps: int):
+    """The random start's values at step 0, the zero-shot backbone's for every seed, kept once (:func:`unseeded`)."""
+    return unseeded(values) if method == "random" and steps == 0 else values
+
+
 def _values(rows, method: str, shots: int, steps: int | None = None, metric: str = "auc"):
     """``value`` by seed of ``method`` at ``shots`` (and ``steps`` where given)."""
     chosen = rows[(rows["method"] == method) & (rows["shots"] == shots) & (rows["metric"] == metric)]
@@ -44,16 +49,19 @@ def _main_table(sources: PaperSources, book: NumberBook, grid, prefix: str, labe
                           "$k$ labelled images per target training identity (the target's validation identities), "
                           "the step count each run's validation curve chose (per seed), and the \\emph{test} AUC "
                           "scored once, at that step count; mean $\\pm$ sd over the healthy runs of "
-                          f"{seed_span(seeds)}. The target collection is held out from meta-training; a flagged start "
-                          "(diverged meta-training) is left out of every cell.",
+                          f"{seed_span(seeds)} (the random start before any step, $n = 0$, is the zero-shot backbone "
+                          "for every seed: one value). The target collection is held out from meta-training; a "
+                          "flagged start (diverged meta-training) is left out of every cell.",
                   header=[["start", "$k$", *(f"val.\\ {n}" for n in steps), "chosen $n$", "test AUC"]])
     zero = _values(sources.maml_zero_shot_test(), "zero-shot", grid.shots[0], 0)
     stats_cell(book, key(prefix, target, "auc", "zero-shot"), zero, "auc")
     for shots in grid.shots:
         table.rules.add(len(table.rows))
         for method in METHODS:
+            # before any step the random start is the zero-shot backbone (B = 0) for every seed: one value, no "± 0"
             cells = [stats_cell(book, key(prefix, "val", target, "auc", method, f"k{shots}", f"s{n}"),
-                                _values(validation, method, shots, n), "auc") for n in steps]
+                                _before_adaptation(_values(validation, method, shots, n), method, n), "auc")
+                     for n in steps]
             chosen = stats_cell(book, key(prefix, target, "auc", method, f"k{shots}"), _values(test, method, shots),
                                 "auc")
             stats_cell(book, key(prefix, target, "accuracy", method, f"k{shots}"),
