@@ -14,7 +14,7 @@ import torch
 
 from afr.analysis.committed import crossdomain_curves, gate_matrices, published_records
 from afr.analysis.decisions import at_threshold, protocol_decisions
-from afr.analysis.embeddings import PackEmbedder
+from afr.analysis.embeddings import PackEmbedder, published_seeds
 from afr.analysis.errors import FALSE_ACCEPT, FALSE_REJECT, error_analysis, image_attributes, worst_errors
 from afr.analysis import explorer as explorer_module
 from afr.analysis.explorer import (ExplorerView, ThresholdExplorer, flipped_pairs, flips_caption, sweep,
@@ -89,6 +89,38 @@ def test_embeddings_reproduce_the_committed_record(embedder, adapter):
     assert result.accuracy_mean != zero_shot.accuracy_mean
     assert result.accuracy_mean == pytest.approx(record["accuracy_mean"], abs=1e-9)
     assert result.auc == pytest.approx(record["auc"], abs=1e-4)
+
+
+def test_published_seeds_lists_every_seed_of_an_adapters_row(tmp_path):
+    for name in ("grid/lora_seed0", "grid/lora_seed10", "grid/lora_seed2", "grid/lora-matched_seed1", "grid/lora_seedx"):
+        (tmp_path / "adapters" / name).mkdir(parents=True)
+        (tmp_path / "adapters" / name / "source.json").write_text("{}")
+    assert published_seeds("grid/lora_seed2", tmp_path) == ["grid/lora_seed0", "grid/lora_seed2", "grid/lora_seed10"]
+    assert published_seeds("grid/lora-matched_seed1", tmp_path) == ["grid/lora-matched_seed1"]
+    assert published_seeds("zero-shot", tmp_path) == ["zero-shot"]
+
+
+def test_the_figures_readings_over_every_published_seed_are_the_records(tmp_path, monkeypatch):
+    """Notebook 07 draws seed 0's adapters; seed_spread reads the same figures' numbers off every published seed of
+    their rows (notebook 03's fitted grid: seeds 0-2), each seed's AUC its record's, and writes mean and sd."""
+    monkeypatch.setenv("AFR_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("AFR_RESULTS", str(tmp_path / "results"))
+    report = FigureReport(AnalysisSettings(progress=False, results_dir=str(RESULTS)))
+    # two packs (the test's budget) that share identities: the low-quality chips are degraded controlled ones
+    report.packs = report.embedder.packs = {domain: report.packs[domain] for domain in ("controlled", "lowquality")}
+    table, summary = report.seed_spread()
+    assert list(zip(table["row"], table["seed"])) == [("zero-shot", "-"), *((row, seed) for row in (
+        "dalora-classifier", "lora") for seed in (0, 1, 2))]
+    for row in ("dalora-classifier", "lora"):
+        records = [json.loads((RESULTS / "adapters" / "dalora-fitted" / f"{row}_seed{seed}" / "source.json")
+                              .read_text())["record"] for seed in (0, 1, 2)]
+        aucs = [json.loads((PROJECT_ROOT / record).read_text())["test"]["controlled"]["auc"] for record in records]
+        assert report.numbers[f"seeds.{row}.n"] == 3 == summary.loc[row, "seeds"]
+        assert report.numbers[f"seeds.{row}.auc_controlled.mean"] == pytest.approx(np.mean(aucs), abs=1e-4)
+        assert report.numbers[f"seeds.{row}.auc_controlled.sd"] == pytest.approx(np.std(aucs, ddof=1), abs=1e-4)
+        assert report.numbers[f"seeds.{row}.cosine_cross-domain.mean"] != report.numbers[
+            "seeds.zero-shot.cosine_cross-domain.mean"]
+    assert "seeds.zero-shot.auc_controlled.sd" not in report.numbers  # one value, no spread
 
 
 # ---------------------------------------------------------------------------------------------- t-SNE

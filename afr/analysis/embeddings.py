@@ -39,7 +39,7 @@ from afr.models import create_backbone
 from afr.models.centring import centre_embeddings
 from afr.paths import MissingResourceError
 
-__all__ = ["ZERO_SHOT", "ModelChoice", "PackEmbedder", "adapter_centre", "resolve_model"]
+__all__ = ["ZERO_SHOT", "ModelChoice", "PackEmbedder", "adapter_centre", "published_seeds", "resolve_model"]
 
 #: the name of the pretrained backbone without any adapter
 ZERO_SHOT = "zero-shot"
@@ -80,6 +80,19 @@ def resolve_model(name: str, results_dir: str | Path) -> ModelChoice:
     # source.json names the record relative to the project root ("results/dalora/<tag>.json")
     record = results_dir / Path(source["record"]).relative_to("results") if "record" in source else None
     return ModelChoice(name, directory, source["method"], int(source["seed"]), record)
+
+
+def published_seeds(name: str, results_dir: str | Path) -> list[str]:
+    """Every published seed of adapter ``name``'s row, by seed: ``<grid>/<method>_seed<k>`` for each ``k`` published
+    beside ``name`` (``name`` itself included); ``[name]`` for a name without a seed."""
+    folder = Path(name)
+    method, marker, _ = folder.name.rpartition("_seed")
+    if not marker:
+        return [name]
+    root = Path(results_dir) / "adapters" / folder.parent
+    seeds = sorted(int(path.parent.name.rpartition("_seed")[2]) for path in root.glob(f"{method}_seed*/source.json")
+                   if path.parent.name.rpartition("_seed")[2].isdigit())
+    return [(folder.parent / f"{method}_seed{seed}").as_posix() for seed in seeds] or [name]
 
 
 def adapter_centre(choice: ModelChoice) -> torch.Tensor | None:

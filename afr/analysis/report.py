@@ -36,7 +36,7 @@ from afr.analysis.committed import (RECORD_FOLDERS, ablation_sensitivity, benchm
                                     crossdomain_curves, dalora_grid_records, dalora_grid_tags, full_profile_rows,
                                     dalora_zero_shot_test, gate_matrices, maml_curves, read_table)
 from afr.analysis.decisions import ProtocolDecisions
-from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder, adapter_centre
+from afr.analysis.embeddings import ZERO_SHOT, PackEmbedder, adapter_centre, published_seeds
 from afr.analysis.errors import FALSE_ACCEPT, common_traits, error_analysis, worst_errors
 from afr.analysis.explorer import ThresholdExplorer, answers_input
 from afr.analysis.packs import labelled_test_packs
@@ -269,6 +269,46 @@ class FigureReport:
         self.record({"tsne.chips": len(panels[0][1]), "tsne.cross_domain_identities": panels[0][3].n_cross_identities,
                      "tsne.cross_domain_pairs": panels[0][3].n_cross_pairs})
         return tsne_figure([(self.model_label(model), *rest) for model, *rest in panels]), panels
+
+    def seed_spread(self, tolerance: float = 0.005):
+        """The readings of the ROC and t-SNE figures, which draw seed 0's adapters, for every published seed of each
+        adapter's row (:func:`~afr.analysis.embeddings.published_seeds`): per (row, seed) the test AUC per pack,
+        asserted equal to the seed's committed record within ``tolerance``, and the identity cosines of the t-SNE
+        figure; zero-shot once. Returns ``(per seed, mean ± sd over seeds)`` (None, None when the packs or the
+        adapters are missing); the means and sds go to figures.json as ``seeds.<row>.<reading>.{mean,sd,n}``."""
+        if self._not_drawn("seeds", "packs", "adapters"):
+            return None, None
+        import pandas as pd
+
+        rows = []
+        for name in (ZERO_SHOT, *(seed for adapter in self.settings.adapters
+                                  for seed in published_seeds(adapter, self.results_dir))):
+            choice = self.embedder.choice(name)
+            committed = json.loads(choice.record.read_text())["test"] if choice.record is not None else None
+            row: dict[str, Any] = {"row": choice.method or ZERO_SHOT, "seed": "-" if choice.seed is None else choice.seed}
+            for domain in self.packs:
+                row[f"auc {domain}"] = pack_roc(self.embedder, name, domain).auc
+                if committed is not None and abs(row[f"auc {domain}"] - committed[domain]["auc"]) > tolerance:
+                    raise AssertionError(f"{name} on {domain}: AUC {row[f'auc {domain}']:.4f} here, "
+                                         f"{committed[domain]['auc']:.4f} in {choice.record.name}")
+            cosines = identity_cosines(collect_points(self.embedder, name))
+            row.update({"cosine cross-domain": cosines.cross_domain, "cosine within domain": cosines.within_domain,
+                        "cosine different": cosines.different})
+            rows.append(row)
+        table = pd.DataFrame(rows)
+        readings = [column for column in table.columns if column not in ("row", "seed")]
+        grouped = table.groupby("row", sort=False)[readings]
+        mean, sd, count = grouped.mean(), grouped.std(), grouped.size()
+        for row_name in mean.index:
+            self.record({f"seeds.{row_name}.n": int(count[row_name]),
+                         **{f"seeds.{row_name}.{reading.replace(' ', '_')}.{stat}": float(frame.loc[row_name, reading])
+                            for reading in readings for stat, frame in (("mean", mean), ("sd", sd))
+                            if not (stat == "sd" and count[row_name] < 2)}})
+        summary = pd.DataFrame({reading: [f"{mean.loc[r, reading]:.3f}" + (f" ± {sd.loc[r, reading]:.3f}"
+                                                                            if count[r] > 1 else "")
+                                          for r in mean.index] for reading in readings}, index=mean.index)
+        summary.insert(0, "seeds", [int(count[r]) for r in mean.index])
+        return table, summary
 
     def model_label(self, model: str) -> str:
         """``model`` as figures name it: the zero-shot reference says when it subtracts the adapters' centre."""

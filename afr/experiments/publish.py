@@ -4,7 +4,7 @@
 (:attr:`~afr.experiments.grids.CommittedGrids.dalora`, at the learning rates it chose on validation) from their run
 folders to ``results/adapters/<grid>/<method>_seed<k>/`` with a ``source.json`` naming each run's record
 (:func:`~afr.experiments.dalora_run.export_adapters`). By default only what notebook 07 draws is published:
-LoRA and the DA-LoRA classifier of seed 0 (a DA-LoRA adapter is 3 MB; every run's record, gates included, is
+LoRA and the DA-LoRA classifier of seeds 0-2 (a DA-LoRA adapter is 3 MB; every run's record, gates included, is
 committed anyway). A run whose record is missing, or whose run folder is not on this machine, is refused before
 anything is copied; an adapter another run published there is replaced only with ``--overwrite``.
 """
@@ -19,9 +19,10 @@ from afr.validation import SettingsError
 
 __all__ = ["PUBLISHED_METHODS", "PUBLISHED_SEEDS", "main", "publish"]
 
-#: the rows and seeds notebook 07 draws (afr.analysis.report.DEFAULT_ADAPTERS)
+#: the rows and seeds notebook 07 reads: seed 0 drawn (afr.analysis.report.DEFAULT_ADAPTERS), every seed in its
+#: readings over seeds (FigureReport.seed_spread)
 PUBLISHED_METHODS = ("lora", "dalora-classifier")
-PUBLISHED_SEEDS = (0,)
+PUBLISHED_SEEDS = (0, 1, 2)
 
 
 def publish(methods: Sequence[str] = PUBLISHED_METHODS, seeds: Sequence[int] = PUBLISHED_SEEDS,
