@@ -37,6 +37,7 @@ from afr.eval.verification import pair_distances
 from afr.experiments.dalora_run import ORACLE_EXPERT_OF
 from afr.models import create_backbone
 from afr.models.centring import centre_embeddings
+from afr.models.layout import fast_layout
 from afr.paths import MissingResourceError
 
 __all__ = ["ZERO_SHOT", "ModelChoice", "PackEmbedder", "adapter_centre", "published_seeds", "resolve_model"]
@@ -151,7 +152,7 @@ class PackEmbedder:
                     model = merge_adapter(model)
                 elif per_domain:
                     model = merge_adapter(model, ORACLE_EXPERT_OF.get(domain, domain))
-            self._models[key] = model.eval()
+            self._models[key] = fast_layout(model.eval())  # channels-last: the same function, a fifth faster
         return self._models[key]
 
     def chip_embeddings(self, name: str, domain: str) -> np.ndarray:
