@@ -1,6 +1,8 @@
 """Notebook 04's pieces: adaptation to the held-out target, its rows and its paired tests."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,12 +14,14 @@ from afr.experiments.baseline import evaluate_on_packs
 from afr.experiments.maml_init import (MamlExperimentSettings, adaptation_curves, curve_rows, load_data, paired_tests,
                                        validation_chosen_adaptation)
 from afr.validation import SettingsError
-from afr.models import create_backbone
+from afr.models import create_backbone, fast_layout
 
 
 @pytest.mark.shared("weights/dlib_resnet29", "data/faces/thermal")
-def test_adaptation_leaves_the_start_unchanged_and_step_zero_is_the_start(embedded_benchmark):
-    settings = MamlExperimentSettings(method="random", shots=(1,), steps=(0, 2), inner_lr=1e-3, progress=False,
+def test_adaptation_leaves_the_start_unchanged_and_step_zero_is_the_start(embedded_benchmark, monkeypatch):
+    import afr.experiments.maml_init as maml_init
+
+    settings = MamlExperimentSettings(method="random", shots=(1, 2), steps=(0, 2), inner_lr=1e-3, progress=False,
                                       embedded_root=str(embedded_benchmark.root))
     data = load_data(settings)
     assert set(data.collections) == {"orl", "yale", "lowquality", "thermal_und", "thermal_puj"}
@@ -27,12 +31,21 @@ def test_adaptation_leaves_the_start_unchanged_and_step_zero_is_the_start(embedd
         if parameter.requires_grad and "lora_B" in name:
             parameter.data.normal_(0, 1e-3)
     start = {name: p.detach().clone() for name, p in backbone.named_parameters()}
-    curve = adaptation_curves(backbone, data, settings)["1"]
+    scored = []
+    score = maml_init._score
+    monkeypatch.setattr(maml_init, "_score", lambda model, name, pack: scored.append(pack) or score(model, name, pack))
+    curves = adaptation_curves(backbone, data, settings)
     for name, parameter in backbone.named_parameters():
         assert torch.equal(parameter, start[name]), name
-    before = evaluate_on_packs(backbone.eval(), {settings.target: data.target_pack})[settings.target]
-    assert curve["0"]["auc"] == before["auc"] and curve["0"]["accuracy_mean"] == before["accuracy_mean"]
-    assert curve["2"]["auc"] != curve["0"]["auc"]  # two SGD steps on the k = 1 support move the target metrics
+    assert len(scored) == 3  # the start once (the same weights for k = 1 and 2), two steps once per k
+    # the start in the channels-last layout the adaptation uses (the same function: within float rounding)
+    before = evaluate_on_packs(fast_layout(copy.deepcopy(backbone)).eval(),
+                               {settings.target: data.target_pack})[settings.target]
+    plain = evaluate_on_packs(backbone.eval(), {settings.target: data.target_pack})[settings.target]
+    assert plain["auc"] == pytest.approx(before["auc"], abs=1e-4)
+    for curve in curves.values():
+        assert curve["0"]["auc"] == before["auc"] and curve["0"]["accuracy_mean"] == before["accuracy_mean"]
+        assert curve["2"]["auc"] != curve["0"]["auc"]  # two SGD steps on the k-shot support move the target metrics
 
 
 @pytest.mark.shared("weights/dlib_resnet29", "data/faces/thermal")

@@ -49,6 +49,7 @@ from afr.meta import adapter_parameters, inner_adapt
 from afr.meta.data import MamlData, load_training_chips, task_batches  # noqa: F401
 from afr.meta.episodes import EpisodeSampler, few_shot_support
 from afr.meta.start import meta_learned_start
+from afr.models import fast_layout
 from afr.paths import results_root
 from afr.train import distributed
 
@@ -125,7 +126,8 @@ def initialisation(settings: MamlExperimentSettings, data: MamlData) -> tuple[nn
 def _adapted(backbone: nn.Module, data: MamlData, settings: MamlExperimentSettings, shots: int):
     """Yield ``(steps, model)`` for every step count of ``settings.steps``: a copy of ``backbone`` after that many
     SGD steps on the k-shot support of the target's training identities (the start is never changed; the same
-    model object is updated in place between yields)."""
+    model object, its conv weights in the channels-last layout (:func:`fast_layout`), is updated in place between
+    yields)."""
     device = next(backbone.parameters()).device
     margin = CosFaceMargin()
     support = few_shot_support(data.labels, data.collections, settings.target, shots, seed=settings.seed)
@@ -133,7 +135,7 @@ def _adapted(backbone: nn.Module, data: MamlData, settings: MamlExperimentSettin
     indices = [index for identity in identities for index in support[identity]]
     labels = torch.as_tensor([way for way, identity in enumerate(identities) for _ in support[identity]])
     images = data.images(indices).to(device)
-    work = copy.deepcopy(backbone)
+    work = fast_layout(copy.deepcopy(backbone))
     params = {name: p.detach().clone().requires_grad_() for name, p in adapter_parameters(work).items()}
     done = 0
     for target_steps in tqdm(settings.steps, desc=f"{settings.method} k={shots}", disable=not settings.progress):
@@ -150,12 +152,27 @@ def _score(model: nn.Module, name: str, pack) -> dict[str, Any]:
     return evaluate_on_packs(model, {name: pack}, device=next(model.parameters()).device)[name]
 
 
+def _curve_scorer(settings: MamlExperimentSettings, pack) -> Callable[[int, nn.Module], dict[str, Any]]:
+    """``score(steps, model)``: :func:`_score` on ``pack``, except that the start (0 steps: the same weights for
+    every k) is scored once and its metrics reused."""
+    start: dict[str, Any] = {}
+
+    def score(steps: int, model: nn.Module) -> dict[str, Any]:
+        if steps != 0:
+            return _score(model, settings.target, pack)
+        if not start:
+            start.update(_score(model, settings.target, pack))
+        return dict(start)
+
+    return score
+
+
 def adaptation_curves(backbone: nn.Module, data: MamlData, settings: MamlExperimentSettings,
                       ) -> dict[str, dict[str, dict[str, Any]]]:
     """``{k: {steps: target test metrics}}``: SGD on the k-shot support of the target's training identities,
     scored on its test identities after every step count in ``settings.steps`` (the start is never changed)."""
-    return {str(shots): {str(steps): _score(model, settings.target, data.target_pack)
-                         for steps, model in _adapted(backbone, data, settings, shots)}
+    score = _curve_scorer(settings, data.target_pack)
+    return {str(shots): {str(steps): score(steps, model) for steps, model in _adapted(backbone, data, settings, shots)}
             for shots in settings.shots}
 
 
@@ -178,10 +195,11 @@ def validation_chosen_adaptation(backbone: nn.Module, data: MamlData, settings: 
         raise ValueError("validation_chosen_adaptation: the data hold no validation pack of the target "
                          "(load_data with choose_steps_on_validation)")
     curves, chosen, test = {}, {}, {}
+    score = _curve_scorer(settings, data.target_val_pack)
     for shots in settings.shots:
         curve, best, best_state, model = {}, None, None, None
         for steps, model in _adapted(backbone, data, settings, shots):
-            metrics = _score(model, settings.target, data.target_val_pack)
+            metrics = score(steps, model)
             curve[str(steps)] = metrics
             if best is None or metrics["auc"] > curve[str(best)]["auc"]:
                 best = steps
