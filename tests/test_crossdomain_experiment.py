@@ -131,7 +131,8 @@ def _support_pack(data: CrossDomainData) -> VerificationPack:
 
 
 @pytest.mark.parametrize("method", ["lora", "dalora"])
-def test_stage2_step_count_is_chosen_on_validation_and_the_kept_tensors_are_that_step_counts(tmp_path, method):
+def test_stage2_step_count_is_chosen_on_validation_and_the_kept_tensors_are_that_step_counts(tmp_path, method,
+                                                                                             monkeypatch):
     _, adapter = _tiny_start(tmp_path)
     settings = CrossDomainSettings(**{**TINY, "adapt_steps": 4}, method=method, choose_steps_on_validation=True)
     assert settings.validation_step_counts == (0, 1, 3, 4)
@@ -140,9 +141,11 @@ def test_stage2_step_count_is_chosen_on_validation_and_the_kept_tensors_are_that
     split = ThermalSplit(2, {0: [0, 1], 1: [2, 3], 2: [4, 5]}, ())
     torch.manual_seed(0)
     backbone, params, to_parameters = crossdomain._adapted_model(settings, adapter)
-    choice = crossdomain.ValidationChoice(backbone, to_parameters, settings, data)
+    start_metrics: dict = {}
+    choice = crossdomain.ValidationChoice(backbone, to_parameters, settings, data, start_metrics)
     start = {name: tensor.clone() for name, tensor in params.items()}
     adapt(backbone, params, to_parameters, data, split, settings, at_step=choice.score)
+    assert start_metrics == choice.curve["0"]  # the start's validation metrics, kept for the run's other k
 
     assert list(choice.curve) == ["0", "1", "3", "4"]
     aucs = {int(steps): metrics["auc"] for steps, metrics in choice.curve.items()}
@@ -159,6 +162,14 @@ def test_stage2_step_count_is_chosen_on_validation_and_the_kept_tensors_are_that
     assert crossdomain.score_packs(model, {"thermal": data.validation_pack})["thermal"]["auc"] == \
         aucs[choice.chosen_steps]
     assert choice.to_dict()["validation_pack"] == "val/thermal"
+    # another k of the same run adapts the same start: its 0-step metrics are the shared ones, not scored again
+    scored = []
+    score_packs = crossdomain.score_packs
+    monkeypatch.setattr(crossdomain, "score_packs", lambda *a, **k: scored.append(1) or score_packs(*a, **k))
+    other = crossdomain.ValidationChoice(backbone, to_parameters, settings, data, start_metrics)
+    adapt(backbone, dict(start), to_parameters, data, ThermalSplit(1, {0: [0], 1: [2], 2: [4]}, ()), settings,
+          at_step=other.score)
+    assert len(scored) == 3 and other.curve["0"] == choice.curve["0"]  # 1, 3 and 4 steps scored; 0 shared
 
 
 def test_choosing_stage2_steps_on_validation_is_refused_where_there_is_no_validation_or_no_stage2():

@@ -394,14 +394,16 @@ class ValidationChoice:
     """Stage 2's step count chosen on the target's validation identities: :meth:`score` (``adapt``'s ``at_step``)
     scores the adapted tensors of each step count on ``data.validation_pack``, on a copy of the model with the
     tensors merged as the test packs will see them, and keeps aside the tensors of the step count with the highest
-    validation AUC (of equals, the fewest steps: the first seen)."""
+    validation AUC (of equals, the fewest steps: the first seen). ``start_metrics``, a dict shared by the choices of
+    one run (every k adapts the same start), holds the start's (0 steps) validation metrics once scored."""
 
     def __init__(self, backbone: nn.Module, to_parameters: ToParameters, settings: CrossDomainSettings,
-                 data: CrossDomainData) -> None:
+                 data: CrossDomainData, start_metrics: dict[str, Any] | None = None) -> None:
         if data.validation_pack is None:
             raise ValueError("ValidationChoice: the data hold no validation pack (load_data with "
                              "choose_steps_on_validation)")
         self.backbone, self.to_parameters, self.settings, self.data = backbone, to_parameters, settings, data
+        self.start_metrics = {} if start_metrics is None else start_metrics
         self.curve: dict[str, dict[str, Any]] = {}
         self.chosen_steps: int | None = None
         self.best_tensors: dict[str, Tensor] = {}
@@ -413,11 +415,19 @@ class ValidationChoice:
             return merge_lora(model)
         return merge_dalora(model, self.settings.shift.experts[1])
 
-    def score(self, steps: int, tensors: Mapping[str, Tensor]) -> None:
+    def _validation_metrics(self, tensors: Mapping[str, Tensor]) -> dict[str, Any]:
         pack = self.data.validation_pack
-        metrics = score_packs(self._merged(tensors), {pack.name: pack}, next(self.backbone.parameters()).device)
-        self.curve[str(steps)] = metrics[pack.name]
-        if self.chosen_steps is None or metrics[pack.name]["auc"] > self.curve[str(self.chosen_steps)]["auc"]:
+        return score_packs(self._merged(tensors), {pack.name: pack}, next(self.backbone.parameters()).device)[pack.name]
+
+    def score(self, steps: int, tensors: Mapping[str, Tensor]) -> None:
+        if steps != 0:
+            metrics = self._validation_metrics(tensors)
+        else:
+            if not self.start_metrics:
+                self.start_metrics.update(self._validation_metrics(tensors))
+            metrics = dict(self.start_metrics)
+        self.curve[str(steps)] = metrics
+        if self.chosen_steps is None or metrics["auc"] > self.curve[str(self.chosen_steps)]["auc"]:
             self.chosen_steps = steps
             self.best_tensors = {name: tensor.detach().clone() for name, tensor in tensors.items()}
 
@@ -645,13 +655,13 @@ def _adapt_and_record(settings: CrossDomainSettings, data: CrossDomainData, star
     start_scores = start_record.get("test")
     adapter = settings.start_dir(start) / "adapter"
     device = evaluation_device(settings)
-    test, adaptation = {}, {}
+    test, adaptation, start_validation = {}, {}, {}
     for shots in applicable:
         split = thermal_split(data, shots, settings.seed, settings.shift.target)
         backbone, params, to_parameters = _adapted_model(settings, adapter)
         start_visible = None if settings.method == "lora" else expert_blocks(backbone, settings.shift.experts[0])
-        choice = ValidationChoice(backbone, to_parameters, settings, data) if settings.choose_steps_on_validation \
-            else None
+        choice = ValidationChoice(backbone, to_parameters, settings, data, start_validation) \
+            if settings.choose_steps_on_validation else None
         params, losses = adapt(backbone, params, to_parameters, data, split, settings,
                                at_step=choice.score if choice else None)
         load_parameters(backbone, to_parameters(choice.best_tensors if choice else params))
