@@ -123,6 +123,16 @@ def test_the_figures_readings_over_every_published_seed_are_the_records(tmp_path
     assert "seeds.zero-shot.auc_controlled.sd" not in report.numbers  # one value, no spread
 
 
+def test_a_reading_off_a_record_must_match_it_within_the_tolerance():
+    """The one check behind check_against_records and seed_spread: a value more than the tolerance away from the
+    record's fails and names both values and the record."""
+    from afr.analysis.report import _assert_matches_record
+
+    _assert_matches_record("lora on thermal", "AUC", 0.9450, 0.9420, "run.json", tolerance=0.005)
+    with pytest.raises(AssertionError, match=r"lora on thermal: AUC 0\.9480 here, 0\.9420 in run\.json"):
+        _assert_matches_record("lora on thermal", "AUC", 0.9480, 0.9420, "run.json", tolerance=0.005)
+
+
 # ---------------------------------------------------------------------------------------------- t-SNE
 def test_tsne_points_stay_aligned_with_their_labels(embedder, packs):
     points = collect_points(embedder, "zero-shot", ["wild", "controlled"])

@@ -126,6 +126,14 @@ def _clean(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _assert_matches_record(what: str, metric: str, value: float, committed: float, source: str,
+                           tolerance: float) -> None:
+    """AssertionError when ``value`` (``what``'s ``metric`` measured here) is more than ``tolerance`` from the
+    ``committed`` one that ``source`` holds."""
+    if abs(value - committed) > tolerance:
+        raise AssertionError(f"{what}: {metric} {value:.4f} here, {committed:.4f} in {source}")
+
+
 @dataclass
 class FigureReport:
     """Everything notebook 07 draws; each method saves its figure and records the numbers it states."""
@@ -288,9 +296,9 @@ class FigureReport:
             row: dict[str, Any] = {"row": choice.method or ZERO_SHOT, "seed": "-" if choice.seed is None else choice.seed}
             for domain in self.packs:
                 row[f"auc {domain}"] = pack_roc(self.embedder, name, domain).auc
-                if committed is not None and abs(row[f"auc {domain}"] - committed[domain]["auc"]) > tolerance:
-                    raise AssertionError(f"{name} on {domain}: AUC {row[f'auc {domain}']:.4f} here, "
-                                         f"{committed[domain]['auc']:.4f} in {choice.record.name}")
+                if committed is not None:
+                    _assert_matches_record(f"{name} on {domain}", "AUC", row[f"auc {domain}"],
+                                           committed[domain]["auc"], choice.record.name, tolerance)
             cosines = identity_cosines(collect_points(self.embedder, name))
             row.update({"cosine cross-domain": cosines.cross_domain, "cosine within domain": cosines.within_domain,
                         "cosine different": cosines.different})
@@ -440,9 +448,8 @@ class FigureReport:
                 accuracy = self.decisions(name, domain).point.accuracy
                 for metric, value, committed in (("auc", auc, test[domain]["auc"]),
                                                  ("accuracy", accuracy, test[domain]["accuracy_mean"])):
-                    if abs(value - committed) > tolerance:
-                        raise AssertionError(f"{name} on {domain}: {metric} {value:.4f} here, {committed:.4f} in "
-                                             f"{choice.record.name}")
+                    _assert_matches_record(f"{name} on {domain}", metric, value, committed, choice.record.name,
+                                           tolerance)
             checked.append(name)
         return (f"{len(checked)} adapter(s) reproduce their committed records' test AUC and accuracy within "
                 f"{tolerance} on {len(self.packs)} packs; " + self._check_zero_shot(tolerance))
@@ -455,10 +462,8 @@ class FigureReport:
             return "the zero-shot reference is not checked (these adapters are not all of notebook 03's committed grid)"
         zero_tag, committed = dalora_zero_shot_test(self.results_dir, self.packs)
         for domain in self.packs:
-            auc = pack_roc(self.embedder, ZERO_SHOT, domain).auc
-            if abs(auc - committed[domain]["auc"]) > tolerance:
-                raise AssertionError(f"zero-shot on {domain}: AUC {auc:.4f} here, {committed[domain]['auc']:.4f} in "
-                                     f"notebook 03's row {zero_tag}")
+            _assert_matches_record(f"zero-shot on {domain}", "AUC", pack_roc(self.embedder, ZERO_SHOT, domain).auc,
+                                   committed[domain]["auc"], f"notebook 03's row {zero_tag}", tolerance)
         centred = "centred" if self.embedder.zero_shot_centre is not None else "uncentred"
         return f"the {centred} zero-shot reference reproduces notebook 03's zero-shot rows ({zero_tag})"
 

@@ -33,7 +33,7 @@ KINDS = {
     "delta": "signed, 4 decimals", "p": "2 decimals; 3 below 0.01; '< 0.001' below that",
     "count": "integer with thousands separators", "seconds": "2 decimals", "ratio": "2 decimals",
     "share": "per cent, 1 decimal (the value is a fraction)", "lr": "a x 10^b", "plain": "as given (text)",
-    "value": "4 significant digits",
+    "value": "4 significant digits", "sd": "4 decimals (a spread, beside its mean)",
 }
 
 
@@ -59,7 +59,7 @@ def format_value(value: float | int | str, kind: str) -> str:
     value = float(value)
     if math.isnan(value):
         return "--"
-    if kind == "auc":
+    if kind in ("auc", "sd"):
         return _minus(f"{value:.4f}")
     if kind == "eer":
         return _minus(f"{value:.3f}")

@@ -1,4 +1,5 @@
-"""Notebook 07's numbers (``results/analysis/*.json``, flat dicts): each becomes ``analysis.<file>.<key>``."""
+"""Notebook 07's numbers (``results/analysis/*.json``, flat dicts): each becomes ``analysis.<file>.<key>``, a
+standard deviation over seeds (``*.sd``) written to 4 decimals, other values to 4 significant digits."""
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ def build(sources, book: NumberBook) -> PartOutput:
         for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 continue  # text and nested values are the notebook's, not quotable numbers
-            kind = "count" if isinstance(value, numbers.Integral) else "value"
+            kind = "count" if isinstance(value, numbers.Integral) else "sd" if name.endswith(".sd") else "value"
             if isinstance(value, float) and math.isnan(value):
                 continue
             book.add(f"analysis.{key_part(stem)}.{key_part(name)}", value, kind)

@@ -158,23 +158,27 @@ def _shift_rows(book: NumberBook, prefix: str, table: Table, rows, settings: Cro
     return table
 
 
-#: the thermal table's budget sentence: the reported grids (step count chosen on validation) and the first ones
-VALIDATED_BUDGET = ("stage 2 ran up to 25 SGD steps and each run kept, per $k$, the step count (0, 1, 3, 5, 10 or 25) "
-                    "with the highest AUC on the thermal validation identities; the test packs were scored once, "
-                    "with it")
-FIXED_BUDGET = "stage 2 ran 10 SGD steps for every $k$, fixed in advance, and the test packs were scored after them"
+def _budget(settings: CrossDomainSettings, target: str) -> str:
+    """How the grid set stage 2's step count, in words, from its settings (``target``: the validation identities'
+    domain, e.g. ``thermal``)."""
+    if not settings.choose_steps_on_validation:
+        return (f"stage 2 ran {settings.adapt_steps} SGD steps for every $k$, fixed in advance, and the test packs "
+                "were scored after them")
+    *counts, last = settings.validation_step_counts
+    return (f"stage 2 ran up to {settings.adapt_steps} SGD steps and each run kept, per $k$, the step count "
+            f"({', '.join(map(str, counts))} or {last}) with the highest AUC on the {target} validation identities; "
+            "the test packs were scored once, with it")
 
 
 def _thermal_table(book: NumberBook, rows, settings: CrossDomainSettings, shots, skipped: dict,
-                   prefix: str = "crossdomain", table_label: str = "tab:crossdomain",
-                   budget: str = VALIDATED_BUDGET) -> Table:
+                   prefix: str = "crossdomain", table_label: str = "tab:crossdomain") -> Table:
     table = Table(label=table_label, columns="lc" + "c" * (len(THERMAL_PACKS) + len(VISIBLE_PACKS)),
                   wide=True, size=r"\scriptsize",
                   caption="Notebook 05, visible $\\rightarrow$ thermal: test AUC on the thermal packs after adapting "
                           "with $k$ labelled images per thermal training identity ($k=0$: before adaptation; "
-                          f"$k=\\mathrm{{all}}$: every thermal training image labelled); {budget}. Forgetting on the "
-                          "visible packs: accuracy change in points against the row's start. Mean "
-                          "$\\pm$ sd over seeds 0--2 (zero-shot: no seed).",
+                          "$k=\\mathrm{all}$: every thermal training image labelled); "
+                          f"{_budget(settings, 'thermal')}. Forgetting on the visible packs: accuracy change in "
+                          "points against the row's start. Mean $\\pm$ sd over seeds 0--2 (zero-shot: no seed).",
                   header=[["row", "$k$", *(f"AUC {label(p)}" for p in THERMAL_PACKS),
                            *(rf"$\Delta$acc. {label(p)}" for p in VISIBLE_PACKS)]])
     return _shift_rows(book, prefix, table, rows, settings, shots, skipped,
@@ -242,23 +246,17 @@ def _thermal_tests(book: NumberBook, rows, shots, prefix: str = "crossdomain") -
 
 
 # ------------------------------------------------------------------------------------------ other shifts
-#: the low-quality table's budget sentence: the reported grid (step count chosen on validation) and the first one
-LOWQUALITY_VALIDATED_BUDGET = ("stage 2 ran up to 25 SGD steps and each run kept, per $k$, the step count (0, 1, 3, 5, "
-                               "10 or 25) with the highest AUC on the low-quality validation identities; the test "
-                               "packs were scored once, with it")
-
-
 def _lowquality_table(book: NumberBook, rows, settings: CrossDomainSettings, skipped: dict,
                       prefix: str = _key("crossdomain", LOWQUALITY), table_label: str = "tab:crossdomain-lowquality",
-                      budget: str = LOWQUALITY_VALIDATED_BUDGET) -> Table:
+                      ) -> Table:
     """Visible -> low quality: AUC and accuracy on the target pack, forgetting on the source packs."""
     (target,), sources = settings.shift.target_packs, settings.shift.source_packs
     table = Table(label=table_label, columns="lc" + "c" * (2 + len(sources)), size=r"\scriptsize",
                   caption="Notebook 05, other shifts: visible $\\rightarrow$ low quality. Stage 1 on ORL + Yale "
                           "only; stage 2 on $k$ labelled low-quality images per low-quality training identity "
-                          f"($k=0$: before adaptation); {budget}. Test AUC and accuracy (\\%) on the low-quality "
-                          "pack, and the forgetting on the visible packs: accuracy change in points against the row's "
-                          "start. Mean $\\pm$ sd over seeds 0--2 (zero-shot: no seed).",
+                          f"($k=0$: before adaptation); {_budget(settings, 'low-quality')}. Test AUC and accuracy "
+                          "(\\%) on the low-quality pack, and the forgetting on the visible packs: accuracy change in "
+                          "points against the row's start. Mean $\\pm$ sd over seeds 0--2 (zero-shot: no seed).",
                   header=[["row", "$k$", f"AUC {label(target)}", f"acc. {label(target)}",
                            *(rf"$\Delta$acc. {label(p)}" for p in sources)]])
     _shift_rows(book, prefix, table, rows, settings, settings.shots, skipped, [(target, "auc"), (target, "accuracy")])
@@ -390,7 +388,7 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
         "crossdomain_chosen": _chosen_steps_table(book, _validation(sources, REPORTED), "crossdomain",
                                                   "tab:supp-crossdomain-chosen", "thermal"),
         "crossdomain_fixed10": _thermal_table(book, first_rows, first, first_shots, first_skipped, FIXED,
-                                              "tab:supp-crossdomain-fixed10", FIXED_BUDGET),
+                                              "tab:supp-crossdomain-fixed10"),
         "crossdomain_lowquality_seeds": _per_seed(
             lowquality_rows, _row_shots(lowquality.methods, lowquality.shots), lowquality_skipped,
             [(p, m) for p in shift_packs for m in ("auc", "accuracy")], "tab:supp-crossdomain-lowquality",
@@ -402,7 +400,7 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
             "tab:supp-crossdomain-lowquality-chosen", "low quality"),
         "crossdomain_lowquality_fixed10": _lowquality_table(
             book, first_lowquality_rows, first_lowquality, first_lowquality_skipped, _key(FIXED, LOWQUALITY),
-            "tab:supp-crossdomain-lowquality-fixed10", FIXED_BUDGET),
+            "tab:supp-crossdomain-lowquality-fixed10"),
         "crossdomain_outdoor_seeds": _per_seed(
             outdoor_rows, [("zero-shot", 0), *((start, 0) for start in STARTS)], {}, OUTDOOR_COLUMNS,
             "tab:supp-crossdomain-outdoor", "Notebook 05, indoor $\\rightarrow$ outdoor (starts meta-trained on "
