@@ -351,6 +351,8 @@ def test_the_paper_grids_are_the_makefiles():
     assert grids.ablations == AblationSettings(**yaml.safe_load(variables["ABLATIONS_RESULTS"]))
     assert grids.ablations_inner1 == AblationSettings(**{**yaml.safe_load(variables["ABLATIONS_RESULTS"]),
                                                          **yaml.safe_load(variables["ABLATIONS_INNER1"])})
+    assert grids.ablations_inner1_meta60 == AblationSettings(**{
+        **yaml.safe_load(variables["ABLATIONS_RESULTS"]), **yaml.safe_load(variables["ABLATIONS_INNER1_META60"])})
 
 
 def test_the_paper_grids_are_fully_recorded():
@@ -509,9 +511,14 @@ def test_ablations_and_analysis_numbers_follow_their_files(tmp_path, committed):
     assert checked >= 20
 
     (results / "analysis").mkdir(exist_ok=True)
-    (results / "analysis" / "figures.json").write_text(json.dumps({"roc_auc/thermal zero_shot": 0.91234, "note": "x"}))
+    (results / "analysis" / "figures.json").write_text(json.dumps({
+        "roc_auc/thermal zero_shot": 0.91234, "note": "x", "seeds.lora.cosine.mean": 0.48437,
+        "seeds.lora.cosine.sd": 0.009017}))
     paper = build_generated(results, tmp_path / "figures", tmp_path / "generated")
     assert paper.numbers["analysis.figures.roc-auc-thermal-zero-shot"].value == pytest.approx(0.91234)
+    # a spread over seeds is written to the decimals of the mean it goes with, not to 4 significant digits
+    assert paper.numbers["analysis.figures.seeds-lora-cosine-mean"].text == "0.4844"
+    assert paper.numbers["analysis.figures.seeds-lora-cosine-sd"].text == "0.0090"
     assert "analysis.figures.note" not in paper.numbers
 
 
@@ -573,9 +580,11 @@ def test_an_ablation_cell_whose_runs_were_partly_flagged_says_how_many_seeds_its
     assert "seeds)" not in _measured_table(NumberBook(), rows, rows, ("rank",)).caption
 
 
-def test_one_inner_step_is_compared_with_the_matched_lora_paired_by_healthy_seed():
-    """ablations.inner1.*: notebook 06's one-inner-step DA-LoRA against notebook 03's parameter-matched LoRA, paired
-    by seed over the runs both keep; recomputed here from the records (test section), not from the tables."""
+@pytest.mark.parametrize("grid, name", [("ablations_inner1", "inner1"), ("ablations_inner1_meta60", "inner1-meta60")])
+def test_one_inner_step_is_compared_with_the_matched_lora_paired_by_healthy_seed(grid, name):
+    """ablations.<name>.*: notebook 06's one-inner-step DA-LoRA (MAML starts of 20 outer steps, then of 60) against
+    notebook 03's parameter-matched LoRA, paired by seed over the runs both keep; recomputed here from the records
+    (test section), not from the tables."""
     from scipy.stats import ttest_rel
 
     from afr.experiments.settings.ablations import grid_cells
@@ -583,9 +592,9 @@ def test_one_inner_step_is_compared_with_the_matched_lora_paired_by_healthy_seed
 
     sources = load_sources(RESULTS)
     book = NumberBook()
-    inner_step_comparison(sources, book)
+    inner_step_comparison(sources, book, getattr(sources.grids, grid), name)
     flagged = set(flagged_runs(RESULTS))
-    one = {cell.settings.seed: cell.settings.tag for cell in grid_cells(sources.grids.ablations_inner1)
+    one = {cell.settings.seed: cell.settings.tag for cell in grid_cells(getattr(sources.grids, grid))
            if cell.value == 1}
     matched = {seed: tag for (method, seed), tag in sources.dalora_tags().items() if method == "lora-matched"}
 
@@ -595,7 +604,25 @@ def test_one_inner_step_is_compared_with_the_matched_lora_paired_by_healthy_seed
 
     pairs = [(auc("ablations", one[seed]), auc("dalora", matched[seed])) for seed in sorted(one) if seed in matched]
     pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-    prefix = "ablations.inner1.ttest.thermal.auc.inner-steps-1.vs.lora-matched"
+    prefix = f"ablations.{name}.ttest.thermal.auc.inner-steps-1.vs.lora-matched"
     assert book[f"{prefix}.n"].value == len(pairs) >= 3
+    assert book[f"ablations.{name}.healthy.inner-steps-1"].value == len([seed for seed in one if auc(
+        "ablations", one[seed]) is not None])
     assert book[f"{prefix}.diff"].value == pytest.approx(sum(a - b for a, b in pairs) / len(pairs))
     assert book[f"{prefix}.p"].value == pytest.approx(ttest_rel(*zip(*pairs)).pvalue)
+
+
+def test_the_crossdomain_budget_sentence_follows_the_grid_settings():
+    """The tables' captions say how stage 2's step count was set, from the grid's own settings."""
+    import dataclasses
+
+    from afr.experiments.grids import CommittedGrids
+    from afr.paper.parts.crossdomain import _budget
+
+    grids = CommittedGrids()
+    validated = _budget(grids.crossdomain_validated, "thermal")
+    assert "up to 25 SGD steps" in validated and "(0, 1, 3, 5, 10 or 25)" in validated
+    assert "thermal validation identities" in validated
+    longer = _budget(dataclasses.replace(grids.crossdomain_lowquality_validated, adapt_steps=50), "low-quality")
+    assert "up to 50 SGD steps" in longer and "(0, 1, 3, 5, 10, 25 or 50)" in longer
+    assert _budget(grids.crossdomain, "thermal").startswith("stage 2 ran 10 SGD steps for every $k$, fixed in advance")

@@ -130,6 +130,13 @@ class CommittedGrids:
         _first_ablation_grid(), epochs=4, centre_embeddings=True, head_init="class-mean", augment=False,
         rebuild_starts=True, seeds=PAIRED_TEST_SEEDS, groups=("inner_steps",), inner_steps_values=(1, 3),
         grid="ablations-inner1"))
+    #: :attr:`ablations_inner1` with MAML starts meta-trained 60 outer steps (notebooks 04 and 05's count; 20 let
+    #: 10 of the fitted grid's 24 starts end above where they began) with the meta-gradient clipped to norm 1
+    #: (notebook 04's clip); both fixed in advance, before any of its runs (``make ablations-inner1-meta60-results``)
+    ablations_inner1_meta60: AblationSettings = field(default_factory=lambda: dataclasses.replace(
+        _first_ablation_grid(), epochs=4, centre_embeddings=True, head_init="class-mean", augment=False,
+        rebuild_starts=True, seeds=PAIRED_TEST_SEEDS, groups=("inner_steps",), inner_steps_values=(1, 3),
+        meta_steps=60, meta_grad_clip=1.0, grid="ablations-inner1-meta60"))
 
     @property
     def crossdomain_grids(self) -> dict[str, CrossDomainSettings]:
@@ -252,7 +259,8 @@ class CommittedGrids:
                             for name in self.crossdomain_grids},
             "ablations": {self.ablations_first.grid: grid_runs(self.ablations_first),
                           self.ablations.grid: grid_runs(self.ablations),
-                          self.ablations_inner1.grid: grid_runs(self.ablations_inner1)},
+                          self.ablations_inner1.grid: grid_runs(self.ablations_inner1),
+                          self.ablations_inner1_meta60.grid: grid_runs(self.ablations_inner1_meta60)},
         }
 
 
@@ -279,7 +287,7 @@ GRID_NAMES = ("baseline", "baseline-search", "baseline-fitted", "baseline-search
               "maml-inner1", "crossdomain-thermal", "crossdomain-thermal_kall", "crossdomain-thermal_validated",
               "crossdomain-thermal_kall_validated", "crossdomain-lowquality", "crossdomain-lowquality_validated",
               "crossdomain-outdoor", "ablations",
-              "ablations-fitted", "ablations-inner1")
+              "ablations-fitted", "ablations-inner1", "ablations-inner1-meta60")
 
 
 def grid_labels(grids: CommittedGrids, tables: Mapping[str, Any]) -> dict[str, dict[str, str]]:

@@ -3,11 +3,16 @@
 "not run" — never a number that was not measured."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook
 from afr.paper.parts.common import PartOutput, key, label, stats_cell
 from afr.paper.sources import PaperSources
 from afr.paper.stats import paired_test, record_stats, record_test, seed_stats
+
+if TYPE_CHECKING:
+    from afr.experiments.settings.ablations import AblationSettings
 
 __all__ = ["PLANNED", "RECIPES", "build"]
 
@@ -84,34 +89,39 @@ def _values(rows, domain: str):
     return chosen.groupby("seed")["value"].mean()
 
 
-def inner_step_comparison(sources: PaperSources, book: NumberBook) -> None:
+def inner_step_comparison(sources: PaperSources, book: NumberBook, grid: AblationSettings, name: str) -> None:
     """One MAML inner step (the fitted grid's validation choice) against notebook 03's parameter-matched LoRA and
-    against the full model's three inner steps, paired by seed over the healthy runs of both sides, five seeds
-    planned (:attr:`~afr.experiments.grids.CommittedGrids.ablations_inner1`): ``ablations.inner1.*``."""
+    against the full model's three inner steps, paired by seed over the healthy runs of both sides, the seeds of
+    ``grid`` planned (:attr:`~afr.experiments.grids.CommittedGrids.ablations_inner1` and its twin with longer
+    MAML starts): ``ablations.<name>.*``, with the number of healthy runs of each side."""
     from afr.experiments.settings.ablations import grid_cells
 
     frame = sources.tables["ablations"]
     tags = {}
-    for cell in grid_cells(sources.grids.ablations_inner1):
+    for cell in grid_cells(grid):
         tags.setdefault(str(cell.value), set()).add(cell.settings.tag)
     if not len(frame) or not set(frame["run"]) & tags["1"]:
-        book.add("ablations.inner1.status", "not run", "plain")
+        book.add(f"ablations.{name}.status", "not run", "plain")
         return
-    book.add("ablations.inner1.status", "run", "plain")
+    book.add(f"ablations.{name}.status", "run", "plain")
     test = frame[(frame["split"] == "test") & (frame["group"] == "inner_steps")]
     one = sources.healthy("ablations", test[test["run"].isin(tags["1"])])
     three = sources.healthy("ablations", test[test["run"].isin(tags["3"])])
     matched = sources.dalora_test()
     matched = sources.healthy("dalora", matched[matched["method"] == "lora-matched"])
-    book.add("ablations.inner1.planned", len(tags["1"]), "count")
+    book.add(f"ablations.{name}.planned", len(tags["1"]), "count")
+    for side, rows in (("inner-steps-1", one), ("inner-steps-3", three)):
+        book.add(key("ablations", name, "healthy", side), rows["run"].nunique(), "count")
     for domain in DOMAINS:
         a, b, c = _values(one, domain), _values(matched, domain), _values(three, domain)
-        record_stats(book, key("ablations", "inner1", domain, "auc", "inner-steps-1"), seed_stats(a), "auc")
-        record_stats(book, key("ablations", "inner1", domain, "auc", "inner-steps-3"), seed_stats(c), "auc")
-        record_stats(book, key("ablations", "inner1", domain, "auc", "lora-matched"), seed_stats(b), "auc")
-        record_test(book, key("ablations", "inner1", "ttest", domain, "auc", "inner-steps-1", "vs", "lora-matched"),
+        record_stats(book, key("ablations", name, domain, "auc", "inner-steps-1"), seed_stats(a), "auc")
+        record_stats(book, key("ablations", name, domain, "auc", "inner-steps-3"), seed_stats(c), "auc")
+        record_stats(book, key("ablations", name, domain, "auc", "lora-matched"), seed_stats(b), "auc")
+        record_test(book, key("ablations", name, "ttest", domain, "auc", "inner-steps-1", "vs", "lora-matched"),
                     paired_test(a, b), "delta")
-        record_test(book, key("ablations", "inner1", "ttest", domain, "auc", "inner-steps-1", "vs", "inner-steps-3"),
+        record_test(book, key("ablations", name, "ttest", domain, "auc", "inner-steps-3", "vs", "lora-matched"),
+                    paired_test(c, b), "delta")
+        record_test(book, key("ablations", name, "ttest", domain, "auc", "inner-steps-1", "vs", "inner-steps-3"),
                     paired_test(a, c), "delta")
 
 
@@ -122,5 +132,7 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
         return PartOutput(tables={"ablations": _planned_table()})
     book.add("ablations.status", "run", "plain")
     fitted = sources.fitted_ablation_groups()
-    inner_step_comparison(sources, book)
+    grids = sources.grids
+    inner_step_comparison(sources, book, grids.ablations_inner1, "inner1")
+    inner_step_comparison(sources, book, grids.ablations_inner1_meta60, "inner1-meta60")
     return PartOutput(tables={"ablations": _measured_table(book, rows, sources.ablations_test(), fitted)})
