@@ -43,7 +43,7 @@ from afr.experiments.records import (ResultExistsError, check_outputs_writable, 
                                      reuse_record, write_record)
 # the settings and the published reference rows live in the torch-free settings module; importable here too
 from afr.experiments.settings.baseline import PUBLISHED_FROUNDATION, BaselineSettings
-from afr.models import FaceRecognitionModel, create_backbone
+from afr.models import FaceRecognitionModel, create_backbone, fast_layout
 from afr.paths import runs_root
 from afr.experiments.training_setup import (evaluation_device, frozen_backbone, initialise_centres, optimizer_groups,
                                            train_config, training_augment)
@@ -123,6 +123,7 @@ def train_lora(
     model = FaceRecognitionModel(backbone, num_classes, margin=settings.margin, s=settings.s, m=settings.m)
     initialise_centres(model, train_dataset, settings)  # before LoRA: B = 0 would give the same embeddings anyway
     apply_lora(backbone, settings.lora_settings())
+    fast_layout(backbone)  # the same function up to rounding, less CPU time (runs recorded before 2026-12-06: without)
     notes = {"backbone": settings.backbone, "data_profile": settings.data_profile, "num_classes": num_classes,
              "tag": settings.tag}
     evaluators = pack_evaluators(val_packs) if val_packs and settings.eval_every_epoch else None
