@@ -17,6 +17,7 @@ from afr.adapters.dalora import merge_dalora
 from afr.adapters.dalora.experts import expert_blocks, load_parameters, shared_targets, with_expert_blocks
 from afr.adapters.lora import LoraSettings, apply_lora, merge_lora, save_adapter
 from afr.data.collections import collection_identities
+from afr.eval.curves import StartScore
 from afr.data.verification import VerificationPack
 from afr.experiments.settings.base import SettingsError
 from afr.experiments import crossdomain
@@ -141,11 +142,11 @@ def test_stage2_step_count_is_chosen_on_validation_and_the_kept_tensors_are_that
     split = ThermalSplit(2, {0: [0, 1], 1: [2, 3], 2: [4, 5]}, ())
     torch.manual_seed(0)
     backbone, params, to_parameters = crossdomain._adapted_model(settings, adapter)
-    start_metrics: dict = {}
-    choice = crossdomain.ValidationChoice(backbone, to_parameters, settings, data, start_metrics)
+    start_score = StartScore()
+    choice = crossdomain.ValidationChoice(backbone, to_parameters, settings, data, start_score)
     start = {name: tensor.clone() for name, tensor in params.items()}
     adapt(backbone, params, to_parameters, data, split, settings, at_step=choice.score)
-    assert start_metrics == choice.curve["0"]  # the start's validation metrics, kept for the run's other k
+    assert start_score.metrics == choice.curve["0"]  # the start's validation metrics, kept for the run's other k
 
     assert list(choice.curve) == ["0", "1", "3", "4"]
     aucs = {int(steps): metrics["auc"] for steps, metrics in choice.curve.items()}
@@ -166,7 +167,7 @@ def test_stage2_step_count_is_chosen_on_validation_and_the_kept_tensors_are_that
     scored = []
     score_packs = crossdomain.score_packs
     monkeypatch.setattr(crossdomain, "score_packs", lambda *a, **k: scored.append(1) or score_packs(*a, **k))
-    other = crossdomain.ValidationChoice(backbone, to_parameters, settings, data, start_metrics)
+    other = crossdomain.ValidationChoice(backbone, to_parameters, settings, data, start_score)
     adapt(backbone, dict(start), to_parameters, data, ThermalSplit(1, {0: [0], 1: [2], 2: [4]}, ()), settings,
           at_step=other.score)
     assert len(scored) == 3 and other.curve["0"] == choice.curve["0"]  # 1, 3 and 4 steps scored; 0 shared

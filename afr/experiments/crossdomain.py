@@ -95,6 +95,7 @@ from afr.data.collections import collection_pack
 from afr.data.embedded import load_embedded
 from afr.data.verification import VerificationPack, load_pack
 from afr.eval.extract import extract_unique_embeddings
+from afr.eval.curves import StartScore
 from afr.eval.verification import evaluate
 from afr.experiments.records import (  # noqa: F401 (MissingStartError: importable here)
     GridRuns, MissingStartError, append_rows_unlocked, check_outputs_writable, check_start_adapters,
@@ -394,16 +395,16 @@ class ValidationChoice:
     """Stage 2's step count chosen on the target's validation identities: :meth:`score` (``adapt``'s ``at_step``)
     scores the adapted tensors of each step count on ``data.validation_pack``, on a copy of the model with the
     tensors merged as the test packs will see them, and keeps aside the tensors of the step count with the highest
-    validation AUC (of equals, the fewest steps: the first seen). ``start_metrics``, a dict shared by the choices of
-    one run (every k adapts the same start), holds the start's (0 steps) validation metrics once scored."""
+    validation AUC (of equals, the fewest steps: the first seen). ``start``, shared by the choices of one run (every k
+    adapts the same start), scores the start's (0 steps) validation metrics once."""
 
     def __init__(self, backbone: nn.Module, to_parameters: ToParameters, settings: CrossDomainSettings,
-                 data: CrossDomainData, start_metrics: dict[str, Any] | None = None) -> None:
+                 data: CrossDomainData, start: StartScore | None = None) -> None:
         if data.validation_pack is None:
             raise ValueError("ValidationChoice: the data hold no validation pack (load_data with "
                              "choose_steps_on_validation)")
         self.backbone, self.to_parameters, self.settings, self.data = backbone, to_parameters, settings, data
-        self.start_metrics = {} if start_metrics is None else start_metrics
+        self.start = StartScore() if start is None else start
         self.curve: dict[str, dict[str, Any]] = {}
         self.chosen_steps: int | None = None
         self.best_tensors: dict[str, Tensor] = {}
@@ -420,12 +421,7 @@ class ValidationChoice:
         return score_packs(self._merged(tensors), {pack.name: pack}, next(self.backbone.parameters()).device)[pack.name]
 
     def score(self, steps: int, tensors: Mapping[str, Tensor]) -> None:
-        if steps != 0:
-            metrics = self._validation_metrics(tensors)
-        else:
-            if not self.start_metrics:
-                self.start_metrics.update(self._validation_metrics(tensors))
-            metrics = dict(self.start_metrics)
+        metrics = self.start.at(steps, lambda: self._validation_metrics(tensors))
         self.curve[str(steps)] = metrics
         if self.chosen_steps is None or metrics["auc"] > self.curve[str(self.chosen_steps)]["auc"]:
             self.chosen_steps = steps
@@ -655,7 +651,7 @@ def _adapt_and_record(settings: CrossDomainSettings, data: CrossDomainData, star
     start_scores = start_record.get("test")
     adapter = settings.start_dir(start) / "adapter"
     device = evaluation_device(settings)
-    test, adaptation, start_validation = {}, {}, {}
+    test, adaptation, start_validation = {}, {}, StartScore()
     for shots in applicable:
         split = thermal_split(data, shots, settings.seed, settings.shift.target)
         backbone, params, to_parameters = _adapted_model(settings, adapter)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from afr.adapters.dalora.experts import load_parameters
 from afr.adapters.lora import trainable_parameters
 from afr.eval.packs import evaluate_on_packs
+from afr.eval.curves import StartScore
 from afr.experiments.records import (check_outputs_writable, check_unfinished_runs, environment_info,
                                      grid_metric_values, metric_rows, reuse_note, reuse_record, write_record,
                                      GridRuns)
@@ -152,27 +153,13 @@ def _score(model: nn.Module, name: str, pack) -> dict[str, Any]:
     return evaluate_on_packs(model, {name: pack}, device=next(model.parameters()).device)[name]
 
 
-def _curve_scorer(settings: MamlExperimentSettings, pack) -> Callable[[int, nn.Module], dict[str, Any]]:
-    """``score(steps, model)``: :func:`_score` on ``pack``, except that the start (0 steps: the same weights for
-    every k) is scored once and its metrics reused."""
-    start: dict[str, Any] = {}
-
-    def score(steps: int, model: nn.Module) -> dict[str, Any]:
-        if steps != 0:
-            return _score(model, settings.target, pack)
-        if not start:
-            start.update(_score(model, settings.target, pack))
-        return dict(start)
-
-    return score
-
-
 def adaptation_curves(backbone: nn.Module, data: MamlData, settings: MamlExperimentSettings,
                       ) -> dict[str, dict[str, dict[str, Any]]]:
     """``{k: {steps: target test metrics}}``: SGD on the k-shot support of the target's training identities,
     scored on its test identities after every step count in ``settings.steps`` (the start is never changed)."""
-    score = _curve_scorer(settings, data.target_pack)
-    return {str(shots): {str(steps): score(steps, model) for steps, model in _adapted(backbone, data, settings, shots)}
+    start = StartScore()
+    return {str(shots): {str(steps): start.at(steps, lambda: _score(model, settings.target, data.target_pack))
+                         for steps, model in _adapted(backbone, data, settings, shots)}
             for shots in settings.shots}
 
 
@@ -195,11 +182,11 @@ def validation_chosen_adaptation(backbone: nn.Module, data: MamlData, settings: 
         raise ValueError("validation_chosen_adaptation: the data hold no validation pack of the target "
                          "(load_data with choose_steps_on_validation)")
     curves, chosen, test = {}, {}, {}
-    score = _curve_scorer(settings, data.target_val_pack)
+    start = StartScore()
     for shots in settings.shots:
         curve, best, best_state, model = {}, None, None, None
         for steps, model in _adapted(backbone, data, settings, shots):
-            metrics = score(steps, model)
+            metrics = start.at(steps, lambda: _score(model, settings.target, data.target_val_pack))
             curve[str(steps)] = metrics
             if best is None or metrics["auc"] > curve[str(best)]["auc"]:
                 best = steps
