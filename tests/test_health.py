@@ -200,3 +200,30 @@ def test_a_notebook_06_run_inherits_the_health_of_the_maml_start_its_settings_de
             assert health.flagged and any(start in reason for reason in health.reasons), run["tag"]
             inherited += 1
     assert inherited > 0  # the committed grids hold runs from diverged starts (rank 32, the seed-1 starts)
+
+
+def test_notebook_06_lists_a_flagged_start_apart_from_the_runs_left_out_of_its_means(tmp_path, monkeypatch, capsys):
+    """ablations.grid_table: the diverged start is read from its record, its run is left out of the table and named
+    among the excluded runs; the start itself is named under the starts (it is no row of any mean)."""
+    from afr.experiments import ablations
+
+    monkeypatch.setenv("AFR_RESULTS", str(tmp_path))
+    start = record(meta=[10, 11, 12, 13, 14, 15, 16, 17, 18, 19], tag="start_a", experiment="ablations")
+    (tmp_path / "ablations").mkdir()
+    (tmp_path / "ablations" / "start_a.json").write_text(json.dumps(start))
+
+    def cell(tag, start_tag):
+        settings = SimpleNamespace(tag=tag, start_tag=start_tag, maml_start=start_tag is not None, seed=0)
+        return SimpleNamespace(settings=settings, group="component", value=tag, method="dalora")
+
+    cells = [cell("run_from_a", "start_a"), cell("run_plain", None)]
+    outcomes = {"run_from_a": SimpleNamespace(record=record([40.0, 5.0], test={"thermal": good()}, tag="run_from_a",
+                                                            start="start_a")),
+                "run_plain": SimpleNamespace(record=record([40.0, 5.0], test={"thermal": good()}, tag="run_plain"))}
+    table = ablations.grid_table(cells, outcomes)
+    assert set(table["tag"]) == {"run_plain"}
+    out = capsys.readouterr().out
+    runs, starts = out.split("flagged start(s)")
+    assert "1 flagged run(s) excluded from the means" in runs and "run_from_a: diverged" in runs
+    assert "  start_a:" not in runs  # the start is no excluded run
+    assert "start_a: diverged" in starts and "run_from_a" not in starts

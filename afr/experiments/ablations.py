@@ -349,15 +349,20 @@ def run_grid(settings: AblationSettings, data: AblationData, progress: bool = Tr
 def grid_table(cells: Sequence[Cell], outcomes: Mapping[str, Any]):
     """Long table (group, cell, method, seed, split, domain, metric, value) of every cell, test and validation;
     flagged runs (:mod:`afr.experiments.health`) are left out, a line each printed — a run whose recorded MAML start
-    diverged among them."""
+    diverged among them — and the flagged starts are printed apart, as starts (no row of the table)."""
     import pandas as pd
 
-    from afr.experiments.health import healthy_records
+    from afr.experiments.health import excluded_note, healthy_records
 
     start_paths = {cell.settings.start_tag: _record_path(cell.settings.start_tag) for cell in cells
                    if cell.settings.maml_start}
     starts = {tag: json.loads(path.read_text()) for tag, path in start_paths.items() if path.is_file()}
-    kept, _ = healthy_records({**starts, **{cell.settings.tag: outcomes[cell.settings.tag] for cell in cells}})
+    kept, excluded = healthy_records({**starts, **{cell.settings.tag: outcomes[cell.settings.tag] for cell in cells}},
+                                     show=False)
+    note = excluded_note({tag: health for tag, health in excluded.items() if tag not in starts},
+                         starts={tag: health for tag, health in excluded.items() if tag in starts})
+    if note:
+        print(note)
     rows = []
     for cell in cells:
         if cell.settings.tag not in kept:

@@ -360,12 +360,16 @@ def healthy_records(records: Mapping[Any, Any], show: bool = True) -> tuple[dict
     return kept, excluded
 
 
-def excluded_note(excluded: Mapping[str, Health]) -> str:
-    """A line per run excluded from a summary (for the notebooks), or an empty string."""
-    if not excluded:
-        return ""
-    lines = [f"{len(excluded)} flagged run(s) excluded from the means (afr.experiments.health):"]
-    lines += [f"  {tag}: {health.status} — {health.reason}" for tag, health in sorted(excluded.items())]
+def excluded_note(excluded: Mapping[str, Health], starts: Mapping[str, Health] | None = None) -> str:
+    """A line per run excluded from a summary (for the notebooks), or an empty string. ``starts``: flagged starts
+    that are no rows of the summary but whose runs were left out with them, listed apart after the runs."""
+    lines = []
+    if excluded:
+        lines.append(f"{len(excluded)} flagged run(s) excluded from the means (afr.experiments.health):")
+        lines += [f"  {tag}: {health.status} — {health.reason}" for tag, health in sorted(excluded.items())]
+    if starts:
+        lines.append(f"{len(starts)} flagged start(s), in no mean themselves; a run adapted from one is flagged with it:")
+        lines += [f"  {tag}: {health.status} — {health.reason}" for tag, health in sorted(starts.items())]
     return "\n".join(lines)
 
 
