@@ -12,7 +12,7 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: full venv demo test test-full test-timm test-timm-venv check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results maml-inner1-results crossdomain-results ablations-results ablations-inner1-results ablations-inner1-meta60-results publish-adapters results
+.PHONY: full venv demo test test-full test-timm test-timm-venv check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results maml-inner1-results crossdomain-results ablations-results ablations-inner1-results ablations-inner1-meta60-results ablations-meta60-results publish-adapters results
 
 help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU) into build/demo/"
@@ -281,10 +281,19 @@ ablations-inner1-meta60-results: $(STAMP)
 	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(ABLATIONS_RESULTS)' \
 	  -y '$(ABLATIONS_INNER1_META60)' notebooks/06_ablations.ipynb $(RUN_DIR)/06_ablations_inner1_meta60_results.ipynb
 
+# The fitted grid's cells that start from the rank-8, three-inner-step MAML start (the + MAML row, the full model, the
+# λ1, λ2 and K sweeps), seeds 0-2, from those 60-step clipped starts: 30 new runs, the starts and the full model's
+# runs reused from ablations-inner1-meta60 (run that first).
+ABLATIONS_META60 := {groups: [component, lambda_contrastive, lambda_domain, experts], \
+  components: [dalora+maml, full], meta_steps: 60, meta_grad_clip: 1.0, grid: ablations-fitted-meta60}
+ablations-meta60-results: ablations-inner1-meta60-results
+	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(ABLATIONS_RESULTS)' -y '$(ABLATIONS_META60)' \
+	  notebooks/06_ablations.ipynb $(RUN_DIR)/06_ablations_meta60_results.ipynb
+
 # The committed results that take long (hours on 2 CPU cores when nothing is recorded yet).
 # Runs already recorded are kept, so an interrupted `make results` resumes.
 results: $(STAMP) baseline-search recipe-search dalora-results publish-adapters maml-results maml-inner1-results crossdomain-results \
-  ablations-results ablations-inner1-results ablations-inner1-meta60-results
+  ablations-results ablations-inner1-results ablations-inner1-meta60-results ablations-meta60-results
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) "$$script"; done

@@ -353,6 +353,8 @@ def test_the_paper_grids_are_the_makefiles():
                                                          **yaml.safe_load(variables["ABLATIONS_INNER1"])})
     assert grids.ablations_inner1_meta60 == AblationSettings(**{
         **yaml.safe_load(variables["ABLATIONS_RESULTS"]), **yaml.safe_load(variables["ABLATIONS_INNER1_META60"])})
+    assert grids.ablations_meta60 == AblationSettings(**{
+        **yaml.safe_load(variables["ABLATIONS_RESULTS"]), **yaml.safe_load(variables["ABLATIONS_META60"])})
 
 
 def test_the_paper_grids_are_fully_recorded():
@@ -626,3 +628,22 @@ def test_the_crossdomain_budget_sentence_follows_the_grid_settings():
     longer = _budget(dataclasses.replace(grids.crossdomain_lowquality_validated, adapt_steps=50), "low-quality")
     assert "up to 50 SGD steps" in longer and "(0, 1, 3, 5, 10, 25 or 50)" in longer
     assert _budget(grids.crossdomain, "thermal").startswith("stage 2 ran 10 SGD steps for every $k$, fixed in advance")
+
+
+def test_a_meta_training_cost_is_the_mean_over_every_run_of_the_grid_flagged_ones_included(committed):
+    """A flagged run is in no result, but the time it took is a measured cost: the seconds per outer step of
+    notebook 04's three-inner-step grid (two flagged second-order runs) average all three seeds."""
+    sources = load_sources(RESULTS)
+    tags = sources.maml_tags(sources.grids.maml_clipped)
+    flagged = {method for (method, _), tag in tags.items() if tag in FLAGGED}
+    assert "maml" in flagged  # the case this test is about
+    seconds: dict[str, list[float]] = {}
+    for (method, _), tag in tags.items():
+        meta = sources.record("maml", tag).get("meta_training") or {}
+        if "seconds_per_step" in meta:
+            seconds.setdefault(method, []).append(meta["seconds_per_step"])
+    assert {"maml", "fomaml"} <= set(seconds)
+    for method, values in seconds.items():
+        assert committed.numbers[f"maml-inner3.cost.{method}.seconds-per-step.n"].value == len(values) == 3
+        assert committed.numbers[f"maml-inner3.cost.{method}.seconds-per-step.mean"].value == \
+            pytest.approx(sum(values) / 3, abs=0.01)

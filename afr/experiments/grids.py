@@ -137,6 +137,14 @@ class CommittedGrids:
         _first_ablation_grid(), epochs=4, centre_embeddings=True, head_init="class-mean", augment=False,
         rebuild_starts=True, seeds=PAIRED_TEST_SEEDS, groups=("inner_steps",), inner_steps_values=(1, 3),
         meta_steps=60, meta_grad_clip=1.0, grid="ablations-inner1-meta60"))
+    #: the fitted grid's cells whose runs start from the rank-8, three-inner-step MAML start (the + MAML row, the
+    #: full model, the λ1, λ2 and K sweeps), seeds 0-2, with :attr:`ablations_inner1_meta60`'s 60-step clipped starts
+    #: (the same starts; its seeds 0-2 of three inner steps are this grid's full model). The rows without a MAML
+    #: start are the fitted grid's (the start settings are in their tags, not in their computation)
+    ablations_meta60: AblationSettings = field(default_factory=lambda: dataclasses.replace(
+        _first_ablation_grid(), epochs=4, centre_embeddings=True, head_init="class-mean", augment=False,
+        rebuild_starts=True, groups=("component", "lambda_contrastive", "lambda_domain", "experts"),
+        components=("dalora+maml", "full"), meta_steps=60, meta_grad_clip=1.0, grid="ablations-fitted-meta60"))
 
     @property
     def crossdomain_grids(self) -> dict[str, CrossDomainSettings]:
@@ -260,7 +268,8 @@ class CommittedGrids:
             "ablations": {self.ablations_first.grid: grid_runs(self.ablations_first),
                           self.ablations.grid: grid_runs(self.ablations),
                           self.ablations_inner1.grid: grid_runs(self.ablations_inner1),
-                          self.ablations_inner1_meta60.grid: grid_runs(self.ablations_inner1_meta60)},
+                          self.ablations_inner1_meta60.grid: grid_runs(self.ablations_inner1_meta60),
+                          self.ablations_meta60.grid: grid_runs(self.ablations_meta60)},
         }
 
 
@@ -287,7 +296,8 @@ GRID_NAMES = ("baseline", "baseline-search", "baseline-fitted", "baseline-search
               "maml-inner1", "crossdomain-thermal", "crossdomain-thermal_kall", "crossdomain-thermal_validated",
               "crossdomain-thermal_kall_validated", "crossdomain-lowquality", "crossdomain-lowquality_validated",
               "crossdomain-outdoor", "ablations",
-              "ablations-fitted", "ablations-inner1", "ablations-inner1-meta60")
+              "ablations-fitted", "ablations-inner1", "ablations-inner1-meta60",
+              "ablations-fitted-meta60")
 
 
 def grid_labels(grids: CommittedGrids, tables: Mapping[str, Any]) -> dict[str, dict[str, str]]:

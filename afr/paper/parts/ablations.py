@@ -47,18 +47,26 @@ def _planned_table() -> Table:
 RECIPES = {True: "fitted, 4 ep.", False: "first, 1 ep."}
 
 
-def _measured_table(book: NumberBook, rows, kept, fitted_groups) -> Table:
-    """The reported cells as ``rows`` (every run) lays them out; their means over ``kept`` (the healthy runs' rows);
-    ``fitted_groups``: the groups whose rows are the fitted grid's (the others are the first grid's)."""
+MEASURED_CAPTION = ("Notebook 06: component ablation and sensitivity, test AUC, mean $\\pm$ sd over seeds. "
+                    "Recipe: \\emph{fitted}, notebook 03's (centred embeddings, class-mean centres, no "
+                    "augmentation, 4 epochs, its learning rate chosen on validation); \\emph{first}, the first "
+                    "grid's (random centres, RandAugment, 1 epoch), whose runs did not fit their training "
+                    "identities, reported until the group is re-run. The other settings were fixed in advance; "
+                    "the test packs were scored once per run.")
+META60_CAPTION = ("Notebook 06's cells whose experts start from the rank-8, three-inner-step MAML start, with that start "
+                  "meta-trained 60 outer steps (not 20) and its meta-gradient clipped to norm 1, both fixed before "
+                  "these runs (grid ablations-fitted-meta60; fitted recipe, 4 epochs): test AUC, mean $\\pm$ sd over "
+                  "seeds 0--2. The rows without a MAML start are those of the paper's ablation table.")
+
+
+def _measured_table(book: NumberBook, rows, kept, fitted_groups, prefix: str = "ablations",
+                    table_label: str = "tab:ablations", caption: str = MEASURED_CAPTION) -> Table:
+    """The reported cells as ``rows`` (every run) lays them out; their means over ``kept`` (the healthy runs' rows)
+    as ``<prefix>.<domain>.auc.<group>.<cell>``; ``fitted_groups``: the groups whose rows are the fitted grid's (the
+    others are the first grid's)."""
     domains = [d for d in DOMAINS if d in set(rows["domain"])] or sorted(set(rows["domain"]))
-    table = Table(label="tab:ablations", columns="lll" + "c" * len(domains), wide=True, size=r"\scriptsize",
-                  caption="Notebook 06: component ablation and sensitivity, test AUC, mean $\\pm$ sd over seeds. "
-                          "Recipe: \\emph{fitted}, notebook 03's (centred embeddings, class-mean centres, no "
-                          "augmentation, 4 epochs, its learning rate chosen on validation); \\emph{first}, the first "
-                          "grid's (random centres, RandAugment, 1 epoch), whose runs did not fit their training "
-                          "identities, reported until the group is re-run. The other settings were fixed in advance; "
-                          "the test packs were scored once per run.",
-                  header=[["group", "recipe", "cell", *(f"AUC {label(d)}" for d in domains)]])
+    table = Table(label=table_label, columns="lll" + "c" * len(domains), wide=True, size=r"\scriptsize",
+                  caption=caption, header=[["group", "recipe", "cell", *(f"AUC {label(d)}" for d in domains)]])
     auc = rows[rows["metric"] == "auc"]
     partial = False
     order = {group: index for index, group in enumerate(PLANNED)}
@@ -68,7 +76,7 @@ def _measured_table(book: NumberBook, rows, kept, fitted_groups) -> Table:
         for cell in dict.fromkeys(part["cell"].astype(str)):
             chosen = kept[(kept["metric"] == "auc") & (kept["group"].astype(str) == group)
                           & (kept["cell"].astype(str) == cell)]
-            means = [stats_cell(book, key("ablations", domain, "auc", group, cell),
+            means = [stats_cell(book, key(prefix, domain, "auc", group, cell),
                                 chosen[chosen["domain"] == domain].groupby("seed")["value"].mean(), "auc")
                      for domain in domains]
             run, healthy = part.loc[part["cell"].astype(str) == cell, "seed"].nunique(), chosen["seed"].nunique()
@@ -135,4 +143,47 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
     grids = sources.grids
     inner_step_comparison(sources, book, grids.ablations_inner1, "inner1")
     inner_step_comparison(sources, book, grids.ablations_inner1_meta60, "inner1-meta60")
-    return PartOutput(tables={"ablations": _measured_table(book, rows, sources.ablations_test(), fitted)})
+    return PartOutput(tables={"ablations": _measured_table(book, rows, sources.ablations_test(), fitted)},
+                      supplementary={"ablations_meta60": _meta60_table(sources, book)})
+
+
+def _meta60_table(sources: PaperSources, book: NumberBook) -> Table:
+    """The cells of :attr:`~afr.experiments.grids.CommittedGrids.ablations_meta60` (60-step clipped MAML starts) as
+    the main table lays them out, keys ``ablations-meta60.*``; every cell "not run" before the grid is."""
+    from afr.experiments.settings.ablations import grid_runs
+
+    grid = sources.grids.ablations_meta60
+    frame = sources.tables["ablations"]
+    rows = frame[frame["run"].isin(grid_runs(grid)) & frame["group"].isin(grid.groups) & (frame["split"] == "test")] \
+        if len(frame) else frame
+    if not len(rows):
+        book.add("ablations-meta60.status", "not run", "plain")
+        table = Table(label="tab:supp-ablations-meta60", columns="ll", caption=META60_CAPTION,
+                      header=[["grid", "status"]])
+        table.rows.append([escape(grid.grid), "no run recorded"])
+        return table
+    book.add("ablations-meta60.status", "run", "plain")
+    book.add("ablations-meta60.runs", rows["run"].nunique(), "count")
+    kept = sources.healthy("ablations", rows)
+    book.add("ablations-meta60.healthy", kept["run"].nunique(), "count")
+    _maml_start_effect(book, kept, sources.ablations_test())
+    return _measured_table(book, rows, kept, tuple(grid.groups), "ablations-meta60", "tab:supp-ablations-meta60",
+                           META60_CAPTION)
+
+
+#: (cell with the 60-step MAML start, the reported cell that differs from it only by having no MAML start)
+MAML_START_PAIRS = (("full", "dalora+contrastive"), ("dalora+maml", "dalora"))
+
+
+def _maml_start_effect(book: NumberBook, meta60, reported) -> None:
+    """What the 60-step MAML start adds: each of :data:`MAML_START_PAIRS`, paired by seed over the healthy runs of
+    both (``meta60``: the grid's healthy test rows; ``reported``: the paper table's), per pack,
+    ``ablations-meta60.ttest.<domain>.auc.<with>.vs.<without>``."""
+    def component(rows, cell):
+        return rows[(rows["group"].astype(str) == "component") & (rows["cell"].astype(str) == cell)]
+
+    for with_start, without in MAML_START_PAIRS:
+        for domain in DOMAINS:
+            record_test(book, key("ablations-meta60", "ttest", domain, "auc", with_start, "vs", without),
+                        paired_test(_values(component(meta60, with_start), domain),
+                                    _values(component(reported, without), domain)), "delta")

@@ -372,7 +372,8 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
     _adaptation_sizes(book, "crossdomain", *(sources.crossdomain_records(name) for name in REPORTED))
     _adaptation_sizes(book, _key("crossdomain", LOWQUALITY), sources.crossdomain_records(LOWQUALITY_REPORTED))
     starts = {}
-    for (method, _), record in sources.crossdomain_records(REPORTED[0]).items():
+    for (method, _), tag in sources.crossdomain_tags(REPORTED[0]).items():  # a flagged run's time is a cost too
+        record = sources.record("crossdomain", tag) or {}
         if method in STARTS and record.get("meta_training", {}).get("seconds_per_step"):
             starts.setdefault(method, []).append(record["meta_training"]["seconds_per_step"])
     for method, values in starts.items():
