@@ -12,7 +12,7 @@ RUN_DIR := results/notebooks
 export AFR_SHARED ?= $(abspath ../shared)
 export PYTHONHASHSEED := 0
 
-.PHONY: full venv demo test test-full test-timm test-timm-venv check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results maml-inner1-results crossdomain-results ablations-results ablations-inner1-results ablations-inner1-meta60-results ablations-meta60-results publish-adapters results
+.PHONY: full venv demo test test-full test-timm test-timm-venv check browser-test bench notebooks clean-data help apt baseline-search dalora-results maml-results maml-inner1-results crossdomain-results ablations-results ablations-inner1-results ablations-inner1-meta60-results ablations-meta60-results ablations-rank-inner-meta60-results publish-adapters results
 
 help:
 	@echo "make demo   - create .venv, install, build the embedded benchmark, run the notebooks (CPU) into build/demo/"
@@ -290,10 +290,20 @@ ablations-meta60-results: ablations-inner1-meta60-results
 	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(ABLATIONS_RESULTS)' -y '$(ABLATIONS_META60)' \
 	  notebooks/06_ablations.ipynb $(RUN_DIR)/06_ablations_meta60_results.ipynb
 
+# The rest of the fitted grid's cells with a MAML start, from 60-step clipped starts: the rank sweep and inner steps
+# 5 and 10, seeds 0-2: 18 new starts and runs (rank 8 with three inner steps is ablations-meta60's full model).
+ABLATIONS_RANK_INNER_META60 := {groups: [rank, inner_steps], ranks: [2, 4, 8, 16, 32], \
+  inner_steps_values: [3, 5, 10], meta_steps: 60, meta_grad_clip: 1.0, grid: ablations-rank-inner-meta60}
+ablations-rank-inner-meta60-results: ablations-meta60-results
+	$(VENV)/bin/papermill --cwd notebooks --log-level WARNING -y '$(ABLATIONS_RESULTS)' \
+	  -y '$(ABLATIONS_RANK_INNER_META60)' notebooks/06_ablations.ipynb \
+	  $(RUN_DIR)/06_ablations_rank_inner_meta60_results.ipynb
+
 # The committed results that take long (hours on 2 CPU cores when nothing is recorded yet).
 # Runs already recorded are kept, so an interrupted `make results` resumes.
 results: $(STAMP) baseline-search recipe-search dalora-results publish-adapters maml-results maml-inner1-results crossdomain-results \
-  ablations-results ablations-inner1-results ablations-inner1-meta60-results ablations-meta60-results
+  ablations-results ablations-inner1-results ablations-inner1-meta60-results ablations-meta60-results \
+  ablations-rank-inner-meta60-results
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) "$$script"; done

@@ -355,6 +355,8 @@ def test_the_paper_grids_are_the_makefiles():
         **yaml.safe_load(variables["ABLATIONS_RESULTS"]), **yaml.safe_load(variables["ABLATIONS_INNER1_META60"])})
     assert grids.ablations_meta60 == AblationSettings(**{
         **yaml.safe_load(variables["ABLATIONS_RESULTS"]), **yaml.safe_load(variables["ABLATIONS_META60"])})
+    assert grids.ablations_rank_inner_meta60 == AblationSettings(**{
+        **yaml.safe_load(variables["ABLATIONS_RESULTS"]), **yaml.safe_load(variables["ABLATIONS_RANK_INNER_META60"])})
 
 
 def test_the_paper_grids_are_fully_recorded():
@@ -647,3 +649,49 @@ def test_a_meta_training_cost_is_the_mean_over_every_run_of_the_grid_flagged_one
         assert committed.numbers[f"maml-inner3.cost.{method}.seconds-per-step.n"].value == len(values) == 3
         assert committed.numbers[f"maml-inner3.cost.{method}.seconds-per-step.mean"].value == \
             pytest.approx(sum(values) / 3, abs=0.01)
+
+
+def test_the_60_step_start_table_reads_a_grid_only_once_every_run_of_it_is_recorded(tmp_path, committed):
+    """The supplementary table of the 60-step MAML starts: its cells are the healthy runs' means, the start's effect
+    is scipy's paired t-test of those runs against the main table's; with one run of the grid missing, the grid adds
+    nothing (no mean over the seeds that happen to be done)."""
+    from scipy.stats import ttest_rel
+
+    from afr.experiments.settings.ablations import grid_runs
+
+    sources = load_sources(RESULTS)
+    grid = sources.grids.ablations_meta60
+    table = sources.tables["ablations"]
+    test = table[table["run"].isin(grid_runs(grid)) & (table["split"] == "test") & (table["metric"] == "auc")
+                 & ~table["run"].isin(FLAGGED)]
+    rows = {(row[0], row[2]): row for row in table_rows(committed.files["supplementary/ablations_meta60.tex"])}
+    for (group, value), part in test[test["group"].isin(grid.groups)].groupby(["group", "cell"]):
+        per_seed = part[part["domain"] == "thermal"].groupby("seed")["value"].mean()
+        thermal = rows[GROUP_LABELS[group], str(value)][3 + 2]  # group, recipe, cell, controlled, wild, thermal
+        assert thermal.startswith(cell(per_seed.mean(), per_seed.std()).split(" $")[0]), (group, value)
+    with_start = test[(test["group"] == "component") & (test["cell"] == "full") & (test["domain"] == "thermal")]
+    reported = sources.ablations_test()
+    without = reported[(reported["group"] == "component") & (reported["cell"] == "dalora+contrastive")
+                       & (reported["domain"] == "thermal") & (reported["metric"] == "auc")]
+    a, b = with_start.groupby("seed")["value"].mean(), without.groupby("seed")["value"].mean()
+    seeds = sorted(set(a.index) & set(b.index))
+    assert len(seeds) == 3
+    key = "ablations-meta60.ttest.thermal.auc.full.vs.dalora+contrastive"
+    assert committed.numbers[f"{key}.p"].value == pytest.approx(ttest_rel(a[seeds], b[seeds]).pvalue, abs=0.005)
+    assert committed.numbers[f"{key}.diff"].value == pytest.approx((a[seeds] - b[seeds]).mean(), abs=5e-5)
+
+    results = _copy_results(tmp_path / "results")
+    path = results / "tables" / "ablations.csv"
+    frame = pd.read_csv(path)
+    shared = set(grid_runs(sources.grids.ablations_inner1_meta60))  # the full model's runs, in every such grid
+    other = sources.grids.ablations_rank_inner_meta60
+    one_of = {name: sorted(set(grid_runs(each)) - shared)[0] for name, each in (("lambda", grid), ("rank", other))}
+    frame[frame["run"] != one_of["lambda"]].to_csv(path, index=False)
+    paper = build_generated(results, tmp_path / "figures", tmp_path / "generated")
+    tex = paper.files["supplementary/ablations_meta60.tex"]
+    assert r"$\lambda_1$" not in tex and "rank $r$" in tex  # the incomplete grid left out, the complete one kept
+    assert paper.numbers["ablations-meta60.grids"].value == 1
+    frame[~frame["run"].isin(one_of.values())].to_csv(path, index=False)
+    paper = build_generated(results, tmp_path / "figures", tmp_path / "generated")
+    assert "no run recorded" in paper.files["supplementary/ablations_meta60.tex"]
+    assert paper.numbers["ablations-meta60.status"].text == "not run"

@@ -359,7 +359,8 @@ def test_each_committed_grid_writes_the_name_its_runs_are_labelled_with():
               ("baseline", "dalora", "maml", "crossdomain", "ablations")}
     by_grid = grids.runs_by_grid(tables)
     for settings in (grids.dalora, grids.maml, *grids.crossdomain_grids.values(), grids.ablations,
-                     grids.ablations_inner1, grids.ablations_inner1_meta60, grids.ablations_meta60):
+                     grids.ablations_inner1, grids.ablations_inner1_meta60, grids.ablations_meta60,
+                     grids.ablations_rank_inner_meta60):
         assert settings.grid in GRID_NAMES and settings.grid in by_grid[settings.experiment], settings.grid
 
 

@@ -145,6 +145,13 @@ class CommittedGrids:
         _first_ablation_grid(), epochs=4, centre_embeddings=True, head_init="class-mean", augment=False,
         rebuild_starts=True, groups=("component", "lambda_contrastive", "lambda_domain", "experts"),
         components=("dalora+maml", "full"), meta_steps=60, meta_grad_clip=1.0, grid="ablations-fitted-meta60"))
+    #: the rest of the fitted grid's cells with a MAML start, with 60-step clipped starts: the rank sweep and inner
+    #: steps 5 and 10, seeds 0-2 (18 new starts; rank 8 with three inner steps, each group's default, is
+    #: :attr:`ablations_meta60`'s full model, reused)
+    ablations_rank_inner_meta60: AblationSettings = field(default_factory=lambda: dataclasses.replace(
+        _first_ablation_grid(), epochs=4, centre_embeddings=True, head_init="class-mean", augment=False,
+        rebuild_starts=True, groups=("rank", "inner_steps"), ranks=(2, 4, 8, 16, 32), inner_steps_values=(3, 5, 10),
+        meta_steps=60, meta_grad_clip=1.0, grid="ablations-rank-inner-meta60"))
 
     @property
     def crossdomain_grids(self) -> dict[str, CrossDomainSettings]:
@@ -269,7 +276,8 @@ class CommittedGrids:
                           self.ablations.grid: grid_runs(self.ablations),
                           self.ablations_inner1.grid: grid_runs(self.ablations_inner1),
                           self.ablations_inner1_meta60.grid: grid_runs(self.ablations_inner1_meta60),
-                          self.ablations_meta60.grid: grid_runs(self.ablations_meta60)},
+                          self.ablations_meta60.grid: grid_runs(self.ablations_meta60),
+                          self.ablations_rank_inner_meta60.grid: grid_runs(self.ablations_rank_inner_meta60)},
         }
 
 
@@ -297,7 +305,7 @@ GRID_NAMES = ("baseline", "baseline-search", "baseline-fitted", "baseline-search
               "crossdomain-thermal_kall_validated", "crossdomain-lowquality", "crossdomain-lowquality_validated",
               "crossdomain-outdoor", "ablations",
               "ablations-fitted", "ablations-inner1", "ablations-inner1-meta60",
-              "ablations-fitted-meta60")
+              "ablations-fitted-meta60", "ablations-rank-inner-meta60")
 
 
 def grid_labels(grids: CommittedGrids, tables: Mapping[str, Any]) -> dict[str, dict[str, str]]:

@@ -53,17 +53,18 @@ MEASURED_CAPTION = ("Notebook 06: component ablation and sensitivity, test AUC, 
                     "grid's (random centres, RandAugment, 1 epoch), whose runs did not fit their training "
                     "identities, reported until the group is re-run. The other settings were fixed in advance; "
                     "the test packs were scored once per run.")
-META60_CAPTION = ("Notebook 06's cells whose experts start from the rank-8, three-inner-step MAML start, with that start "
-                  "meta-trained 60 outer steps (not 20) and its meta-gradient clipped to norm 1, both fixed before "
-                  "these runs (grid ablations-fitted-meta60; fitted recipe, 4 epochs): test AUC, mean $\\pm$ sd over "
-                  "seeds 0--2. The rows without a MAML start are those of the paper's ablation table.")
+META60_CAPTION = ("Notebook 06's cells whose experts start from a MAML start meta-trained 60 outer steps (not 20) with "
+                  "its meta-gradient clipped to norm 1, both fixed before these runs (grids ablations-fitted-meta60 "
+                  "and ablations-rank-inner-meta60; fitted recipe, 4 epochs): test AUC, mean $\\pm$ sd over seeds "
+                  "0--2. The rows without a MAML start are those of the paper's ablation table.")
 
 
 def _measured_table(book: NumberBook, rows, kept, fitted_groups, prefix: str = "ablations",
-                    table_label: str = "tab:ablations", caption: str = MEASURED_CAPTION) -> Table:
+                    table_label: str = "tab:ablations", caption: str = MEASURED_CAPTION,
+                    health_table: str = r"Table~\ref{tab:health}") -> Table:
     """The reported cells as ``rows`` (every run) lays them out; their means over ``kept`` (the healthy runs' rows)
     as ``<prefix>.<domain>.auc.<group>.<cell>``; ``fitted_groups``: the groups whose rows are the fitted grid's (the
-    others are the first grid's)."""
+    others are the first grid's); ``health_table``: how the caption points at the health rules' table."""
     domains = [d for d in DOMAINS if d in set(rows["domain"])] or sorted(set(rows["domain"]))
     table = Table(label=table_label, columns="lll" + "c" * len(domains), wide=True, size=r"\scriptsize",
                   caption=caption, header=[["group", "recipe", "cell", *(f"AUC {label(d)}" for d in domains)]])
@@ -73,7 +74,7 @@ def _measured_table(book: NumberBook, rows, kept, fitted_groups, prefix: str = "
     for group in sorted(auc["group"].astype(str).unique(), key=lambda g: (order.get(g, len(order)), g)):
         table.rules.add(len(table.rows))
         part = auc[auc["group"].astype(str) == group]
-        for cell in dict.fromkeys(part["cell"].astype(str)):
+        for cell in _cell_order(part["cell"].astype(str)):
             chosen = kept[(kept["metric"] == "auc") & (kept["group"].astype(str) == group)
                           & (kept["cell"].astype(str) == cell)]
             means = [stats_cell(book, key(prefix, domain, "auc", group, cell),
@@ -87,8 +88,17 @@ def _measured_table(book: NumberBook, rows, kept, fitted_groups, prefix: str = "
             table.rows.append([GROUP_LABELS.get(group, escape(group)), RECIPES[group in fitted_groups], shown, *means])
     if partial:
         table.caption += (" ``($n$/$N$ seeds)'': $N - n$ of the cell's runs failed the training-health rules "
-                          r"(Table~\ref{tab:health}); the mean is over the other $n$.")
+                          f"({health_table}); the mean is over the other $n$.")
     return table
+
+
+def _cell_order(cells) -> list[str]:
+    """A group's cells in their order of appearance; a sweep's (every cell a number) in ascending order."""
+    cells = list(dict.fromkeys(cells))
+    try:
+        return sorted(cells, key=float)
+    except ValueError:
+        return cells
 
 
 def _values(rows, domain: str):
@@ -148,27 +158,34 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
 
 
 def _meta60_table(sources: PaperSources, book: NumberBook) -> Table:
-    """The cells of :attr:`~afr.experiments.grids.CommittedGrids.ablations_meta60` (60-step clipped MAML starts) as
-    the main table lays them out, keys ``ablations-meta60.*``; every cell "not run" before the grid is."""
+    """The cells of the grids with 60-step clipped MAML starts (:attr:`~afr.experiments.grids.CommittedGrids.
+    ablations_meta60` and :attr:`~afr.experiments.grids.CommittedGrids.ablations_rank_inner_meta60`) as the main
+    table lays them out, keys ``ablations-meta60.*``; a grid only once every run of it is recorded (a grid being run
+    adds nothing), "no run recorded" before either is."""
     from afr.experiments.settings.ablations import grid_runs
 
-    grid = sources.grids.ablations_meta60
     frame = sources.tables["ablations"]
-    rows = frame[frame["run"].isin(grid_runs(grid)) & frame["group"].isin(grid.groups) & (frame["split"] == "test")] \
-        if len(frame) else frame
+    recorded = set(frame["run"]) if len(frame) else set()
+    grids = [grid for grid in (sources.grids.ablations_meta60, sources.grids.ablations_rank_inner_meta60)
+             if set(grid_runs(grid)) <= recorded]
+    runs = {run for grid in grids for run in grid_runs(grid)}
+    groups = tuple(dict.fromkeys(group for grid in grids for group in grid.groups))
+    rows = frame[frame["run"].isin(runs) & frame["group"].isin(groups) & (frame["split"] == "test")] \
+        if grids else frame.iloc[:0]
     if not len(rows):
         book.add("ablations-meta60.status", "not run", "plain")
         table = Table(label="tab:supp-ablations-meta60", columns="ll", caption=META60_CAPTION,
                       header=[["grid", "status"]])
-        table.rows.append([escape(grid.grid), "no run recorded"])
+        table.rows.append([escape(sources.grids.ablations_meta60.grid), "no run recorded"])
         return table
     book.add("ablations-meta60.status", "run", "plain")
+    book.add("ablations-meta60.grids", len(grids), "count")
     book.add("ablations-meta60.runs", rows["run"].nunique(), "count")
     kept = sources.healthy("ablations", rows)
     book.add("ablations-meta60.healthy", kept["run"].nunique(), "count")
     _maml_start_effect(book, kept, sources.ablations_test())
-    return _measured_table(book, rows, kept, tuple(grid.groups), "ablations-meta60", "tab:supp-ablations-meta60",
-                           META60_CAPTION)
+    return _measured_table(book, rows, kept, groups, "ablations-meta60", "tab:supp-ablations-meta60", META60_CAPTION,
+                           health_table="the paper's training-health table")
 
 
 #: (cell with the 60-step MAML start, the reported cell that differs from it only by having no MAML start)
