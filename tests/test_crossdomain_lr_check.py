@@ -22,7 +22,8 @@ def test_the_summary_keeps_the_validation_curve_and_drops_the_test_scores():
     assert "--adapt-lr 0.0003" in out["what"] and "--seeds 1" in out["what"]
 
 
-def test_the_committed_seed_0_summaries_are_where_the_check_writes_them():
+def test_the_committed_seed_0_summaries_are_where_the_check_writes_them(monkeypatch):
+    monkeypatch.setenv("AFR_RESULTS", str(PROJECT_ROOT / "results"))  # the suite points it at a scratch folder
     for rate in (0.0003, 0.001):
         path = check.summary_path(0, rate)
         assert path.is_file() and path.parent == PROJECT_ROOT / "results" / "analysis" / "crossdomain_lr"
