@@ -132,11 +132,12 @@ START_OF = {"lora": "pooled-start", "dalora": "pooled-start"}
 THERMAL_METHODS = ("lora", "dalora", "dalora+maml", "dalora+maml+contrastive", "dalora+maml+contrastive+semi")
 
 
-def crossdomain_runs(direction: str, shots: list, source: tuple[str, ...], validated: bool = False) -> set[str]:
+def crossdomain_runs(direction: str, shots: list, source: tuple[str, ...], validated: bool = False,
+                     adapt_lr: float = 1e-3) -> set[str]:
     """Run tags of one committed grid of notebook 05, read from its records (not through afr.paper): the zero-shot
     run, the starts meta-trained 60 outer steps on ``source``, and the runs adapted along ``direction`` with these
     ``shots`` (-1: k = all) at 60 outer steps over seeds 0-2, their step count chosen on validation or not
-    (``validated``). Records older than the directions name none: they are visible -> thermal, from ORL + Yale + low
+    (``validated``), at stage-2 learning rate ``adapt_lr``. Records older than the directions name none: they are visible -> thermal, from ORL + Yale + low
     quality."""
     tags = set()
     for path in (RESULTS / "crossdomain").glob("*.json"):
@@ -150,7 +151,8 @@ def crossdomain_runs(direction: str, shots: list, source: tuple[str, ...], valid
                 tags.add(record["tag"])
         elif ((record.get("direction") or "visible->thermal") == direction and record["shots"] == shots
               and record["seed"] in (0, 1, 2)  # the grids' seeds (a grid may run in several processes, seed by seed)
-              and bool(record["settings"].get("choose_steps_on_validation")) == validated):
+              and bool(record["settings"].get("choose_steps_on_validation")) == validated
+              and record["settings"]["adapt_lr"] == adapt_lr):
             tags.add(record["tag"])
     return tags
 
@@ -166,6 +168,8 @@ GRIDS = {"thermal": ("visible->thermal", [1, 2, 4], ("orl", "yale", "lowquality"
          "thermal_kall": ("visible->thermal", [-1], ("orl", "yale", "lowquality")),
          "thermal_validated": ("visible->thermal", [1, 2, 4], ("orl", "yale", "lowquality"), True),
          "thermal_kall_validated": ("visible->thermal", [-1], ("orl", "yale", "lowquality"), True),
+         "thermal_lr3e4_validated": ("visible->thermal", [1, 2, 4], ("orl", "yale", "lowquality"), True, 3e-4),
+         "thermal_kall_lr3e4_validated": ("visible->thermal", [-1], ("orl", "yale", "lowquality"), True, 3e-4),
          "lowquality": ("visible->lowquality", [1, 4], ("orl", "yale")),
          "lowquality_validated": ("visible->lowquality", [1, 4], ("orl", "yale"), True),
          "outdoor": ("indoor->outdoor", [], ("orl", "yale"))}
