@@ -241,3 +241,15 @@ def test_every_committed_record_keeps_its_tag():
             assert path.stem == record["tag"]
             count += 1
     assert count > 190
+
+
+def test_no_two_committed_crossdomain_grids_share_a_figure():
+    """Notebook 05 writes its figure under a name built from the grid's settings: the stage-2 learning rate is part
+    of it, so the 3e-4 re-run never replaces the 1e-3 grid's committed figure."""
+    from afr.experiments.crossdomain import figure_name
+    from afr.experiments.grids import CommittedGrids
+
+    grids = CommittedGrids().crossdomain_grids
+    names = {name: figure_name(grid) for name, grid in grids.items()}
+    assert len(set(names.values())) == len(names), names
+    assert names["thermal_lr3e4_validated"] == "crossdomain_dlib-resnet29_3seed_validated_lr3e-04.png"

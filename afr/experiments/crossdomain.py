@@ -801,9 +801,10 @@ def plot_results(table, forgetting, settings: CrossDomainSettings):
 
 
 def figure_name(settings: CrossDomainSettings) -> str:
-    """``crossdomain_<backbone>_<n>seed[_full][_<direction>][_k<...>][_validated].png``: the profile when not embedded,
-    the direction when not the default, the k values when they include ``all`` (its runs are a grid of their own) and
-    ``_validated`` when stage 2's step count is chosen on validation, so no grid replaces another's figure."""
+    """``crossdomain_<backbone>_<n>seed[_full][_<direction>][_k<...>][_validated][_lr<rate>].png``: the profile when
+    not embedded, the direction when not the default, the k values when they include ``all`` (its runs are a grid of
+    their own), ``_validated`` when stage 2's step count is chosen on validation and stage 2's learning rate when not
+    the default, so no grid replaces another's figure."""
     name = f"{settings.experiment}_{settings.backbone}_{len(settings.seeds)}seed"
     if settings.data_profile != CrossDomainSettings.data_profile:
         name += f"_{settings.data_profile}"
@@ -813,6 +814,8 @@ def figure_name(settings: CrossDomainSettings) -> str:
         name += "_k" + "-".join(shots_label(shots) for shots in settings.shots)
     if settings.choose_steps_on_validation:
         name += "_validated"
+    if settings.adapt_lr != CrossDomainSettings.adapt_lr:
+        name += f"_lr{settings.adapt_lr:.0e}"
     return name + ".png"
 
 
