@@ -181,7 +181,7 @@ maml-inner1-results: $(STAMP)
 # (no target training identities: the two starts trained on ORL + Yale, scored on the wild photos).
 CROSSDOMAIN_GRID := seeds: [0, 1, 2], meta_steps: 60, progress: false
 CROSSDOMAIN_GRIDS := thermal thermal_kall thermal_validated thermal_kall_validated thermal_lr3e4_validated \
-  thermal_kall_lr3e4_validated lowquality lowquality_validated outdoor
+  thermal_kall_lr3e4_validated lowquality lowquality_validated lowquality_lr3e4_validated outdoor
 # the first grids: stage 2's step count fixed in advance (10; the notebook's default chooses it on validation)
 CROSSDOMAIN_FIXED := adapt_steps: 10, choose_steps_on_validation: false
 CROSSDOMAIN_thermal := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_FIXED), shots: [1, 2, 4], grid: crossdomain-thermal}
@@ -204,6 +204,9 @@ CROSSDOMAIN_lowquality := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_FIXED), direction:
   methods: [zero-shot, lora, dalora, dalora+maml], grid: crossdomain-lowquality}
 CROSSDOMAIN_lowquality_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), direction: visible->lowquality, \
   shots: [1, 4], methods: [zero-shot, lora, dalora, dalora+maml], grid: crossdomain-lowquality_validated}
+CROSSDOMAIN_lowquality_lr3e4_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), \
+  direction: visible->lowquality, shots: [1, 4], methods: [zero-shot, lora, dalora, dalora+maml], adapt_lr: 0.0003, \
+  grid: crossdomain-lowquality_lr3e4_validated}
 CROSSDOMAIN_outdoor := {$(CROSSDOMAIN_GRID), direction: indoor->outdoor, methods: [zero-shot], \
   grid: crossdomain-outdoor}
 crossdomain-results: $(STAMP)

@@ -172,6 +172,7 @@ GRIDS = {"thermal": ("visible->thermal", [1, 2, 4], ("orl", "yale", "lowquality"
          "thermal_kall_lr3e4_validated": ("visible->thermal", [-1], ("orl", "yale", "lowquality"), True, 3e-4),
          "lowquality": ("visible->lowquality", [1, 4], ("orl", "yale")),
          "lowquality_validated": ("visible->lowquality", [1, 4], ("orl", "yale"), True),
+         "lowquality_lr3e4_validated": ("visible->lowquality", [1, 4], ("orl", "yale"), True, 3e-4),
          "outdoor": ("indoor->outdoor", [], ("orl", "yale"))}
 
 

@@ -288,6 +288,12 @@ def test_rows_keep_their_grids_when_a_run_is_rewritten_or_reused(scratch):
     before = table_path("demo").read_bytes()
     records.label_runs("demo", {"run-d": "ablations"})  # already named: the file is not rewritten
     assert table_path("demo").read_bytes() == before
+    # a grid defined after the run was labelled, but listed earlier in the given order, sorts before: the column
+    # reads the same whichever grid was labelled first
+    records.label_runs("demo", {"run-c": "crossdomain-thermal_validated"},
+                       order=("crossdomain-thermal", "crossdomain-thermal_validated", "crossdomain-thermal_kall"))
+    assert read_table("demo").set_index("run").loc["run-c", "grid"] == \
+        "crossdomain-thermal;crossdomain-thermal_validated;crossdomain-thermal_kall"
 
 
 def test_the_committed_grid_column_is_what_the_grids_give():

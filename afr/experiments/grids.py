@@ -118,6 +118,11 @@ class CommittedGrids:
         seeds=SEEDS, meta_steps=60, direction="visible->lowquality", shots=(1, 4),
         methods=("zero-shot", "lora", "dalora", "dalora+maml"), adapt_steps=25, choose_steps_on_validation=True,
         rebuild_starts=True, progress=False, grid="crossdomain-lowquality_validated"))
+    #: the low-quality grid above again at stage-2 rate 3e-4 (its rate was fixed as the thermal grids'; they moved)
+    crossdomain_lowquality_validated_lr3e4: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
+        seeds=SEEDS, meta_steps=60, direction="visible->lowquality", shots=(1, 4),
+        methods=("zero-shot", "lora", "dalora", "dalora+maml"), adapt_steps=25, choose_steps_on_validation=True,
+        adapt_lr=3e-4, rebuild_starts=True, progress=False, grid="crossdomain-lowquality_lr3e4_validated"))
     crossdomain_outdoor: CrossDomainSettings = field(default_factory=lambda: CrossDomainSettings(
         seeds=SEEDS, meta_steps=60, direction="indoor->outdoor", methods=("zero-shot",), progress=False,
         grid="crossdomain-outdoor"))
@@ -171,6 +176,7 @@ class CommittedGrids:
                 "thermal_kall_lr3e4_validated": self.crossdomain_kall_validated_lr3e4,
                 "lowquality": self.crossdomain_lowquality,
                 "lowquality_validated": self.crossdomain_lowquality_validated,
+                "lowquality_lr3e4_validated": self.crossdomain_lowquality_validated_lr3e4,
                 "outdoor": self.crossdomain_outdoor}
 
     # ------------------------------------------------------------------------------------------ which runs
@@ -315,7 +321,7 @@ GRID_NAMES = ("baseline", "baseline-search", "baseline-fitted", "baseline-search
               "maml-inner1", "crossdomain-thermal", "crossdomain-thermal_kall", "crossdomain-thermal_validated",
               "crossdomain-thermal_kall_validated", "crossdomain-thermal_lr3e4_validated",
               "crossdomain-thermal_kall_lr3e4_validated", "crossdomain-lowquality", "crossdomain-lowquality_validated",
-              "crossdomain-outdoor", "ablations",
+              "crossdomain-lowquality_lr3e4_validated", "crossdomain-outdoor", "ablations",
               "ablations-fitted", "ablations-inner1", "ablations-inner1-meta60",
               "ablations-fitted-meta60", "ablations-rank-inner-meta60")
 
@@ -342,7 +348,7 @@ def label_committed_tables(grids: CommittedGrids | None = None) -> dict[str, int
     labelled = {}
     for experiment, labels in grid_labels(grids, tables).items():
         present = set(tables[experiment]["run"]) if len(tables[experiment]) else set()
-        label_runs(experiment, {run: label for run, label in labels.items() if run in present})
+        label_runs(experiment, {run: label for run, label in labels.items() if run in present}, order=GRID_NAMES)
         labelled[experiment] = len(present & set(labels))
     return labelled
 

@@ -288,23 +288,27 @@ def in_grid(table, grid: str):
     return table[GRID_COLUMN].map(lambda cell: grid in grid_names(cell)).astype(bool)
 
 
-def _joined(*cells: Any) -> str:
-    return ";".join(dict.fromkeys(name for cell in cells for name in grid_names(cell)))
+def _joined(*cells: Any, order: Sequence[str] = ()) -> str:
+    """The grid names of ``cells``, each once; those in ``order`` first, in its order, then the rest as found."""
+    names = list(dict.fromkeys(name for cell in cells for name in grid_names(cell)))
+    rank = {name: index for index, name in enumerate(order)}
+    return ";".join(sorted(names, key=lambda name: rank.get(name, len(rank))))
 
 
-def label_runs(experiment: str, labels: Mapping[str, str]) -> Path | None:
+def label_runs(experiment: str, labels: Mapping[str, str], order: Sequence[str] = ()) -> Path | None:
     """Add the grid names ``labels[run]`` (``;``-joined) to the :data:`GRID_COLUMN` of every row of each run,
-    keeping the names already there; under :func:`table_lock`. Returns the table's path (None: no table)."""
+    keeping the names already there (those in ``order`` first, in its order: a grid defined later may sort before
+    one labelled earlier); under :func:`table_lock`. Returns the table's path (None: no table)."""
     with table_lock(experiment):
-        return label_runs_unlocked(experiment, labels)
+        return label_runs_unlocked(experiment, labels, order)
 
 
-def label_runs_unlocked(experiment: str, labels: Mapping[str, str]) -> Path | None:
+def label_runs_unlocked(experiment: str, labels: Mapping[str, str], order: Sequence[str] = ()) -> Path | None:
     table = read_table(experiment)
     if not len(table):
         return None
     old = table[GRID_COLUMN] if GRID_COLUMN in table else [None] * len(table)
-    new = [_joined(cell, labels.get(run)) for cell, run in zip(old, table["run"])]
+    new = [_joined(cell, labels.get(run), order=order) for cell, run in zip(old, table["run"])]
     if GRID_COLUMN in table and [_joined(cell) for cell in old] == new:
         return table_path(experiment)  # nothing to add: the file stays as it is
     table[GRID_COLUMN] = new
