@@ -60,6 +60,16 @@ def summary(record: dict[str, Any], adapt_lr: float, shown_command: Sequence[str
             "adaptation": adaptation, "environment": record["environment"], "wall_seconds": record["wall_seconds"]}
 
 
+def best_validation_auc(summaries: Sequence[dict[str, Any]]) -> dict[float, dict[tuple[int, str], float]]:
+    """The check's rule reads, per rate, each (seed, k)'s best validation AUC over the step counts:
+    ``{adapt_lr: {(seed, "k1"): auc, ...}}``; the rate with the higher mean over seeds and k wins."""
+    best: dict[float, dict[tuple[int, str], float]] = {}
+    for entry in summaries:
+        for shots, adaptation in entry["adaptation"].items():
+            best.setdefault(entry["adapt_lr"], {})[entry["seed"], shots] = max(adaptation["validation_auc"].values())
+    return best
+
+
 def run_check(seed: int, adapt_lr: float, scratch: Path, method: str = METHOD) -> Path:
     """One (seed, rate): the run in ``scratch``, its summary written (atomically) under ``results/``."""
     argv = command(seed, adapt_lr, method)

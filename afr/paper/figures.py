@@ -27,8 +27,8 @@ FIGURES = (
     Figure("figBaseline", "baseline_embedded.png", "notebook 02"),
     Figure("figDalora", "dalora_dlib-resnet29_5seed.png", "make dalora-results"),
     Figure("figMaml", "maml_dlib-resnet29_3seed_maml-inner1.png", "make maml-inner1-results"),
-    Figure("figCrossdomain", "crossdomain_dlib-resnet29_3seed_validated.png", "make crossdomain-results"),
-    Figure("figCrossdomainValidation", "crossdomain-validation_dlib-resnet29_3seed_validated.png",
+    Figure("figCrossdomain", "crossdomain_dlib-resnet29_3seed_validated_lr3e-04.png", "make crossdomain-results"),
+    Figure("figCrossdomainValidation", "crossdomain-validation_dlib-resnet29_3seed_validated_lr3e-04.png",
            "make crossdomain-results"),
     *(Figure("fig" + name.capitalize(), f"fig_{name}.pdf", "notebook 07")
       for name in ("tsne", "gates", "curves", "sensitivity", "roc", "confusion", "errors", "saliency")),

@@ -97,6 +97,18 @@ class PaperSources:
         return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))} if folder.is_dir() \
             else {}
 
+    @cached_property
+    def crossdomain_lr_check(self) -> list[dict[str, Any]]:
+        """The summaries of notebook 05's stage-2 learning-rate check (``analysis/crossdomain_lr/*.json``,
+        :mod:`afr.experiments.crossdomain_lr_check`: validation curves only), when present."""
+        folder = self.root / "analysis" / "crossdomain_lr"
+        return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+    def every_record(self, folder: str, tags: dict) -> dict:
+        """``{key: record}`` of every run of ``tags`` (``{key: tag}``) that has a record, **flagged ones included**:
+        a flagged run is no result, but what it cost was measured (the meta-training seconds per step)."""
+        return {key_: record for key_, tag in tags.items() if (record := self.record(folder, tag)) is not None}
+
     def record(self, folder: str, tag: str) -> dict[str, Any] | None:
         """The JSON record ``<root>/<folder>/<tag>.json`` (``folder`` may be ``""``), or None if absent."""
         path = self.root / folder / f"{tag}.json"

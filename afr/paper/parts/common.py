@@ -33,6 +33,18 @@ def label(name: object) -> str:
     return escape(DOMAIN_LABELS.get(str(name), str(name)))
 
 
+def meta_training_costs(book: NumberBook, prefix: str, records) -> dict[str, list[float]]:
+    """Meta-training seconds per outer step per method (``records``: ``{(method, seed): record}``, flagged runs
+    included: a measured cost), written as ``<prefix>.cost.<method>.seconds-per-step``; returns the values."""
+    seconds: dict[str, list[float]] = {}
+    for (method, _), record in records.items():
+        if (record.get("meta_training") or {}).get("seconds_per_step"):
+            seconds.setdefault(method, []).append(record["meta_training"]["seconds_per_step"])
+    for method, values in seconds.items():
+        stats_cell(book, key(prefix, "cost", method, "seconds-per-step"), values, "seconds")
+    return seconds
+
+
 def stats_cell(book: NumberBook, prefix: str, values, kind: str) -> str:
     """Record the mean ± sd over seeds of ``values`` under ``prefix`` and return the cell (``not run`` if empty)."""
     values = list(values)

@@ -2,16 +2,21 @@
 
 Three tables from the committed grids (:attr:`~afr.experiments.grids.CommittedGrids.crossdomain_grids`):
 
-* ``crossdomain``: visible -> thermal at k = 1, 2, 4 (grid ``thermal_validated``) and k = all (grid
-  ``thermal_kall_validated``, the same starts), stage 2's step count chosen per run and k on the thermal validation
-  identities: thermal AUC per pack and the visible forgetting. Keys ``crossdomain.<pack>.<metric>.<row>.k<k>``
-  (``k0``: zero-shot and the starts; ``kall``: every labelled image). The first grids (``thermal``,
-  ``thermal_kall``: 10 steps fixed in advance) go to the supplement under the keys ``crossdomain-fixed10...``, with
-  the chosen step counts (``crossdomain.chosen-steps...``, ``crossdomain.val-auc...``);
-* ``crossdomain_lowquality``: visible -> low quality (stage 1 on ORL + Yale only; grid ``lowquality_validated``,
-  the step count chosen on the low-quality validation identities): low-quality AUC and accuracy, forgetting on the
-  controlled and wild packs. Keys ``crossdomain.to-lowquality.<pack>.<metric>.<row>.k<k>``; the first grid
-  (``lowquality``, 10 steps) goes to the supplement under ``crossdomain-fixed10.to-lowquality...``;
+* ``crossdomain``: visible -> thermal at k = 1, 2, 4 (grid ``thermal_lr3e4_validated``) and k = all (grid
+  ``thermal_kall_lr3e4_validated``, the same starts), stage 2's step count chosen per run and k on the thermal
+  validation identities, at the learning rate 3e-4 the validation-only check chose: thermal AUC per pack and the
+  visible forgetting. Keys ``crossdomain.<pack>.<metric>.<row>.k<k>`` (``k0``: zero-shot and the starts; ``kall``:
+  every labelled image). To the supplement: the same grids at the rate first kept, 1e-3 (``thermal_validated``,
+  ``thermal_kall_validated``; keys ``crossdomain-lr1e3...``, and the paired test of the two rates
+  ``crossdomain.ttest.<pack>.auc.<row>.lr3e4.vs.lr1e3.k<k>``), the first grids (``thermal``, ``thermal_kall``: 10
+  steps fixed in advance; keys ``crossdomain-fixed10...``) and the chosen step counts
+  (``crossdomain.chosen-steps...``, ``crossdomain.val-auc...``);
+* ``crossdomain_lowquality``: visible -> low quality (stage 1 on ORL + Yale only; grid
+  ``lowquality_lr3e4_validated``, the step count chosen on the low-quality validation identities at rate 3e-4):
+  low-quality AUC and accuracy, forgetting on the controlled and wild packs. Keys
+  ``crossdomain.to-lowquality.<pack>.<metric>.<row>.k<k>``; the grid at 1e-3 (``lowquality_validated``) and the first
+  grid (``lowquality``, 10 steps) go to the supplement under ``crossdomain-lr1e3.to-lowquality...`` and
+  ``crossdomain-fixed10.to-lowquality...``;
 * ``crossdomain_outdoor``: indoor -> outdoor, where the target has no training identity: zero-shot against the two
   starts trained on ORL + Yale only (the low-quality grid's starts), on the wild and controlled packs. Keys
   ``crossdomain.to-outdoor.<pack>.<metric>.<row>``.
@@ -26,7 +31,7 @@ from afr.experiments.settings.crossdomain import (ALL_SHOTS, METHODS, START_OF, 
                                                   validation_table)
 from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook
-from afr.paper.parts.common import PartOutput, key, label, stats_cell, unseeded
+from afr.paper.parts.common import PartOutput, key, label, meta_training_costs, stats_cell, unseeded
 from afr.paper.sources import PaperSources
 from afr.paper.stats import paired_test, record_test
 
@@ -165,9 +170,23 @@ def _budget(settings: CrossDomainSettings, target: str) -> str:
         return (f"stage 2 ran {settings.adapt_steps} SGD steps for every $k$, fixed in advance, and the test packs "
                 "were scored after them")
     *counts, last = settings.validation_step_counts
-    return (f"stage 2 ran up to {settings.adapt_steps} SGD steps and each run kept, per $k$, the step count "
+    return (f"stage 2 ran up to {settings.adapt_steps} SGD steps at a learning rate of {_rate(settings.adapt_lr)} "
+            "and each run kept, per $k$, the step count "
             f"({', '.join(map(str, counts))} or {last}) with the highest AUC on the {target} validation identities; "
             "the test packs were scored once, with it")
+
+
+def _rate_key(value: float) -> str:
+    """A learning rate as a key component: ``lr3e4`` for 3e-4, ``lr1e3`` for 1e-3."""
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"lr{mantissa}e{-int(exponent)}"
+
+
+def _rate(value: float) -> str:
+    """A learning rate in LaTeX: ``$10^{-3}$``, ``$3\\times10^{-4}$``."""
+    mantissa, exponent = f"{value:.0e}".split("e")
+    power = f"10^{{{int(exponent)}}}"
+    return f"${power}$" if mantissa == "1" else f"${mantissa}\\times{power}$"
 
 
 def _thermal_table(book: NumberBook, rows, settings: CrossDomainSettings, shots, skipped: dict,
@@ -243,6 +262,40 @@ def _thermal_tests(book: NumberBook, rows, shots, prefix: str = "crossdomain") -
                 if len(a) and len(b):
                     record_test(book, _key(prefix, "ttest", pack, "auc", method, "kall", "vs", "k4"),
                                 paired_test(a, b), "delta")
+
+
+def _rate_tests(book: NumberBook, rows, earlier_rows, shots, rates: tuple[float, float]) -> None:
+    """Each adapted row at the reported rate against the same row at the earlier one (``rates``: the two), per k
+    and thermal pack: ``crossdomain.ttest.<pack>.auc.<row>.lr3e4.vs.lr1e3.k<k>`` (paired by seed: the same
+    starts)."""
+    for k in shots:
+        for method in METHODS[1:]:
+            for pack in THERMAL_PACKS:
+                a, b = _values(rows, method, k, pack), _values(earlier_rows, method, k, pack)
+                if len(a) and len(b):
+                    record_test(book, _key("crossdomain", "ttest", pack, "auc", method, _rate_key(rates[0]), "vs",
+                                           _rate_key(rates[1]), _k(k)),
+                                paired_test(a, b), "delta")
+
+
+def _rate_check(book: NumberBook, summaries, rates: tuple[float, float]) -> None:
+    """The validation-only check that chose stage 2's rate: per rate, the mean over (seed, k) of the best validation
+    AUC (``crossdomain.lr-check.val-auc.lr<rate>``, with its number of seeds ``...seeds``), and the paired test of
+    the reported rate against the earlier one (``rates``) over their common (seed, k)
+    (``crossdomain.lr-check.ttest.lr3e4.vs.lr1e3``)."""
+    import pandas as pd
+
+    from afr.experiments.crossdomain_lr_check import best_validation_auc
+
+    best = best_validation_auc(summaries)
+    for rate, values in best.items():
+        stats_cell(book, key("crossdomain", "lr-check", "val-auc", _rate_key(rate)), list(values.values()), "auc")
+        book.add(key("crossdomain", "lr-check", "seeds", _rate_key(rate)), len({seed for seed, _ in values}), "count")
+    if all(rate in best for rate in rates):
+        first, second = (pd.Series({f"{seed}{shots}": value for (seed, shots), value in best[rate].items()})
+                         for rate in rates)
+        record_test(book, key("crossdomain", "lr-check", "ttest", _rate_key(rates[0]), "vs", _rate_key(rates[1])),
+                    paired_test(first, second), "delta")
 
 
 # ------------------------------------------------------------------------------------------ other shifts
@@ -336,13 +389,16 @@ def _seed_cell(value: float, metric: str) -> str:
     return f"{100 * value:.2f}" if metric == "accuracy" else f"{value:.4f}"
 
 
-#: the reported visible -> thermal grids (step count chosen on validation) and the first ones (10 steps, fixed in
+#: the reported visible -> thermal grids (step count chosen on validation, learning rate 3e-4), the same grids at
+#: the rate first kept (1e-3; supplementary, keys under :data:`EARLIER_RATE`) and the first ones (10 steps, fixed in
 #: advance; supplementary, keys under :data:`FIXED`)
-REPORTED, FIRST = ("thermal_validated", "thermal_kall_validated"), ("thermal", "thermal_kall")
-FIXED = "crossdomain-fixed10"
-#: the reported visible -> low quality grid (step count chosen on validation) and the first one (10 steps;
-#: supplementary, keys under ``crossdomain-fixed10.to-lowquality``)
-LOWQUALITY_REPORTED, LOWQUALITY_FIRST = "lowquality_validated", "lowquality"
+REPORTED = ("thermal_lr3e4_validated", "thermal_kall_lr3e4_validated")
+AT_EARLIER_RATE, FIRST = ("thermal_validated", "thermal_kall_validated"), ("thermal", "thermal_kall")
+EARLIER_RATE, FIXED = "crossdomain-lr1e3", "crossdomain-fixed10"
+#: the reported visible -> low quality grid (step count chosen on validation at 3e-4), the same grid at 1e-3 and the
+#: first one (10 steps; supplementary, keys under ``crossdomain-lr1e3.to-lowquality``, ``crossdomain-fixed10...``)
+LOWQUALITY_REPORTED, LOWQUALITY_AT_EARLIER_RATE, LOWQUALITY_FIRST = ("lowquality_lr3e4_validated",
+                                                                     "lowquality_validated", "lowquality")
 
 
 def _thermal_grids(sources: PaperSources, names: tuple[str, str]):
@@ -356,28 +412,29 @@ def _thermal_grids(sources: PaperSources, names: tuple[str, str]):
 def build(sources: PaperSources, book: NumberBook) -> PartOutput:
     grids = sources.grids
     thermal_rows, thermal, thermal_shots, thermal_skipped = _thermal_grids(sources, REPORTED)
+    earlier_rows, earlier, earlier_shots, earlier_skipped = _thermal_grids(sources, AT_EARLIER_RATE)
     first_rows, first, first_shots, first_skipped = _thermal_grids(sources, FIRST)
-    lowquality, first_lowquality = (grids.crossdomain_grids[name] for name in (LOWQUALITY_REPORTED, LOWQUALITY_FIRST))
-    lowquality_rows, first_lowquality_rows = (sources.crossdomain_test(name)
-                                              for name in (LOWQUALITY_REPORTED, LOWQUALITY_FIRST))
-    lowquality_skipped, first_lowquality_skipped = (_skipped(sources.crossdomain_records(name))
-                                                    for name in (LOWQUALITY_REPORTED, LOWQUALITY_FIRST))
+    lowquality_names = (LOWQUALITY_REPORTED, LOWQUALITY_AT_EARLIER_RATE, LOWQUALITY_FIRST)
+    lowquality, earlier_lowquality, first_lowquality = (grids.crossdomain_grids[name] for name in lowquality_names)
+    lowquality_rows, earlier_lowquality_rows, first_lowquality_rows = (sources.crossdomain_test(name)
+                                                                       for name in lowquality_names)
+    lowquality_skipped, earlier_lowquality_skipped, first_lowquality_skipped = (
+        _skipped(sources.crossdomain_records(name)) for name in lowquality_names)
     outdoor, outdoor_rows = grids.crossdomain_outdoor, sources.crossdomain_test("outdoor")
 
     tables = {"crossdomain": _thermal_table(book, thermal_rows, thermal, thermal_shots, thermal_skipped),
               "crossdomain_lowquality": _lowquality_table(book, lowquality_rows, lowquality, lowquality_skipped),
               "crossdomain_outdoor": _outdoor_table(book, outdoor_rows, outdoor)}
     _thermal_tests(book, thermal_rows, thermal_shots)
+    _thermal_tests(book, earlier_rows, earlier_shots, EARLIER_RATE)
     _thermal_tests(book, first_rows, first_shots, FIXED)
+    rates = (thermal.adapt_lr, earlier.adapt_lr)
+    _rate_tests(book, thermal_rows, earlier_rows, thermal_shots, rates)
+    _rate_check(book, sources.crossdomain_lr_check, rates)
     _adaptation_sizes(book, "crossdomain", *(sources.crossdomain_records(name) for name in REPORTED))
     _adaptation_sizes(book, _key("crossdomain", LOWQUALITY), sources.crossdomain_records(LOWQUALITY_REPORTED))
-    starts = {}
-    for (method, _), tag in sources.crossdomain_tags(REPORTED[0]).items():  # a flagged run's time is a cost too
-        record = sources.record("crossdomain", tag) or {}
-        if method in STARTS and record.get("meta_training", {}).get("seconds_per_step"):
-            starts.setdefault(method, []).append(record["meta_training"]["seconds_per_step"])
-    for method, values in starts.items():
-        stats_cell(book, key("crossdomain", "cost", method, "seconds-per-step"), values, "seconds")
+    starts = {run: tag for run, tag in sources.crossdomain_tags(REPORTED[0]).items() if run[0] in STARTS}
+    meta_training_costs(book, "crossdomain", sources.every_record("crossdomain", starts))
 
     packs = (*THERMAL_PACKS, *VISIBLE_PACKS)
     shift_packs = (*lowquality.shift.target_packs, *lowquality.shift.source_packs)
@@ -388,6 +445,8 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
             "($k$ = all: every thermal training image labelled; stage-2 step count chosen on validation)."),
         "crossdomain_chosen": _chosen_steps_table(book, _validation(sources, REPORTED), "crossdomain",
                                                   "tab:supp-crossdomain-chosen", "thermal"),
+        "crossdomain_lr1e3": _thermal_table(book, earlier_rows, earlier, earlier_shots, earlier_skipped,
+                                            EARLIER_RATE, "tab:supp-crossdomain-lr1e3"),
         "crossdomain_fixed10": _thermal_table(book, first_rows, first, first_shots, first_skipped, FIXED,
                                               "tab:supp-crossdomain-fixed10"),
         "crossdomain_lowquality_seeds": _per_seed(
@@ -399,6 +458,9 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
         "crossdomain_lowquality_chosen": _chosen_steps_table(
             book, _validation(sources, (LOWQUALITY_REPORTED,)), _key("crossdomain", LOWQUALITY),
             "tab:supp-crossdomain-lowquality-chosen", "low quality"),
+        "crossdomain_lowquality_lr1e3": _lowquality_table(
+            book, earlier_lowquality_rows, earlier_lowquality, earlier_lowquality_skipped,
+            _key(EARLIER_RATE, LOWQUALITY), "tab:supp-crossdomain-lowquality-lr1e3"),
         "crossdomain_lowquality_fixed10": _lowquality_table(
             book, first_lowquality_rows, first_lowquality, first_lowquality_skipped, _key(FIXED, LOWQUALITY),
             "tab:supp-crossdomain-lowquality-fixed10"),

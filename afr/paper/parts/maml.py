@@ -7,7 +7,7 @@ from __future__ import annotations
 from afr.experiments.settings.maml import METHODS
 from afr.paper.latex import Table, escape
 from afr.paper.numbers import NumberBook
-from afr.paper.parts.common import unseeded, PartOutput, key, label, seed_span, stats_cell
+from afr.paper.parts.common import PartOutput, key, label, meta_training_costs, seed_span, stats_cell, unseeded
 from afr.paper.sources import PaperSources
 from afr.paper.stats import paired_test, record_test, seed_stats
 
@@ -96,15 +96,10 @@ def _tests(book: NumberBook, grid, prefix: str, validation, test) -> None:
 def _cost(book: NumberBook, prefix: str, records) -> None:
     """Meta-training seconds per outer step, means over **every** run of the grid: a flagged run is not a result,
     but the time it took is still a measured cost."""
-    seconds = {}
-    for (method, _), record in records.items():
-        meta = record.get("meta_training") or {}
-        if meta.get("seconds_per_step"):
-            seconds.setdefault(method, []).append(meta["seconds_per_step"])
-        if meta.get("adapter_parameters"):
-            book.add(f"{prefix}.params.lora", meta["adapter_parameters"], "count")
-    for method, values in seconds.items():
-        stats_cell(book, key(prefix, "cost", method, "seconds-per-step"), values, "seconds")
+    seconds = meta_training_costs(book, prefix, records)
+    for record in records.values():
+        if (record.get("meta_training") or {}).get("adapter_parameters"):
+            book.add(f"{prefix}.params.lora", record["meta_training"]["adapter_parameters"], "count")
     if "maml" in seconds and "fomaml" in seconds:
         book.add(f"{prefix}.cost.ratio.maml.vs.fomaml",
                  seed_stats(seconds["maml"]).mean / seed_stats(seconds["fomaml"]).mean, "ratio")
@@ -149,8 +144,7 @@ def build(sources: PaperSources, book: NumberBook) -> PartOutput:
         validation, test = sources.maml_validation(grid), sources.maml_test(grid)
         table = _main_table(sources, book, grid, prefix, main, validation, test)
         _tests(book, grid, prefix, validation, test)
-        _cost(book, prefix, {key: record for key, tag in sources.maml_tags(grid).items()
-                             if (record := sources.record("maml", tag)) is not None})
+        _cost(book, prefix, sources.every_record("maml", sources.maml_tags(grid)))
         _health(sources, book, prefix, grid)
         if prefix == "maml":
             tables[name] = table
