@@ -183,19 +183,19 @@ CROSSDOMAIN_GRID := seeds: [0, 1, 2], meta_steps: 60, progress: false
 CROSSDOMAIN_GRIDS := thermal thermal_kall thermal_validated thermal_kall_validated thermal_lr3e4_validated \
   thermal_kall_lr3e4_validated lowquality lowquality_validated lowquality_lr3e4_validated outdoor
 # the first grids: stage 2's step count fixed in advance (10; the notebook's default chooses it on validation)
-CROSSDOMAIN_FIXED := adapt_steps: 10, choose_steps_on_validation: false
+CROSSDOMAIN_FIXED := adapt_steps: 10, choose_steps_on_validation: false, adapt_lr: 0.001
 CROSSDOMAIN_thermal := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_FIXED), shots: [1, 2, 4], grid: crossdomain-thermal}
 CROSSDOMAIN_thermal_kall := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_FIXED), shots: [all], grid: crossdomain-thermal_kall}
-# the reported thermal grids: stage 2's step count chosen per run and k on the thermal validation identities among
-# 0 1 3 5 10 25 steps (learning rate 1e-3 kept after a validation-only check, results/analysis/crossdomain_lr/), the
-# test packs scored once at it; starts rebuilt where their adapters are not on this machine
+# the thermal grids with stage 2's step count chosen per run and k on the thermal validation identities among
+# 0 1 3 5 10 25 steps, the test packs scored once at it; starts rebuilt where their adapters are not on this machine;
+# first at the learning rate 1e-3 a one-seed check kept (results/analysis/crossdomain_lr/)
 CROSSDOMAIN_VALIDATED := adapt_steps: 25, choose_steps_on_validation: true, rebuild_starts: true
-CROSSDOMAIN_thermal_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), shots: [1, 2, 4], \
+CROSSDOMAIN_thermal_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), shots: [1, 2, 4], adapt_lr: 0.001, \
   grid: crossdomain-thermal_validated}
-CROSSDOMAIN_thermal_kall_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), shots: [all], \
+CROSSDOMAIN_thermal_kall_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), shots: [all], adapt_lr: 0.001, \
   grid: crossdomain-thermal_kall_validated}
-# the reported thermal grids again at stage-2 rate 3e-4, the rate the three-seed validation-only check prefers
-# (python -m afr.experiments.crossdomain_lr_check; results/analysis/crossdomain_lr/); the 1e-3 grids are kept
+# the reported thermal grids: the same again at stage-2 rate 3e-4 (notebook 05's default), the rate the three-seed
+# validation-only check prefers (python -m afr.experiments.crossdomain_lr_check); the 1e-3 grids are kept
 CROSSDOMAIN_thermal_lr3e4_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), shots: [1, 2, 4], \
   adapt_lr: 0.0003, grid: crossdomain-thermal_lr3e4_validated}
 CROSSDOMAIN_thermal_kall_lr3e4_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), shots: [all], \
@@ -203,11 +203,12 @@ CROSSDOMAIN_thermal_kall_lr3e4_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_
 CROSSDOMAIN_lowquality := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_FIXED), direction: visible->lowquality, shots: [1, 4], \
   methods: [zero-shot, lora, dalora, dalora+maml], grid: crossdomain-lowquality}
 CROSSDOMAIN_lowquality_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), direction: visible->lowquality, \
-  shots: [1, 4], methods: [zero-shot, lora, dalora, dalora+maml], grid: crossdomain-lowquality_validated}
+  shots: [1, 4], methods: [zero-shot, lora, dalora, dalora+maml], adapt_lr: 0.001, \
+  grid: crossdomain-lowquality_validated}
 CROSSDOMAIN_lowquality_lr3e4_validated := {$(CROSSDOMAIN_GRID), $(CROSSDOMAIN_VALIDATED), \
   direction: visible->lowquality, shots: [1, 4], methods: [zero-shot, lora, dalora, dalora+maml], adapt_lr: 0.0003, \
   grid: crossdomain-lowquality_lr3e4_validated}
-CROSSDOMAIN_outdoor := {$(CROSSDOMAIN_GRID), direction: indoor->outdoor, methods: [zero-shot], \
+CROSSDOMAIN_outdoor := {$(CROSSDOMAIN_GRID), direction: indoor->outdoor, methods: [zero-shot], adapt_lr: 0.001, \
   grid: crossdomain-outdoor}
 crossdomain-results: $(STAMP)
 	@mkdir -p $(RUN_DIR)

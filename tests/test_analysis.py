@@ -286,20 +286,23 @@ def test_crossdomain_curves_keep_the_committed_grid_and_direction():
 
 
 def test_crossdomain_curves_of_the_reported_grids_count_each_seed_once():
-    """The committed table holds the thermal grids twice (10 fixed steps, and the step count chosen on validation),
-    sharing starts and zero-shot rows: the reported grids' curves have three seeds per row, their own values."""
-    from afr.experiments.grids import CommittedGrids
+    """The committed table holds the thermal grids three times (10 fixed steps; the step count chosen on validation
+    at 1e-3 and at 3e-4), sharing starts and zero-shot rows: the reported grids' curves have three seeds per row,
+    their own values."""
+    from afr.experiments.grids import REPORTED_THERMAL_GRIDS, CommittedGrids
 
     table = pd.read_csv(PROJECT_ROOT / "results" / "tables" / "crossdomain.csv")
     grids = CommittedGrids()
-    summary = crossdomain_curves(table, grids=(grids.crossdomain_validated.grid, grids.crossdomain_kall_validated.grid))
+    reported = tuple(grids.crossdomain_grids[name].grid for name in REPORTED_THERMAL_GRIDS)
+    assert reported == ("crossdomain-thermal_lr3e4_validated", "crossdomain-thermal_kall_lr3e4_validated")
+    summary = crossdomain_curves(table, grids=reported)
     assert set(summary["seeds"]) == {3}
     lora = summary[(summary["method"] == "lora") & (summary["domain"] == "thermal")].set_index("shots")["mean"]
     assert list(lora.index) == [-1, 1, 2, 4]
     rows = table[(table["method"] == "lora") & (table["domain"] == "thermal") & (table["metric"] == "auc")
-                 & (table["shots"] == 4) & table["grid"].fillna("").str.contains("crossdomain-thermal_validated")]
+                 & (table["shots"] == 4) & table["grid"].fillna("").str.contains("crossdomain-thermal_lr3e4_validated")]
     assert lora[4] == pytest.approx(rows["value"].mean()) and len(rows) == 3
-    assert crossdomain_curves(table)["seeds"].max() == 6  # without the grid: both thermal grids' runs, mixed
+    assert crossdomain_curves(table)["seeds"].max() == 9  # without the grid: the three thermal grids' runs, mixed
 
 
 def test_sensitivity_figure_says_when_ablations_are_missing():

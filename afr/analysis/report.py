@@ -361,11 +361,11 @@ class FigureReport:
             full = full_profile_rows(cross, self.results_dir / RECORD_FOLDERS["crossdomain"])
             cross = cross.drop(index=full.index)
             full_summary = crossdomain_curves(full, "accuracy", target=None) if len(full) else None
-        from afr.experiments.grids import CommittedGrids
+        from afr.experiments.grids import REPORTED_THERMAL_GRIDS, CommittedGrids
 
         grids = CommittedGrids()
         maml_summary = maml_curves(maml, grid=grids.maml.grid) if maml is not None else None
-        reported = (grids.crossdomain_validated.grid, grids.crossdomain_kall_validated.grid)
+        reported = tuple(grids.crossdomain_grids[name].grid for name in REPORTED_THERMAL_GRIDS)
         cross_summary = crossdomain_curves(cross, grids=reported) if cross is not None and len(cross) else None
         return curves_figure(maml_summary, cross_summary, full_summary), (maml_summary, cross_summary)
 

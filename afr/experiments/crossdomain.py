@@ -800,11 +800,16 @@ def plot_results(table, forgetting, settings: CrossDomainSettings):
     return crossdomain_figure(table, forgetting, settings)
 
 
+#: stage 2's learning rate that figure names leave out: the default before the rate check moved it to 3e-4 (the
+#: figures drawn at it were named without a rate, and their names stay)
+RATE_NAMED_BY_NO_SUFFIX = 1e-3
+
+
 def figure_name(settings: CrossDomainSettings) -> str:
     """``crossdomain_<backbone>_<n>seed[_full][_<direction>][_k<...>][_validated][_lr<rate>].png``: the profile when
     not embedded, the direction when not the default, the k values when they include ``all`` (its runs are a grid of
     their own), ``_validated`` when stage 2's step count is chosen on validation and stage 2's learning rate when not
-    the default, so no grid replaces another's figure."""
+    :data:`RATE_NAMED_BY_NO_SUFFIX`, so no grid replaces another's figure."""
     name = f"{settings.experiment}_{settings.backbone}_{len(settings.seeds)}seed"
     if settings.data_profile != CrossDomainSettings.data_profile:
         name += f"_{settings.data_profile}"
@@ -814,7 +819,7 @@ def figure_name(settings: CrossDomainSettings) -> str:
         name += "_k" + "-".join(shots_label(shots) for shots in settings.shots)
     if settings.choose_steps_on_validation:
         name += "_validated"
-    if settings.adapt_lr != CrossDomainSettings.adapt_lr:
+    if settings.adapt_lr != RATE_NAMED_BY_NO_SUFFIX:
         name += f"_lr{settings.adapt_lr:.0e}"
     return name + ".png"
 

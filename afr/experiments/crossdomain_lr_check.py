@@ -1,6 +1,7 @@
 """Notebook 05's stage-2 learning-rate check, on the validation identities only.
 
-Notebook 05 adapts its starts with SGD at ``adapt_lr`` (1e-3). The check: the ``lora`` method from the seed's pooled
+Notebook 05 adapts its starts with SGD at ``adapt_lr`` (3e-4 since this check: a first, one-seed run of it had kept
+1e-3). The check: the ``lora`` method from the seed's pooled
 start, k = 1 and 4, 50 SGD steps at each candidate rate, the thermal validation identities (``val/thermal.bin``)
 scored after 0, 1, 3, 5, 10, 25 and 50 steps. The runs go to a scratch folder (``AFR_RESULTS``/``AFR_RUNS`` point
 there, the starts are meta-trained again); only their validation curves, chosen step counts and losses are kept, as

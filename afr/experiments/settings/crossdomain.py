@@ -144,7 +144,8 @@ class CrossDomainSettings(MethodSeedGrid, ExperimentSettings, RunFields, Recorde
     adapt_steps: int = setting(10, "SGD steps of stage 2, the adaptation to the target (with "
                                "choose_steps_on_validation: the most it may choose); 10: the demo budget, the committed "
                                "grids run 25")
-    adapt_lr: float = setting(1e-3, "SGD learning rate of the adaptation to thermal")
+    adapt_lr: float = setting(3e-4, "SGD learning rate of stage 2, the adaptation to the target (3e-4: chosen against "
+                              "1e-3 on the thermal validation identities, results/analysis/crossdomain_lr/)")
     choose_steps_on_validation: bool | None = setting(
         None, "score stage 2 on the target's validation identities (embedded val/<target>.bin) after 0, 1, 3, 5, 10, "
         "25, 50, 100 steps up to adapt_steps and after adapt_steps, and score the test packs once, with the adapter of "

@@ -29,6 +29,7 @@ from __future__ import annotations
 from afr.experiments.settings.crossdomain import (ALL_SHOTS, METHODS, START_OF, THERMAL_PACKS, VISIBLE_PACKS,
                                                   CrossDomainSettings, forgetting_table, shots_label, shots_order,
                                                   validation_table)
+from afr.experiments.grids import REPORTED_THERMAL_GRIDS
 from afr.paper.latex import NOT_RUN, Table, escape
 from afr.paper.numbers import NumberBook
 from afr.paper.parts.common import PartOutput, key, label, meta_training_costs, stats_cell, unseeded
@@ -392,7 +393,7 @@ def _seed_cell(value: float, metric: str) -> str:
 #: the reported visible -> thermal grids (step count chosen on validation, learning rate 3e-4), the same grids at
 #: the rate first kept (1e-3; supplementary, keys under :data:`EARLIER_RATE`) and the first ones (10 steps, fixed in
 #: advance; supplementary, keys under :data:`FIXED`)
-REPORTED = ("thermal_lr3e4_validated", "thermal_kall_lr3e4_validated")
+REPORTED = REPORTED_THERMAL_GRIDS
 AT_EARLIER_RATE, FIRST = ("thermal_validated", "thermal_kall_validated"), ("thermal", "thermal_kall")
 EARLIER_RATE, FIXED = "crossdomain-lr1e3", "crossdomain-fixed10"
 #: the reported visible -> low quality grid (step count chosen on validation at 3e-4), the same grid at 1e-3 and the
