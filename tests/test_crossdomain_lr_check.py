@@ -22,6 +22,11 @@ def test_the_summary_keeps_the_validation_curve_and_drops_the_test_scores():
     assert "--adapt-lr 0.0003" in out["what"] and "--seeds 1" in out["what"]
 
 
+def test_the_runs_show_their_progress_unless_told_not_to():
+    assert "--no-progress" not in check.command(1, 0.0003)
+    assert check.command(1, 0.0003, progress=False)[-1] == "--no-progress"
+
+
 def test_the_committed_seed_0_summaries_are_where_the_check_writes_them(monkeypatch):
     monkeypatch.setenv("AFR_RESULTS", str(PROJECT_ROOT / "results"))  # the suite points it at a scratch folder
     for rate in (0.0003, 0.001):
@@ -36,9 +41,12 @@ def test_an_existing_summary_is_kept_and_not_run_again(tmp_path, monkeypatch, ca
     kept.parent.mkdir(parents=True)
     kept.write_text("{}")
     ran = []
-    monkeypatch.setattr(check, "run_check", lambda seed, rate, scratch: ran.append((seed, rate)) or kept)
+    monkeypatch.setattr(check, "run_check", lambda seed, rate, scratch, progress: ran.append((seed, rate, progress))
+                        or kept)
     check.main(["--seeds", "0", "--adapt-lrs", "0.001", "0.0003"])
-    assert ran == [(0, 0.0003)] and kept.read_text() == "{}"
+    assert ran == [(0, 0.0003, True)] and kept.read_text() == "{}"
+    check.main(["--seeds", "1", "--adapt-lrs", "0.001", "--no-progress"])
+    assert ran[-1] == (1, 0.001, False)
     assert "kept:" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         check.main(["--seeds", "0"])  # no rate: refused before any run

@@ -36,11 +36,11 @@ def summary_path(seed: int, adapt_lr: float, method: str = METHOD) -> Path:
     return results_root() / "analysis" / "crossdomain_lr" / f"{method}_seed{seed}_adapt-lr{adapt_lr:g}.json"
 
 
-def command(seed: int, adapt_lr: float, method: str = METHOD) -> list[str]:
-    """The notebook-05 run of the check (``python -m afr crossdomain``)."""
+def command(seed: int, adapt_lr: float, method: str = METHOD, progress: bool = True) -> list[str]:
+    """The notebook-05 run of the check (``python -m afr crossdomain``); ``progress``: its progress bars (stderr)."""
     return [sys.executable, "-m", "afr", "crossdomain", "--methods", method, "--seeds", str(seed),
             "--shots", *map(str, SHOTS), "--meta-steps", str(META_STEPS), "--adapt-steps", str(ADAPT_STEPS),
-            "--choose-steps-on-validation", "--adapt-lr", f"{adapt_lr:g}", "--no-progress"]
+            "--choose-steps-on-validation", "--adapt-lr", f"{adapt_lr:g}", *([] if progress else ["--no-progress"])]
 
 
 def summary(record: dict[str, Any], adapt_lr: float, shown_command: Sequence[str]) -> dict[str, Any]:
@@ -71,9 +71,10 @@ def best_validation_auc(summaries: Sequence[dict[str, Any]]) -> dict[float, dict
     return best
 
 
-def run_check(seed: int, adapt_lr: float, scratch: Path, method: str = METHOD) -> Path:
-    """One (seed, rate): the run in ``scratch``, its summary written (atomically) under ``results/``."""
-    argv = command(seed, adapt_lr, method)
+def run_check(seed: int, adapt_lr: float, scratch: Path, method: str = METHOD, progress: bool = True) -> Path:
+    """One (seed, rate): the run in ``scratch`` (its progress bars shown on stderr unless ``progress`` is false; its
+    printed summary, which holds test scores, silenced), its summary written (atomically) under ``results/``."""
+    argv = command(seed, adapt_lr, method, progress)
     env = {**os.environ, "AFR_RESULTS": str(scratch / "results"), "AFR_RUNS": str(scratch / "runs"),
            "OMP_NUM_THREADS": "1"}
     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -92,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--adapt-lrs", type=float, nargs="+", required=True)
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the runs' progress bars (about 4 minutes per seed and rate on one thread)")
     args = parser.parse_args(argv)
     todo = [(seed, rate) for seed in args.seeds for rate in args.adapt_lrs]
     for seed, rate in todo:
@@ -100,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     todo = [(seed, rate) for seed, rate in todo if not summary_path(seed, rate).exists()]
     with tempfile.TemporaryDirectory(prefix="afr-lr-check-") as scratch:
         for seed, rate in todo:
-            print(f"wrote {run_check(seed, rate, Path(scratch))}", flush=True)
+            print(f"wrote {run_check(seed, rate, Path(scratch), progress=args.progress)}", flush=True)
 
 
 if __name__ == "__main__":
