@@ -183,4 +183,4 @@ def test_notebook_05_runs_the_full_profile_as_make_full_calls_it(full_profile_da
     lora = next(record for record in records if record["method"] == "lora" and record["seed"] == 1)
     k4 = lora["adaptation"]["k4"]
     assert k4["adapt_batch"] == 8 and k4["labelled_images"] == 4 * k4["identities"] and 0 < k4["identities"] <= 25
-    assert (tmp_path / "figures" / "crossdomain_dinov2-vits14_2seed_full.png").is_file()
+    assert (tmp_path / "figures" / "crossdomain_dinov2-vits14_2seed_full_lr3e-04.png").is_file()  # the rate: not 1e-3
